@@ -1,0 +1,51 @@
+# Sluice: `make demo` replays the incident; `make test` lints, type-checks and tests.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: help venv lint typecheck test demo run bench soak clean
+
+help:
+	@echo "make demo   incident replay: unprotected vs protected, table + plot"
+	@echo "make test   lint, type-check and run the test suite"
+	@echo "make lint   ruff (format check + lint) and mypy only"
+	@echo "make run    run the proxy on config/sluice.yaml"
+	@echo "make bench  per-request CPU benchmark (loadtest/bench.py)"
+	@echo "make soak   10-minute soak with storms and reloads"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check proxy tests loadtest
+	$(BIN)/ruff check proxy tests loadtest
+	$(BIN)/mypy
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/python -m loadtest demo
+
+run: $(STAMP)
+	$(BIN)/sluice --config config/sluice.yaml
+
+bench: $(STAMP)
+	$(BIN)/python -m loadtest.bench
+
+soak: $(STAMP)
+	$(BIN)/python -m loadtest.soak
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache loadtest/out
