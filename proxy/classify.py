@@ -1,0 +1,194 @@
+"""Request headers → `Ticket` (DESIGN.md §4): pure apart from the retry-fingerprint cache.
+
+Callers, priority and origin region are believed only from trusted peers (configured CIDRs);
+anyone else is identified by its address. Unknown callers hash into a fixed number of fair-queue
+buckets so every per-caller structure downstream stays bounded.
+"""
+
+from __future__ import annotations
+
+import uuid
+import zlib
+from collections import OrderedDict
+from collections.abc import Mapping
+
+from .config import PRIORITY_CLASSES, Config
+from .contracts import Ticket
+from .headers import TrustedSources
+
+_NORMAL_PRIORITY = PRIORITY_CLASSES.index("normal")
+_PRIORITY_INDEX = {name: i for i, name in enumerate(PRIORITY_CLASSES)}
+# Longest attempt / budget header value we bother to parse (anything longer is garbage).
+_MAX_INT_TEXT = 12
+
+
+class InvalidHeaderCounter:
+    """Counts headers that were present but unusable (non-integer, negative, too long)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def hit(self) -> None:
+        self.count += 1
+
+
+def parse_nonneg_int(text: str | None) -> int | None:
+    """A non-negative decimal integer, or None for absent or invalid values."""
+    if text is None:
+        return None
+    text = text.strip()
+    if not text or len(text) > _MAX_INT_TEXT or not text.isdigit() or not text.isascii():
+        return None
+    return int(text)
+
+
+class RecentRequests:
+    """A bounded, time-limited set of request fingerprints: a repeat inside `ttl` is a retry.
+
+    Most real clients send no attempt header, so this is how their retries are recognised.
+    Memory is bounded by `capacity`; the oldest entries are evicted first.
+    """
+
+    def __init__(self, capacity: int, ttl: float) -> None:
+        self.capacity = capacity
+        self.ttl = ttl
+        self._seen: OrderedDict[int, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def check_and_add(self, fingerprint: int, now: float) -> bool:
+        """True when the same fingerprint was seen within `ttl`; records this sighting."""
+        if self.capacity <= 0:
+            return False
+        seen = self._seen
+        last = seen.pop(fingerprint, None)
+        seen[fingerprint] = now
+        if len(seen) > self.capacity:
+            seen.popitem(last=False)
+        return last is not None and now - last <= self.ttl
+
+
+class Classifier:
+    """Turns a request's peer, method, target and headers into a `Ticket`.
+
+    Built once per config snapshot; holds only bounded state (the fingerprint cache).
+    """
+
+    def __init__(self, config: Config, recent: RecentRequests | None = None) -> None:
+        self.config = config
+        h = config.headers
+        self._h_caller = h.caller_id
+        self._h_attempt = (h.retry_attempt, *h.attempt_aliases)
+        self._h_region = h.origin_region
+        self._h_priority = h.priority
+        self._h_timeout = h.request_timeout_ms
+        self._h_deadline = h.request_deadline_ms if config.trust.absolute_deadline else None
+        self._h_request_id = h.request_id
+        self._local_region = config.region.name
+        self.trusted = TrustedSources(config.trust.sources)
+        known = config.callers.known
+        self._known_index = {c.name: i for i, c in enumerate(known)}
+        self._known_priority = {c.name: _PRIORITY_INDEX[c.priority] for c in known}
+        self._n_known = len(known)
+        self._n_buckets = config.callers.fair_buckets
+        self._bucket_names = [f"bucket-{i}" for i in range(self._n_buckets)]
+        ttl = config.retry_detect.fingerprint_ttl
+        size = config.retry_detect.fingerprint_cache_size
+        if recent is None or recent.capacity != size:
+            recent = RecentRequests(size, ttl)
+        recent.ttl = ttl
+        self.recent = recent
+        self.invalid_headers = InvalidHeaderCounter()
+
+    @property
+    def caller_slots(self) -> int:
+        """How many distinct caller indexes a Ticket can carry (configured + buckets)."""
+        return self._n_known + self._n_buckets
+
+    def caller_names(self) -> list[str]:
+        """Every caller key in index order (configured callers, then buckets)."""
+        return [c.name for c in self.config.callers.known] + self._bucket_names
+
+    def _bucket(self, key: str) -> tuple[str, int]:
+        b = zlib.crc32(key.encode("utf-8", "surrogateescape")) % self._n_buckets
+        return self._bucket_names[b], self._n_known + b
+
+    def classify(
+        self,
+        peer: str,
+        method: str,
+        path_qs: str,
+        headers: Mapping[str, str],
+        now: float,
+        wall_ms: float,
+    ) -> Ticket:
+        """Build the Ticket. `now` is monotonic seconds, `wall_ms` epoch milliseconds."""
+        trusted = self.trusted.contains(peer)
+        caller_id = headers.get(self._h_caller) if trusted else None
+        if caller_id is not None and caller_id in self._known_index:
+            caller, index, label = caller_id, self._known_index[caller_id], caller_id
+            priority = self._known_priority[caller_id]
+        else:
+            caller, index = self._bucket(caller_id if caller_id else peer)
+            label = "other"
+            priority = _NORMAL_PRIORITY
+        if trusted:
+            p = headers.get(self._h_priority)
+            if p is not None:
+                priority = _PRIORITY_INDEX.get(p.strip().lower(), priority)
+
+        attempt = None
+        for name in self._h_attempt:
+            raw = headers.get(name)
+            if raw is not None:
+                attempt = parse_nonneg_int(raw)
+                if attempt is None:
+                    self.invalid_headers.hit()
+                elif name != self._h_attempt[0]:
+                    # Envoy counts the first try as attempt 1; gRPC counts previous attempts.
+                    attempt = max(0, attempt - 1) if name == "x-envoy-attempt-count" else attempt
+                break
+
+        region = headers.get(self._h_region) if trusted else None
+        origin = None
+        if region:
+            region = region.strip()
+            if region and region != self._local_region:
+                origin = region[:64]
+
+        deadline = None
+        raw_timeout = headers.get(self._h_timeout)
+        if raw_timeout is not None:
+            ms = parse_nonneg_int(raw_timeout)
+            if ms is None:
+                self.invalid_headers.hit()
+            else:
+                deadline = now + ms / 1000.0
+        elif self._h_deadline is not None:
+            raw_deadline = headers.get(self._h_deadline)
+            if raw_deadline is not None:
+                epoch_ms = parse_nonneg_int(raw_deadline)
+                if epoch_ms is None:
+                    self.invalid_headers.hit()
+                else:
+                    deadline = now + (epoch_ms - wall_ms) / 1000.0
+
+        fingerprint = hash((caller_id or peer, method, path_qs))
+        seen_recently = self.recent.check_and_add(fingerprint, now)
+        is_retry = attempt > 0 if attempt is not None else seen_recently
+
+        request_id = headers.get(self._h_request_id) or uuid.uuid4().hex
+        return Ticket(
+            caller=caller,
+            caller_label=label,
+            caller_index=index,
+            priority=priority,
+            attempt=attempt,
+            is_retry=is_retry,
+            origin_region=origin,
+            arrived=now,
+            deadline=deadline,
+            request_id=request_id,
+            fingerprint=fingerprint,
+        )

@@ -1,0 +1,354 @@
+"""Sluice configuration: the schema, YAML loading, and errors that name the field.
+
+Every tunable lives here. Durations are written `250ms`, `5s`, `2m`, `1h` and held as float
+seconds. Unknown keys are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Parse `250ms`, `5s`, `2m`, `1h` into seconds; bare numbers are refused (ambiguous)."""
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError(f"a duration needs a unit, like '250ms', '5s' or '2m' (got {value!r})")
+    match = _DURATION_RE.match(value)
+    if match is None:
+        raise ValueError(f"not a duration: {value!r} (use a unit: '250ms', '5s', '2m', '1h')")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def _check_cidr(value: str) -> str:
+    ipaddress.ip_network(value, strict=False)
+    return value
+
+
+def _check_header_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", value):
+        raise ValueError(f"not a valid HTTP header name: {value!r}")
+    return value.lower()
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+Cidr = Annotated[str, AfterValidator(_check_cidr)]
+HeaderName = Annotated[str, AfterValidator(_check_header_name)]
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+class Strict(BaseModel):
+    """Base for every section: unknown keys are errors, values are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenConfig(Strict):
+    host: str = "0.0.0.0"
+    port: Port = 8080
+    backlog: int = Field(4096, ge=1, description="listen(2) backlog; 128 drops a reopening")
+    keepalive_timeout: Duration = 75.0
+    header_read_timeout: Duration = 10.0
+    max_line_size: int = Field(8190, ge=256)
+    max_field_size: int = Field(8190, ge=256)
+    max_headers_size: int = Field(65536, ge=1024, description="all request headers together")
+    max_body_size: int = Field(16 * 1024 * 1024, ge=0, description="0 means unlimited")
+    expose_metrics: bool = False
+
+
+class UpstreamConfig(Strict):
+    url: str
+    client: Literal["aiohttp", "lean"] = "aiohttp"
+    connect_timeout: Duration = 1.0
+    read_timeout: Duration = 30.0
+    pool_size: int = Field(256, ge=1)
+    pool_idle_timeout: Duration = Field(
+        15.0, description="close idle upstream connections before the backend's idle timeout"
+    )
+    health_path: str = "/healthz"
+    probe_interval: Duration = 1.0
+    probe_interval_normal: Duration = 10.0
+    probe_timeout: Duration = 1.0
+
+    @model_validator(mode="after")
+    def _check_url(self) -> UpstreamConfig:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"url must be http(s)://host[:port][/prefix], got {self.url!r}")
+        return self
+
+
+class HeadersConfig(Strict):
+    caller_id: HeaderName = "x-caller-id"
+    retry_attempt: HeaderName = "x-retry-attempt"
+    attempt_aliases: list[HeaderName] = ["x-envoy-attempt-count", "grpc-previous-rpc-attempts"]
+    origin_region: HeaderName = "x-origin-region"
+    priority: HeaderName = "x-priority"
+    request_timeout_ms: HeaderName = "x-request-timeout-ms"
+    request_deadline_ms: HeaderName = "x-request-deadline-ms"
+    request_id: HeaderName = "x-request-id"
+
+
+class TrustConfig(Strict):
+    sources: list[Cidr] = Field(
+        default_factory=lambda: ["127.0.0.1/32", "::1/128"],
+        description="peers whose caller, priority, region and forwarded headers are believed",
+    )
+    absolute_deadline: bool = Field(
+        False, description="honour x-request-deadline-ms (epoch ms); clocks skew, so off"
+    )
+
+
+class CallerConfig(Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
+    cap: int | None = Field(None, ge=0, description="max concurrent upstream requests")
+    weight: int = Field(1, ge=1, le=100)
+    priority: str = "normal"
+
+
+class CallersConfig(Strict):
+    known: list[CallerConfig] = []
+    fair_buckets: int = Field(16, ge=1, le=4096)
+    default_cap: int | None = Field(None, ge=0, description="cap for each hashed bucket")
+
+    @model_validator(mode="after")
+    def _unique(self) -> CallersConfig:
+        names = [c.name for c in self.known]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"caller names must be unique: {', '.join(dupes)}")
+        return self
+
+
+class RetryDetectConfig(Strict):
+    fingerprint_cache_size: int = Field(65536, ge=0)
+    fingerprint_ttl: Duration = 30.0
+
+
+class RetryBudgetConfig(Strict):
+    enabled: bool = True
+    ratio: float = Field(0.1, ge=0.0, le=10.0)
+    floor_per_s: float = Field(1.0, ge=0.0)
+    window: Duration = 10.0
+
+
+class LimiterConfig(Strict):
+    initial: int = Field(16, ge=1)
+    floor: int = Field(4, ge=1)
+    ceiling: int = Field(1000, ge=1)
+    growth: float = Field(1.0, gt=0, description="additive growth per healthy window")
+    backoff: float = Field(0.9, gt=0, lt=1, description="multiplicative back-off")
+    latency_tolerance: float = Field(2.0, ge=1.0, description="latency / floor ratio tolerated")
+    window: Duration = 0.5
+
+    @model_validator(mode="after")
+    def _order(self) -> LimiterConfig:
+        if not self.floor <= self.initial <= self.ceiling:
+            raise ValueError("need floor <= initial <= ceiling")
+        return self
+
+
+class QueueConfig(Strict):
+    max_size: int = Field(20000, ge=0)
+    max_wait: Duration = 30.0
+    normal_max_wait: Duration = 0.25
+    lifo_when_older_than: Duration = Field(0.0, description="0 disables adaptive LIFO")
+
+
+class RecoveryConfig(Strict):
+    batch_size: int = Field(16, ge=1)
+    batch_interval: Duration = 0.1
+    enter_queue_depth: int = Field(64, ge=1)
+    enter_arrival_ratio: float = Field(3.0, gt=1.0)
+    enter_retry_share: float = Field(0.5, gt=0, le=1)
+    exit_queue_depth: int = Field(8, ge=0)
+    hold: Duration = 5.0
+
+
+class ModesConfig(Strict):
+    protection: Literal["on", "dry-run", "off"] = "on"
+    min_dwell: Duration = 2.0
+    outage_error_ratio: float = Field(0.5, gt=0, le=1)
+    outage_min_samples: int = Field(10, ge=1)
+    fast_error: Duration = Field(0.05, description="a 5xx faster than this counts as broken")
+    shield_default_ttl: Duration = 600.0
+    start_in_recovery_if_loaded: bool = True
+
+
+class SheddingConfig(Strict):
+    overload_status: Literal[429, 503] = 503
+    deadline_margin: Duration = 0.05
+    retry_after_min: Duration = 1.0
+    retry_after_max: Duration = 60.0
+    slot: Duration = 0.1
+
+
+class RegionConfig(Strict):
+    name: str = "local"
+    spillover: Literal["refuse", "spare", "allow"] = "spare"
+
+
+class AdminConfig(Strict):
+    host: str = "127.0.0.1"
+    port: Port = 9901
+    token_file: Path | None = None
+    token_env: str | None = "SLUICE_ADMIN_TOKEN"
+
+
+class LoggingConfig(Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = False
+    access_log_sample: float = Field(0.01, ge=0.0, le=1.0)
+
+
+class LifecycleConfig(Strict):
+    drain_timeout: Duration = 20.0
+    raise_nofile: bool = True
+
+
+class Config(Strict):
+    """The whole Sluice configuration (one YAML file)."""
+
+    listen: ListenConfig = ListenConfig()
+    upstream: UpstreamConfig
+    headers: HeadersConfig = HeadersConfig()
+    trust: TrustConfig = TrustConfig()
+    callers: CallersConfig = CallersConfig()
+    retry_detect: RetryDetectConfig = RetryDetectConfig()
+    retry_budget: RetryBudgetConfig = RetryBudgetConfig()
+    limiter: LimiterConfig = LimiterConfig()
+    queue: QueueConfig = QueueConfig()
+    recovery: RecoveryConfig = RecoveryConfig()
+    modes: ModesConfig = ModesConfig()
+    shedding: SheddingConfig = SheddingConfig()
+    region: RegionConfig = RegionConfig()
+    admin: AdminConfig = AdminConfig()
+    logging: LoggingConfig = LoggingConfig()
+    lifecycle: LifecycleConfig = LifecycleConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        priorities = set(PRIORITY_CLASSES)
+        for i, caller in enumerate(self.callers.known):
+            if caller.priority not in priorities:
+                raise ValueError(
+                    f"callers.known.{i}.priority: {caller.priority!r} is not one of "
+                    f"{', '.join(PRIORITY_CLASSES)}"
+                )
+        return self
+
+
+# Priority classes, highest first; `x-priority` values outside this set are ignored.
+PRIORITY_CLASSES: tuple[str, ...] = ("critical", "high", "normal", "low")
+
+# Fields that cannot change on reload: the sockets are already bound.
+RESTART_ONLY: tuple[tuple[str, str], ...] = (
+    ("listen", "host"),
+    ("listen", "port"),
+    ("listen", "backlog"),
+    ("admin", "host"),
+    ("admin", "port"),
+)
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem in a config file, located by its dotted field path."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(Exception):
+    """The config could not be loaded; `errors` lists every problem with its field path."""
+
+    def __init__(self, source: str, errors: Sequence[FieldError]) -> None:
+        self.source = source
+        self.errors = list(errors)
+        lines = "\n".join(f"  {e}" for e in self.errors)
+        super().__init__(f"invalid config {source}:\n{lines}")
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _from_validation_error(source: str, exc: ValidationError) -> ConfigError:
+    errors = []
+    for err in exc.errors(include_url=False):
+        msg = str(err["msg"])
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        msg = msg.removeprefix("Value error, ")
+        errors.append(FieldError(_dotted(tuple(err["loc"])), msg))
+    return ConfigError(source, errors)
+
+
+def load_config_data(data: Any, source: str = "<data>") -> Config:
+    """Validate already-parsed YAML data into a `Config`, or raise `ConfigError`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, [FieldError("", "the top level must be a mapping")])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise _from_validation_error(source, exc) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file, or raise `ConfigError` (never anything else)."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, [FieldError("", f"cannot read file: {exc}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [FieldError("", f"not valid YAML: {exc}")]) from None
+    except RecursionError:
+        raise ConfigError(source, [FieldError("", "YAML nested too deeply")]) from None
+    return load_config_data(data, source)
+
+
+def restart_only_changes(old: Config, new: Config) -> list[str]:
+    """Dotted names of fields that changed between configs but need a restart to apply."""
+    changed = []
+    for section, name in RESTART_ONLY:
+        if getattr(getattr(old, section), name) != getattr(getattr(new, section), name):
+            changed.append(f"{section}.{name}")
+    return changed
+
+
+def duration_text(seconds: float) -> str:
+    """Format seconds back into the config's duration syntax (for logs and /status)."""
+    if seconds >= 1 and math.isclose(seconds, round(seconds)):
+        return f"{round(seconds)}s"
+    return f"{round(seconds * 1000)}ms"

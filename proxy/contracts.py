@@ -1,0 +1,103 @@
+"""The seams between the request path and the admission engine.
+
+The request path (app.py) classifies a request into a `Ticket`, asks the gate for a decision,
+forwards when admitted and always reports an `Outcome`. Everything the gate needs crosses
+here, so the gate stays pure and testable without sockets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .config import Config
+
+# The closed table of reasons for answers Sluice makes itself (DESIGN.md §4).
+REASONS: tuple[str, ...] = (
+    "overload",
+    "caller-cap",
+    "retry-budget",
+    "spillover",
+    "shield",
+    "outage",
+    "deadline",
+    "draining",
+    "upstream-connect",
+    "upstream-timeout",
+    "upstream-error",
+    "bad-request",
+)
+
+# Upstream error kinds reported in an Outcome (bounded: they are metric labels).
+UPSTREAM_ERRORS: tuple[str, ...] = ("connect", "timeout", "reset", "protocol")
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One request as the gate sees it: built by classify, never from raw user strings."""
+
+    caller: str  # configured caller name, or "bucket-N" for hashed unknown callers
+    caller_label: str  # metric label: a configured name or "other"
+    caller_index: int  # 0..K-1 configured callers, K..K+B-1 fair buckets
+    priority: int  # index into PRIORITY_CLASSES, 0 = highest
+    attempt: int | None  # from attempt headers; None when the client sent none
+    is_retry: bool  # attempt > 0, or a recent identical request from the same caller
+    origin_region: str | None  # None = local traffic
+    arrived: float  # monotonic seconds
+    deadline: float | None  # monotonic seconds by which the client needs an answer
+    request_id: str
+    fingerprint: int = 0
+    solicited: bool = False  # set by the gate: the caller came back in a slot we booked
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An explicit answer instead of forwarding: status, reason and when to come back."""
+
+    reason: str
+    status: int
+    retry_after_ms: int  # 0 = send no Retry-After
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened upstream for an admitted ticket (reported exactly once)."""
+
+    status: int | None  # None when no response arrived
+    latency: float  # seconds from forwarding to response headers (or failure)
+    error: str | None = None  # one of UPSTREAM_ERRORS, "cancelled", or None
+
+
+class Deferred(Protocol):
+    """A queued decision: await `wait()` for admission (None) or a Refusal."""
+
+    async def wait(self) -> Refusal | None: ...
+
+
+Probe = Callable[[], Awaitable[bool]]
+
+
+class Gate(Protocol):
+    """Admission control in front of the upstream.
+
+    `admit` answers in O(1): None (admitted, a slot is held), a Refusal, or a Deferred to
+    await. Whenever the final answer is None, `release` must be called exactly once.
+    """
+
+    def admit(self, ticket: Ticket) -> Refusal | Deferred | None: ...
+
+    def release(self, ticket: Ticket, outcome: Outcome) -> None: ...
+
+    def reconfigure(self, config: Config) -> None: ...
+
+    async def start(self, probe: Probe) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def command(self, action: str, **params: Any) -> dict[str, Any]: ...

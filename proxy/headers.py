@@ -1,0 +1,105 @@
+"""Header rewriting for a transparent proxy (pure): hop-by-hop stripping, forwarded headers,
+and which peers are trusted to tell us who they are.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from functools import lru_cache
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+# RFC 9110 §7.6.1 plus the de-facto ones (Keep-Alive, Proxy-Connection, TE, Trailer...).
+HOP_BY_HOP: frozenset[str] = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+
+class TrustedSources:
+    """Peers (by CIDR) whose identity and forwarding headers are believed."""
+
+    def __init__(self, cidrs: Iterable[str]) -> None:
+        self.networks = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+        # Peers repeat (sidecars see a handful of addresses); the cache keeps the check O(1).
+        self.contains = lru_cache(maxsize=4096)(self._contains)
+
+    def _contains(self, peer: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.networks)
+
+
+def connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+    """Header names listed in `Connection` (they are hop-by-hop for this hop only)."""
+    tokens: set[str] = set()
+    for value in headers.getall("connection", ()):
+        for token in value.split(","):
+            token = token.strip().lower()
+            if token:
+                tokens.add(token)
+    return tokens
+
+
+def strip_hop_by_hop(
+    headers: CIMultiDictProxy[str] | CIMultiDict[str], drop: frozenset[str] = frozenset()
+) -> CIMultiDict[str]:
+    """A copy without hop-by-hop headers, those named in `Connection`, and `drop`."""
+    named = connection_tokens(headers) if "connection" in headers else ()
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lname = name.lower()
+        if lname in HOP_BY_HOP or lname in named or lname in drop:
+            continue
+        out.add(name, value)
+    return out
+
+
+def _forwarded_node(peer: str) -> str:
+    return f'"[{peer}]"' if ":" in peer else peer
+
+
+def set_forwarded(
+    out: CIMultiDict[str],
+    inbound: CIMultiDictProxy[str] | CIMultiDict[str],
+    peer: str,
+    scheme: str,
+    host: str | None,
+    trusted: bool,
+) -> None:
+    """Append this hop to X-Forwarded-For/Forwarded; believe inbound ones only from trusted peers.
+
+    From an untrusted peer any inbound X-Forwarded-*/Forwarded values are dropped: a client
+    must not be able to claim another address.
+    """
+    prior_xff = inbound.getall("x-forwarded-for", ()) if trusted else ()
+    prior_fwd = inbound.getall("forwarded", ()) if trusted else ()
+    for name in ("x-forwarded-for", "forwarded", "x-forwarded-proto", "x-forwarded-host"):
+        out.popall(name, None)
+    chain = [v.strip() for v in prior_xff if v.strip()]
+    chain.append(peer)
+    out["X-Forwarded-For"] = ", ".join(chain)
+    proto = inbound.get("x-forwarded-proto") if trusted else None
+    out["X-Forwarded-Proto"] = proto or scheme
+    if host:
+        out["X-Forwarded-Host"] = (inbound.get("x-forwarded-host") if trusted else None) or host
+    element = f"for={_forwarded_node(peer)};proto={scheme}"
+    if host:
+        element += f';host="{host}"'
+    fwd = [v.strip() for v in prior_fwd if v.strip()]
+    fwd.append(element)
+    out["Forwarded"] = ", ".join(fwd)

@@ -1,0 +1,158 @@
+"""Every Sluice metric, defined once, with label children pre-bound at start-up.
+
+Labels are bounded: reasons and error kinds come from closed tables, callers only from the
+configured list (all other callers are `other`), modes from the controller's four states.
+Nothing on the request path formats a label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .contracts import REASONS, UPSTREAM_ERRORS
+
+MODES: tuple[str, ...] = ("NORMAL", "OUTAGE", "RECOVERY", "SHIELD")
+OUTCOMES: tuple[str, ...] = ("forwarded", "refused", "error", "cancelled")
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """All metrics of one Sluice process, in their own registry (tests make several)."""
+
+    def __init__(self, callers: Iterable[str] = (), registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.caller_labels: tuple[str, ...] = (*dict.fromkeys(callers), "other")
+
+        # --- the request path ---------------------------------------------------------
+        self.requests = Counter(
+            "sluice_requests",
+            "Requests by how they ended and why (reason is empty for forwarded answers).",
+            ["outcome", "reason"],
+            registry=r,
+        )
+        self.forwarded = self.requests.labels("forwarded", "")
+        self.cancelled = self.requests.labels("cancelled", "")
+        self.refused = {reason: self.requests.labels("refused", reason) for reason in REASONS}
+        self.in_flight = Gauge(
+            "sluice_in_flight", "Requests currently forwarded upstream.", registry=r
+        )
+        self.upstream_latency = Histogram(
+            "sluice_upstream_latency_seconds",
+            "Time from forwarding to the upstream's response headers.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "sluice_upstream_errors", "Upstream failures by kind.", ["kind"], registry=r
+        )
+        self.upstream_error = {k: self.upstream_errors.labels(k) for k in UPSTREAM_ERRORS}
+        self.invalid_headers = Counter(
+            "sluice_invalid_headers",
+            "Attempt/deadline headers present but unusable (treated as absent).",
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "sluice_config_reloads", "Config reloads by result.", ["result"], registry=r
+        )
+        self.reload_ok = self.config_reloads.labels("ok")
+        self.reload_failed = self.config_reloads.labels("invalid")
+        self.reload_refused = self.config_reloads.labels("restart-required")
+        self.config_info = Gauge(
+            "sluice_config_generation",
+            "Generation of the config in force (1 at start).",
+            registry=r,
+        )
+
+        # --- the mode controller and gate ---------------------------------------------
+        self.mode = Gauge("sluice_mode", "1 for the mode in force, else 0.", ["mode"], registry=r)
+        self.mode_children = {m: self.mode.labels(m) for m in MODES}
+        self.transitions = Counter(
+            "sluice_mode_transitions",
+            "Mode transitions.",
+            ["from_mode", "to_mode", "reason"],
+            registry=r,
+        )
+        self.dry_run = Gauge(
+            "sluice_dry_run", "1 while decisions are computed but not enforced.", registry=r
+        )
+        self.limit = Gauge(
+            "sluice_limit", "The learned concurrency limit towards the upstream.", registry=r
+        )
+        self.queue_depth = Gauge(
+            "sluice_queue_depth",
+            "Deferred requests waiting, by priority.",
+            ["priority"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "sluice_queue_wait_seconds",
+            "Time deferred requests waited before admission or refusal.",
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.batches = Counter("sluice_batches_released", "Recovery batches released.", registry=r)
+        self.batch_requests = Counter(
+            "sluice_batch_requests_released", "Deferred requests released in batches.", registry=r
+        )
+        self.slots_booked = Counter(
+            "sluice_retry_slots_booked", "Paced Retry-After slots booked.", registry=r
+        )
+        self.slots_redeemed = Counter(
+            "sluice_retry_slots_redeemed",
+            "Solicited returns: callers that came back in their booked slot.",
+            registry=r,
+        )
+        self.dry_run_decisions = Counter(
+            "sluice_dry_run_decisions",
+            "Refusals computed in dry-run mode and not enforced.",
+            ["reason"],
+            registry=r,
+        )
+        self.dry_run_decision = {
+            reason: self.dry_run_decisions.labels(reason) for reason in REASONS
+        }
+        self.probes = Counter(
+            "sluice_upstream_probes", "Active health probes by result.", ["result"], registry=r
+        )
+        self.probe_ok = self.probes.labels("ok")
+        self.probe_failed = self.probes.labels("failed")
+
+        # --- retry budgets and regions --------------------------------------------------
+        self.retries = Counter(
+            "sluice_retries",
+            "Unsolicited retries by caller and decision.",
+            ["caller", "decision"],
+            registry=r,
+        )
+        self.retry_admitted = {c: self.retries.labels(c, "admitted") for c in self.caller_labels}
+        self.retry_refused = {c: self.retries.labels(c, "refused") for c in self.caller_labels}
+        self.budget_remaining = Gauge(
+            "sluice_retry_budget_remaining",
+            "Unsolicited retries the caller may still make in the current window.",
+            ["caller"],
+            registry=r,
+        )
+        self.budget_children = {c: self.budget_remaining.labels(c) for c in self.caller_labels}
+        self.spillover = Counter(
+            "sluice_spillover",
+            "Requests from another region, by decision.",
+            ["decision"],
+            registry=r,
+        )
+        self.spillover_served = self.spillover.labels("served")
+        self.spillover_refused = self.spillover.labels("refused")
+        self.caller_in_flight = Gauge(
+            "sluice_caller_in_flight", "Forwarded requests by caller.", ["caller"], registry=r
+        )
+        self.caller_in_flight_children = {
+            c: self.caller_in_flight.labels(c) for c in self.caller_labels
+        }
+
+    def set_mode(self, mode: str) -> None:
+        """Set the one-hot mode gauge."""
+        for name, child in self.mode_children.items():
+            child.set(1 if name == mode else 0)
