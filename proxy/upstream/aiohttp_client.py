@@ -1,0 +1,115 @@
+"""The upstream client on aiohttp's ClientSession (the default until `lean` passes everything)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from multidict import CIMultiDict
+
+from ..config import UpstreamConfig
+from .base import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamRequest,
+    UpstreamResetError,
+    UpstreamTimeoutError,
+)
+
+_CHUNK = 64 * 1024
+
+
+class AiohttpResponse:
+    """Wraps aiohttp's ClientResponse in the UpstreamResponse interface."""
+
+    __slots__ = ("_resp", "_timeout", "headers", "reason", "status")
+
+    def __init__(self, resp: aiohttp.ClientResponse, timeout: float) -> None:
+        self._resp = resp
+        self._timeout = timeout
+        self.status = resp.status
+        self.reason = resp.reason or ""
+        self.headers: CIMultiDict[str] = CIMultiDict(resp.headers)
+
+    async def read_chunk(self) -> bytes:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._resp.content.readany()
+        except TimeoutError:
+            raise UpstreamTimeoutError("upstream stalled mid-body") from None
+        except aiohttp.ClientPayloadError as exc:
+            raise UpstreamResetError(f"upstream body broken: {exc}") from None
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            raise UpstreamResetError(f"upstream connection lost: {exc}") from None
+
+    def release(self) -> None:
+        self._resp.release()
+
+
+class AiohttpUpstream:
+    """Pooled keep-alive connections through one shared ClientSession."""
+
+    def __init__(self, config: UpstreamConfig) -> None:
+        parts = urlsplit(config.url)
+        self.base = f"{parts.scheme}://{parts.netloc}"
+        self.prefix = parts.path.rstrip("/")
+        self.connect_timeout = config.connect_timeout
+        self._connector = aiohttp.TCPConnector(
+            limit=config.pool_size,
+            keepalive_timeout=config.pool_idle_timeout,
+            ttl_dns_cache=60,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=self._connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+
+    async def send(self, request: UpstreamRequest) -> AiohttpResponse:
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=None,
+            sock_connect=self.connect_timeout,
+            sock_read=request.timeout,
+        )
+        try:
+            resp = await self._session.request(
+                request.method,
+                self.base + self.prefix + request.target,
+                headers=request.headers,
+                data=request.body,
+                allow_redirects=False,
+                timeout=timeout,
+                compress=None,
+                skip_auto_headers=None,
+            )
+        except aiohttp.ServerTimeoutError as exc:
+            if isinstance(exc, aiohttp.ConnectionTimeoutError):
+                raise UpstreamConnectError(f"connect timeout: {exc}") from None
+            raise UpstreamTimeoutError(f"upstream read timeout: {exc}") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamConnectError(str(exc)) from None
+        except aiohttp.ServerDisconnectedError as exc:
+            raise UpstreamResetError(f"upstream closed the connection: {exc}") from None
+        except aiohttp.ClientResponseError as exc:
+            raise UpstreamProtocolError(f"invalid upstream response: {exc}") from None
+        except aiohttp.ClientPayloadError as exc:
+            raise UpstreamResetError(str(exc)) from None
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            raise UpstreamResetError(str(exc)) from None
+        except TimeoutError:
+            raise UpstreamTimeoutError("upstream did not answer in time") from None
+        except UpstreamError:
+            raise
+        return AiohttpResponse(resp, request.timeout)
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    def stats(self) -> dict[str, Any]:
+        return {"client": "aiohttp", "pool_size": self._connector.limit}

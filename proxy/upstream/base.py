@@ -1,0 +1,87 @@
+"""The narrow interface between `forward` and an upstream HTTP client.
+
+Two implementations sit behind it: `aiohttp_client` (aiohttp's ClientSession) and `lean`
+(our own keep-alive pool on asyncio Protocols + httptools). `upstream.client` in the config
+picks one; both must pass the same integration suite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from multidict import CIMultiDict
+
+
+class UpstreamError(Exception):
+    """The upstream call failed; `kind` is one of contracts.UPSTREAM_ERRORS."""
+
+    kind = "protocol"
+
+
+class UpstreamConnectError(UpstreamError):
+    """Could not connect (refused, unreachable, DNS, TLS handshake, connect timeout)."""
+
+    kind = "connect"
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """Connected, but the upstream did not answer (or stalled mid-body) in time."""
+
+    kind = "timeout"
+
+
+class UpstreamResetError(UpstreamError):
+    """The connection was closed or reset before the response was complete."""
+
+    kind = "reset"
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream answered with something that is not valid HTTP/1.1."""
+
+    kind = "protocol"
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    """A request ready for the upstream: hop-by-hop headers already stripped."""
+
+    method: str
+    target: str  # origin-form path and query, exactly as received
+    headers: CIMultiDict[str]  # includes Host and Content-Length when the client sent one
+    body: AsyncIterator[bytes] | None  # None: no body at all
+    timeout: float  # seconds allowed for the response headers (and for each body chunk)
+
+
+class UpstreamResponse(Protocol):
+    """Response headers have arrived; the body is read in chunks with back-pressure."""
+
+    status: int
+    reason: str
+    headers: CIMultiDict[str]  # as received; forward strips hop-by-hop ones
+
+    async def read_chunk(self) -> bytes:
+        """The next body chunk; b"" at the end. Raises UpstreamError on failure."""
+        ...
+
+    def release(self) -> None:
+        """Give the connection back to the pool (or close it if the body was not finished)."""
+        ...
+
+
+class UpstreamClient(Protocol):
+    """One per process; pooled keep-alive connections to the single configured upstream."""
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        """Send the request, return once response headers are in. Raises UpstreamError."""
+        ...
+
+    async def close(self) -> None:
+        """Close every pooled connection."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Pool figures for /status (open, idle, waiting)."""
+        ...
