@@ -70,7 +70,7 @@ class ListenConfig(Strict):
     header_read_timeout: Duration = 10.0
     max_line_size: int = Field(8190, ge=256)
     max_field_size: int = Field(8190, ge=256)
-    max_headers_size: int = Field(65536, ge=1024, description="all request headers together")
+    max_headers: int = Field(128, ge=1, description="how many request header fields")
     max_body_size: int = Field(16 * 1024 * 1024, ge=0, description="0 means unlimited")
     expose_metrics: bool = False
 

@@ -1,0 +1,214 @@
+"""Builds the proxy application: the request handler (classify → gate → forward), the shared
+upstream client, the gate, and config snapshots swapped atomically on reload.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from .classify import Classifier
+from .config import Config, restart_only_changes
+from .contracts import Gate, Outcome, Refusal, Ticket
+from .forward import Forwarder, refusal_response
+from .headers import TrustedSources
+from .logs import set_level
+from .metrics import Metrics
+from .passthrough import PassThroughGate
+from .upstream import UpstreamClient, UpstreamError, UpstreamRequest, make_upstream
+
+log = logging.getLogger("sluice.app")
+access_log = logging.getLogger("sluice.access")
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything a request needs from the config, fixed for the request's whole life."""
+
+    config: Config
+    classifier: Classifier
+    trusted: TrustedSources
+    generation: int
+
+
+def make_gate(config: Config, metrics: Metrics, caller_names: list[str]) -> Gate:
+    """The admission gate for `modes.protection` (pass-through when protection is off)."""
+    if config.modes.protection == "off":
+        return PassThroughGate(config, metrics)
+    from .gate import AdmissionGate
+
+    return AdmissionGate(config, metrics, caller_names)
+
+
+class ReloadRefused(Exception):
+    """A reload was refused; the message says why and the old config stays in force."""
+
+
+class Sluice:
+    """One proxy process: snapshot, gate, upstream client, metrics and the request handler."""
+
+    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+        classifier = Classifier(config)
+        self.metrics = metrics or Metrics(c.name for c in config.callers.known)
+        self.snapshot = Snapshot(config, classifier, classifier.trusted, 1)
+        self.metrics.config_info.set(1)
+        self.gate: Gate = make_gate(config, self.metrics, classifier.caller_names())
+        self.client: UpstreamClient | None = None
+        self.forwarder: Forwarder | None = None
+        self.draining = False
+        self.in_flight = 0
+
+    # --- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the upstream pool and start the gate's background work (inside the loop)."""
+        self.client = make_upstream(self.snapshot.config.upstream)
+        self.forwarder = Forwarder(self.client, self.metrics)
+        await self.gate.start(self.probe)
+
+    async def drain(self) -> None:
+        """Refuse new work and answer everything queued with `draining`."""
+        self.draining = True
+        await self.gate.drain()
+
+    async def close(self) -> None:
+        """Stop the gate and close the upstream pool."""
+        await self.gate.stop()
+        if self.client is not None:
+            await self.client.close()
+
+    async def probe(self) -> bool:
+        """One active health probe of the upstream (its health path answers below 500)."""
+        if self.client is None:
+            return False
+        cfg = self.snapshot.config.upstream
+        request = UpstreamRequest("GET", cfg.health_path, _probe_headers(cfg.url), None, 0)
+        request.timeout = cfg.probe_timeout
+        try:
+            resp = await self.client.send(request)
+            try:
+                while await resp.read_chunk():
+                    pass
+            finally:
+                resp.release()
+        except UpstreamError:
+            self.metrics.probe_failed.inc()
+            return False
+        ok = resp.status < 500
+        (self.metrics.probe_ok if ok else self.metrics.probe_failed).inc()
+        return ok
+
+    def reload(self, new: Config) -> None:
+        """Swap in a validated config; raise ReloadRefused if it needs a restart."""
+        old = self.snapshot.config
+        restart = restart_only_changes(old, new)
+        if restart:
+            raise ReloadRefused(f"these fields need a restart: {', '.join(restart)}")
+        if (old.modes.protection == "off") != (new.modes.protection == "off"):
+            raise ReloadRefused("switching modes.protection to or from 'off' needs a restart")
+        if [c.name for c in old.callers.known] != [c.name for c in new.callers.known] or (
+            old.callers.fair_buckets != new.callers.fair_buckets
+        ):
+            raise ReloadRefused("changing callers.known names or fair_buckets needs a restart")
+        if old.upstream.url != new.upstream.url or old.upstream.client != new.upstream.client:
+            raise ReloadRefused("changing upstream.url or upstream.client needs a restart")
+        classifier = Classifier(new, self.snapshot.classifier.recent)
+        self.gate.reconfigure(new)
+        self.snapshot = Snapshot(new, classifier, classifier.trusted, self.snapshot.generation + 1)
+        self.metrics.config_info.set(self.snapshot.generation)
+        set_level(new.logging.level)
+
+    def status(self) -> dict[str, Any]:
+        """The JSON document behind the admin `/status`."""
+        doc = dict(self.gate.status())
+        doc["config_generation"] = self.snapshot.generation
+        doc["draining"] = self.draining
+        doc["requests_in_progress"] = self.in_flight
+        if self.client is not None:
+            doc["upstream"] = self.client.stats()
+        return doc
+
+    # --- the request path -----------------------------------------------------------------
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """classify → gate → forward; every admitted ticket is released exactly once."""
+        snap = self.snapshot
+        config = snap.config
+        peer = _peer(request)
+        if config.listen.expose_metrics and request.path == "/metrics":
+            from .admin import metrics_response
+
+            return metrics_response(self.metrics)
+        ticket = snap.classifier.classify(
+            peer,
+            request.method,
+            request.raw_path,
+            request.headers,
+            time.monotonic(),
+            time.time() * 1000.0,
+        )
+        decision = self.gate.admit(ticket)
+        if decision is not None and not isinstance(decision, Refusal):
+            decision = await decision.wait()
+        if decision is not None:
+            self.metrics.refused[decision.reason].inc()
+            return refusal_response(decision, ticket.request_id)
+
+        assert self.forwarder is not None
+        outcome = Outcome(None, 0.0, "cancelled")
+        self.in_flight += 1
+        self.metrics.in_flight.inc()
+        try:
+            resp = await self.forwarder.forward(
+                request, ticket, outcome, config, snap.trusted, peer
+            )
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.dec()
+            self.gate.release(ticket, outcome)
+        if config.logging.access_log and random.random() < config.logging.access_log_sample:
+            _log_access(request, ticket, outcome, resp.status)
+        return resp
+
+
+def _peer(request: web.Request) -> str:
+    transport = request.transport
+    if transport is not None:
+        info = transport.get_extra_info("peername")
+        if info:
+            return str(info[0])
+    return "unknown"
+
+
+def _probe_headers(url: str) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    headers["Host"] = urlsplit(url).netloc
+    headers["User-Agent"] = "sluice-probe"
+    return headers
+
+
+def _log_access(request: web.Request, ticket: Ticket, outcome: Outcome, status: int) -> None:
+    access_log.info(
+        "request",
+        extra={
+            "method": request.method,
+            "path": request.path[:200],
+            "status": status,
+            "caller": ticket.caller,
+            "retry": ticket.is_retry,
+            "upstream_ms": round(outcome.latency * 1000, 2),
+            "request_id": ticket.request_id[:64],
+        },
+    )
+
+
+def build_proxy_app(sluice: Sluice, config: Config) -> web.Application:
+    """The client-facing aiohttp application: every path goes to `Sluice.handle`."""
+    app = web.Application(client_max_size=config.listen.max_body_size or 2**63)
+    app.router.add_route("*", "/{tail:.*}", sluice.handle)
+    return app

@@ -1,0 +1,130 @@
+"""Command line: `sluice --config FILE` runs the proxy; `sluice check-config FILE` validates."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .admin import TokenError
+from .config import ConfigError, load_config
+from .logs import setup_logging
+
+DEFAULT_CONFIG = Path("/etc/sluice/sluice.yaml")
+
+_DESCRIPTION = """\
+Sluice: a recovery-mode load-shedding reverse proxy.
+
+Runs in front of one backend instance (a sidecar). When a blocked backlog reopens at once,
+Sluice switches to RECOVERY, admits deferred work in controlled batches into a learned
+concurrency limit, caps each caller, keeps retries within a budget and sheds the excess with
+an explicit answer and a paced Retry-After.
+"""
+
+_EPILOG = """\
+commands:
+  sluice --config FILE          run the proxy (SIGHUP reloads FILE, SIGTERM drains)
+  sluice check-config FILE      validate FILE; prints every error with its field path
+
+admin (127.0.0.1:9901 by default): /healthz /readyz /metrics /status, POST /reload, POST /mode
+docs: README.md (configuration reference, metrics, runbook)
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sluice",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"sluice {__version__}")
+    parser.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help=f"YAML config file (default: {DEFAULT_CONFIG})",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    check = sub.add_parser(
+        "check-config",
+        help="validate a config file and exit (0 = valid)",
+        description="Validate a config file like `nginx -t`: exit 0 when valid, otherwise 1 "
+        "and every error with its dotted field path.",
+    )
+    check.add_argument("file", type=Path, metavar="FILE")
+    run = sub.add_parser("run", help="run the proxy (the default command)")
+    run.add_argument("--config", "-c", type=Path, dest="run_config", metavar="FILE")
+    return parser
+
+
+def _print_config_error(exc: ConfigError) -> None:
+    print(f"sluice: invalid config {exc.source}", file=sys.stderr)
+    for err in exc.errors:
+        print(f"  {err}", file=sys.stderr)
+
+
+def check_config(path: Path) -> int:
+    """Validate `path`; print the verdict. Returns the exit code."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return 1
+    print(
+        f"sluice: config {path} is valid (upstream {config.upstream.url}, "
+        f"listen {config.listen.host}:{config.listen.port}, protection {config.modes.protection})"
+    )
+    return 0
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where available, plain asyncio otherwise."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(coro)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `sluice` console command."""
+    args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        return check_config(args.file)
+    path = getattr(args, "run_config", None) or args.config or DEFAULT_CONFIG
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return 2
+    setup_logging(config.logging.level)
+    from .lifecycle import run
+
+    try:
+        return _run(run(config, path))
+    except TokenError as exc:
+        logging.getLogger("sluice").error("refusing to start", extra={"error": str(exc)})
+        return 2
+    except OSError as exc:
+        logging.getLogger("sluice").error("cannot start", extra={"error": str(exc)})
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

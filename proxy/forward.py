@@ -1,0 +1,199 @@
+"""The upstream call: build the upstream request, stream bodies both ways, map failures.
+
+Failures before the response headers become explicit answers (502 `upstream-connect` /
+`upstream-error`, 504 `upstream-timeout`); a failure mid-body aborts the client connection so a
+truncated body can never look complete.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncIterator
+
+import orjson
+from aiohttp import web
+
+from .config import Config
+from .contracts import Outcome, Refusal, Ticket
+from .headers import TrustedSources, set_forwarded, strip_hop_by_hop
+from .metrics import Metrics
+from .upstream import UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse
+
+# Bodies up to this size are read whole and sent with one write (cheaper than streaming).
+_SMALL_BODY = 64 * 1024
+_NO_BODY_STATUS = frozenset({204, 304})
+
+_MESSAGES = {
+    "overload": "the backend is at its limit; come back after Retry-After",
+    "caller-cap": "this caller is over its concurrency cap",
+    "retry-budget": "retry budget exhausted for this caller; come back after Retry-After",
+    "spillover": "traffic from another region is not served here; retry in your own region",
+    "shield": "traffic is removed while the backend is repaired",
+    "outage": "the backend is down; come back after Retry-After",
+    "deadline": "the request's deadline passed before it could be served",
+    "draining": "this proxy is shutting down",
+    "upstream-connect": "could not connect to the backend",
+    "upstream-timeout": "the backend did not answer in time",
+    "upstream-error": "the backend answered with an invalid or broken response",
+    "bad-request": "malformed or oversized request",
+}
+_BODIES = {
+    reason: orjson.dumps({"reason": reason, "message": msg}) for reason, msg in _MESSAGES.items()
+}
+_ERROR_REFUSALS = {
+    "connect": (502, "upstream-connect"),
+    "timeout": (504, "upstream-timeout"),
+    "reset": (502, "upstream-error"),
+    "protocol": (502, "upstream-error"),
+}
+
+
+class RequestBodyTooLarge(Exception):
+    """The streamed request body passed `listen.max_body_size`."""
+
+
+def refusal_response(refusal: Refusal, request_id: str | None) -> web.Response:
+    """The explicit answer for a refusal: status, `x-sluice-reason`, paced Retry-After, JSON."""
+    headers = {"x-sluice-reason": refusal.reason, "Content-Type": "application/json"}
+    if refusal.retry_after_ms > 0:
+        headers["Retry-After"] = str(max(1, math.ceil(refusal.retry_after_ms / 1000)))
+        headers["retry-after-ms"] = str(refusal.retry_after_ms)
+    if refusal.reason == "spillover":
+        headers["x-sluice-no-failover"] = "1"
+    if request_id:
+        headers["x-request-id"] = request_id
+    return web.Response(status=refusal.status, body=_BODIES[refusal.reason], headers=headers)
+
+
+async def _stream_body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
+    total = 0
+    content = request.content
+    while True:
+        chunk = await content.readany()
+        if not chunk:
+            return
+        total += len(chunk)
+        if limit and total > limit:
+            raise RequestBodyTooLarge(f"request body over {limit} bytes")
+        yield chunk
+
+
+class Forwarder:
+    """Sends admitted requests upstream through the shared client and streams the answer."""
+
+    def __init__(self, client: UpstreamClient, metrics: Metrics) -> None:
+        self.client = client
+        self.metrics = metrics
+
+    async def forward(
+        self,
+        request: web.Request,
+        ticket: Ticket,
+        outcome: Outcome,
+        config: Config,
+        trusted: TrustedSources,
+        peer: str,
+    ) -> web.StreamResponse:
+        """Forward `request`; fills `outcome` as soon as the upstream's fate is known."""
+        headers = strip_hop_by_hop(request.headers)
+        set_forwarded(
+            headers,
+            request.headers,
+            peer,
+            request.scheme,
+            request.headers.get("host"),
+            trusted.contains(peer),
+        )
+        rid_header = config.headers.request_id
+        if rid_header not in request.headers:
+            headers[rid_header] = ticket.request_id
+        timeout = config.upstream.read_timeout
+        if ticket.deadline is not None:
+            remaining = ticket.deadline - time.monotonic() - config.shedding.deadline_margin
+            timeout = max(0.001, min(timeout, remaining))
+            headers[config.headers.request_timeout_ms] = str(max(1, int(remaining * 1000)))
+
+        body: AsyncIterator[bytes] | None = None
+        if request.body_exists:
+            body = _stream_body(request, config.listen.max_body_size)
+
+        metrics = self.metrics
+        started = time.monotonic()
+        try:
+            upstream = await self.client.send(
+                UpstreamRequest(request.method, request.raw_path, headers, body, timeout)
+            )
+        except UpstreamError as exc:
+            outcome.latency = time.monotonic() - started
+            outcome.error = exc.kind
+            metrics.upstream_error[exc.kind].inc()
+            status, reason = _ERROR_REFUSALS[exc.kind]
+            metrics.refused[reason].inc()
+            return refusal_response(Refusal(reason, status, 1000), ticket.request_id)
+        except RequestBodyTooLarge:
+            outcome.latency = time.monotonic() - started
+            outcome.error = "cancelled"
+            metrics.refused["bad-request"].inc()
+            return refusal_response(Refusal("bad-request", 413, 0), ticket.request_id)
+
+        outcome.latency = time.monotonic() - started
+        outcome.status = upstream.status
+        metrics.upstream_latency.observe(outcome.latency)
+        metrics.forwarded.inc()
+        try:
+            return await self._respond(request, upstream, ticket.request_id)
+        finally:
+            upstream.release()
+
+    async def _respond(
+        self, request: web.Request, up: UpstreamResponse, request_id: str
+    ) -> web.StreamResponse:
+        out_headers = strip_hop_by_hop(up.headers)
+        length_text = out_headers.get("content-length")
+        length = int(length_text) if length_text and length_text.isdigit() else None
+        no_body = request.method == "HEAD" or up.status in _NO_BODY_STATUS or up.status < 200
+
+        if no_body:
+            resp = web.StreamResponse(status=up.status, reason=up.reason, headers=out_headers)
+            if length is not None and request.method == "HEAD":
+                resp.content_length = length
+            await resp.prepare(request)
+            await resp.write_eof()
+            return resp
+
+        if length is not None and length <= _SMALL_BODY:
+            parts = []
+            try:
+                while chunk := await up.read_chunk():
+                    parts.append(chunk)
+            except UpstreamError as exc:
+                # Nothing was sent yet, so the client can still get an explicit answer.
+                self.metrics.upstream_error[exc.kind].inc()
+                self.metrics.refused["upstream-error"].inc()
+                return refusal_response(Refusal("upstream-error", 502, 1000), request_id)
+            del out_headers["content-length"]
+            return web.Response(
+                status=up.status, reason=up.reason, body=b"".join(parts), headers=out_headers
+            )
+
+        resp = web.StreamResponse(status=up.status, reason=up.reason, headers=out_headers)
+        if length is None:
+            resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        try:
+            while chunk := await up.read_chunk():
+                await resp.write(chunk)
+        except UpstreamError as exc:
+            # Headers are gone: the only honest signal left is a broken connection.
+            self.metrics.upstream_error[exc.kind].inc()
+            _abort(request)
+            return resp
+        await resp.write_eof()
+        return resp
+
+
+def _abort(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()

@@ -1,0 +1,211 @@
+"""Start-up and shutdown in a fixed order; SIGHUP reloads, SIGTERM/SIGINT drain.
+
+Start: raise the open-file limit, open the upstream pool, start the gate, bind the proxy and
+admin listeners. Stop (uvicorn-style, explicit): readyz turns 503, queued requests are answered
+`draining`, the listener stops accepting, in-flight requests finish up to `drain_timeout`, then
+the upstream pool and the admin listener close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from .admin import Admin, build_admin_app, load_admin_token
+from .app import ReloadRefused, Sluice, build_proxy_app
+from .config import Config, ConfigError, load_config
+from .logs import set_level
+
+log = logging.getLogger("sluice.lifecycle")
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise the soft open-file limit to the hard limit; returns (before, after)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft, soft
+        return soft, hard
+    return soft, soft
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    addrs = runner.addresses
+    return int(addrs[0][1]) if addrs else 0
+
+
+@dataclass
+class Server:
+    """A running Sluice: listeners, the app, and the event that stops it."""
+
+    config_path: Path | None
+    sluice: Sluice
+    proxy_runner: web.AppRunner
+    admin_runner: web.AppRunner
+    stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def proxy_port(self) -> int:
+        """The proxy listener's bound port (useful with port 0)."""
+        return _bound_port(self.proxy_runner)
+
+    @property
+    def admin_port(self) -> int:
+        """The admin listener's bound port."""
+        return _bound_port(self.admin_runner)
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config file; an invalid or refused one leaves the old config running."""
+        async with self.reload_lock:
+            metrics = self.sluice.metrics
+            if self.config_path is None:
+                return {"ok": False, "error": "no config file to reload"}
+            try:
+                new = await asyncio.get_running_loop().run_in_executor(
+                    None, load_config, self.config_path
+                )
+                self.sluice.reload(new)
+            except ConfigError as exc:
+                metrics.reload_failed.inc()
+                errors = [str(e) for e in exc.errors]
+                log.error(
+                    "config reload failed; keeping the old config",
+                    extra={"file": str(self.config_path), "errors": errors},
+                )
+                return {"ok": False, "errors": errors}
+            except ReloadRefused as exc:
+                metrics.reload_refused.inc()
+                log.error(
+                    "config reload refused; keeping the old config",
+                    extra={"file": str(self.config_path), "error": str(exc)},
+                )
+                return {"ok": False, "errors": [str(exc)]}
+            metrics.reload_ok.inc()
+            generation = self.sluice.snapshot.generation
+            log.info("config reloaded", extra={"generation": generation})
+            return {"ok": True, "generation": generation}
+
+    def request_stop(self) -> None:
+        """Begin the graceful drain (what SIGTERM does)."""
+        self.stop_event.set()
+
+    async def shutdown(self) -> None:
+        """The ordered drain: readyz 503, queued answered, stop accepting, finish, close."""
+        drain_timeout = self.sluice.snapshot.config.lifecycle.drain_timeout
+        log.info(
+            "draining",
+            extra={"in_flight": self.sluice.in_flight, "drain_timeout_s": drain_timeout},
+        )
+        await self.sluice.drain()
+        await self.proxy_runner.cleanup()
+        await self.sluice.close()
+        await self.admin_runner.cleanup()
+        log.info("stopped")
+
+
+async def start_server(config: Config, config_path: Path | None = None) -> Server:
+    """Bind both listeners and start serving; the caller awaits `stop_event` then `shutdown`."""
+    token = load_admin_token(config.admin)  # TokenError propagates: refuse to start
+    sluice = Sluice(config)
+    await sluice.start()
+    listen = config.listen
+    proxy_runner = web.AppRunner(
+        build_proxy_app(sluice, config),
+        handle_signals=False,
+        access_log=None,
+        handler_cancellation=True,
+        keepalive_timeout=listen.keepalive_timeout,
+        max_line_size=listen.max_line_size,
+        max_field_size=listen.max_field_size,
+        max_headers=listen.max_headers,
+        shutdown_timeout=config.lifecycle.drain_timeout,
+    )
+    await proxy_runner.setup()
+    await web.TCPSite(
+        proxy_runner, listen.host, listen.port, backlog=listen.backlog, reuse_address=True
+    ).start()
+
+    server_holder: list[Server] = []
+
+    async def do_reload() -> dict[str, Any]:
+        return await server_holder[0].reload()
+
+    admin = Admin(
+        sluice.metrics,
+        token,
+        sluice.status,
+        do_reload,
+        sluice.gate.command,
+        lambda: sluice.draining,
+    )
+    admin_runner = web.AppRunner(
+        build_admin_app(admin), handle_signals=False, access_log=None, shutdown_timeout=1.0
+    )
+    await admin_runner.setup()
+    await web.TCPSite(admin_runner, config.admin.host, config.admin.port).start()
+    server = Server(config_path, sluice, proxy_runner, admin_runner)
+    server_holder.append(server)
+    log.info(
+        "listening",
+        extra={
+            "proxy": f"{listen.host}:{server.proxy_port}",
+            "admin": f"{config.admin.host}:{server.admin_port}",
+            "upstream": config.upstream.url,
+            "protection": config.modes.protection,
+            "admin_token": "set" if token else "none (mutating admin calls refused)",
+        },
+    )
+    return server
+
+
+def install_signals(server: Server) -> Callable[[], None]:
+    """SIGHUP → reload, SIGTERM/SIGINT → drain. Returns a function that removes them."""
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[Any]] = set()
+
+    def on_hup() -> None:
+        log.info("SIGHUP: reloading config")
+        task = loop.create_task(server.reload())
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    def on_term(signame: str) -> None:
+        log.info("signal received: draining", extra={"signal": signame})
+        server.request_stop()
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    loop.add_signal_handler(signal.SIGTERM, on_term, "SIGTERM")
+    loop.add_signal_handler(signal.SIGINT, on_term, "SIGINT")
+
+    def remove() -> None:
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+    return remove
+
+
+async def run(config: Config, config_path: Path | None) -> int:
+    """Run until SIGTERM/SIGINT, then drain. Returns the process exit code."""
+    if config.lifecycle.raise_nofile:
+        before, after = raise_nofile_limit()
+        log.info("open-file limit", extra={"before": before, "after": after})
+    set_level(config.logging.level)
+    server = await start_server(config, config_path)
+    remove = install_signals(server)
+    try:
+        await server.stop_event.wait()
+    finally:
+        remove()
+        await server.shutdown()
+    return 0
