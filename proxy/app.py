@@ -144,6 +144,10 @@ class Sluice:
             from .admin import metrics_response
 
             return metrics_response(self.metrics)
+        limit = config.listen.max_body_size
+        if limit and (request.content_length or 0) > limit:
+            self.metrics.refused["bad-request"].inc()
+            return refusal_response(Refusal("bad-request", 413, 0), None)
         ticket = snap.classifier.classify(
             peer,
             request.method,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator
 
 import orjson
 from aiohttp import web
@@ -66,17 +65,33 @@ def refusal_response(refusal: Refusal, request_id: str | None) -> web.Response:
     return web.Response(status=refusal.status, body=_BODIES[refusal.reason], headers=headers)
 
 
-async def _stream_body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
-    total = 0
-    content = request.content
-    while True:
-        chunk = await content.readany()
+class BodyStream:
+    """The client's request body as an async iterator, counted as it passes.
+
+    aiohttp's `client_max_size` does not see a streamed body, so the limit is enforced here;
+    `too_large` tells the caller why the upstream send failed.
+    """
+
+    __slots__ = ("_content", "limit", "too_large", "total")
+
+    def __init__(self, request: web.Request, limit: int) -> None:
+        self._content = request.content
+        self.limit = limit
+        self.total = 0
+        self.too_large = False
+
+    def __aiter__(self) -> BodyStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._content.readany()
         if not chunk:
-            return
-        total += len(chunk)
-        if limit and total > limit:
-            raise RequestBodyTooLarge(f"request body over {limit} bytes")
-        yield chunk
+            raise StopAsyncIteration
+        self.total += len(chunk)
+        if self.limit and self.total > self.limit:
+            self.too_large = True
+            raise RequestBodyTooLarge(f"request body over {self.limit} bytes")
+        return chunk
 
 
 class Forwarder:
@@ -114,9 +129,7 @@ class Forwarder:
             timeout = max(0.001, min(timeout, remaining))
             headers[config.headers.request_timeout_ms] = str(max(1, int(remaining * 1000)))
 
-        body: AsyncIterator[bytes] | None = None
-        if request.body_exists:
-            body = _stream_body(request, config.listen.max_body_size)
+        body = BodyStream(request, config.listen.max_body_size) if request.body_exists else None
 
         metrics = self.metrics
         started = time.monotonic()
@@ -124,18 +137,18 @@ class Forwarder:
             upstream = await self.client.send(
                 UpstreamRequest(request.method, request.raw_path, headers, body, timeout)
             )
-        except UpstreamError as exc:
+        except (UpstreamError, RequestBodyTooLarge) as exc:
             outcome.latency = time.monotonic() - started
+            if body is not None and body.too_large:
+                outcome.error = "cancelled"  # the client's fault, not the upstream's
+                metrics.refused["bad-request"].inc()
+                return refusal_response(Refusal("bad-request", 413, 0), ticket.request_id)
+            assert isinstance(exc, UpstreamError)
             outcome.error = exc.kind
             metrics.upstream_error[exc.kind].inc()
             status, reason = _ERROR_REFUSALS[exc.kind]
             metrics.refused[reason].inc()
             return refusal_response(Refusal(reason, status, 1000), ticket.request_id)
-        except RequestBodyTooLarge:
-            outcome.latency = time.monotonic() - started
-            outcome.error = "cancelled"
-            metrics.refused["bad-request"].inc()
-            return refusal_response(Refusal("bad-request", 413, 0), ticket.request_id)
 
         outcome.latency = time.monotonic() - started
         outcome.status = upstream.status

@@ -125,6 +125,7 @@ async def start_server(config: Config, config_path: Path | None = None) -> Serve
         handle_signals=False,
         access_log=None,
         handler_cancellation=True,
+        auto_decompress=False,  # bytes and Content-Encoding pass untouched
         keepalive_timeout=listen.keepalive_timeout,
         max_line_size=listen.max_line_size,
         max_field_size=listen.max_field_size,
