@@ -12,7 +12,14 @@ import orjson
 import pytest
 
 from proxy.lifecycle import Server
-from tests.support import EchoBackend, free_port, running_backend, running_sluice, sluice_config
+from tests.support import (
+    EchoBackend,
+    free_port,
+    running_backend,
+    running_sluice,
+    sluice_config,
+    wait_for,
+)
 
 PROTECTION = "off"
 
@@ -122,7 +129,7 @@ async def test_oversized_body_refused_with_413(
             assert resp.headers["x-sluice-reason"] == "bad-request"
         async with client.post(url(server, "/sha"), data=b"small") as resp:
             assert resp.status == 200
-        await _until(lambda: server.sluice.in_flight == 0)
+        await wait_for(lambda: server.sluice.in_flight == 0)
 
 
 async def test_hop_by_hop_headers_stripped_both_ways(
@@ -203,12 +210,11 @@ async def test_spoofed_forwarded_headers_from_untrusted_peer_dropped(
 
 async def test_upstream_refused_gives_502_with_reason(client: aiohttp.ClientSession) -> None:
     config = sluice_config(f"http://127.0.0.1:{free_port()}", modes={"protection": PROTECTION})
-    async with running_sluice(config) as server:
-        async with client.get(url(server, "/anything")) as resp:
-            assert resp.status == 502
-            assert resp.headers["x-sluice-reason"] == "upstream-connect"
-            assert int(resp.headers["Retry-After"]) >= 1
-            assert (await resp.json())["reason"] == "upstream-connect"
+    async with running_sluice(config) as server, client.get(url(server, "/anything")) as resp:
+        assert resp.status == 502
+        assert resp.headers["x-sluice-reason"] == "upstream-connect"
+        assert int(resp.headers["Retry-After"]) >= 1
+        assert (await resp.json())["reason"] == "upstream-connect"
 
 
 async def test_upstream_hang_gives_504_with_reason(
@@ -219,11 +225,10 @@ async def test_upstream_hang_gives_504_with_reason(
         modes={"protection": PROTECTION},
         upstream={"url": backend.url, "read_timeout": "300ms"},
     )
-    async with running_sluice(config) as server:
-        async with client.get(url(server, "/hang")) as resp:
-            assert resp.status == 504
-            assert resp.headers["x-sluice-reason"] == "upstream-timeout"
-            assert "retry-after-ms" in resp.headers
+    async with running_sluice(config) as server, client.get(url(server, "/hang")) as resp:
+        assert resp.status == 504
+        assert resp.headers["x-sluice-reason"] == "upstream-timeout"
+        assert "retry-after-ms" in resp.headers
 
 
 async def test_upstream_reset_mid_body_breaks_the_client_response(
@@ -242,13 +247,13 @@ async def test_client_disconnect_releases_the_slot(
     sluice: Server, backend: EchoBackend, client: aiohttp.ClientSession
 ) -> None:
     task = asyncio.create_task(client.get(url(sluice, "/hold")))
-    await _until(lambda: sluice.sluice.in_flight == 1)
+    await wait_for(lambda: sluice.sluice.in_flight == 1)
     status = sluice.sluice.status()
     assert status["requests_in_progress"] == 1
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await _until(lambda: sluice.sluice.in_flight == 0)
+    await wait_for(lambda: sluice.sluice.in_flight == 0)
     assert sluice.sluice.gate.status()["in_flight"] == 0
 
 
@@ -263,12 +268,3 @@ async def test_metrics_expose_sluice_series(sluice: Server, client: aiohttp.Clie
     assert 'sluice_requests_total{outcome="forwarded",reason=""} 1.0' in text
     for name in ("sluice_in_flight", "sluice_upstream_latency_seconds_bucket", "sluice_mode"):
         assert name in text
-
-
-async def _until(predicate: Any, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not predicate():
-        if loop.time() > end:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.01)

@@ -1,0 +1,129 @@
+"""Config loading: every error names its field; durations; unknown keys; restart-only fields."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from proxy.cli import main
+from proxy.config import (
+    ConfigError,
+    load_config,
+    load_config_data,
+    parse_duration,
+    restart_only_changes,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = {"upstream": {"url": "http://127.0.0.1:8081"}}
+
+
+def errors_of(data: object) -> dict[str, str]:
+    with pytest.raises(ConfigError) as info:
+        load_config_data(data)
+    return {e.path: e.message for e in info.value.errors}
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("250ms", 0.25), ("5s", 5.0), ("2m", 120.0), ("1h", 3600.0), ("1.5s", 1.5), (" 10ms ", 0.01)],
+)
+def test_durations_parse(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("bad", ["5", 5, "5 sec", "-1s", "ms", True, None, "1d"])
+def test_bad_durations_refused(bad: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+def test_shipped_configs_are_valid() -> None:
+    for path in sorted((ROOT / "config").glob("*.yaml")):
+        load_config(path)
+
+
+def test_missing_upstream_named() -> None:
+    assert errors_of({}) == {"upstream": "required field is missing"}
+
+
+def test_unknown_key_named_with_its_path() -> None:
+    errs = errors_of({**BASE, "listen": {"prot": 80}})
+    assert errs == {"listen.prot": "unknown key"}
+
+
+def test_wrong_type_named() -> None:
+    errs = errors_of({**BASE, "listen": {"port": "eighty"}})
+    assert list(errs) == ["listen.port"]
+    assert "integer" in errs["listen.port"]
+
+
+def test_bad_duration_named() -> None:
+    errs = errors_of({"upstream": {"url": "http://x", "read_timeout": "30 seconds"}})
+    assert list(errs) == ["upstream.read_timeout"]
+    assert "duration" in errs["upstream.read_timeout"]
+
+
+def test_every_error_reported_at_once() -> None:
+    errs = errors_of({"listen": {"port": -1, "nope": 1}, "upstream": {"url": "http://x"}, "x": 1})
+    assert set(errs) == {"listen.port", "listen.nope", "x"}
+
+
+def test_bad_cidr_and_header_name() -> None:
+    errs = errors_of(
+        {**BASE, "trust": {"sources": ["10.0.0.0/33"]}, "headers": {"caller_id": "a b"}}
+    )
+    assert set(errs) == {"trust.sources.0", "headers.caller_id"}
+
+
+def test_bad_upstream_url() -> None:
+    errs = errors_of({"upstream": {"url": "ftp://backend"}})
+    assert "url must be" in errs["upstream"]
+
+
+def test_top_level_must_be_mapping() -> None:
+    assert errors_of([1, 2]) == {"": "the top level must be a mapping"}
+
+
+def test_yaml_syntax_error_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("listen: [unclosed\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "not valid YAML" in str(info.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "absent.yaml")
+    assert "cannot read file" in str(info.value)
+
+
+def test_restart_only_fields_detected() -> None:
+    a = load_config_data(BASE)
+    b = load_config_data({**BASE, "listen": {"port": 9000}, "logging": {"level": "debug"}})
+    assert restart_only_changes(a, b) == ["listen.port"]
+    assert restart_only_changes(a, a) == []
+
+
+def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("upstream:\n  url: http://127.0.0.1:8081\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("upstream:\n  url: http://127.0.0.1:8081\nlisten:\n  backlog: lots\n")
+    assert main(["check-config", str(good)]) == 0
+    assert "is valid" in capsys.readouterr().out
+    assert main(["check-config", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "listen.backlog" in err
+
+
+def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert "sluice" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "check-config" in capsys.readouterr().out
