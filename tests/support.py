@@ -26,6 +26,8 @@ from proxy.config import Config, load_config_data
 from proxy.lifecycle import Server, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
+# The gate the integration tests run with unless a test says otherwise.
+DEFAULT_PROTECTION = "off"
 
 
 def free_port() -> int:
@@ -53,6 +55,7 @@ def sluice_config(upstream_url: str, **sections: Any) -> Config:
         "upstream": {"url": upstream_url, "read_timeout": "5s", "connect_timeout": "1s"},
         "admin": {"host": "127.0.0.1", "port": 0, "token_env": "SLUICE_TEST_TOKEN"},
         "lifecycle": {"drain_timeout": "2s", "raise_nofile": False},
+        "modes": {"protection": DEFAULT_PROTECTION},
     }
     return load_config_data(merge(data, sections))
 
@@ -258,6 +261,7 @@ def process_config(upstream: str, **sections: Any) -> dict[str, Any]:
         "upstream": {"url": upstream, "read_timeout": "5s"},
         "admin": {"host": "127.0.0.1", "port": free_port(), "token_env": "SLUICE_TEST_TOKEN"},
         "lifecycle": {"drain_timeout": "5s"},
+        "modes": {"protection": DEFAULT_PROTECTION},
     }
     return merge(data, sections)
 
