@@ -32,7 +32,7 @@ class TokenError(Exception):
 
 
 def load_admin_token(config: AdminConfig) -> str | None:
-    """The bearer token from `token_file` (refused if group/world-readable) or `token_env`."""
+    """The bearer token from `token_file` (refused if world-readable) or `token_env`."""
     if config.token_file is not None:
         path = Path(config.token_file)
         try:
@@ -40,10 +40,8 @@ def load_admin_token(config: AdminConfig) -> str | None:
             token = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise TokenError(f"admin.token_file: cannot read {path}: {exc}") from None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise TokenError(
-                f"admin.token_file: {path} is readable by group or others; chmod 600 it"
-            )
+        if mode & stat.S_IRWXO:
+            raise TokenError(f"admin.token_file: {path} is world-readable; chmod 600 (or 640) it")
         if not token:
             raise TokenError(f"admin.token_file: {path} is empty")
         return token
