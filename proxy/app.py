@@ -18,6 +18,7 @@ from .classify import Classifier
 from .config import Config, restart_only_changes
 from .contracts import Gate, Outcome, Refusal, Ticket
 from .forward import Forwarder, refusal_response
+from .guard import CountingInvalidHeaders
 from .headers import TrustedSources
 from .logs import set_level
 from .metrics import Metrics
@@ -55,8 +56,11 @@ class Sluice:
     """One proxy process: snapshot, gate, upstream client, metrics and the request handler."""
 
     def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
-        classifier = Classifier(config)
         self.metrics = metrics or Metrics(c.name for c in config.callers.known)
+        # One counter for every classifier, so `sluice_invalid_headers` survives reloads.
+        self.invalid_headers = CountingInvalidHeaders(self.metrics)
+        classifier = Classifier(config)
+        classifier.invalid_headers = self.invalid_headers
         self.snapshot = Snapshot(config, classifier, classifier.trusted, 1)
         self.metrics.config_info.set(1)
         self.gate: Gate = make_gate(config, self.metrics, classifier.caller_names())
@@ -119,6 +123,7 @@ class Sluice:
         if old.upstream.url != new.upstream.url or old.upstream.client != new.upstream.client:
             raise ReloadRefused("changing upstream.url or upstream.client needs a restart")
         classifier = Classifier(new, self.snapshot.classifier.recent)
+        classifier.invalid_headers = self.invalid_headers
         self.gate.reconfigure(new)
         self.snapshot = Snapshot(new, classifier, classifier.trusted, self.snapshot.generation + 1)
         self.metrics.config_info.set(self.snapshot.generation)

@@ -22,6 +22,7 @@ from aiohttp import web
 from .admin import Admin, build_admin_app, load_admin_token
 from .app import ReloadRefused, Sluice, build_proxy_app
 from .config import Config, ConfigError, load_config
+from .guard import Guard, GuardedAppRunner
 from .logs import set_level
 
 log = logging.getLogger("sluice.lifecycle")
@@ -120,8 +121,10 @@ async def start_server(config: Config, config_path: Path | None = None) -> Serve
     sluice = Sluice(config)
     await sluice.start()
     listen = config.listen
-    proxy_runner = web.AppRunner(
+    guard = Guard(lambda: sluice.snapshot.config.listen, sluice.metrics)
+    proxy_runner = GuardedAppRunner(  # header-read timer, JSON answers to bad input
         build_proxy_app(sluice, config),
+        guard,
         handle_signals=False,
         access_log=None,
         handler_cancellation=True,

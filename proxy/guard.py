@@ -1,0 +1,355 @@
+"""Connection-level protections in front of the request path.
+
+aiohttp parses requests well but leaves three doors open for a proxy in the path of every
+identity request:
+
+* **slowloris**: nothing times the first request's line and headers after accept (aiohttp's
+  keep-alive timer starts at accept too, but it is the long `keepalive_timeout`, not a header
+  budget). `GuardedRequestHandler` closes a connection whose request line and headers have not
+  all arrived within `listen.header_read_timeout`, counted from accept for the first request and
+  from the first byte of each later request on a kept-alive connection. A connection that sent
+  nothing is closed silently (a pre-connect is not an error); one that sent part of a request
+  gets `408` first.
+* **error answers**: on a parse error aiohttp answers a plain-text 400 that echoes the
+  offending bytes back and logs a traceback per bad request (a log flood on demand). Here every
+  parse error becomes the reason table's JSON body with `x-sluice-reason: bad-request`:
+  414 for an over-long request line, 431 for an over-long header field or too many of them,
+  400 for everything else, counted per kind and logged at most once per `_LOG_EVERY` seconds.
+* **framing**: llhttp (aiohttp's C parser) already refuses `Content-Length` with
+  `Transfer-Encoding`, duplicate `Content-Length` (even equal ones), unknown or non-final
+  transfer codings, obs-fold, and CR, LF or NUL inside a header value; those refusals happen
+  before a request exists, so nothing can be forwarded. On top of that the guard refuses what
+  parses but must not be proxied: `Transfer-Encoding` in an HTTP/1.0 request (RFC 9112 §6.1:
+  the framing is faulty), `CONNECT`, and WebSocket upgrades (Sluice strips `Upgrade`; after one,
+  aiohttp stops parsing the connection as HTTP).
+
+The limits themselves (line, field, header count, keep-alive) are read from the config in
+force when a connection is accepted, so a reload applies them to new connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.http_writer import HttpVersion10, HttpVersion11
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
+from aiohttp.web_request import BaseRequest
+from prometheus_client import Counter
+
+from .classify import InvalidHeaderCounter
+from .config import ListenConfig
+from .contracts import Refusal
+from .forward import refusal_response
+from .metrics import Metrics
+
+log = logging.getLogger("sluice.guard")
+
+# Kinds of refused input (a closed set: they are metric labels).
+BAD_INPUT_KINDS: tuple[str, ...] = (
+    "malformed",  # not HTTP/1.x, bad request line, bad header syntax, missing Host...
+    "uri-too-long",  # 414
+    "headers-too-large",  # 431: one field over max_field_size, or more than max_headers
+    "framing",  # Content-Length / Transfer-Encoding conflicts (request smuggling attempts)
+    "bad-header-value",  # CR, LF, NUL or another control character inside a header value
+    "unsupported",  # CONNECT, WebSocket upgrade
+    "header-timeout",  # request line + headers not complete within header_read_timeout
+)
+# A refused-input warning is logged at most this often (the counter has every one).
+_LOG_EVERY = 10.0
+
+_408_BODY = b'{"reason":"bad-request","message":"request line and headers took too long"}'
+_408 = (
+    b"HTTP/1.1 408 Request Timeout\r\n"
+    b"Content-Type: application/json\r\n"
+    b"x-sluice-reason: bad-request\r\n"
+    b"Connection: close\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_408_BODY), _408_BODY)
+)
+
+
+class Guard:
+    """Shared state of the connection guard: the live listen config, counters, log pacing."""
+
+    def __init__(self, listen: Callable[[], ListenConfig], metrics: Metrics) -> None:
+        self.listen = listen
+        self.metrics = metrics
+        self.bad_input = Counter(
+            "sluice_bad_input",
+            "Requests or connections refused for malformed, oversized or slow input, by kind.",
+            ["kind"],
+            registry=metrics.registry,
+        )
+        self.kind = {k: self.bad_input.labels(k) for k in BAD_INPUT_KINDS}
+        self.refused = metrics.refused["bad-request"]
+        self._last_log = -_LOG_EVERY
+        self._unlogged = 0
+
+    def count(self, kind: str, peer: object, detail: str) -> None:
+        """Count one refusal; log a warning at most once per `_LOG_EVERY` seconds."""
+        self.kind[kind].inc()
+        now = time.monotonic()
+        if now - self._last_log < _LOG_EVERY:
+            self._unlogged += 1
+            return
+        log.warning(
+            "bad input refused",
+            extra={
+                "kind": kind,
+                "peer": str(peer),
+                "detail": detail[:200],
+                "not_logged_since_last": self._unlogged,
+            },
+        )
+        self._last_log = now
+        self._unlogged = 0
+
+    def refuse(self, kind: str, status: int, peer: object, detail: str) -> web.Response:
+        """The reason table's bad-request answer; the connection closes after it."""
+        self.count(kind, peer, detail)
+        self.refused.inc()
+        resp = refusal_response(Refusal("bad-request", status, 0), None)
+        resp.force_close()
+        return resp
+
+
+def classify_parse_error(exc: BaseException, listen: ListenConfig) -> tuple[str, int]:
+    """(kind, status) for an aiohttp parse error.
+
+    llhttp reports an over-long line from the callback that saw it, and the Cython traceback
+    names that callback: `cb_on_url` is the request target (414), `cb_on_header_*` a header
+    (431). Without that (the pure-Python parser), the limit in the exception decides when the
+    two limits differ; when they are equal there is no telling, and the answer is 400.
+    """
+    message = getattr(exc, "message", "") or str(exc)
+    if isinstance(exc, LineTooLong):
+        where = _raised_in(exc)
+        if "cb_on_url" in where:
+            return "uri-too-long", 414
+        if "cb_on_header_field" in where or "cb_on_header_value" in where:
+            return "headers-too-large", 431
+        if "parse_headers" in where:
+            return "headers-too-large", 431
+        limit = exc.args[1] if len(exc.args) > 1 else None
+        if limit == listen.max_line_size != listen.max_field_size:
+            return "uri-too-long", 414
+        if limit == listen.max_field_size != listen.max_line_size:
+            return "headers-too-large", 431
+        return "headers-too-large", 400
+    if "Too many headers" in message:
+        return "headers-too-large", 431
+    if "Content-Length" in message or "Transfer-Encoding" in message:
+        return "framing", 400
+    if (
+        "header value char" in message
+        or "after header value" in message
+        or ("Invalid HTTP header" in message)
+    ):
+        return "bad-header-value", 400
+    return "malformed", 400
+
+
+def _raised_in(exc: BaseException) -> str:
+    names = []
+    tb = exc.__traceback__
+    while tb is not None:
+        names.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    return " ".join(names)
+
+
+def screen(message: RawRequestMessage) -> RawRequestMessage | tuple[str, str]:
+    """A parsed request as it may be proxied, or (kind, detail) when it must be refused.
+
+    Refused: HTTP versions other than 1.0 and 1.1 (llhttp lets `HTTP/0.9` and `HTTP/2.0`
+    request lines through), `Transfer-Encoding` in HTTP/1.0, `CONNECT`, WebSocket upgrades and
+    asterisk- or authority-form targets. An absolute-form target (`GET http://host/p?q`) is
+    rewritten to origin-form (`/p?q`), which is what the upstream must see.
+    """
+    version = message.version
+    if version != HttpVersion11 and version != HttpVersion10:
+        return "malformed", f"HTTP version {version.major}.{version.minor} is not served"
+    if message.method == "CONNECT":
+        return "unsupported", "CONNECT is not proxied"
+    if version == HttpVersion10 and "transfer-encoding" in message.headers:
+        return "framing", "Transfer-Encoding in an HTTP/1.0 request"
+    if message.upgrade and message.headers.get("upgrade", "").strip().lower() == "websocket":
+        return "unsupported", "WebSocket upgrades are not proxied"
+    target = message.path
+    if not target.startswith("/"):
+        origin = _origin_form(target)
+        if origin is None:
+            return "unsupported", "only origin-form and absolute-form targets are proxied"
+        message = message._replace(path=origin)
+    return message
+
+
+def _origin_form(target: str) -> str | None:
+    """`http://host:port/p?q` → `/p?q`; None for anything that is not absolute-form."""
+    scheme, sep, rest = target.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return None
+    cuts = [i for i in (rest.find("/"), rest.find("?")) if i >= 0]
+    path = rest[min(cuts) :] if cuts else ""
+    return path if path.startswith("/") else "/" + path
+
+
+class GuardedRequestHandler(RequestHandler):
+    """aiohttp's RequestHandler plus a header-read timer and Sluice's answers to bad input."""
+
+    __slots__ = ("_guard", "_header_bytes", "_header_timer")
+
+    def __init__(self, manager: web.Server, *, guard: Guard, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._guard = guard
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._header_bytes = 0
+
+    # --- the header-read timer ----------------------------------------------------------
+    def _arm(self) -> None:
+        timeout = self._guard.listen().header_read_timeout
+        if timeout > 0:
+            self._header_bytes = 0
+            self._header_timer = self._loop.call_later(timeout, self._header_timeout)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        transport = self.transport
+        if transport is None or self._force_close:
+            return
+        peer = transport.get_extra_info("peername")
+        if self._header_bytes:
+            self._guard.count("header-timeout", peer, f"{self._header_bytes} bytes, incomplete")
+            self._guard.refused.inc()
+            transport.write(_408)
+        else:
+            self._guard.count("header-timeout", peer, "no request sent")
+        self.force_close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._header_timer is None:
+            waiter = self._waiter
+            # Idle between requests on a kept-alive connection: a new request starts here.
+            if waiter is not None and not waiter.done() and not self._messages:
+                self._arm()
+        if self._header_timer is not None:
+            self._header_bytes += len(data)
+        before = self._request_count
+        super().data_received(data)
+        parsed = self._request_count - before
+        if parsed:
+            # Request line and headers are complete (or refused): the timer's work is done.
+            self._disarm()
+            self._check_messages(parsed)
+
+    def _check_messages(self, parsed: int) -> None:
+        messages = self._messages
+        n = len(messages)
+        for i in range(max(0, n - parsed), n):
+            message, payload = messages[i]
+            if isinstance(message, _ErrInfo):
+                continue
+            if (
+                message.version is HttpVersion11
+                and message.path.startswith("/")
+                and not message.upgrade
+                and message.method != "CONNECT"
+            ):
+                continue  # the common case, decided without a call
+            screened = screen(message)
+            if isinstance(screened, RawRequestMessage):
+                messages[i] = (screened, payload)
+            else:
+                kind, detail = screened
+                messages[i] = (_ErrInfo(400, BadHttpMessage(detail), kind), payload)
+
+    # --- answers to bad input -------------------------------------------------------------
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status != 400 or exc is None or not isinstance(exc, HttpProcessingError):
+            return super().handle_error(request, status, exc, message)
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        if isinstance(exc, BadHttpMessage) and message in BAD_INPUT_KINDS:
+            kind, code = message, 400  # refused by _check_messages
+        else:
+            kind, code = classify_parse_error(exc, self._guard.listen())
+        return self._guard.refuse(kind, code, peer, getattr(exc, "message", "") or str(exc))
+
+
+class GuardedServer(web.Server):
+    """aiohttp's low-level server whose connections are `GuardedRequestHandler`s."""
+
+    def __init__(self, base: web.Server, guard: Guard) -> None:
+        super().__init__(
+            base.request_handler,
+            request_factory=base.request_factory,
+            handler_cancellation=base.handler_cancellation,
+            loop=base._loop,
+            **base._kwargs,
+        )
+        self.guard = guard
+
+    def __call__(self) -> RequestHandler:
+        listen = self.guard.listen()
+        kwargs = dict(self._kwargs)
+        # Limits in force now apply to this connection (a reload reaches new connections).
+        kwargs.update(
+            max_line_size=listen.max_line_size,
+            max_field_size=listen.max_field_size,
+            max_headers=listen.max_headers,
+            keepalive_timeout=listen.keepalive_timeout,
+        )
+        return GuardedRequestHandler(self, loop=self._loop, guard=self.guard, **kwargs)
+
+
+class GuardedAppRunner(web.AppRunner):
+    """`web.AppRunner` whose server hands every connection to the guard."""
+
+    __slots__ = ("_guard",)
+
+    def __init__(self, app: web.Application, guard: Guard, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._guard = guard
+
+    async def _make_server(self) -> web.Server:
+        return GuardedServer(await super()._make_server(), self._guard)
+
+
+class CountingInvalidHeaders(InvalidHeaderCounter):
+    """The classifier's invalid-header counter, also feeding `sluice_invalid_headers`.
+
+    Only the invalid path pays for the metric; one instance is shared by every classifier
+    across reloads so the series never goes backwards.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self._inc = metrics.invalid_headers.inc
+
+    def hit(self) -> None:
+        self.count += 1
+        self._inc()
