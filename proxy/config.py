@@ -148,19 +148,43 @@ class RetryDetectConfig(Strict):
 
 class RetryBudgetConfig(Strict):
     enabled: bool = True
-    ratio: float = Field(0.1, ge=0.0, le=10.0)
-    floor_per_s: float = Field(1.0, ge=0.0)
-    window: Duration = 10.0
+    ratio: float = Field(
+        0.1, ge=0.0, le=10.0, description="unsolicited retries allowed per recent first try"
+    )
+    floor_per_s: float = Field(1.0, ge=0.0, description="retries per second always allowed")
+    global_ratio: float = Field(0.1, ge=0.0, le=10.0, description="the same, all callers")
+    global_floor_per_s: float = Field(10.0, ge=0.0)
+    window: Duration = Field(10.0, gt=0, description="deposits expire after this long")
 
 
 class LimiterConfig(Strict):
     initial: int = Field(16, ge=1)
     floor: int = Field(4, ge=1)
     ceiling: int = Field(1000, ge=1)
-    growth: float = Field(1.0, gt=0, description="additive growth per healthy window")
+    growth: float = Field(
+        1.0, gt=0, description="additive growth per healthy window, in units of sqrt(limit)"
+    )
+    slow_start_factor: float = Field(
+        2.0, gt=1.0, le=4.0, description="multiplicative growth per healthy window in slow start"
+    )
     backoff: float = Field(0.9, gt=0, lt=1, description="multiplicative back-off")
-    latency_tolerance: float = Field(2.0, ge=1.0, description="latency / floor ratio tolerated")
-    window: Duration = 0.5
+    latency_tolerance: float = Field(
+        1.5, ge=1.0, description="latency / unloaded latency tolerated before shrinking"
+    )
+    backpressure_ratio: float = Field(
+        0.02, gt=0, le=1, description="share of 429/503/timeouts in a window that backs off"
+    )
+    min_samples: int = Field(10, ge=1, description="answers a window needs to move the limit")
+    window: Duration = Field(0.5, gt=0)
+    floor_probe_interval: Duration = Field(
+        30.0, description="re-measure unloaded latency when unconfirmed this long; 0 = never"
+    )
+    floor_probe_fraction: float = Field(
+        0.5, gt=0, lt=1, description="limit during a re-measurement, as a share of the limit"
+    )
+    stable_windows: int = Field(
+        4, ge=1, description="windows without growth before the limit counts as settled"
+    )
 
     @model_validator(mode="after")
     def _order(self) -> LimiterConfig:
@@ -178,10 +202,17 @@ class QueueConfig(Strict):
 
 class RecoveryConfig(Strict):
     batch_size: int = Field(16, ge=1)
-    batch_interval: Duration = 0.1
+    batch_interval: Duration = Field(0.1, gt=0)
     enter_queue_depth: int = Field(64, ge=1)
     enter_arrival_ratio: float = Field(3.0, gt=1.0)
     enter_retry_share: float = Field(0.5, gt=0, le=1)
+    enter_min_rate: float = Field(
+        20.0, ge=0, description="arrivals/s below which surge and retry share are not judged"
+    )
+    rate_window: Duration = Field(2.0, gt=0, description="window for arrival rate, retry share")
+    baseline_halflife: Duration = Field(
+        60.0, gt=0, description="half-life of the arrival baseline (frozen outside NORMAL)"
+    )
     exit_queue_depth: int = Field(8, ge=0)
     hold: Duration = 5.0
 
@@ -191,9 +222,22 @@ class ModesConfig(Strict):
     min_dwell: Duration = 2.0
     outage_error_ratio: float = Field(0.5, gt=0, le=1)
     outage_min_samples: int = Field(10, ge=1)
+    error_window: Duration = Field(5.0, gt=0, description="window for the upstream error rate")
     fast_error: Duration = Field(0.05, description="a 5xx faster than this counts as broken")
-    shield_default_ttl: Duration = 600.0
+    outage_probe_failures: int = Field(
+        2, ge=1, description="consecutive failed probes (with no answers) that mean OUTAGE"
+    )
+    outage_exit_probes: int = Field(1, ge=1, description="consecutive good probes to leave")
+    outage_trickle: int = Field(
+        1, ge=0, description="requests forwarded concurrently during OUTAGE (canaries)"
+    )
+    shield_default_ttl: Duration = Field(600.0, gt=0)
+    shield_max_ttl: Duration = Field(86400.0, gt=0)
     start_in_recovery_if_loaded: bool = True
+    startup_window: Duration = Field(
+        10.0, description="how long after start a loaded backend sends us to RECOVERY"
+    )
+    transitions_kept: int = Field(50, ge=1, le=10000, description="transitions in /status")
 
 
 class SheddingConfig(Strict):
@@ -201,12 +245,28 @@ class SheddingConfig(Strict):
     deadline_margin: Duration = 0.05
     retry_after_min: Duration = 1.0
     retry_after_max: Duration = 60.0
-    slot: Duration = 0.1
+    slot: Duration = Field(0.1, gt=0)
+    slot_grace: Duration = Field(
+        0.5, description="early/late tolerance when recognising a return in its booked slot"
+    )
+    min_return_share: float = Field(
+        0.25, gt=0, le=1, description="least share of the learned pace booked for returns"
+    )
+    max_bookings: int = Field(100000, ge=0, description="booked slots remembered, all callers")
+
+    @model_validator(mode="after")
+    def _order(self) -> SheddingConfig:
+        if self.retry_after_min > self.retry_after_max:
+            raise ValueError("need retry_after_min <= retry_after_max")
+        return self
 
 
 class RegionConfig(Strict):
     name: str = "local"
     spillover: Literal["refuse", "spare", "allow"] = "spare"
+    spare_utilisation: float = Field(
+        0.8, gt=0, le=1, description="under `spare`, fill the limiter only up to this share"
+    )
 
 
 class AdminConfig(Strict):

@@ -50,6 +50,9 @@ class Ticket:
     fingerprint: int = 0
     solicited: bool = False  # set by the gate: the caller came back in a slot we booked
     extra: dict[str, Any] = field(default_factory=dict)
+    # Owned by the gate: its per-caller accounting for an admitted ticket (None otherwise),
+    # so `release` finds it without a lookup and a second release is a no-op.
+    gate_state: Any = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -123,6 +123,53 @@ class Metrics:
         )
         self.probe_ok = self.probes.labels("ok")
         self.probe_failed = self.probes.labels("failed")
+        self.dry_run_deferrals = Counter(
+            "sluice_dry_run_deferrals",
+            "Requests that would have waited in a queue, admitted at once in dry-run mode.",
+            registry=r,
+        )
+        self.latency_floor = Gauge(
+            "sluice_latency_floor_seconds",
+            "The upstream's learned unloaded latency (the limiter's yardstick).",
+            registry=r,
+        )
+        self.pace = Gauge(
+            "sluice_pace",
+            "Requests per second the upstream absorbs at the learned limit (for pacing).",
+            registry=r,
+        )
+        self.arrival_rate = Gauge(
+            "sluice_arrival_rate", "Arrivals per second over the rate window.", registry=r
+        )
+        self.arrival_baseline = Gauge(
+            "sluice_arrival_baseline",
+            "The arrival-rate baseline (learnt in NORMAL only, frozen otherwise).",
+            registry=r,
+        )
+        self.retry_share = Gauge(
+            "sluice_retry_share",
+            "Unsolicited retries as a share of arrivals over the rate window.",
+            registry=r,
+        )
+        self.slots_live = Gauge(
+            "sluice_retry_slots_live",
+            "Booked return slots still remembered (not yet redeemed or expired).",
+            registry=r,
+        )
+        self.caller_queue_depth = Gauge(
+            "sluice_caller_queue_depth",
+            "Deferred requests waiting, by caller.",
+            ["caller"],
+            registry=r,
+        )
+        self.caller_queue_children = {
+            c: self.caller_queue_depth.labels(c) for c in self.caller_labels
+        }
+        self.budget_global = Gauge(
+            "sluice_retry_budget_global_remaining",
+            "Unsolicited retries all callers together may still make in the current window.",
+            registry=r,
+        )
 
         # --- retry budgets and regions --------------------------------------------------
         self.retries = Counter(

@@ -1,0 +1,1148 @@
+"""The admission gate: admit, defer or shed each request; release deferred work in batches.
+
+One concurrency limiter (`limiter.Limiter`, learned) stands in front of the upstream, with
+per-caller caps on top. `admit` is synchronous and O(1):
+
+- NORMAL, under the limit and the caller's cap, a first try from local traffic with no booked
+  slot: the fast path. It touches no queue, calls no clock and formats nothing.
+- Otherwise the slow path decides, in this order: draining, SHIELD allow-list, a cap of 0,
+  an unmeetable deadline, spillover policy, the retry budget (work-conserving), a free slot,
+  then a queue (short in NORMAL, `queue.max_wait` in RECOVERY and OUTAGE) or a refusal with a
+  paced Retry-After (`pacing.Pacer`).
+
+Queues: one lane per (caller, priority), configured callers plus the hashed fair buckets, so
+memory is bounded whatever callers arrive. Higher priority first; within a priority, deficit
+round-robin over callers by weight, so one orchestrator's backlog cannot starve another
+caller or fresh traffic. In a lane, solicited returns (the caller came back in the slot we
+booked) go before its fresh arrivals. Entries live in OrderedDicts: removing a cancelled
+waiter is O(1) and it is never forwarded.
+
+Batches: the limit in force (`_eff`) is the learned limit in NORMAL and SHIELD, the OUTAGE
+trickle in OUTAGE, and in RECOVERY min(limit, in-flight at the last tick + `batch_size`): so
+each `batch_interval` at most `batch_size` *new* concurrent requests enter, never past the
+limiter's free slots, while a finished request's slot is handed to the next waiter at once
+(one for one, which never raises concurrency). Invariant, restored after every event: when
+in-flight is below `_eff`, nothing queued is eligible (everything waiting is held by its
+caller's cap), which is what lets the fast path skip the queues.
+
+Adaptive LIFO: off by default (`queue.lifo_when_older_than: 0`), available per lane. Meta
+serves newest-first under congestion because the oldest waiters' clients have mostly given up
+already. Here they have not: a waiter whose client goes away is removed at once, and every
+waiter is answered before its own deadline, so the oldest waiters are live work. FIFO also
+keeps waits bounded and in the order we paced the returns; LIFO would starve the oldest until
+`max_wait` turns them into refusals, and refusals into retries.
+
+The budgets, caps and mode sit behind small interfaces (`budgets.RetryBudgets`, `CallerCaps`,
+the `ModeController`) with in-process defaults, so a fleet-wide store can slot in (§9).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from .budgets import LocalRetryBudgets, RetryBudgets
+from .config import PRIORITY_CLASSES, Config, parse_duration
+from .contracts import Outcome, Probe, Refusal, Ticket
+from .limiter import Limiter
+from .metrics import Metrics
+from .modes import (
+    REASON_OPERATOR,
+    Event,
+    IllegalTransition,
+    Mode,
+    ModeController,
+    Snapshot,
+    Transition,
+)
+from .pacing import Booking, Pacer
+from .signals import BROKEN, PUSHBACK, TIMEOUT, ArrivalRate, UpstreamHealth, classify_outcome
+
+log = logging.getLogger("sluice.gate")
+modes_log = logging.getLogger("sluice.modes")
+
+NO_CAP = 1 << 62
+_N_PRIO = len(PRIORITY_CLASSES)
+# Waiter states.
+WAITING, ADMITTED, REFUSED, CANCELLED = 0, 1, 2, 3
+# Decisions of the slow path.
+_ADMIT, _QUEUE, _REFUSE = 0, 1, 2
+# Reasons whose Retry-After is a plain minimum (no slot booked): the client should go
+# elsewhere (spillover, draining) or cannot be served here at all (a cap of 0).
+_UNBOOKED = frozenset({"spillover", "draining"})
+_CANCELLED_OUTCOME = Outcome(None, 0.0, "cancelled")
+
+
+class CallerCaps(Protocol):
+    """Where per-caller concurrency caps come from (a fleet-wide store can share them)."""
+
+    def caps(self, names: Sequence[str]) -> list[int | None]:
+        """The cap for each caller name (None = no cap, 0 = refused)."""
+
+
+class ConfiguredCaps:
+    """In-process default: `callers.known[].cap`, and `callers.default_cap` for buckets."""
+
+    def __init__(self, config: Config) -> None:
+        self._known = {c.name: c.cap for c in config.callers.known}
+        self._default = config.callers.default_cap
+
+    def caps(self, names: Sequence[str]) -> list[int | None]:
+        """Caps in caller-index order."""
+        return [self._known.get(n, self._default) for n in names]
+
+
+class _Caller:
+    """Per-caller accounting (index space: configured callers, then fair buckets)."""
+
+    __slots__ = (
+        "allowed",
+        "bookings",
+        "cap",
+        "in_flight",
+        "index",
+        "label",
+        "name",
+        "queued",
+        "weight",
+    )
+
+    def __init__(self, index: int, name: str, label: str, bookings: deque[Booking]) -> None:
+        self.index = index
+        self.name = name
+        self.label = label  # metric label: configured name or "other"
+        self.cap = NO_CAP
+        self.weight = 1
+        self.in_flight = 0
+        self.queued = 0
+        self.allowed = False  # on the SHIELD allow-list
+        self.bookings = bookings  # the pacer's deque for this caller (truthy = slots booked)
+
+
+class _Lane:
+    """One caller's waiters at one priority: solicited returns first, then the rest."""
+
+    __slots__ = ("active", "caller", "deficit", "fresh", "priority", "solicited")
+
+    def __init__(self, caller: _Caller, priority: int) -> None:
+        self.caller = caller
+        self.priority = priority
+        self.solicited: OrderedDict[int, Waiter] = OrderedDict()
+        self.fresh: OrderedDict[int, Waiter] = OrderedDict()
+        self.deficit = 0
+        self.active = False
+
+    def __len__(self) -> int:
+        return len(self.solicited) + len(self.fresh)
+
+    def pop(self, lifo_after: float, now: float) -> Waiter:
+        """The next waiter: oldest solicited, else oldest fresh (newest under adaptive LIFO)."""
+        if self.solicited:
+            return self.solicited.popitem(last=False)[1]
+        fresh = self.fresh
+        if lifo_after > 0:
+            head = next(iter(fresh.values()))
+            if now - head.enqueued > lifo_after:
+                return fresh.popitem(last=True)[1]
+        return fresh.popitem(last=False)[1]
+
+    def pop_newest_fresh(self) -> Waiter | None:
+        """The newest fresh waiter (the one fair eviction pushes out), if any."""
+        return self.fresh.popitem(last=True)[1] if self.fresh else None
+
+
+class Waiter:
+    """A deferred decision (contracts.Deferred): await `wait()` for None or a Refusal.
+
+    If the awaiting task is cancelled (the client went away) the entry is removed from its
+    queue in O(1) and never forwarded; if a slot had just been granted, it is given back.
+    """
+
+    __slots__ = (
+        "by_deadline",
+        "caller",
+        "enqueued",
+        "expiry",
+        "future",
+        "gate",
+        "key",
+        "lane",
+        "result",
+        "state",
+        "ticket",
+    )
+
+    def __init__(
+        self,
+        gate: AdmissionGate,
+        ticket: Ticket,
+        lane: _Lane,
+        key: int,
+        now: float,
+        expiry: float,
+        by_deadline: bool,
+    ) -> None:
+        self.gate = gate
+        self.ticket = ticket
+        self.caller = lane.caller
+        self.lane = lane
+        self.key = key
+        self.enqueued = now
+        self.expiry = expiry
+        self.by_deadline = by_deadline
+        self.state = WAITING
+        self.result: Refusal | None = None
+        self.future: asyncio.Future[None] | None = None
+
+    async def wait(self) -> Refusal | None:
+        """Wait for the decision: None means admitted (a slot is held: release it later)."""
+        if self.state == WAITING:
+            fut = asyncio.get_running_loop().create_future()
+            self.future = fut
+            try:
+                await fut
+            except asyncio.CancelledError:
+                self.gate._abandon(self)
+                raise
+        if self.state == ADMITTED:
+            return None
+        if self.state == CANCELLED:
+            return self.gate._refusal_for_cancelled()
+        return self.result
+
+    def cancel(self) -> None:
+        """Give up waiting without awaiting (O(1)); a granted slot is handed back."""
+        self.gate._abandon(self)
+
+    def _resolve(self, state: int, result: Refusal | None) -> None:
+        self.state = state
+        self.result = result
+        fut = self.future
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+
+class AdmissionGate:
+    """Admission control in front of the upstream (implements contracts.Gate)."""
+
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics,
+        caller_names: list[str],
+        clock: Callable[[], float] = time.monotonic,
+        budgets: RetryBudgets | None = None,
+        caps: CallerCaps | None = None,
+    ) -> None:
+        self._clock = clock
+        now = clock()
+        self.metrics = metrics
+        self.config = config
+        self.started_at = now
+        dry = config.modes.protection == "dry-run"
+        self.modes = ModeController(config, now, dry_run=dry)
+        self.limiter = Limiter(config.limiter, now)
+        self.budgets: RetryBudgets = budgets or LocalRetryBudgets(
+            config.retry_budget, len(caller_names), now
+        )
+        self._caps: CallerCaps = caps or ConfiguredCaps(config)
+        self.pacer = Pacer(config.shedding, len(caller_names))
+        self.health = UpstreamHealth(config.modes.error_window)
+        self.rates = ArrivalRate(
+            config.recovery.rate_window, config.recovery.baseline_halflife, now
+        )
+        self._names = list(caller_names)
+        self._callers: list[_Caller] = []
+        self._build_callers(caller_names)
+        self._lanes: list[dict[int, _Lane]] = [{} for _ in range(_N_PRIO)]
+        self._active: list[deque[_Lane]] = [deque() for _ in range(_N_PRIO)]
+        self._active_weight = [0] * _N_PRIO
+        self._queued = 0
+        self._queued_p = [0] * _N_PRIO
+        self._heap: list[tuple[float, int, Waiter]] = []
+        self._seq = 0
+        self.in_flight = 0
+        self._eff = self.limiter.limit
+        self._fast = not dry
+        self._draining = False
+        # Counters folded into the signals on each tick (plain ints: the hot path stays cheap).
+        self._arrivals = 0
+        self._retries = 0
+        self._n_ok = 0
+        self._lat_sum = 0.0
+        self._n_push = 0
+        self._n_timeout = 0
+        self._n_broken = 0
+        self._overloaded = 0  # overload refusals since the last tick
+        self._saturated_ticks = 0
+        self._mode_backlog = 0  # requests held or shed since the mode began
+        self._last_prune = now
+        self._released_this_tick = 0
+        self._task: asyncio.Task[None] | None = None
+        self._probe_task: asyncio.Task[None] | None = None
+        self._probe: Probe | None = None
+        self._next_probe = now
+        self._last_probe_ok = True
+        self._configure(config)
+        self._prio_gauges = [metrics.queue_depth.labels(p) for p in PRIORITY_CLASSES]
+        metrics.set_mode(self.modes.state.value)
+        metrics.dry_run.set(1 if dry else 0)
+        metrics.limit.set(self.limiter.limit)
+
+    # --- configuration ---------------------------------------------------------------------
+    def _build_callers(self, names: Sequence[str]) -> None:
+        known = {c.name: c for c in self.config.callers.known}
+        old = {c.name: c for c in self._callers}
+        callers = []
+        for i, name in enumerate(names):
+            c = old.get(name)
+            if c is None:
+                label = name if name in known else "other"
+                c = _Caller(i, name, label, self.pacer.bookings[i])
+            c.index = i
+            c.bookings = self.pacer.bookings[i]
+            c.weight = known[name].weight if name in known else 1
+            callers.append(c)
+        for c, cap in zip(callers, self._caps.caps(names), strict=True):
+            c.cap = NO_CAP if cap is None else cap
+        self._callers = callers
+        self._n_known = len(self.config.callers.known)
+
+    def _configure(self, config: Config) -> None:
+        """Cache what the request path reads from the config."""
+        self.config = config
+        sh = config.shedding
+        self._margin = sh.deadline_margin
+        self._fast_error = config.modes.fast_error
+        self._overload_status = sh.overload_status
+        self._spillover = config.region.spillover
+        self._spare = config.region.spare_utilisation
+        self._budget_on = config.retry_budget.enabled
+        self._lifo_after = config.queue.lifo_when_older_than
+        self._expected_latency = 0.0
+        self._min_budget = self._margin
+        self._refresh_estimates()
+
+    def _refresh_estimates(self) -> None:
+        floor = self.limiter.floor.value
+        self._expected_latency = floor if floor is not None else 0.0
+        # The fast path sends a request with a deadline only if it can be met with margin.
+        self._min_budget = self._margin + self._expected_latency
+        self._pace = self.limiter.pace()
+
+    def reconfigure(self, config: Config) -> None:
+        """Apply a new config atomically; learned limit, budgets, queues and mode are kept."""
+        now = self._clock()
+        names = [c.name for c in config.callers.known] + [
+            f"bucket-{i}" for i in range(config.callers.fair_buckets)
+        ]
+        old = self.config
+        self.config = config
+        self.pacer.reconfigure(config.shedding, len(names))
+        if isinstance(self._caps, ConfiguredCaps):
+            self._caps = ConfiguredCaps(config)
+        self._build_callers(names)
+        if names != self._names:
+            self._rekey_lanes()
+        self._names = names
+        self.limiter.reconfigure(config.limiter)
+        self.budgets.reconfigure(config.retry_budget, len(names), now)
+        self.modes.reconfigure(config)
+        if old.modes.error_window != config.modes.error_window:
+            self.health = UpstreamHealth(config.modes.error_window)
+        rec, old_rec = config.recovery, old.recovery
+        if (rec.rate_window, rec.baseline_halflife) != (
+            old_rec.rate_window,
+            old_rec.baseline_halflife,
+        ):
+            baseline = self.rates.baseline
+            self.rates = ArrivalRate(rec.rate_window, rec.baseline_halflife, now)
+            self.rates.baseline = baseline
+        if old.modes.protection != config.modes.protection:
+            self._set_dry_run(config.modes.protection == "dry-run", now)
+        self._configure(config)
+        self._set_eff(now, batch=False)
+        self._pump(now)
+
+    # --- the request path ------------------------------------------------------------------
+    def admit(self, ticket: Ticket) -> Refusal | Waiter | None:
+        """Admit now (None, a slot is held), refuse (Refusal), or defer (Waiter, await it)."""
+        try:
+            c = self._callers[ticket.caller_index]
+        except IndexError:
+            c = self._callers[self._n_known + ticket.caller_index % max(1, self._n_buckets())]
+        self._arrivals += 1
+        if (
+            self._fast
+            and self.in_flight < self._eff
+            and c.in_flight < c.cap
+            and not ticket.is_retry
+            and ticket.origin_region is None
+            and not c.bookings
+        ):
+            d = ticket.deadline
+            if d is None or d - ticket.arrived >= self._min_budget:
+                self.in_flight += 1
+                c.in_flight += 1
+                ticket.gate_state = c
+                if self._budget_on:
+                    self.budgets.deposit(c.index)
+                return None
+        return self._admit_slow(ticket, c)
+
+    def release(self, ticket: Ticket, outcome: Outcome) -> None:
+        """Give the slot back and learn from the outcome (once per admission; extra calls
+        are ignored)."""
+        c = ticket.gate_state
+        if c is None:
+            return
+        ticket.gate_state = None
+        self.in_flight -= 1
+        c.in_flight -= 1
+        status = outcome.status
+        if outcome.error is None and status is not None and status < 500 and status != 429:
+            self._n_ok += 1
+            self._lat_sum += outcome.latency
+        else:
+            kind = classify_outcome(status, outcome.latency, outcome.error, self._fast_error)
+            if kind == PUSHBACK:
+                self._n_push += 1
+            elif kind == TIMEOUT:
+                self._n_timeout += 1
+            elif kind == BROKEN:
+                self._n_broken += 1
+        if self._queued and self.in_flight < self._eff:
+            self._pump(self._clock())
+
+    def _rekey_lanes(self) -> None:
+        """After the caller index space changed: key lanes by their caller's new index
+        (lanes of callers that no longer exist keep draining under negative keys)."""
+        current = set(map(id, self._callers))
+        for p, lanes in enumerate(self._lanes):
+            rekeyed: dict[int, _Lane] = {}
+            for old_key, lane in lanes.items():
+                c = lane.caller
+                key = c.index if id(c) in current else -1 - abs(old_key)
+                rekeyed[key] = lane
+            self._lanes[p] = rekeyed
+
+    def _n_buckets(self) -> int:
+        return len(self._callers) - self._n_known
+
+    def _admit_slow(self, t: Ticket, c: _Caller) -> Refusal | Waiter | None:
+        now = self._clock()
+        if self._draining:
+            return self._refuse(t, c, "draining", now)
+        if c.bookings and self.pacer.redeem(c.index, now):
+            t.solicited = True
+            self.metrics.slots_redeemed.inc()
+        elif t.is_retry:
+            self._retries += 1
+        mode = self.modes.state
+        if not 0 <= t.priority < _N_PRIO:
+            t.priority = _N_PRIO - 1
+        decision, reason, expiry, by_deadline = self._decide(t, c, now, mode)
+        if self.modes.dry_run:
+            if decision == _REFUSE:
+                self.metrics.dry_run_decision[reason].inc()
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug(
+                        "dry-run refusal",
+                        extra={"reason": reason, "caller": t.caller, "mode": mode.value},
+                    )
+            elif decision == _QUEUE:
+                self.metrics.dry_run_deferrals.inc()
+            self._take(t, c)
+            return None
+        if decision == _ADMIT:
+            if t.origin_region is not None:
+                self.metrics.spillover_served.inc()
+            self._take(t, c)
+            return None
+        if decision == _REFUSE:
+            return self._refuse(t, c, reason, now)
+        return self._enqueue(t, c, now, expiry, by_deadline, mode)
+
+    def _decide(
+        self, t: Ticket, c: _Caller, now: float, mode: Mode
+    ) -> tuple[int, str, float, bool]:
+        """The slow path's verdict: (decision, refusal reason, queue expiry, expiry is the
+        client's deadline). Side effects limited to budget accounting."""
+        if mode is Mode.SHIELD and not c.allowed:
+            return _REFUSE, "shield", 0.0, False
+        if c.cap == 0:
+            return _REFUSE, "caller-cap", 0.0, False
+        d = t.deadline
+        remaining = math.inf
+        if d is not None:
+            remaining = d - now - self._margin
+            if remaining < self._expected_latency:
+                return _REFUSE, "deadline", 0.0, False
+        free = self.in_flight < self._eff and c.in_flight < c.cap
+        if t.origin_region is not None and self._spillover != "allow":
+            if (
+                self._spillover == "spare"
+                and mode is Mode.NORMAL
+                and c.in_flight < c.cap
+                and self.in_flight < self._eff * self._spare
+            ):
+                return _ADMIT, "", 0.0, False
+            return _REFUSE, "spillover", 0.0, False
+        if self._budget_on:
+            if t.is_retry and not t.solicited:
+                if self.budgets.try_withdraw(c.index, now):
+                    self.metrics.retry_admitted[c.label].inc()
+                elif free and mode in (Mode.NORMAL, Mode.RECOVERY):
+                    # Work-conserving: capacity nothing else wants (no eligible waiter, a
+                    # free slot). Over budget, it may use it, but never queue.
+                    self.metrics.retry_admitted[c.label].inc()
+                    return _ADMIT, "", 0.0, False
+                else:
+                    self.metrics.retry_refused[c.label].inc()
+                    return _REFUSE, "retry-budget", 0.0, False
+            elif not t.is_retry:
+                self.budgets.deposit(c.index)
+        if free:
+            return _ADMIT, "", 0.0, False
+        short = mode is Mode.NORMAL or mode is Mode.SHIELD
+        if short and c.in_flight >= c.cap:
+            return _REFUSE, "caller-cap", 0.0, False
+        full_reason = "outage" if mode is Mode.OUTAGE else "overload"
+        max_wait = self.config.queue.normal_max_wait if short else self.config.queue.max_wait
+        budget = min(max_wait, remaining - self._expected_latency)
+        if budget <= 0:
+            return _REFUSE, full_reason, 0.0, False
+        if mode is not Mode.OUTAGE and self._estimate_wait(c, t.priority) > budget:
+            return _REFUSE, full_reason, 0.0, False
+        if max_wait <= remaining - self._expected_latency:
+            return _QUEUE, full_reason, now + max_wait, False
+        return _QUEUE, full_reason, now + remaining - self._expected_latency, True
+
+    def _estimate_wait(self, c: _Caller, priority: int) -> float:
+        """Expected wait for a new waiter of `c` at `priority`: its lane drains at its
+        weighted share of the learned pace, after everything of higher priority."""
+        pace = max(self._pace, 1e-3)
+        lane = self._lanes[priority].get(c.index)
+        ahead = len(lane) if lane is not None else 0
+        weights = self._active_weight[priority]
+        if lane is None or not lane.active:
+            weights += c.weight
+        rate = pace * c.weight / max(weights, c.weight)
+        if c.cap < NO_CAP:
+            latency = max(self.limiter.latency or self._expected_latency, 1e-3)
+            rate = min(rate, c.cap / latency)
+        above = sum(self._queued_p[:priority])
+        return (ahead + 1) / max(rate, 1e-3) + above / pace
+
+    def _take(self, t: Ticket, c: _Caller) -> None:
+        self.in_flight += 1
+        c.in_flight += 1
+        t.gate_state = c
+
+    def _status_for(self, reason: str) -> int:
+        if reason == "overload":
+            return self._overload_status
+        if reason in ("caller-cap", "retry-budget"):
+            return 429
+        if reason == "deadline":
+            return 504
+        return 503
+
+    def _refuse(self, t: Ticket, c: _Caller, reason: str, now: float) -> Refusal:
+        sh = self.config.shedding
+        if reason in _UNBOOKED:
+            ms = math.ceil(sh.retry_after_min * 1000)
+            if reason == "spillover":
+                self.metrics.spillover_refused.inc()
+        elif reason == "caller-cap" and c.cap == 0:
+            ms = math.ceil(sh.retry_after_max * 1000)  # it will be refused again: come late
+        else:
+            not_before = self.modes.shield_until if reason == "shield" else 0.0
+            before = self.pacer.total
+            baseline = self.rates.baseline or 0.0
+            ms = self.pacer.book(c.index, now, self._pace, baseline, self._queued, not_before)
+            if self.pacer.total > before:
+                self.metrics.slots_booked.inc()
+            self._mode_backlog += 1
+            if reason == "overload" or reason == "outage":
+                self._overloaded += 1
+        return Refusal(reason, self._status_for(reason), ms)
+
+    def _refusal_for_cancelled(self) -> Refusal:
+        return Refusal("overload", self._overload_status, 0)
+
+    # --- queues ----------------------------------------------------------------------------
+    def _enqueue(
+        self, t: Ticket, c: _Caller, now: float, expiry: float, by_deadline: bool, mode: Mode
+    ) -> Refusal | Waiter:
+        if self._queued >= self.config.queue.max_size and not self._make_room(c, t.priority, now):
+            return self._refuse(t, c, "outage" if mode is Mode.OUTAGE else "overload", now)
+        p = t.priority
+        lanes = self._lanes[p]
+        lane = lanes.get(c.index)
+        if lane is None or lane.caller is not c:
+            lane = _Lane(c, p)
+            lanes[c.index] = lane
+        self._seq += 1
+        w = Waiter(self, t, lane, self._seq, now, expiry, by_deadline)
+        (lane.solicited if t.solicited else lane.fresh)[w.key] = w
+        if not lane.active:
+            lane.active = True
+            lane.deficit = 0
+            self._active[p].append(lane)
+            self._active_weight[p] += c.weight
+        c.queued += 1
+        self._queued += 1
+        self._queued_p[p] += 1
+        self._mode_backlog += 1
+        heapq.heappush(self._heap, (expiry, w.key, w))
+        if len(self._heap) > 2 * self._queued + 1024:
+            self._compact_heap()
+        return w
+
+    def _make_room(self, c: _Caller, p: int, now: float) -> bool:
+        """Queue full: push out the newest fresh waiter of a lower priority, else of the
+        longest lane at this priority if it is longer than this caller's would be (fair: one
+        caller's burst cannot lock the others out). O(lanes), on the overloaded path only."""
+        mine = self._lanes[p].get(c.index)
+        my_len = len(mine) if mine is not None else 0
+        longest: _Lane | None = None
+        for lanes in reversed(self._lanes[p:]):
+            for lane in lanes.values():
+                if lane.fresh and (longest is None or len(lane) > len(longest)):
+                    longest = lane
+            if longest is not None and longest.priority > p:
+                break  # a lower class gives way first
+        if longest is None or (longest.priority == p and len(longest) <= my_len + 1):
+            return False
+        w = longest.pop_newest_fresh()
+        assert w is not None
+        self._unqueue(w)
+        self._finish(w, REFUSED, self._refuse(w.ticket, w.caller, "overload", now), now)
+        return True
+
+    def _unqueue(self, w: Waiter) -> None:
+        """Bookkeeping for a waiter already taken out of its lane's dicts."""
+        c = w.caller
+        c.queued -= 1
+        self._queued -= 1
+        self._queued_p[w.lane.priority] -= 1
+        if not self._queued:
+            self._heap.clear()  # only stale (granted, refused, cancelled) entries are left
+
+    def _remove(self, w: Waiter) -> None:
+        """Take a waiting entry out of its lane in O(1)."""
+        lane = w.lane
+        if lane.fresh.pop(w.key, None) is None:
+            lane.solicited.pop(w.key, None)
+        self._unqueue(w)
+
+    def _finish(self, w: Waiter, state: int, result: Refusal | None, now: float) -> None:
+        self.metrics.queue_wait.observe(max(0.0, now - w.enqueued))
+        w._resolve(state, result)
+
+    def _pick(self, now: float) -> Waiter | None:
+        """Deficit round-robin: highest priority first, callers by weight, skipping callers
+        at their cap. O(1) amortised; O(active lanes) when every waiter is capped."""
+        for p in range(_N_PRIO):
+            if not self._queued_p[p]:
+                continue
+            active = self._active[p]
+            skipped = 0
+            while active and skipped < len(active):
+                lane = active[0]
+                if not lane:
+                    self._deactivate(active, lane, p)
+                    continue
+                c = lane.caller
+                if c.in_flight >= c.cap:
+                    active.rotate(-1)
+                    skipped += 1
+                    continue
+                if lane.deficit <= 0:
+                    lane.deficit += c.weight
+                w = lane.pop(self._lifo_after, now)
+                lane.deficit -= 1
+                if not lane:
+                    self._deactivate(active, lane, p)
+                elif lane.deficit <= 0:
+                    active.rotate(-1)
+                self._unqueue(w)
+                return w
+        return None
+
+    def _deactivate(self, active: deque[_Lane], lane: _Lane, p: int) -> None:
+        active.popleft()
+        lane.active = False
+        lane.deficit = 0
+        self._active_weight[p] -= lane.caller.weight
+
+    def _pump(self, now: float) -> int:
+        """Grant waiters while the limit in force has room; returns how many."""
+        granted = 0
+        while self._queued and self.in_flight < self._eff:
+            w = self._pick(now)
+            if w is None:
+                break
+            self._take(w.ticket, w.caller)
+            self._finish(w, ADMITTED, None, now)
+            granted += 1
+        if granted and self.modes.state is Mode.RECOVERY:
+            self.metrics.batch_requests.inc(granted)
+            self._released_this_tick += granted
+        return granted
+
+    def _expire(self, now: float) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, w = heapq.heappop(heap)
+            if w.state != WAITING:
+                continue
+            self._remove(w)
+            c = w.caller
+            if w.by_deadline:
+                reason = "deadline"
+            elif c.in_flight >= c.cap:
+                reason = "caller-cap"
+            elif self.modes.state is Mode.OUTAGE:
+                reason = "outage"
+            else:
+                reason = "overload"
+            self._finish(w, REFUSED, self._refuse(w.ticket, c, reason, now), now)
+
+    def _compact_heap(self) -> None:
+        self._heap = [e for e in self._heap if e[2].state == WAITING]
+        heapq.heapify(self._heap)
+
+    def _abandon(self, w: Waiter) -> None:
+        """The client went away: drop its waiter, or hand back a slot just granted."""
+        if w.state == WAITING:
+            self._remove(w)
+            w.state = CANCELLED
+            self.metrics.queue_wait.observe(max(0.0, self._clock() - w.enqueued))
+        elif w.state == ADMITTED:
+            w.state = CANCELLED
+            self.release(w.ticket, _CANCELLED_OUTCOME)
+
+    def _refuse_all(self, reason: str, now: float, keep: Callable[[_Caller], bool]) -> int:
+        """Answer every waiter whose caller `keep` rejects with `reason` (drain, SHIELD)."""
+        victims = [
+            w
+            for lanes in self._lanes
+            for lane in lanes.values()
+            if not keep(lane.caller)
+            for w in (*lane.solicited.values(), *lane.fresh.values())
+        ]
+        for w in victims:
+            self._remove(w)
+            self._finish(w, REFUSED, self._refuse(w.ticket, w.caller, reason, now), now)
+        return len(victims)
+
+    # --- the limit in force ------------------------------------------------------------------
+    def _set_eff(self, now: float, batch: bool) -> None:
+        limit = self.limiter.limit
+        mode = self.modes.state
+        if mode is Mode.RECOVERY:
+            ceiling = min(limit, self.in_flight + self.config.recovery.batch_size)
+            self._eff = ceiling if batch else min(self._eff, limit)
+        elif mode is Mode.OUTAGE:
+            self._eff = min(limit, self.config.modes.outage_trickle)
+        else:
+            self._eff = limit
+        self._fast = mode is Mode.NORMAL and not self._draining and not self.modes.dry_run
+
+    # --- the ticker --------------------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        """One round of background work (the ticker calls it every `batch_interval`):
+        fold counters into the signals, expire waiters, close a limiter window, age budgets
+        and slots, evaluate the mode, release a batch, refresh gauges."""
+        ok, lat_sum = self._n_ok, self._lat_sum
+        push, timeouts, broken = self._n_push, self._n_timeout, self._n_broken
+        self._n_ok = self._n_push = self._n_timeout = self._n_broken = 0
+        self._lat_sum = 0.0
+        self.health.record(now, ok, push, timeouts, broken)
+        self.limiter.add(ok, lat_sum, push + timeouts, broken)
+        self.rates.record(now, self._arrivals, self._retries)
+        self._arrivals = self._retries = 0
+        if self._overloaded or (self._queued and self.in_flight >= self._eff):
+            self._saturated_ticks += 1
+        else:
+            self._saturated_ticks = 0
+        self._overloaded = 0
+
+        self._expire(now)
+        mode = self.modes.state
+        if self.limiter.tick(now, self.in_flight, mode in (Mode.NORMAL, Mode.RECOVERY)):
+            self.metrics.limit.set(self.limiter.limit)
+        self._refresh_estimates()
+        self.budgets.roll(now)
+        if now - self._last_prune >= 1.0:
+            self._last_prune = now
+            self.pacer.prune(now)
+            self._refresh_caps()
+        self.rates.update_baseline(now, learning=mode is Mode.NORMAL)
+
+        transition = self.modes.evaluate(self._snapshot(now), now)
+        if transition is not None:
+            self._on_transition(transition, now)
+
+        self._released_this_tick = 0
+        self._set_eff(now, batch=True)
+        self._pump(now)
+        if self._released_this_tick:
+            self.metrics.batches.inc()
+        self._update_gauges(now)
+
+    def _snapshot(self, now: float) -> Snapshot:
+        return Snapshot(
+            health=self.health.view(now),
+            queue_depth=self._queued,
+            arrival_rate=self.rates.rate(now),
+            surge_ratio=self.rates.surge_ratio(now),
+            retry_share=self.rates.retry_share(now),
+            backlog=self._mode_backlog > 0,
+            saturated=self._saturated_ticks >= 2,
+            limit_growing=self.limiter.growing(),
+        )
+
+    def _refresh_caps(self) -> None:
+        for c, cap in zip(self._callers, self._caps.caps(self._names), strict=True):
+            c.cap = NO_CAP if cap is None else cap
+
+    def on_probe(self, ok: bool, now: float) -> None:
+        """Record an active health probe's result and re-evaluate the mode at once."""
+        self.health.probe(ok)
+        self._last_probe_ok = ok
+        transition = self.modes.evaluate(self._snapshot(now), now)
+        if transition is not None:
+            self._on_transition(transition, now)
+            self._set_eff(now, batch=True)
+            self._pump(now)
+
+    def _on_transition(self, tr: Transition, now: float) -> None:
+        m = self.metrics
+        m.transitions.labels(tr.from_mode.value, tr.to_mode.value, tr.reason).inc()
+        m.set_mode(tr.to_mode.value)
+        modes_log.info(
+            "mode %s -> %s (%s)",
+            tr.from_mode.value,
+            tr.to_mode.value,
+            tr.reason,
+            extra={
+                "from_mode": tr.from_mode.value,
+                "to_mode": tr.to_mode.value,
+                "reason": tr.reason,
+                "event": tr.event.value,
+                "detail": tr.detail,
+                "queue": self._queued,
+                "limit": self.limiter.limit,
+                "in_flight": self.in_flight,
+                "dry_run": self.modes.dry_run,
+            },
+        )
+        self._mode_backlog = 0
+        new, old = tr.to_mode, tr.from_mode
+        if new is Mode.OUTAGE:
+            # Leaving OUTAGE needs fresh evidence: a good probe after this instant.
+            self.health.reset_window()
+            self.health.reset_probes()
+        if old is Mode.OUTAGE:
+            self.health.reset_window()
+        if new is Mode.RECOVERY:
+            cold = old in (Mode.OUTAGE, Mode.SHIELD) or tr.event is Event.LOADED_AT_START
+            self.limiter.enter_slow_start(now, from_floor=cold)
+            self.metrics.limit.set(self.limiter.limit)
+        if new is Mode.NORMAL and old is not Mode.NORMAL:
+            rec = self.config.recovery
+            if self.rates.surge_ratio(now) >= rec.enter_arrival_ratio:
+                self.rates.rebase(now)  # judged calm at this rate: it is the new normal
+        for c in self._callers:
+            c.allowed = False
+        if new is Mode.SHIELD:
+            allow = self.modes.shield_allow
+            for c in self._callers:
+                c.allowed = c.name in allow
+            self._refuse_all("shield", now, keep=lambda c: c.allowed)
+        self._set_eff(now, batch=True)
+        self._next_probe = min(self._next_probe, now + self.config.upstream.probe_interval)
+
+    def _update_gauges(self, now: float) -> None:
+        m = self.metrics
+        m.limit.set(self.limiter.limit)
+        for gauge, n in zip(self._prio_gauges, self._queued_p, strict=True):
+            gauge.set(n)
+        floor = self.limiter.floor.value
+        m.latency_floor.set(floor if floor is not None else 0.0)
+        m.pace.set(self._pace)
+        m.arrival_rate.set(self.rates.rate(now))
+        m.arrival_baseline.set(self.rates.baseline or 0.0)
+        m.retry_share.set(self.rates.retry_share(now))
+        m.slots_live.set(self.pacer.total)
+        other_flight = other_queue = 0
+        for c in self._callers:
+            if c.label == "other":
+                other_flight += c.in_flight
+                other_queue += c.queued
+            else:
+                child = m.caller_in_flight_children.get(c.label)
+                if child is not None:
+                    child.set(c.in_flight)
+                qchild = m.caller_queue_children.get(c.label)
+                if qchild is not None:
+                    qchild.set(c.queued)
+        m.caller_in_flight_children["other"].set(other_flight)
+        m.caller_queue_children["other"].set(other_queue)
+        if self._budget_on:
+            other_budget = math.inf
+            for c in self._callers:
+                remaining = self.budgets.remaining(c.index, now)
+                if c.label == "other":
+                    other_budget = min(other_budget, remaining)
+                else:
+                    child = m.budget_children.get(c.label)
+                    if child is not None:
+                        child.set(remaining)
+            if other_budget != math.inf:
+                m.budget_children["other"].set(other_budget)
+            m.budget_global.set(self.budgets.remaining_global(now))
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    async def start(self, probe: Probe) -> None:
+        """Start the ticker (batches, mode evaluation, probes) in the running loop."""
+        self._probe = probe
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="sluice-gate-ticker")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.recovery.batch_interval)
+            now = self._clock()
+            try:
+                self.tick(now)
+            except Exception:  # the ticker must survive a bug in one round
+                log.exception("gate tick failed")
+            if self._probe is not None and self._probe_task is None and now >= self._next_probe:
+                self._probe_task = asyncio.create_task(self._run_probe(self._probe))
+
+    async def _run_probe(self, probe: Probe) -> None:
+        up = self.config.upstream
+        try:
+            try:
+                async with asyncio.timeout(2 * up.probe_timeout + 1.0):
+                    ok = await probe()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a probe that raises is a failed probe
+                ok = False
+            now = self._clock()
+            self.on_probe(ok, now)
+            slow = self.modes.state is Mode.NORMAL and ok
+            self._next_probe = now + (up.probe_interval_normal if slow else up.probe_interval)
+        finally:
+            self._probe_task = None
+
+    async def drain(self) -> None:
+        """Refuse new work and answer every waiter with `draining`."""
+        self._draining = True
+        self._fast = False
+        self._refuse_all("draining", self._clock(), keep=lambda c: False)
+
+    async def stop(self) -> None:
+        """Stop the ticker and any probe in flight."""
+        for task in (self._task, self._probe_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = None
+        self._probe_task = None
+
+    # --- operators -----------------------------------------------------------------------------
+    def _set_dry_run(self, on: bool, now: float) -> None:
+        self.modes.dry_run = on
+        self.metrics.dry_run.set(1 if on else 0)
+        self._set_eff(now, batch=True)
+        if on:  # dry run admits everything, including what was waiting
+            waiting = [
+                w
+                for lanes in self._lanes
+                for lane in lanes.values()
+                for w in (*lane.solicited.values(), *lane.fresh.values())
+            ]
+            for w in waiting:
+                self._remove(w)
+                self._take(w.ticket, w.caller)
+                self._finish(w, ADMITTED, None, now)
+        self._pump(now)
+
+    def command(self, action: str, **params: Any) -> dict[str, Any]:
+        """Operator command: `recovery`, `shield` (ttl, allow), `normal`, `dry-run` (on)."""
+        now = self._clock()
+        transition: Transition | None = None
+        if action == "recovery":
+            _no_params(action, params)
+            if self.modes.state is not Mode.RECOVERY:
+                transition = self.modes.apply(
+                    Event.OPERATOR_RECOVERY, now, REASON_OPERATOR, "operator command"
+                )
+        elif action == "shield":
+            ttl, allow = self._shield_params(params)
+            detail = f"ttl {ttl:g}s, allow {sorted(allow)}"
+            transition = self.modes.apply(
+                Event.OPERATOR_SHIELD, now, REASON_OPERATOR, detail, ttl, allow
+            )
+        elif action == "normal":
+            _no_params(action, params)
+            if self.modes.state is Mode.SHIELD:
+                raise ValueError(
+                    "SHIELD exits only to RECOVERY: send 'recovery' first, then 'normal'"
+                )
+            if self.modes.state is not Mode.NORMAL:
+                try:
+                    transition = self.modes.apply(
+                        Event.OPERATOR_NORMAL, now, REASON_OPERATOR, "operator command"
+                    )
+                except IllegalTransition as exc:  # pragma: no cover - table guards it
+                    raise ValueError(str(exc)) from None
+        elif action == "dry-run":
+            extra = set(params) - {"on"}
+            if extra:
+                raise ValueError(
+                    f"dry-run takes only 'on' (unexpected: {', '.join(sorted(extra))})"
+                )
+            on = params.get("on")
+            if not isinstance(on, bool):
+                raise ValueError("dry-run needs 'on': true or false")
+            self._set_dry_run(on, now)
+        else:
+            raise ValueError(
+                f"unknown mode command {action!r}: use recovery, shield, normal or dry-run"
+            )
+        if transition is not None:
+            self._on_transition(transition, now)
+            self._pump(now)
+        return {
+            "mode": self.modes.state.value,
+            "changed": transition is not None,
+            "transition": transition.to_dict(now) if transition is not None else None,
+            "dry_run": self.modes.dry_run,
+        }
+
+    def _shield_params(self, params: dict[str, Any]) -> tuple[float, frozenset[str]]:
+        extra = set(params) - {"ttl", "allow"}
+        if extra:
+            raise ValueError(
+                f"shield takes 'ttl' and 'allow' (unexpected: {', '.join(sorted(extra))})"
+            )
+        m = self.config.modes
+        raw_ttl = params.get("ttl")
+        if raw_ttl is None:
+            ttl = m.shield_default_ttl
+        elif isinstance(raw_ttl, bool):
+            raise ValueError("shield 'ttl' must be seconds or a duration like '10m'")
+        elif isinstance(raw_ttl, int | float):
+            ttl = float(raw_ttl)
+        elif isinstance(raw_ttl, str):
+            ttl = parse_duration(raw_ttl)
+        else:
+            raise ValueError("shield 'ttl' must be seconds or a duration like '10m'")
+        if not math.isfinite(ttl) or ttl <= 0 or ttl > m.shield_max_ttl:
+            raise ValueError(f"shield 'ttl' must be > 0 and <= {m.shield_max_ttl:g}s")
+        raw_allow = params.get("allow", [])
+        if not isinstance(raw_allow, list) or not all(isinstance(a, str) for a in raw_allow):
+            raise ValueError("shield 'allow' must be a list of caller names")
+        known = {c.name for c in self.config.callers.known}
+        unknown = sorted(set(raw_allow) - known)
+        if unknown:
+            raise ValueError(
+                f"shield 'allow' names unknown callers: {', '.join(unknown)} "
+                "(only callers.known can be allow-listed)"
+            )
+        return ttl, frozenset(raw_allow)
+
+    # --- status ----------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """JSON-able state for the admin /status endpoint."""
+        now = self._clock()
+        lim = self.limiter
+        floor = lim.floor.value
+        by_caller = {c.name: c.queued for c in self._callers if c.queued}
+        slots = {self._callers[i].name: n for i, n in self.pacer.by_caller().items()}
+        doc: dict[str, Any] = {
+            "mode": self.modes.state.value,
+            "mode_reason": self.modes.reason,
+            "mode_for_s": round(now - self.modes.since, 3),
+            "protection": self.config.modes.protection,
+            "dry_run": self.modes.dry_run,
+            "draining": self._draining,
+            "limit": lim.limit,
+            "limit_in_force": min(self._eff, lim.limit),
+            "limit_bounds": [self.config.limiter.floor, self.config.limiter.ceiling],
+            "limit_last_change": lim.last_change,
+            "slow_start": lim.slow_start,
+            "latency_floor_ms": round(floor * 1000, 2) if floor is not None else None,
+            "pace_rps": round(self._pace, 1),
+            "in_flight": self.in_flight,
+            "queue": {
+                "total": self._queued,
+                "max": self.config.queue.max_size,
+                "by_priority": dict(zip(PRIORITY_CLASSES, self._queued_p, strict=True)),
+                "by_caller": by_caller,
+            },
+            "slots": {
+                "booked": self.pacer.total,
+                "by_caller": slots,
+                "next_free_in_ms": round(self.pacer.next_free(now) * 1000),
+                "total_booked": self.pacer.booked,
+                "redeemed": self.pacer.redeemed,
+                "expired": self.pacer.expired,
+            },
+            "signals": {
+                "arrival_rate": round(self.rates.rate(now), 2),
+                "arrival_baseline": (
+                    round(self.rates.baseline, 2) if self.rates.baseline is not None else None
+                ),
+                "retry_share": round(self.rates.retry_share(now), 4),
+                "upstream": _health_doc(self.health, now),
+            },
+            "transitions": [t.to_dict(now) for t in reversed(self.modes.history)],
+        }
+        if self._budget_on:
+            doc["retry_budget"] = {
+                "global": round(self.budgets.remaining_global(now), 2),
+                **{
+                    c.name: round(self.budgets.remaining(c.index, now), 2)
+                    for c in self._callers[: self._n_known]
+                },
+            }
+        if self.modes.state is Mode.SHIELD:
+            doc["shield"] = {
+                "remaining_s": round(self.modes.shield_remaining(now), 3),
+                "allow": sorted(self.modes.shield_allow),
+            }
+        return doc
+
+
+def _health_doc(health: UpstreamHealth, now: float) -> dict[str, Any]:
+    h = health.view(now)
+    return {
+        "ok": h.ok,
+        "pushback": h.pushback,
+        "timeouts": h.timeouts,
+        "broken": h.broken,
+        "broken_ratio": round(h.broken_ratio, 4),
+        "probe_ok_streak": h.probe_ok_streak,
+        "probe_fail_streak": h.probe_fail_streak,
+    }
+
+
+def _no_params(action: str, params: dict[str, Any]) -> None:
+    if params:
+        raise ValueError(f"{action} takes no parameters (got: {', '.join(sorted(params))})")

@@ -1,0 +1,224 @@
+"""The learned concurrency limit towards the upstream (pure: time is passed in).
+
+In the spirit of Netflix's Gradient2 and Envoy's adaptive-concurrency gradient controller:
+
+- The yardstick is the backend's *unloaded* latency (`signals.LatencyFloor`): the lowest mean
+  latency of a window, re-measured at reduced concurrency when no window has come near it for
+  `floor_probe_interval` (Envoy's periodic minRTT window). Without re-measurement the yardstick
+  drifts up under constant load, and the limit with it.
+- Each window (`window`, stretched to two unloaded latencies so a window always holds answers)
+  compares its mean latency with the floor. Above `latency_tolerance` * floor the backend is
+  queueing: the limit is scaled by tolerance * floor / latency (at most halved per window).
+  For a backend of W workers this lands the limit near tolerance * W, i.e. a backend queue of
+  (tolerance - 1) rounds of its workers, never more.
+- Pushback (429/503, timeouts) or broken answers past `backpressure_ratio` multiply the limit
+  by `backoff`.
+- A healthy window whose concurrency reached half the limit grows it: by `growth` * sqrt(limit)
+  (Gradient2's queue headroom), or by `slow_start_factor` in slow start, which RECOVERY turns on
+  and the first sign of queueing or pushback turns off. A window that did not use half the limit
+  learns nothing about capacity, so the limit does not grow on idle traffic.
+
+Nothing here states a backend capacity: `initial`, `floor` and `ceiling` only bound the search.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+from .config import LimiterConfig
+from .signals import LatencyFloor
+
+# Floor re-measurement stages.
+_IDLE, _DRAINING, _MEASURING = 0, 1, 2
+# A window short of samples is stretched at most this many times before it is discarded.
+_MAX_STRETCH = 4
+# Smoothing of the latency average used for the pace estimate.
+_LATENCY_ALPHA = 0.3
+# The limit counts as growing while its recent peak beats the earlier peak by this much.
+_GROWTH_MARGIN = 1.05
+
+
+class Limiter:
+    """Adaptive concurrency limit; feed it answers with `add`, close windows with `tick`."""
+
+    def __init__(self, config: LimiterConfig, now: float) -> None:
+        self.config = config
+        self.value = float(config.initial)
+        self.slow_start = False
+        self.floor = LatencyFloor()
+        self.latency: float | None = None  # smoothed mean latency of recent windows
+        self.last_change = "initial"
+        self._window_start = now
+        self._ok = 0
+        self._lat_sum = 0.0
+        self._pushback = 0
+        self._broken = 0
+        self._peak = 0
+        self._stretch = 0
+        self._stage = _IDLE
+        self._saved = self.value
+        self._history: deque[float] = deque(maxlen=2 * config.stable_windows)
+
+    # --- inputs ----------------------------------------------------------------------------
+    def add(self, ok: int, latency_sum: float, pushback: int, broken: int) -> None:
+        """Fold in answers since the last call: good ones with their summed latency, pushback
+        (429/503/timeouts/slow 5xx) and broken ones (connect failures, fast 5xx)."""
+        self._ok += ok
+        self._lat_sum += latency_sum
+        self._pushback += pushback
+        self._broken += broken
+
+    def tick(self, now: float, in_flight: int, may_probe: bool = True) -> bool:
+        """Sample concurrency; close the window when due. True when the limit changed.
+
+        `may_probe` allows starting a floor re-measurement (the gate passes False outside
+        NORMAL and RECOVERY, where the limit is not what holds traffic back).
+        """
+        if in_flight > self._peak:
+            self._peak = in_flight
+        if now - self._window_start < self._window_length():
+            return False
+        before = self.limit
+        self._close(now, in_flight, may_probe)
+        return self.limit != before
+
+    # --- outputs ---------------------------------------------------------------------------
+    @property
+    def limit(self) -> int:
+        """The concurrency limit in force."""
+        return max(self.config.floor, int(self.value))
+
+    @property
+    def probing(self) -> bool:
+        """True while the limit is lowered to re-measure the unloaded latency."""
+        return self._stage != _IDLE
+
+    def growing(self) -> bool:
+        """True while the limit is still climbing (slow start, or a rising recent peak)."""
+        if self.slow_start or self._stage != _IDLE:
+            return True
+        k = self.config.stable_windows
+        h = self._history
+        if len(h) < 2 * k:
+            return len(h) > 1 and h[-1] > h[0]
+        items = list(h)
+        return max(items[k:]) > _GROWTH_MARGIN * max(items[:k])
+
+    def pace(self) -> float:
+        """Requests per second the backend absorbs at the limit (Little's law), for pacing."""
+        latency = self.latency or self.floor.value
+        if latency is None or latency <= 0:
+            return self.limit / 0.1  # nothing measured yet: assume 100 ms answers
+        return self.limit / latency
+
+    # --- control ---------------------------------------------------------------------------
+    def enter_slow_start(self, now: float, from_floor: bool) -> None:
+        """Ramp multiplicatively until the first sign of queueing (RECOVERY entry).
+
+        `from_floor` restarts at the configured floor: the backend just came back from an
+        outage or repair, or we started while it was loaded, and its capacity is unknown.
+        """
+        self._end_probe(restore=True)
+        if from_floor:
+            self.value = float(self.config.floor)
+        self.slow_start = True
+        self.last_change = "slow-start"
+        self._reset_window(now)
+
+    def reconfigure(self, config: LimiterConfig) -> None:
+        """New bounds and gains; the learned limit and latency floor are kept (clamped)."""
+        self.config = config
+        self.value = min(float(config.ceiling), max(float(config.floor), self.value))
+        self._saved = min(float(config.ceiling), max(float(config.floor), self._saved))
+        if self._history.maxlen != 2 * config.stable_windows:
+            self._history = deque(self._history, maxlen=2 * config.stable_windows)
+
+    # --- internals -------------------------------------------------------------------------
+    def _window_length(self) -> float:
+        floor = self.floor.value
+        if floor is None:
+            return self.config.window
+        return max(self.config.window, 2.0 * floor)
+
+    def _reset_window(self, now: float) -> None:
+        self._window_start = now
+        self._ok = 0
+        self._lat_sum = 0.0
+        self._pushback = 0
+        self._broken = 0
+        self._peak = 0
+        self._stretch = 0
+
+    def _close(self, now: float, in_flight: int, may_probe: bool) -> None:
+        cfg = self.config
+        n = self._ok + self._pushback + self._broken
+        if self._stage == _DRAINING:
+            # Measure only once our own excess concurrency has left the backend.
+            if in_flight <= self.limit:
+                self._stage = _MEASURING
+            self._reset_window(now)
+            return
+        if n < cfg.min_samples:
+            self._stretch += 1
+            if self._stretch >= _MAX_STRETCH:
+                if self._stage == _MEASURING:
+                    self._end_probe(restore=True)
+                    self.floor.confirmed_at = now  # too little traffic to measure: retry later
+                self._reset_window(now)
+            return
+        mean = self._lat_sum / self._ok if self._ok else None
+        if self._stage == _MEASURING:
+            if mean is not None:
+                self.floor.reset_to(now, mean)
+            else:
+                self.floor.confirmed_at = now
+            self._end_probe(restore=True)
+            self._reset_window(now)
+            return
+
+        if (
+            self._pushback >= cfg.backpressure_ratio * n
+            or self._broken >= cfg.backpressure_ratio * n
+        ):
+            self.value = max(float(cfg.floor), self.value * cfg.backoff)
+            self.slow_start = False
+            self.last_change = "backoff"
+        elif mean is not None:
+            self.floor.observe(now, mean)
+            self.latency = (
+                mean
+                if self.latency is None
+                else self.latency + _LATENCY_ALPHA * (mean - self.latency)
+            )
+            floor = self.floor.value
+            assert floor is not None
+            gradient = cfg.latency_tolerance * floor / mean
+            if gradient < 1.0:
+                self.value = max(float(cfg.floor), self.value * max(0.5, gradient))
+                self.slow_start = False
+                self.last_change = "latency"
+            elif self._peak * 2 >= self.value:
+                if self.slow_start:
+                    self.value = min(float(cfg.ceiling), self.value * cfg.slow_start_factor)
+                else:
+                    self.value = min(
+                        float(cfg.ceiling), self.value + cfg.growth * math.sqrt(self.value)
+                    )
+                self.last_change = "growth"
+            else:
+                self.last_change = "idle"
+        self._history.append(self.value)
+        if may_probe and not self.slow_start and self.floor.stale(now, cfg.floor_probe_interval):
+            self._saved = self.value
+            self.value = max(float(cfg.floor), self.value * cfg.floor_probe_fraction)
+            self._stage = _DRAINING
+            self.last_change = "floor-probe"
+        self._reset_window(now)
+
+    def _end_probe(self, restore: bool) -> None:
+        if self._stage == _IDLE:
+            return
+        self._stage = _IDLE
+        if restore:
+            self.value = self._saved

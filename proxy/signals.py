@@ -1,0 +1,256 @@
+"""Sliding windows the mode controller and the limiter read (pure: time is passed in).
+
+- `UpstreamHealth`: what the upstream's answers say. Only *broken* answers (connect failures,
+  fast 5xx, resets and protocol errors that come back at once) and failed probes point at an
+  outage. Slow answers, timeouts under load and the backend's own 429/503 are *pushback*:
+  overload, which feeds the adaptive limit and never the mode, or Sluice would flap
+  (overload → OUTAGE → forward nothing → probes pass → RECOVERY → overload again).
+- `ArrivalRate`: arrivals and unsolicited retries per second, against a baseline that only
+  learns in NORMAL (frozen otherwise, so a long surge never becomes the new normal).
+- `LatencyFloor`: the backend's unloaded latency, the yardstick of the learned limit.
+
+The request path never touches these directly: the gate counts into plain integers and folds
+them in on its ticker, so the hot path pays nothing for the windows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# Outcome classes (small ints: they index the health window's fields).
+OK = 0
+PUSHBACK = 1  # the backend answered "too busy": 429, 503, a slow 5xx
+TIMEOUT = 2  # no answer in time: overload unless nothing else answers either
+BROKEN = 3  # connect failure, fast 5xx, fast reset / protocol error
+IGNORE = 4  # the client went away: says nothing about the backend
+
+_FAST_FAILURES = frozenset({"reset", "protocol"})
+
+
+def classify_outcome(status: int | None, latency: float, error: str | None, fast: float) -> int:
+    """Map one upstream outcome to OK, PUSHBACK, TIMEOUT, BROKEN or IGNORE.
+
+    `fast` is `modes.fast_error`: a failure quicker than this did no work upstream, so it is a
+    sign of a broken backend rather than a busy one.
+    """
+    if error is None and status is not None:
+        if status == 429 or status == 503:
+            return PUSHBACK
+        if status < 500:
+            return OK
+        return BROKEN if latency < fast else PUSHBACK
+    if error == "cancelled":
+        return IGNORE
+    if error == "connect":
+        return BROKEN
+    if error == "timeout":
+        return TIMEOUT
+    if error in _FAST_FAILURES:
+        return BROKEN if latency < fast else PUSHBACK
+    return BROKEN
+
+
+class SlidingSums:
+    """Per-field sums over the last `window` seconds, kept in `buckets` time buckets.
+
+    Memory is fixed; expired buckets are zeroed when time reaches them again.
+    """
+
+    def __init__(self, window: float, fields: int, buckets: int = 20) -> None:
+        self.window = window
+        self.fields = fields
+        self._n = buckets
+        self._width = window / buckets
+        self._epochs = [-1] * buckets
+        self._sums = [[0.0] * fields for _ in range(buckets)]
+
+    def add(self, now: float, values: tuple[float, ...]) -> None:
+        """Add one value per field at time `now`."""
+        epoch = int(now // self._width)
+        i = epoch % self._n
+        row = self._sums[i]
+        if self._epochs[i] != epoch:
+            self._epochs[i] = epoch
+            for f in range(self.fields):
+                row[f] = 0.0
+        for f, v in enumerate(values):
+            row[f] += v
+
+    def totals(self, now: float) -> list[float]:
+        """Sum of each field over the window ending at `now`."""
+        epoch = int(now // self._width)
+        out = [0.0] * self.fields
+        for e, row in zip(self._epochs, self._sums, strict=True):
+            if 0 <= epoch - e < self._n:
+                for f in range(self.fields):
+                    out[f] += row[f]
+        return out
+
+    def reset(self) -> None:
+        """Forget everything."""
+        self._epochs = [-1] * self._n
+
+
+@dataclass(frozen=True, slots=True)
+class HealthView:
+    """The upstream's recent answers and probe streaks, as the mode controller reads them."""
+
+    ok: int
+    pushback: int
+    timeouts: int
+    broken: int
+    probe_ok_streak: int
+    probe_fail_streak: int
+
+    @property
+    def samples(self) -> int:
+        """Answers and failures in the window (cancellations excluded)."""
+        return self.ok + self.pushback + self.timeouts + self.broken
+
+    @property
+    def broken_ratio(self) -> float:
+        """Share of broken outcomes (0 with no samples)."""
+        n = self.samples
+        return self.broken / n if n else 0.0
+
+    @property
+    def pushback_ratio(self) -> float:
+        """Share of pushback and timeouts: overload, not outage."""
+        n = self.samples
+        return (self.pushback + self.timeouts) / n if n else 0.0
+
+    @property
+    def answering(self) -> bool:
+        """The backend answered something (even "busy") in the window: it is reachable."""
+        return self.ok + self.pushback > 0
+
+
+class UpstreamHealth:
+    """Upstream outcomes over a sliding window, plus active-probe streaks."""
+
+    def __init__(self, window: float) -> None:
+        self._sums = SlidingSums(window, 4)
+        self.probe_ok_streak = 0
+        self.probe_fail_streak = 0
+
+    def record(self, now: float, ok: int, pushback: int, timeouts: int, broken: int) -> None:
+        """Fold in counts of outcomes seen since the last call."""
+        if ok or pushback or timeouts or broken:
+            self._sums.add(now, (ok, pushback, timeouts, broken))
+
+    def probe(self, ok: bool) -> None:
+        """Record one active health probe's result."""
+        if ok:
+            self.probe_ok_streak += 1
+            self.probe_fail_streak = 0
+        else:
+            self.probe_fail_streak += 1
+            self.probe_ok_streak = 0
+
+    def view(self, now: float) -> HealthView:
+        """Counts over the window ending at `now`."""
+        ok, pushback, timeouts, broken = (int(v) for v in self._sums.totals(now))
+        return HealthView(
+            ok, pushback, timeouts, broken, self.probe_ok_streak, self.probe_fail_streak
+        )
+
+    def reset_window(self) -> None:
+        """Forget outcomes (the evidence was acted on: an outage was declared or ended)."""
+        self._sums.reset()
+
+    def reset_probes(self) -> None:
+        """Start probe streaks afresh (a new mode needs fresh evidence)."""
+        self.probe_ok_streak = 0
+        self.probe_fail_streak = 0
+
+
+class ArrivalRate:
+    """Arrivals and unsolicited retries per second, and a baseline learnt only in NORMAL."""
+
+    def __init__(self, window: float, halflife: float, start: float) -> None:
+        self._sums = SlidingSums(window, 2)
+        self.window = window
+        self.halflife = halflife
+        self._start = start
+        self._last = start
+        self.baseline: float | None = None
+
+    def record(self, now: float, arrivals: int, retries: int) -> None:
+        """Fold in arrivals (all) and unsolicited retries since the last call."""
+        if arrivals or retries:
+            self._sums.add(now, (arrivals, retries))
+
+    def rate(self, now: float) -> float:
+        """Arrivals per second over the window (over the time since start, early on)."""
+        span = min(self.window, max(now - self._start, 1e-9))
+        return self._sums.totals(now)[0] / span
+
+    def retry_share(self, now: float) -> float:
+        """Unsolicited retries as a share of arrivals (0 when nothing arrived)."""
+        arrivals, retries = self._sums.totals(now)
+        return retries / arrivals if arrivals else 0.0
+
+    def update_baseline(self, now: float, learning: bool) -> None:
+        """Move the baseline toward the current rate (only while `learning`, i.e. NORMAL).
+
+        The first full window seeds it; after that it is an exponential average with the
+        configured half-life, so a sudden 3x step stands out for a long time.
+        """
+        dt = now - self._last
+        self._last = now
+        if not learning or dt <= 0:
+            return
+        if now - self._start < self.window:
+            return
+        rate = self.rate(now)
+        if self.baseline is None:
+            self.baseline = rate
+            return
+        alpha = 1.0 - math.pow(2.0, -dt / self.halflife)
+        self.baseline += alpha * (rate - self.baseline)
+
+    def rebase(self, now: float) -> None:
+        """Accept the current rate as normal (recovery ended calm at this rate)."""
+        self.baseline = self.rate(now)
+        self._last = now
+
+    def surge_ratio(self, now: float) -> float:
+        """Current rate over the baseline (0 while there is no baseline)."""
+        if self.baseline is None:
+            return 0.0
+        return self.rate(now) / max(self.baseline, 1e-9)
+
+
+class LatencyFloor:
+    """The backend's latency when it is not queueing: the limiter's yardstick.
+
+    Fed with each window's *mean* latency (a per-sample minimum would be dragged down by the
+    odd fast answer and make a jittery backend look overloaded). It moves down at once, is
+    *confirmed* whenever a window comes close to it, and moves up only through an explicit
+    re-measurement (`reset_to`), never by drift: under constant load every window is queued,
+    and letting the floor creep up to that would let the limit creep up with it.
+    """
+
+    CONFIRM = 1.1  # a window within 10 % of the floor confirms it
+
+    def __init__(self) -> None:
+        self.value: float | None = None
+        self.confirmed_at = 0.0
+
+    def observe(self, now: float, mean: float) -> None:
+        """A window's mean latency (from enough samples to mean something)."""
+        if self.value is None or mean < self.value:
+            self.value = mean
+            self.confirmed_at = now
+        elif mean <= self.value * self.CONFIRM:
+            self.confirmed_at = now
+
+    def stale(self, now: float, interval: float) -> bool:
+        """True when no window came near the floor for `interval` (0 = never stale)."""
+        return interval > 0 and self.value is not None and now - self.confirmed_at >= interval
+
+    def reset_to(self, now: float, mean: float) -> None:
+        """Replace the floor with a fresh measurement at low concurrency."""
+        self.value = mean
+        self.confirmed_at = now
