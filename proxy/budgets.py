@@ -55,11 +55,16 @@ class _Ring:
         self.wd = [0] * BUCKETS
         self.dep_sum = 0
         self.wd_sum = 0
-        self.pending = 0  # deposits not yet placed in a bucket (placed at the next advance)
+        self.pending = 0  # deposits since the last advance (placed by the next one)
         self.epoch = epoch
 
     def advance(self, epoch: int) -> None:
-        """Expire buckets older than the window, then place pending deposits in the newest."""
+        """Place pending deposits in the bucket they arrived in (the ring's current one: the
+        ticker advances every ring each bucket), then expire buckets older than the window."""
+        if self.pending:
+            self.dep[self.epoch % BUCKETS] += self.pending
+            self.dep_sum += self.pending
+            self.pending = 0
         steps = epoch - self.epoch
         if steps > 0:
             if steps >= BUCKETS:
@@ -75,10 +80,6 @@ class _Ring:
                     self.dep[i] = 0
                     self.wd[i] = 0
             self.epoch = epoch
-        if self.pending:
-            self.dep[epoch % BUCKETS] += self.pending
-            self.dep_sum += self.pending
-            self.pending = 0
 
     def withdraw(self) -> None:
         self.wd[self.epoch % BUCKETS] += 1

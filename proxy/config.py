@@ -180,7 +180,7 @@ class LimiterConfig(Strict):
         30.0, description="re-measure unloaded latency when unconfirmed this long; 0 = never"
     )
     floor_probe_fraction: float = Field(
-        0.5, gt=0, lt=1, description="limit during a re-measurement, as a share of the limit"
+        0.25, gt=0, lt=1, description="limit during a re-measurement, as a share of the limit"
     )
     stable_windows: int = Field(
         4, ge=1, description="windows without growth before the limit counts as settled"

@@ -277,6 +277,8 @@ class AdmissionGate:
         self._retries = 0
         self._n_ok = 0
         self._lat_sum = 0.0
+        self._n_clean = 0  # good answers sent during a floor re-measurement
+        self._clean_sum = 0.0
         self._n_push = 0
         self._n_timeout = 0
         self._n_broken = 0
@@ -410,6 +412,10 @@ class AdmissionGate:
         if outcome.error is None and status is not None and status < 500 and status != 429:
             self._n_ok += 1
             self._lat_sum += outcome.latency
+            since = self.limiter.measuring_since
+            if since is not None and self._clock() - outcome.latency >= since:
+                self._n_clean += 1
+                self._clean_sum += outcome.latency
         else:
             kind = classify_outcome(status, outcome.latency, outcome.error, self._fast_error)
             if kind == PUSHBACK:
@@ -768,7 +774,9 @@ class AdmissionGate:
         self._n_ok = self._n_push = self._n_timeout = self._n_broken = 0
         self._lat_sum = 0.0
         self.health.record(now, ok, push, timeouts, broken)
-        self.limiter.add(ok, lat_sum, push + timeouts, broken)
+        self.limiter.add(ok, lat_sum, push + timeouts, broken, self._n_clean, self._clean_sum)
+        self._n_clean = 0
+        self._clean_sum = 0.0
         self.rates.record(now, self._arrivals, self._retries)
         self._arrivals = self._retries = 0
         if self._overloaded or (self._queued and self.in_flight >= self._eff):

@@ -31,7 +31,7 @@ from .signals import LatencyFloor
 
 # Floor re-measurement stages.
 _IDLE, _DRAINING, _MEASURING = 0, 1, 2
-# A window short of samples is stretched at most this many times before it is discarded.
+# A window short of samples is stretched to at most this many lengths, then discarded.
 _MAX_STRETCH = 4
 # Smoothing of the latency average used for the pace estimate.
 _LATENCY_ALPHA = 0.3
@@ -55,19 +55,35 @@ class Limiter:
         self._pushback = 0
         self._broken = 0
         self._peak = 0
-        self._stretch = 0
+        self._clean_ok = 0
+        self._clean_lat = 0.0
         self._stage = _IDLE
         self._saved = self.value
         self._history: deque[float] = deque(maxlen=2 * config.stable_windows)
 
     # --- inputs ----------------------------------------------------------------------------
-    def add(self, ok: int, latency_sum: float, pushback: int, broken: int) -> None:
+    def add(
+        self,
+        ok: int,
+        latency_sum: float,
+        pushback: int,
+        broken: int,
+        clean_ok: int = 0,
+        clean_latency_sum: float = 0.0,
+    ) -> None:
         """Fold in answers since the last call: good ones with their summed latency, pushback
-        (429/503/timeouts/slow 5xx) and broken ones (connect failures, fast 5xx)."""
+        (429/503/timeouts/slow 5xx) and broken ones (connect failures, fast 5xx).
+
+        `clean_*` are the good answers to requests *sent* after `measuring_since` (the gate
+        counts them only while a floor re-measurement runs): requests sent earlier queued
+        behind our old concurrency and would bias the measurement up.
+        """
         self._ok += ok
         self._lat_sum += latency_sum
         self._pushback += pushback
         self._broken += broken
+        self._clean_ok += clean_ok
+        self._clean_lat += clean_latency_sum
 
     def tick(self, now: float, in_flight: int, may_probe: bool = True) -> bool:
         """Sample concurrency; close the window when due. True when the limit changed.
@@ -78,7 +94,11 @@ class Limiter:
         if in_flight > self._peak:
             self._peak = in_flight
         if now - self._window_start < self._window_length():
-            return False
+            # A re-measurement moves on as soon as it can: it costs throughput.
+            draining_done = self._stage == _DRAINING and in_flight <= self.limit
+            measured = self._stage == _MEASURING and self._clean_ok >= self.config.min_samples
+            if not (draining_done or measured):
+                return False
         before = self.limit
         self._close(now, in_flight, may_probe)
         return self.limit != before
@@ -88,6 +108,11 @@ class Limiter:
     def limit(self) -> int:
         """The concurrency limit in force."""
         return max(self.config.floor, int(self.value))
+
+    @property
+    def measuring_since(self) -> float | None:
+        """While re-measuring the floor: the instant after which sent requests count."""
+        return self._window_start if self._stage == _MEASURING else None
 
     @property
     def probing(self) -> bool:
@@ -148,34 +173,35 @@ class Limiter:
         self._pushback = 0
         self._broken = 0
         self._peak = 0
-        self._stretch = 0
+        self._clean_ok = 0
+        self._clean_lat = 0.0
 
     def _close(self, now: float, in_flight: int, may_probe: bool) -> None:
         cfg = self.config
-        n = self._ok + self._pushback + self._broken
+        # A window short of answers is stretched, up to _MAX_STRETCH lengths.
+        overdue = now - self._window_start >= _MAX_STRETCH * self._window_length()
+        if self._stage == _MEASURING:
+            if self._clean_ok >= cfg.min_samples:
+                self.floor.reset_to(now, self._clean_lat / self._clean_ok)
+                self._end_probe(restore=True)
+                self._reset_window(now)
+            elif overdue:  # too little traffic to measure: try again an interval later
+                self.floor.confirmed_at = now
+                self._end_probe(restore=True)
+                self._reset_window(now)
+            return
         if self._stage == _DRAINING:
             # Measure only once our own excess concurrency has left the backend.
-            if in_flight <= self.limit:
+            if in_flight <= self.limit or overdue:
                 self._stage = _MEASURING
-            self._reset_window(now)
+                self._reset_window(now)
             return
+        n = self._ok + self._pushback + self._broken
         if n < cfg.min_samples:
-            self._stretch += 1
-            if self._stretch >= _MAX_STRETCH:
-                if self._stage == _MEASURING:
-                    self._end_probe(restore=True)
-                    self.floor.confirmed_at = now  # too little traffic to measure: retry later
+            if overdue:
                 self._reset_window(now)
             return
         mean = self._lat_sum / self._ok if self._ok else None
-        if self._stage == _MEASURING:
-            if mean is not None:
-                self.floor.reset_to(now, mean)
-            else:
-                self.floor.confirmed_at = now
-            self._end_probe(restore=True)
-            self._reset_window(now)
-            return
 
         if (
             self._pushback >= cfg.backpressure_ratio * n

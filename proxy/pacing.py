@@ -66,7 +66,7 @@ class Pacer:
         slot = cfg.slot
         at = min(latest, math.ceil(at / slot - 1e-9) * slot)
         after = max(at - now, 0.0)
-        after_ms = max(1, math.ceil(after * 1000.0))
+        after_ms = max(1, math.ceil(after * 1000.0 - 1e-6))  # 1.2000000001 s is 1200 ms
         self.booked += 1
         if remember and self.total < cfg.max_bookings:
             header_s = max(1, math.ceil(after_ms / 1000))  # what a Retry-After-only client reads

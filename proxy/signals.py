@@ -87,6 +87,11 @@ class SlidingSums:
                     out[f] += row[f]
         return out
 
+    def span(self, now: float) -> float:
+        """The time `totals(now)` actually covers: whole older buckets plus the current one's
+        elapsed part (so a rate divides by the right duration)."""
+        return (self._n - 1) * self._width + (now - (now // self._width) * self._width)
+
     def reset(self) -> None:
         """Forget everything."""
         self._epochs = [-1] * self._n
@@ -183,8 +188,8 @@ class ArrivalRate:
 
     def rate(self, now: float) -> float:
         """Arrivals per second over the window (over the time since start, early on)."""
-        span = min(self.window, max(now - self._start, 1e-9))
-        return self._sums.totals(now)[0] / span
+        span = min(self._sums.span(now), max(now - self._start, 1e-9))
+        return self._sums.totals(now)[0] / max(span, 1e-9)
 
     def retry_share(self, now: float) -> float:
         """Unsolicited retries as a share of arrivals (0 when nothing arrived)."""

@@ -1,0 +1,117 @@
+"""Helpers for the admission-engine unit tests: a fake clock, configs, tickets, outcomes."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from proxy.classify import Classifier
+from proxy.config import PRIORITY_CLASSES, Config, load_config_data
+from proxy.contracts import Outcome, Ticket
+from proxy.gate import AdmissionGate
+from proxy.metrics import Metrics
+
+NORMAL_PRIORITY = PRIORITY_CLASSES.index("normal")
+_ids = itertools.count()
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge `extra` into a copy of `base`."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def make_config(extra: dict[str, Any] | None = None) -> Config:
+    """A valid config with test-friendly defaults, deep-merged with `extra`."""
+    base: dict[str, Any] = {
+        "upstream": {"url": "http://127.0.0.1:9"},
+        "callers": {
+            "known": [
+                {"name": "orch", "weight": 1},
+                {"name": "fresh", "weight": 1},
+                {"name": "repair", "weight": 1},
+                {"name": "banned", "cap": 0},
+                {"name": "capped", "cap": 2},
+            ],
+            "fair_buckets": 4,
+        },
+        "limiter": {"initial": 4, "floor": 2, "ceiling": 64},
+    }
+    return load_config_data(merge(base, extra or {}))
+
+
+class Harness:
+    """An AdmissionGate on a fake clock, with ticket and outcome factories."""
+
+    def __init__(self, extra: dict[str, Any] | None = None, start: float = 1000.0) -> None:
+        self.clock = FakeClock(start)
+        self.config = make_config(extra)
+        self.classifier = Classifier(self.config)
+        self.names = self.classifier.caller_names()
+        self.metrics = Metrics(c.name for c in self.config.callers.known)
+        self.gate = AdmissionGate(self.config, self.metrics, self.names, clock=self.clock)
+
+    def index(self, name: str) -> int:
+        return self.names.index(name)
+
+    def ticket(
+        self,
+        caller: str = "orch",
+        *,
+        retry: bool = False,
+        origin: str | None = None,
+        timeout: float | None = None,
+        priority: int = NORMAL_PRIORITY,
+    ) -> Ticket:
+        now = self.clock.now
+        known = {c.name for c in self.config.callers.known}
+        return Ticket(
+            caller=caller,
+            caller_label=caller if caller in known else "other",
+            caller_index=self.index(caller),
+            priority=priority,
+            attempt=None,
+            is_retry=retry,
+            origin_region=origin,
+            arrived=now,
+            deadline=None if timeout is None else now + timeout,
+            request_id=f"r{next(_ids)}",
+        )
+
+    def tick(self, dt: float = 0.1) -> None:
+        self.gate.tick(self.clock.advance(dt))
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels or {})
+        return 0.0 if value is None else value
+
+
+def ok(latency: float = 0.01) -> Outcome:
+    return Outcome(200, latency)
+
+
+def status(code: int, latency: float = 0.01) -> Outcome:
+    return Outcome(code, latency)
+
+
+def error(kind: str, latency: float = 0.001) -> Outcome:
+    return Outcome(None, latency, kind)

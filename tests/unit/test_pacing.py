@@ -1,0 +1,108 @@
+"""Paced Retry-After: slots spread at the learned pace, solicited returns recognised."""
+
+from __future__ import annotations
+
+import math
+
+from proxy.config import SheddingConfig
+from proxy.pacing import Pacer
+
+
+def pacer(callers: int = 3, **kw: object) -> Pacer:
+    base: dict[str, object] = {
+        "retry_after_min": "1s",
+        "retry_after_max": "60s",
+        "slot": "100ms",
+        "slot_grace": "200ms",
+    }
+    base.update(kw)
+    return Pacer(SheddingConfig.model_validate(base), callers)
+
+
+def test_returns_are_spread_at_the_return_pace() -> None:
+    p = pacer()
+    # Pace 100/s, nothing fresh expected: one return every 10 ms, ten per 100 ms slot.
+    ms = [p.book(0, 0.0, pace=100.0, fresh_rate=0.0, queued=0) for _ in range(100)]
+    assert ms[0] == 1000  # never sooner than retry_after_min
+    assert ms == sorted(ms)
+    per_slot: dict[int, int] = {}
+    for m in ms:
+        per_slot[m] = per_slot.get(m, 0) + 1
+    assert max(per_slot.values()) <= 10  # flat: no slot gets more than the pace allows
+    assert ms[-1] == 2000  # 100 returns at 100/s span one second
+
+
+def test_slots_are_whole_slot_steps() -> None:
+    p = pacer()
+    for _ in range(37):
+        ms = p.book(1, 0.0, pace=30.0, fresh_rate=0.0, queued=0)
+        assert ms % 100 == 0
+
+
+def test_fresh_traffic_leaves_room_but_not_all() -> None:
+    p = pacer()
+    a = [p.book(0, 0.0, pace=100.0, fresh_rate=60.0, queued=0) for _ in range(40)]
+    assert a[-1] == 1000 + 1000  # 40 returns at 40/s
+    q = pacer()
+    b = [q.book(0, 0.0, pace=100.0, fresh_rate=1000.0, queued=0) for _ in range(25)]
+    assert b[-1] == 2000  # floor: min_return_share 25 % of the pace
+
+
+def test_queued_work_goes_first() -> None:
+    p = pacer()
+    assert p.book(0, 0.0, pace=100.0, fresh_rate=0.0, queued=500) == 5000
+
+
+def test_not_before_pushes_past_a_shield() -> None:
+    p = pacer()
+    assert p.book(0, 0.0, pace=100.0, fresh_rate=0.0, queued=0, not_before=30.0) == 30000
+
+
+def test_horizon_is_capped_at_retry_after_max() -> None:
+    p = pacer(retry_after_max="5s")
+    ms = [p.book(0, 0.0, pace=10.0, fresh_rate=0.0, queued=0) for _ in range(200)]
+    assert max(ms) == 5000
+    assert ms.count(5000) > 100  # saturated: the rest are told the maximum
+
+
+def test_the_cursor_moves_with_time() -> None:
+    p = pacer()
+    p.book(0, 0.0, pace=10.0, fresh_rate=0.0, queued=0)
+    assert p.next_free(0.0) > 1.0
+    assert p.book(0, 100.0, pace=10.0, fresh_rate=0.0, queued=0) == 1000
+
+
+def test_redeem_inside_the_booked_window_once() -> None:
+    p = pacer()
+    ms = p.book(2, 0.0, pace=100.0, fresh_rate=0.0, queued=0)
+    assert ms == 1000
+    assert not p.redeem(2, 0.5)  # too early
+    assert not p.redeem(1, 1.0)  # another caller's slot
+    assert p.redeem(2, 0.9)  # within grace before the slot
+    assert not p.redeem(2, 1.0)  # used up
+    assert (p.redeemed, p.total) == (1, 0)
+
+
+def test_a_retry_after_only_client_is_recognised_at_the_whole_second() -> None:
+    p = pacer()
+    for _ in range(150):
+        p.book(0, 0.0, pace=100.0, fresh_rate=0.0, queued=0)
+    # The last booking says 2.5 s: Retry-After says 3 s; a client reading only that comes at 3.
+    assert p.redeem(0, math.ceil(2.5) + 0.1)
+
+
+def test_expired_bookings_are_forgotten() -> None:
+    p = pacer()
+    for _ in range(5):
+        p.book(0, 0.0, pace=100.0, fresh_rate=0.0, queued=0)
+    assert p.total == 5 and p.by_caller() == {0: 5}
+    p.prune(10.0)
+    assert p.total == 0 and p.expired == 5 and p.by_caller() == {}
+    assert not p.redeem(0, 10.0)
+
+
+def test_bookings_are_bounded() -> None:
+    p = pacer(max_bookings=10)
+    for _ in range(50):
+        assert p.book(0, 0.0, pace=100.0, fresh_rate=0.0, queued=0) >= 1000
+    assert p.total == 10 and p.booked == 50
