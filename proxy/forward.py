@@ -128,6 +128,8 @@ class Forwarder:
             remaining = ticket.deadline - time.monotonic() - config.shedding.deadline_margin
             timeout = max(0.001, min(timeout, remaining))
             headers[config.headers.request_timeout_ms] = str(max(1, int(remaining * 1000)))
+        else:  # absent, or unusable and so treated as absent: the upstream must not see it
+            headers.popall(config.headers.request_timeout_ms, None)
 
         body = BodyStream(request, config.listen.max_body_size) if request.body_exists else None
 
