@@ -284,6 +284,7 @@ class AdmissionGate:
         self._n_broken = 0
         self._overloaded = 0  # overload refusals since the last tick
         self._saturated_ticks = 0
+        self._loaded_at_start = False  # saturated during the start-up window
         self._mode_backlog = 0  # requests held or shed since the mode began
         self._last_prune = now
         self._released_this_tick = 0
@@ -781,6 +782,8 @@ class AdmissionGate:
         self._arrivals = self._retries = 0
         if self._overloaded or (self._queued and self.in_flight >= self._eff):
             self._saturated_ticks += 1
+            if self._saturated_ticks >= 2 and self._starting(now):
+                self._loaded_at_start = True  # remembered: dwell may not let us act yet
         else:
             self._saturated_ticks = 0
         self._overloaded = 0
@@ -816,9 +819,12 @@ class AdmissionGate:
             surge_ratio=self.rates.surge_ratio(now),
             retry_share=self.rates.retry_share(now),
             backlog=self._mode_backlog > 0,
-            saturated=self._saturated_ticks >= 2,
+            saturated=self._saturated_ticks >= 2 or self._loaded_at_start,
             limit_growing=self.limiter.growing(),
         )
+
+    def _starting(self, now: float) -> bool:
+        return now - self.started_at < self.config.modes.startup_window
 
     def _refresh_caps(self) -> None:
         for c, cap in zip(self._callers, self._caps.caps(self._names), strict=True):
@@ -856,6 +862,7 @@ class AdmissionGate:
             },
         )
         self._mode_backlog = 0
+        self._loaded_at_start = False
         new, old = tr.to_mode, tr.from_mode
         if new is Mode.OUTAGE:
             # Leaving OUTAGE needs fresh evidence: a good probe after this instant.

@@ -199,6 +199,8 @@ class Limiter:
         n = self._ok + self._pushback + self._broken
         if n < cfg.min_samples:
             if overdue:
+                if self._peak * 2 < self.value:
+                    self.slow_start = False  # too little traffic to need a ramp
                 self._reset_window(now)
             return
         mean = self._lat_sum / self._ok if self._ok else None
@@ -233,6 +235,7 @@ class Limiter:
                     )
                 self.last_change = "growth"
             else:
+                self.slow_start = False  # the traffic does not use what we have: ramp done
                 self.last_change = "idle"
         self._history.append(self.value)
         if may_probe and not self.slow_start and self.floor.stale(now, cfg.floor_probe_interval):

@@ -55,6 +55,7 @@ def make_config(extra: dict[str, Any] | None = None) -> Config:
             "fair_buckets": 4,
         },
         "limiter": {"initial": 4, "floor": 2, "ceiling": 64},
+        "modes": {"startup_window": "0s"},
     }
     return load_config_data(merge(base, extra or {}))
 

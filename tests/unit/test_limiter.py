@@ -57,7 +57,7 @@ def cfg(**kw: object) -> LimiterConfig:
 @pytest.mark.parametrize("n_workers", [20, 40, 150])
 def test_finds_a_worker_pool_capacity_it_was_not_told(n_workers: int) -> None:
     lim = Limiter(cfg(), 0.0)
-    t, limits = drive(lim, workers(n_workers, 0.05), 120.0, 0.0)
+    _, limits = drive(lim, workers(n_workers, 0.05), 120.0, 0.0)
     tail = limits[-300:]  # the last 30 s
     assert max(tail) <= 2 * n_workers  # its queue stays within one round of its workers
     # The backend is kept busy, except for the brief unloaded-latency re-measurement.
@@ -85,7 +85,7 @@ def test_slow_start_doubles_until_queueing_then_settles() -> None:
 
 def test_idle_traffic_does_not_grow_the_limit() -> None:
     lim = Limiter(cfg(), 0.0)
-    t, limits = drive(lim, workers(1000, 0.05), 30.0, 0.0, offered=5)
+    _, limits = drive(lim, workers(1000, 0.05), 30.0, 0.0, offered=5)
     assert limits[-1] == 16  # 5 in flight never used half of 16
     assert not lim.growing()
 

@@ -1,0 +1,737 @@
+"""The admission gate, driven with a fake clock and explicit ticks (no sockets, no sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from typing import Any
+
+import orjson
+import pytest
+
+from proxy.contracts import Refusal, Ticket
+from proxy.gate import ADMITTED, CANCELLED, REFUSED, WAITING, Waiter
+from proxy.modes import Mode
+
+from ._admission import Harness, error, ok, status
+
+
+def waiter(x: object) -> Waiter:
+    assert isinstance(x, Waiter), x
+    return x
+
+
+def refusal(x: object) -> Refusal:
+    assert isinstance(x, Refusal), x
+    return x
+
+
+def fill(h: Harness, n: int, caller: str = "orch") -> list[Ticket]:
+    """Admit n tickets that must go through at once."""
+    out = []
+    for _ in range(n):
+        t = h.ticket(caller)
+        assert h.gate.admit(t) is None
+        out.append(t)
+    return out
+
+
+def no_lanes(h: Harness) -> bool:
+    return all(not lanes for lanes in h.gate._lanes)
+
+
+def recovery(h: Harness) -> None:
+    h.gate.command("recovery")
+    assert h.gate.modes.state is Mode.RECOVERY
+
+
+# --- NORMAL ----------------------------------------------------------------------------------
+def test_fast_path_touches_no_queue() -> None:
+    h = Harness()
+    tickets = fill(h, 4)
+    assert h.gate.in_flight == 4
+    assert h.gate._queued == 0 and no_lanes(h) and not h.gate._heap
+    for t in tickets:
+        h.gate.release(t, ok())
+    assert h.gate.in_flight == 0
+    assert all(c.in_flight == 0 for c in h.gate._callers)
+
+
+def test_release_twice_is_ignored() -> None:
+    h = Harness()
+    (t,) = fill(h, 1)
+    h.gate.release(t, ok())
+    h.gate.release(t, ok())
+    assert h.gate.in_flight == 0
+
+
+def test_at_the_limit_a_short_queue_and_the_freed_slot_goes_to_the_waiter() -> None:
+    h = Harness()
+    tickets = fill(h, 4)
+    w = waiter(h.gate.admit(h.ticket("fresh")))
+    assert w.state == WAITING and h.gate._queued == 1
+    h.gate.release(tickets[0], ok())
+    assert w.state == ADMITTED
+    assert h.gate.in_flight == 4 and h.gate._queued == 0
+
+
+async def test_deferred_wait_resolves() -> None:
+    h = Harness()
+    tickets = fill(h, 4)
+    w = waiter(h.gate.admit(h.ticket()))
+    task = asyncio.create_task(w.wait())
+    await asyncio.sleep(0)
+    assert not task.done()
+    h.gate.release(tickets[0], ok())
+    assert await task is None
+
+
+def test_normal_queue_expiry_is_a_paced_overload() -> None:
+    h = Harness()
+    fill(h, 4)
+    w = waiter(h.gate.admit(h.ticket()))
+    h.tick(0.1)
+    assert w.state == WAITING
+    h.tick(0.2)  # past queue.normal_max_wait (250 ms)
+    r = refusal(w.result)
+    assert (r.reason, r.status) == ("overload", 503)
+    assert r.retry_after_ms >= 1000
+    assert h.metric("sluice_retry_slots_booked_total") == 1
+    assert h.gate._queued == 0 and not h.gate._heap
+
+
+def test_overload_status_is_configurable() -> None:
+    h = Harness({"shedding": {"overload_status": 429}})
+    fill(h, 4)
+    w = waiter(h.gate.admit(h.ticket()))
+    h.tick(0.3)
+    assert refusal(w.result).status == 429
+
+
+def test_normal_sheds_at_once_when_the_wait_would_be_too_long() -> None:
+    h = Harness()
+    fill(h, 4)
+    results = [h.gate.admit(h.ticket()) for _ in range(40)]
+    queued = [r for r in results if isinstance(r, Waiter)]
+    shed = [r for r in results if isinstance(r, Refusal)]
+    # Nothing measured yet: 4 slots at an assumed 100 ms is 40/s, so 250 ms holds ~10.
+    assert 5 <= len(queued) <= 15
+    assert shed and all(r.reason == "overload" for r in shed)
+    assert results.index(shed[0]) == len(queued)  # the queue filled first, then shedding
+
+
+def test_caller_with_zero_cap_is_refused() -> None:
+    h = Harness()
+    r = refusal(h.gate.admit(h.ticket("banned")))
+    assert (r.reason, r.status) == ("caller-cap", 429)
+    assert r.retry_after_ms == 60_000
+    assert h.gate.in_flight == 0
+
+
+def test_capped_caller_in_normal_is_refused_past_its_cap() -> None:
+    h = Harness()
+    fill(h, 2, "capped")
+    r = refusal(h.gate.admit(h.ticket("capped")))
+    assert (r.reason, r.status) == ("caller-cap", 429)
+    assert h.gate.admit(h.ticket("orch")) is None  # the limit itself was not reached
+
+
+def test_unmeetable_deadline_is_answered_now() -> None:
+    h = Harness()
+    r = refusal(h.gate.admit(h.ticket(timeout=0.02)))  # below the 50 ms margin
+    assert (r.reason, r.status) == ("deadline", 504)
+    assert h.gate.admit(h.ticket(timeout=5.0)) is None
+
+
+def test_queued_request_is_answered_before_its_deadline() -> None:
+    h = Harness()
+    fill(h, 4)
+    w = waiter(h.gate.admit(h.ticket(timeout=0.2)))
+    assert w.by_deadline and w.expiry == pytest.approx(h.clock.now + 0.15)
+    h.tick(0.1)
+    assert w.state == WAITING
+    h.tick(0.1)
+    r = refusal(w.result)
+    assert (r.reason, r.status) == ("deadline", 504)
+
+
+def test_learned_latency_raises_the_bar_for_deadlines() -> None:
+    h = Harness()
+    h.gate.limiter.floor.reset_to(h.clock.now, 0.5)  # the backend needs ~500 ms
+    h.gate._refresh_estimates()
+    assert refusal(h.gate.admit(h.ticket(timeout=0.4))).reason == "deadline"
+    assert h.gate.admit(h.ticket(timeout=0.6)) is None
+
+
+# --- spillover -------------------------------------------------------------------------------
+def test_spillover_refuse() -> None:
+    h = Harness({"region": {"spillover": "refuse"}})
+    r = refusal(h.gate.admit(h.ticket(origin="east")))
+    assert (r.reason, r.status, r.retry_after_ms) == ("spillover", 503, 1000)
+    assert h.metric("sluice_spillover_total", {"decision": "refused"}) == 1
+
+
+def test_spillover_spare_uses_only_spare_capacity_in_normal() -> None:
+    h = Harness({"limiter": {"initial": 10}, "region": {"spare_utilisation": 0.8}})
+    for _ in range(8):
+        assert h.gate.admit(h.ticket(origin="east")) is None
+    r = refusal(h.gate.admit(h.ticket(origin="east")))
+    assert r.reason == "spillover"
+    assert h.metric("sluice_spillover_total", {"decision": "served"}) == 8
+    fill(h, 2)  # local traffic still has its room
+    assert isinstance(h.gate.admit(h.ticket()), Waiter)  # local waits, spillover never does
+
+
+def test_spillover_spare_is_refused_outside_normal() -> None:
+    h = Harness({"limiter": {"initial": 10}})
+    recovery(h)
+    assert refusal(h.gate.admit(h.ticket(origin="east"))).reason == "spillover"
+
+
+def test_spillover_allow_is_treated_as_local() -> None:
+    h = Harness({"region": {"spillover": "allow"}})
+    fill(h, 4)
+    assert isinstance(h.gate.admit(h.ticket(origin="east")), Waiter)
+
+
+# --- retry budgets -----------------------------------------------------------------------------
+NO_FLOOR = {"retry_budget": {"floor_per_s": 0, "global_floor_per_s": 0}}
+
+
+def test_retry_over_budget_uses_spare_capacity_but_never_queues() -> None:
+    h = Harness(NO_FLOOR)
+    assert h.gate.admit(h.ticket(retry=True)) is None  # work-conserving: free slot
+    fill(h, 3)
+    r = refusal(h.gate.admit(h.ticket(retry=True)))
+    assert (r.reason, r.status) == ("retry-budget", 429)
+    assert r.retry_after_ms >= 1000
+    assert h.gate._queued == 0
+    assert h.metric("sluice_retries_total", {"caller": "orch", "decision": "refused"}) == 1
+
+
+def test_retry_over_budget_does_not_jump_a_queue() -> None:
+    h = Harness(NO_FLOOR)
+    tickets = fill(h, 4)
+    waiter(h.gate.admit(h.ticket("fresh")))
+    h.gate.release(tickets[0], ok())  # the slot goes to the waiter
+    assert refusal(h.gate.admit(h.ticket(retry=True))).reason == "retry-budget"
+
+
+def test_retry_within_budget_queues_like_a_first_try() -> None:
+    h = Harness(NO_FLOOR)
+    for _ in range(10):  # 40 first tries earn 4 retries at 10 %
+        for t in fill(h, 4):
+            h.gate.release(t, ok())
+    fill(h, 4)
+    assert isinstance(h.gate.admit(h.ticket(retry=True)), Waiter)
+    assert h.metric("sluice_retries_total", {"caller": "orch", "decision": "admitted"}) == 1
+
+
+def test_budget_is_per_caller() -> None:
+    h = Harness(NO_FLOOR)
+    for _ in range(100):
+        h.gate.budgets.deposit(h.index("orch"))
+    fill(h, 4)
+    assert isinstance(h.gate.admit(h.ticket("orch", retry=True)), Waiter)
+    assert refusal(h.gate.admit(h.ticket("fresh", retry=True))).reason == "retry-budget"
+
+
+def test_solicited_return_is_not_charged_and_goes_first() -> None:
+    h = Harness(NO_FLOOR)
+    tickets = fill(h, 4)
+    shed = refusal(h.gate.admit(h.ticket(retry=True)))  # over budget: told when to return
+    assert shed.reason == "retry-budget"
+    fresh_waiter = waiter(h.gate.admit(h.ticket()))  # a fresh request of the same caller
+    h.clock.advance(shed.retry_after_ms / 1000)
+    back = h.ticket(retry=True)
+    w = waiter(h.gate.admit(back))  # in its slot: queued, not refused for budget
+    assert back.solicited
+    assert h.metric("sluice_retry_slots_redeemed_total") == 1
+    assert h.metric("sluice_retries_total", {"caller": "orch", "decision": "refused"}) == 1
+    h.gate.release(tickets[0], ok())
+    assert w.state == ADMITTED and fresh_waiter.state == WAITING  # ahead of fresh arrivals
+
+
+def test_retry_outside_its_slot_is_unsolicited() -> None:
+    h = Harness(NO_FLOOR)
+    fill(h, 4)
+    shed = refusal(h.gate.admit(h.ticket(retry=True)))
+    h.clock.advance(shed.retry_after_ms / 1000 / 4)  # too early
+    back = h.ticket(retry=True)
+    assert refusal(h.gate.admit(back)).reason == "retry-budget"
+    assert not back.solicited
+
+
+# --- SHIELD ------------------------------------------------------------------------------------
+def test_shield_forwards_only_the_allow_list_and_expires_into_recovery() -> None:
+    h = Harness()
+    tickets = fill(h, 4)
+    queued = waiter(h.gate.admit(h.ticket("orch")))
+    result = h.gate.command("shield", ttl=30, allow=["repair"])
+    assert result["mode"] == "SHIELD" and result["changed"]
+    assert refusal(queued.result).reason == "shield"  # waiting work is answered at once
+    r = refusal(h.gate.admit(h.ticket("orch")))
+    assert (r.reason, r.status) == ("shield", 503)
+    assert r.retry_after_ms >= 30_000  # come back after the shield, not during it
+    for t in tickets:
+        h.gate.release(t, ok())
+    assert h.gate.admit(h.ticket("repair")) is None
+    with pytest.raises(ValueError, match="SHIELD exits only to RECOVERY"):
+        h.gate.command("normal")
+    for _ in range(299):
+        h.tick(0.1)
+    assert h.gate.modes.state is Mode.SHIELD
+    h.tick(0.2)
+    assert h.gate.modes.state is Mode.RECOVERY
+    assert not isinstance(h.gate.admit(h.ticket("orch")), Refusal)  # traffic flows again
+    assert not any(c.allowed for c in h.gate._callers)
+
+
+def test_shield_ttl_accepts_durations_and_default() -> None:
+    h = Harness({"modes": {"shield_default_ttl": "2m"}})
+    h.gate.command("shield")
+    assert h.gate.modes.shield_remaining(h.clock.now) == 120
+    h.gate.command("shield", ttl="10m")
+    assert h.gate.modes.shield_remaining(h.clock.now) == 600
+
+
+@pytest.mark.parametrize(
+    ("action", "params", "message"),
+    [
+        ("panic", {}, "unknown mode command"),
+        ("recovery", {"ttl": 3}, "takes no parameters"),
+        ("normal", {"x": 1}, "takes no parameters"),
+        ("shield", {"ttl": -1}, "must be > 0"),
+        ("shield", {"ttl": True}, "must be seconds"),
+        ("shield", {"ttl": "soon"}, "not a duration"),
+        ("shield", {"ttl": 10**9}, "must be > 0 and <="),
+        ("shield", {"allow": "repair"}, "list of caller names"),
+        ("shield", {"allow": ["nobody"]}, "unknown callers: nobody"),
+        ("shield", {"force": 1}, "unexpected: force"),
+        ("dry-run", {}, "needs 'on'"),
+        ("dry-run", {"on": "yes"}, "needs 'on'"),
+        ("dry-run", {"on": True, "x": 1}, "unexpected: x"),
+    ],
+)
+def test_bad_commands_raise_clear_errors(action: str, params: dict[str, Any], message: str) -> None:
+    h = Harness()
+    with pytest.raises(ValueError, match=message):
+        h.gate.command(action, **params)
+    assert h.gate.modes.state is Mode.NORMAL and not h.gate.modes.dry_run
+
+
+def test_operator_commands_are_idempotent() -> None:
+    h = Harness()
+    assert not h.gate.command("normal")["changed"]
+    assert h.gate.command("recovery")["changed"]
+    assert not h.gate.command("recovery")["changed"]
+    assert h.gate.command("normal")["mode"] == "NORMAL"
+
+
+# --- dry run and drain -------------------------------------------------------------------------
+def test_dry_run_counts_refusals_and_admits_everything() -> None:
+    h = Harness()
+    fill(h, 4)
+    queued = waiter(h.gate.admit(h.ticket()))
+    assert h.gate.command("dry-run", on=True)["dry_run"]
+    assert queued.state == ADMITTED  # what waited goes through
+    assert h.metric("sluice_dry_run") == 1
+    assert h.gate.admit(h.ticket("banned")) is None
+    assert h.gate.admit(h.ticket()) is None  # over the limit: would have waited
+    assert h.metric("sluice_dry_run_decisions_total", {"reason": "caller-cap"}) == 1
+    assert h.metric("sluice_dry_run_deferrals_total") == 1
+    assert h.gate.in_flight == 7
+    h.gate.command("dry-run", on=False)
+    assert refusal(h.gate.admit(h.ticket("banned"))).reason == "caller-cap"
+
+
+def test_dry_run_from_config() -> None:
+    h = Harness({"modes": {"protection": "dry-run"}})
+    assert h.gate.status()["dry_run"]
+    assert h.gate.admit(h.ticket("banned")) is None
+
+
+async def test_drain_answers_waiters_and_refuses_new_work() -> None:
+    h = Harness()
+    tickets = fill(h, 4)
+    w = waiter(h.gate.admit(h.ticket()))
+    await h.gate.drain()
+    r = refusal(w.result)
+    assert (r.reason, r.status) == ("draining", 503)
+    assert refusal(h.gate.admit(h.ticket())).reason == "draining"
+    for t in tickets:
+        h.gate.release(t, ok())
+    assert h.gate.in_flight == 0 and h.gate._queued == 0
+
+
+# --- RECOVERY: batches, fairness, priority, bounds ---------------------------------------
+BIG = {"limiter": {"initial": 40, "floor": 2, "ceiling": 40}, "recovery": {"batch_size": 8}}
+
+
+def test_batches_never_exceed_batch_size_or_free_slots() -> None:
+    h = Harness(BIG)
+    recovery(h)
+    h.gate.limiter.slow_start = False
+    results = [h.gate.admit(h.ticket()) for _ in range(200)]
+    admitted = [r for r in results if r is None]
+    assert len(admitted) <= 8  # the first batch's worth
+    waiters = [r for r in results if isinstance(r, Waiter)]
+    for _ in range(30):
+        before = sum(w.state == ADMITTED for w in waiters) + len(admitted)
+        flying_before = h.gate.in_flight
+        h.tick(0.1)
+        after = sum(w.state == ADMITTED for w in waiters) + len(admitted)
+        assert after - before <= 8  # at most batch_size new per interval
+        assert h.gate.in_flight <= h.gate.limiter.limit
+        assert h.gate.in_flight - flying_before <= 8
+    assert h.gate.in_flight == h.gate.limiter.limit == 40
+
+
+def test_completions_hand_their_slot_over_one_for_one() -> None:
+    h = Harness(BIG)
+    recovery(h)
+    first = fill(h, 8)  # the first batch
+    waiters = [waiter(h.gate.admit(h.ticket())) for _ in range(20)]
+    assert all(w.state == WAITING for w in waiters)
+    h.gate.release(h.ticket(), ok())  # a ticket never admitted: ignored
+    assert h.gate.in_flight == 8
+    for i, t in enumerate(first[:5], start=1):
+        h.gate.release(t, ok())
+        assert sum(w.state == ADMITTED for w in waiters) == i  # exactly one moves in
+        assert h.gate.in_flight == 8  # never more than the batch allowed
+
+
+def test_drr_lets_a_fresh_caller_through_a_big_backlog() -> None:
+    h = Harness(BIG)
+    recovery(h)
+    admitted = [t for t in (h.ticket() for _ in range(8)) if h.gate.admit(t) is None]
+    backlog = [waiter(h.gate.admit(h.ticket("orch"))) for _ in range(100)]
+    fresh = waiter(h.gate.admit(h.ticket("fresh")))
+    h.gate.release(admitted[0], ok())
+    h.gate.release(admitted[1], ok())
+    assert fresh.state == ADMITTED
+    assert sum(w.state == ADMITTED for w in backlog) == 1
+
+
+def test_weights_share_the_releases() -> None:
+    extra = dict(BIG)
+    extra["callers"] = {
+        "known": [{"name": "orch", "weight": 3}, {"name": "fresh", "weight": 1}],
+        "fair_buckets": 2,
+    }
+    h = Harness(extra)
+    recovery(h)
+    admitted = [t for t in (h.ticket() for _ in range(8)) if h.gate.admit(t) is None]
+    a = [waiter(h.gate.admit(h.ticket("orch"))) for _ in range(50)]
+    b = [waiter(h.gate.admit(h.ticket("fresh"))) for _ in range(50)]
+    for t in admitted:
+        h.gate.release(t, ok())
+    assert sum(w.state == ADMITTED for w in a) == 6
+    assert sum(w.state == ADMITTED for w in b) == 2
+
+
+def test_higher_priority_first() -> None:
+    h = Harness(BIG)
+    recovery(h)
+    admitted = [t for t in (h.ticket() for _ in range(8)) if h.gate.admit(t) is None]
+    low = [waiter(h.gate.admit(h.ticket("orch", priority=3))) for _ in range(5)]
+    high = waiter(h.gate.admit(h.ticket("fresh", priority=0)))
+    h.gate.release(admitted[0], ok())
+    assert high.state == ADMITTED
+    assert all(w.state == WAITING for w in low)
+
+
+def test_a_capped_caller_waits_without_blocking_others() -> None:
+    h = Harness(BIG)
+    recovery(h)
+    fill(h, 2, "capped")
+    capped = waiter(h.gate.admit(h.ticket("capped")))
+    assert h.gate.admit(h.ticket("orch")) is None  # free slots: the capped waiter is not eligible
+    h.tick(0.1)
+    assert capped.state == WAITING
+    assert h.gate.in_flight < h.gate._eff
+
+
+def test_a_burst_larger_than_the_queue() -> None:
+    h = Harness({**BIG, "queue": {"max_size": 10}})
+    recovery(h)
+    results = [h.gate.admit(h.ticket()) for _ in range(100)]
+    assert sum(r is None for r in results) == 8
+    assert sum(isinstance(r, Waiter) for r in results) == 10
+    shed = [r for r in results if isinstance(r, Refusal)]
+    assert len(shed) == 82 and {r.reason for r in shed} == {"overload"}
+    assert h.gate._queued == 10
+    # Paced: the shed are told to come back spread out at the backend's pace (400/s assumed
+    # before anything is measured: 40 slots / 100 ms), not all at once.
+    per_slot = Counter(r.retry_after_ms for r in shed)
+    assert len(per_slot) > 1 and max(per_slot.values()) <= 40
+
+
+def test_a_full_queue_makes_room_for_another_caller() -> None:
+    h = Harness({**BIG, "queue": {"max_size": 10}})
+    recovery(h)
+    results = [h.gate.admit(h.ticket("orch")) for _ in range(18)]
+    backlog = [r for r in results if isinstance(r, Waiter)]
+    assert len(backlog) == 10
+    other = waiter(h.gate.admit(h.ticket("fresh")))
+    assert other.state == WAITING and h.gate._queued == 10
+    assert refusal(backlog[-1].result).reason == "overload"  # the newest of the longest lane
+    assert all(w.state == WAITING for w in backlog[:-1])
+
+
+def test_empty_queue_ticks_are_harmless() -> None:
+    h = Harness()
+    for _ in range(100):
+        h.tick(0.1)
+    recovery(h)
+    for _ in range(100):
+        h.tick(0.1)
+    assert h.gate._queued == 0 and h.gate.in_flight == 0
+
+
+# --- cancellation ------------------------------------------------------------------------------
+async def test_cancelled_waiter_is_removed_and_never_forwarded() -> None:
+    h = Harness()
+    tickets = fill(h, 4)
+    w = waiter(h.gate.admit(h.ticket("fresh")))
+    task = asyncio.create_task(w.wait())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert w.state == CANCELLED
+    assert h.gate._queued == 0 and h.gate._callers[h.index("fresh")].queued == 0
+    assert not h.gate._heap
+    h.gate.release(tickets[0], ok())
+    assert w.state == CANCELLED and h.gate.in_flight == 3  # the slot was not given to it
+    h.tick(1.0)
+    assert w.state == CANCELLED
+
+
+async def test_cancelled_right_after_being_granted_gives_the_slot_back() -> None:
+    h = Harness()
+    tickets = fill(h, 4)
+    w = waiter(h.gate.admit(h.ticket("fresh")))
+    task = asyncio.create_task(w.wait())
+    await asyncio.sleep(0)
+    h.gate.release(tickets[0], ok())  # granted: the slot is held for the waiter
+    assert w.state == ADMITTED and h.gate.in_flight == 4
+    task.cancel()  # ... but its client leaves before the handler resumes
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert h.gate.in_flight == 3
+    assert h.gate._callers[h.index("fresh")].in_flight == 0
+
+
+def test_cancel_without_awaiting() -> None:
+    h = Harness()
+    fill(h, 4)
+    ws = [waiter(h.gate.admit(h.ticket(c))) for c in ("orch", "fresh", "orch")]
+    ws[1].cancel()
+    ws[1].cancel()
+    assert h.gate._queued == 2
+    for w in ws:
+        w.cancel()
+    assert h.gate._queued == 0 and not h.gate._heap
+
+
+# --- mode changes the gate drives ----------------------------------------------------------------
+def feed(h: Harness, outcome_for: Any, n: int, caller: str = "orch") -> None:
+    """Admit and release n requests with the given outcome (whatever the gate decides)."""
+    for _ in range(n):
+        t = h.ticket(caller)
+        r = h.gate.admit(t)
+        if r is None:
+            h.gate.release(t, outcome_for)
+        elif isinstance(r, Waiter):
+            r.cancel()
+
+
+def test_connect_failures_mean_outage_and_arrivals_are_held() -> None:
+    h = Harness({"limiter": {"initial": 20, "ceiling": 64}})
+    h.clock.advance(3)  # past the initial dwell
+    feed(h, error("connect"), 20)
+    h.tick(0.1)
+    assert h.gate.modes.state is Mode.OUTAGE
+    canary = h.ticket()
+    assert h.gate.admit(canary) is None  # the one trickle request
+    held = [waiter(h.gate.admit(h.ticket())) for _ in range(10)]
+    assert all(w.state == WAITING for w in held)
+    h.gate.release(canary, error("connect"))
+    assert sum(w.state == ADMITTED for w in held) == 1  # the trickle slot moves on
+    h.clock.advance(2.5)
+    h.gate.on_probe(True, h.clock.now)
+    assert h.gate.modes.state is Mode.RECOVERY  # healthy again with a backlog waiting
+    assert h.gate.limiter.slow_start and h.gate.limiter.limit == 2
+    assert sum(w.state == ADMITTED for w in held) == 2  # released into the limiter, not past it
+
+
+def test_held_requests_are_answered_by_their_deadline_or_max_wait() -> None:
+    h = Harness({"queue": {"max_wait": "5s"}})
+    h.clock.advance(3)
+    feed(h, error("connect"), 20)
+    h.tick(0.1)
+    assert h.gate.modes.state is Mode.OUTAGE
+    fill(h, 1)
+    short = waiter(h.gate.admit(h.ticket(timeout=1.0)))
+    long = waiter(h.gate.admit(h.ticket()))
+    for _ in range(10):
+        h.tick(0.1)
+    assert refusal(short.result).reason == "deadline"
+    assert long.state == WAITING
+    for _ in range(41):
+        h.tick(0.1)
+    r = refusal(long.result)
+    assert (r.reason, r.status) == ("outage", 503)
+
+
+def test_overload_without_outage_stays_normal_and_shrinks_the_limit() -> None:
+    h = Harness({"limiter": {"initial": 20, "ceiling": 64}})
+    for _ in range(100):  # 10 s of the backend answering 503 "too busy"
+        feed(h, status(503, 0.001), 20)
+        h.tick(0.1)
+        assert h.gate.modes.state is Mode.NORMAL
+    assert h.gate.limiter.limit == 2
+
+
+def test_restart_under_load_starts_slow() -> None:
+    h = Harness({"modes": {"startup_window": "10s"}, "limiter": {"initial": 8}})
+    fill(h, 8)
+    waiters = [waiter(h.gate.admit(h.ticket())) for _ in range(5)]
+    assert waiters
+    for _ in range(25):
+        h.tick(0.1)
+    assert h.gate.modes.state is Mode.RECOVERY
+    assert h.gate.modes.history[-1].reason == "loaded-at-start"
+    assert h.gate.limiter.limit == 2 and h.gate.limiter.slow_start
+
+
+def test_queue_depth_enters_recovery_and_calm_returns_to_normal() -> None:
+    h = Harness(
+        {"recovery": {"enter_queue_depth": 5, "hold": "2s"}, "queue": {"normal_max_wait": "5s"}}
+    )
+    tickets = fill(h, 4)
+    waiters = [waiter(h.gate.admit(h.ticket())) for _ in range(6)]
+    for _ in range(21):
+        h.tick(0.1)
+    assert h.gate.modes.state is Mode.RECOVERY
+    assert h.gate.modes.history[-1].reason == "queue-depth"
+    for t in tickets:
+        h.gate.release(t, ok())
+    for _ in range(60):  # every admitted waiter finishes within a tick
+        for w in waiters:
+            if w.state == ADMITTED and w.ticket.gate_state is not None:
+                h.gate.release(w.ticket, ok())
+        h.tick(0.1)
+    assert h.gate.modes.state is Mode.NORMAL
+    assert h.gate.modes.history[-1].reason == "drained"
+    assert h.gate.in_flight == 0
+
+
+def test_transitions_are_logged_once_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness()
+    with caplog.at_level(logging.INFO, logger="sluice.modes"):
+        h.gate.command("recovery")
+        h.gate.command("recovery")
+        h.gate.command("shield", ttl=5)
+    records = [r for r in caplog.records if r.name == "sluice.modes"]
+    assert len(records) == 2
+    assert records[0].__dict__["from_mode"] == "NORMAL"
+    assert records[0].__dict__["to_mode"] == "RECOVERY"
+    assert records[0].__dict__["reason"] == "operator"
+    labels = {"from_mode": "NORMAL", "to_mode": "RECOVERY", "reason": "operator"}
+    assert h.metric("sluice_mode_transitions_total", labels) == 1
+    assert h.metric("sluice_mode", {"mode": "SHIELD"}) == 1
+    assert h.metric("sluice_mode", {"mode": "NORMAL"}) == 0
+    assert [t["to"] for t in h.gate.status()["transitions"]] == ["SHIELD", "RECOVERY"]
+
+
+# --- status, reconfigure, ticker ------------------------------------------------------------------
+def test_status_is_json_and_complete() -> None:
+    h = Harness()
+    fill(h, 4)
+    waiter(h.gate.admit(h.ticket("fresh", priority=1)))
+    refusal(h.gate.admit(h.ticket("banned")))
+    h.tick(0.1)
+    doc = h.gate.status()
+    orjson.dumps(doc)
+    assert doc["mode"] == "NORMAL" and doc["limit"] == 4 and doc["in_flight"] == 4
+    assert doc["queue"]["by_priority"]["high"] == 1
+    assert doc["queue"]["by_caller"] == {"fresh": 1}
+    assert set(doc["slots"]) >= {"booked", "by_caller"}
+    assert doc["dry_run"] is False and "transitions" in doc
+    assert "retry_budget" in doc and "global" in doc["retry_budget"]
+    h.gate.command("shield", ttl=60, allow=["repair"])
+    assert h.gate.status()["shield"]["allow"] == ["repair"]
+
+
+def test_gauges_are_refreshed_on_tick() -> None:
+    h = Harness()
+    fill(h, 2, "orch")
+    fill(h, 1, "bucket-1")
+    h.tick(0.1)
+    assert h.metric("sluice_caller_in_flight", {"caller": "orch"}) == 2
+    assert h.metric("sluice_caller_in_flight", {"caller": "other"}) == 1
+    assert h.metric("sluice_limit") == 4
+
+
+def test_reconfigure_keeps_learned_state_and_queue() -> None:
+    h = Harness({"limiter": {"initial": 10}})
+    fill(h, 10)
+    w = waiter(h.gate.admit(h.ticket()))
+    h.gate.limiter.value = 12.0
+    new = h.config.model_copy(
+        update={"shedding": h.config.shedding.model_copy(update={"overload_status": 429})}
+    )
+    h.gate.reconfigure(new)
+    assert h.gate.limiter.limit == 12
+    assert w.state == ADMITTED  # the limit in force grew: the waiter got a slot
+    assert h.gate.in_flight == 11
+    fill(h, 1)
+    late = waiter(h.gate.admit(h.ticket()))
+    h.tick(0.3)
+    assert refusal(late.result).status == 429
+
+
+async def test_ticker_probes_and_stops() -> None:
+    h = Harness({"recovery": {"batch_interval": "1ms"}})
+    calls: list[int] = []
+
+    async def probe() -> bool:
+        calls.append(1)
+        return False
+
+    await h.gate._run_probe(probe)
+    assert calls == [1] and h.gate.health.probe_fail_streak == 1
+    await h.gate.start(probe)
+    assert h.gate._task is not None
+    await h.gate.stop()
+    assert h.gate._task is None and h.gate._probe_task is None
+
+
+async def test_a_raising_probe_is_a_failed_probe() -> None:
+    h = Harness()
+
+    async def probe() -> bool:
+        raise OSError("boom")
+
+    await h.gate._run_probe(probe)
+    assert h.gate.health.probe_fail_streak == 1
+
+
+def test_unknown_caller_index_folds_into_a_bucket() -> None:
+    h = Harness()
+    t = h.ticket()
+    t.caller_index = 999
+    assert h.gate.admit(t) is None
+    h.gate.release(t, ok())
+    assert h.gate.in_flight == 0
+
+
+def test_refused_waiters_report_their_state() -> None:
+    h = Harness()
+    fill(h, 4)
+    w = waiter(h.gate.admit(h.ticket()))
+    h.tick(1.0)
+    assert w.state == REFUSED
