@@ -1,0 +1,397 @@
+"""From raw records to the figures of one arm (pure functions, no I/O).
+
+Raw records (all times absolute `time.monotonic()` seconds, shared by every process):
+- fleet workflows: [id, kind (0 fresh / 1 backlog), home region index, caller index,
+  intended start, end (None if unfinished), ok (0/1), attempts]
+- fleet attempts: (workflow id, attempt, target region index, sent, done, code, retry-after s)
+  where code is "200", "timeout", "connection-error" or "<status> <reason>"
+- backend stats (per region): arrivals (t, foreign), completions (t, request id, foreign, gone),
+  samples (t, busy, queued), peaks, first good probe after an outage.
+- proxy samples (per region): (t, /status document).
+
+Windows: *before* is [start + 1 s, trigger - T); *after* is [t0, end - settle) for fresh
+workflows (settle lets late starters finish), [t0, end] for rates; the *last window* is the final
+`last_window` seconds before the end. Percentiles are nearest-rank.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .scenario import Scenario
+
+LAG_LIMIT_MS = 20.0  # a run whose generator lag p99 passes this measures the generator
+FLEET_CPU_WARN = 0.7  # share of one core above which the generator is close to saturating
+SETTLE = 2.0  # fresh workflows starting this close to the end are left out of ratios
+TIMELINE_BIN = 0.5
+
+
+@dataclass
+class RunData:
+    """Everything one arm's run produced."""
+
+    scenario: Scenario
+    arm: str
+    seed: int
+    capacity_scale: float
+    t_start: float
+    t_trigger: float
+    t_end: float
+    t0: float | None
+    fleet: dict[str, Any]
+    backends: dict[str, dict[str, Any]]
+    proxy_samples: dict[str, list[tuple[float, dict[str, Any]]]] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+    machine_busy_cores: float | None = None
+    wall_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100) of `values`; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def count_in(times: Iterable[float], lo: float, hi: float) -> int:
+    """How many of `times` fall in [lo, hi)."""
+    return sum(1 for t in times if lo <= t < hi)
+
+
+def rate_in(times: Iterable[float], lo: float, hi: float) -> float:
+    """Events per second in [lo, hi)."""
+    return count_in(times, lo, hi) / (hi - lo) if hi > lo else 0.0
+
+
+def bin_counts(times: Iterable[float], lo: float, hi: float, width: float) -> list[int]:
+    """Counts of `times` per bin of `width` seconds from `lo` (bins cover [lo, hi))."""
+    n = max(0, math.ceil((hi - lo) / width))
+    out = [0] * n
+    for t in times:
+        i = int((t - lo) // width)
+        if 0 <= i < n:
+            out[i] += 1
+    return out
+
+
+def bin_max(
+    points: Iterable[tuple[float, float]], lo: float, hi: float, width: float
+) -> list[float]:
+    """Max value per bin of (t, value) points (0 for empty bins)."""
+    n = max(0, math.ceil((hi - lo) / width))
+    out = [0.0] * n
+    for t, v in points:
+        i = int((t - lo) // width)
+        if 0 <= i < n and v > out[i]:
+            out[i] = v
+    return out
+
+
+def request_id(wf_id: int, attempt: int) -> str:
+    """The x-request-id the fleet sends for an attempt (the backend records it)."""
+    return f"{wf_id:x}.{attempt}"
+
+
+def status_figures(doc: dict[str, Any]) -> dict[str, Any]:
+    """Mode, limit, in-flight and queued from a /status document, tolerant of its shape."""
+
+    def num(v: Any) -> float | None:
+        if isinstance(v, bool):
+            return None
+        if isinstance(v, int | float):
+            return float(v)
+        if isinstance(v, dict):
+            for key in ("depth", "total", "size", "length", "current", "value", "limit"):
+                if isinstance(v.get(key), int | float):
+                    return float(v[key])
+            parts = [
+                x for x in v.values() if isinstance(x, int | float) and not isinstance(x, bool)
+            ]
+            return float(sum(parts)) if parts else None
+        return None
+
+    limiter = doc.get("limiter") if isinstance(doc.get("limiter"), dict) else {}
+    limit = num(doc.get("limit"))
+    if limit is None and limiter:
+        limit = num(limiter.get("limit"))
+    queued = None
+    for key in ("queued", "queue_depth", "queue", "deferred", "waiting"):
+        if key in doc:
+            queued = num(doc[key])
+            if queued is not None:
+                break
+    in_flight = num(doc.get("in_flight"))
+    if in_flight is None and limiter:
+        in_flight = num(limiter.get("in_flight"))
+    mode = doc.get("mode")
+    return {
+        "mode": mode if isinstance(mode, str) else None,
+        "limit": limit,
+        "in_flight": in_flight,
+        "queued": queued,
+    }
+
+
+def _fresh(wfs: Sequence[Sequence[Any]], region_idx: int, lo: float, hi: float) -> dict[str, Any]:
+    sel = [w for w in wfs if w[1] == 0 and w[2] == region_idx and lo <= w[4] < hi]
+    ok = [w for w in sel if w[6]]
+    lat = [(w[5] - w[4]) * 1000.0 for w in ok]
+    return {
+        "n": len(sel),
+        "ok": len(ok),
+        "unfinished": sum(1 for w in sel if w[5] is None),
+        "success": len(ok) / len(sel) if sel else None,
+        "p50_ms": percentile(lat, 50),
+        "p99_ms": percentile(lat, 99),
+    }
+
+
+def analyze(run: RunData) -> dict[str, Any]:
+    """The figures of one arm (a JSON-able dict) from its raw records."""
+    sc = run.scenario
+    regions = sc.regions
+    home = sc.home
+    home_idx = regions.index(home)
+    cap = sc.backend.capacity
+    lam = sc.fresh_rate(home)
+    lam_total = sum(sc.fresh_rate(r) for r in regions)
+    timeout = sc.clients.timeout
+    wfs: list[list[Any]] = run.fleet["workflows"]
+    atts: list[list[Any]] = run.fleet["attempts"]
+    t_start, t_end = run.t_start, run.t_end
+    t0 = run.t0 if run.t0 is not None else run.t_trigger
+    notes = list(run.notes)
+    if run.t0 is None:
+        notes.append("t0 not observed; the trigger instant is used instead")
+
+    # --- the backlog: released workflows, or those still open at the first good probe ---------
+    if sc.trigger == "reopen":
+        backlog = [w for w in wfs if w[1] == 1]
+    else:
+        backlog = [w for w in wfs if w[2] == home_idx and w[4] < t0 and (w[5] is None or w[5] > t0)]
+    n_backlog = len(backlog)
+    succeeded = [w for w in backlog if w[6] and w[5] <= t_end]
+    last_success = max((w[5] for w in succeeded), default=None)
+    drain_s = (
+        last_success - t0 if last_success is not None and len(succeeded) == n_backlog else None
+    )
+    bound = n_backlog / (cap - lam) if cap > lam and n_backlog else None
+    first_sends = [a[3] - t0 for a in atts if a[1] == 0 and wfs[a[0]][1] == 1]
+    backlog_doc = {
+        "n": n_backlog,
+        "succeeded": len(succeeded),
+        "failed": sum(1 for w in backlog if w[5] is not None and not w[6]),
+        "unfinished": sum(1 for w in backlog if w[5] is None),
+        "share": len(succeeded) / n_backlog if n_backlog else None,
+        "drain_s": drain_s,
+        "last_success_s": last_success - t0 if last_success is not None else None,
+        "bound_s": bound,
+        "drain_ratio": drain_s / bound if drain_s is not None and bound else None,
+        "release_spread_ms": (max(first_sends) * 1000.0) if first_sends else None,
+    }
+
+    # --- fresh traffic of the storm's region, before and after --------------------------------
+    before = (t_start + 1.0, run.t_trigger - timeout)
+    after = (t0, t_end - SETTLE)
+    fresh = {
+        "before": _fresh(wfs, home_idx, *before),
+        "after": _fresh(wfs, home_idx, *after),
+    }
+
+    # --- goodput, amplification, wasted work, backend figures ---------------------------------
+    lw = sc.timing.last_window
+    ok_done = [a[4] for a in atts if a[5] == "200"]
+    goodput_last = rate_in(ok_done, t_end - lw, t_end)
+    goodput_by_region = {
+        r: rate_in((a[4] for a in atts if a[5] == "200" and a[2] == i), t_end - lw, t_end)
+        for i, r in enumerate(regions)
+    }
+    first_tries = count_in((a[3] for a in atts if a[1] == 0), t0, t_end)
+    ok_ids = {request_id(a[0], a[1]) for a in atts if a[5] == "200"}
+    backend_arrivals = 0
+    completed = 0
+    wasted = 0
+    backend_docs: dict[str, Any] = {}
+    for region, st in run.backends.items():
+        arr = count_in((a[0] for a in st["arrivals"]), t0, t_end)
+        comp = [c for c in st["completions"] if t0 <= c[0] < t_end]
+        w = sum(1 for c in comp if c[1] not in ok_ids)
+        backend_arrivals += arr
+        completed += len(comp)
+        wasted += w
+        window_samples = [s for s in st["samples"] if t0 <= s[0] < t_end]
+        backend_docs[region] = {
+            "capacity": st["capacity"],
+            "workers": st["config"]["workers"],
+            "arrivals": arr,
+            "completed": len(comp),
+            "wasted": w,
+            "client_gone": sum(1 for c in comp if c[3]),
+            "rejected": Counter(r[2] for r in st["rejections"]),
+            "peak_queue": st["peak_queue"],
+            "peak_queue_after_t0_sampled": max((s[2] for s in window_samples), default=0),
+            "peak_busy": st["peak_busy"],
+            "first_good_probe": st.get("first_good_probe"),
+        }
+    amplification = backend_arrivals / first_tries if first_tries else None
+    wasted_fraction = wasted / completed if completed else None
+
+    answers = Counter(a[5] for a in atts)
+    answers_after = Counter(a[5] for a in atts if a[3] >= t0)
+
+    # --- the other region (two-region): local goodput at its backend, local success ------------
+    other: dict[str, Any] | None = None
+    if len(regions) > 1:
+        o_region = next(r for r in regions if r != home)
+        o_idx = regions.index(o_region)
+        o_stats = run.backends.get(o_region) or {}
+        local_ok = [c[0] for c in o_stats.get("completions", []) if not c[2] and c[1] in ok_ids]
+        pre = rate_in(local_ok, t_start + 1.0, run.t_trigger)
+        during = rate_in(local_ok, t0, t_end)
+        fb = _fresh(wfs, o_idx, *before)
+        fa = _fresh(wfs, o_idx, *after)
+        other = {
+            "region": o_region,
+            "local_goodput_before": pre,
+            "local_goodput_during": during,
+            "local_goodput_change": (during - pre) / pre if pre else None,
+            "foreign_arrivals_during": count_in(
+                (a[0] for a in o_stats.get("arrivals", []) if a[1]), t0, t_end
+            ),
+            "fresh_before": fb,
+            "fresh_during": fa,
+        }
+
+    # --- validity -------------------------------------------------------------------------------
+    lags = [lag * 1000.0 for t, lag in run.fleet.get("lag", []) if t_start <= t <= t_end]
+    lag_p99 = percentile(lags, 99)
+    invalid: list[str] = []
+    if lag_p99 is not None and lag_p99 > LAG_LIMIT_MS:
+        invalid.append(f"generator loop lag p99 {lag_p99:.1f} ms > {LAG_LIMIT_MS:.0f} ms")
+    if run.fleet.get("dropped_arrivals"):
+        invalid.append(f"{run.fleet['dropped_arrivals']} arrivals dropped by the generator")
+    late = run.fleet.get("t_started", t_start) - t_start
+    if late > 0.1:
+        notes.append(f"generator started {late * 1000:.0f} ms late")
+    fleet_cpu = run.cpu.get("fleet")
+    if fleet_cpu is not None and fleet_cpu > FLEET_CPU_WARN:
+        notes.append(f"generator used {fleet_cpu:.0%} of a core (close to saturating)")
+
+    return {
+        "scenario": sc.name,
+        "arm": run.arm,
+        "seed": run.seed,
+        "capacity_scale": run.capacity_scale,
+        "profile": sc.clients.profile,
+        "params": {
+            "capacity": cap,
+            "workers": sc.backend.workers,
+            "service_time_s": sc.backend.service_time,
+            "thrash": sc.backend.thrash,
+            "queue_limit": sc.backend.queue_limit,
+            "fresh_rate": {r: sc.fresh_rate(r) for r in regions},
+            "fresh_rate_total": lam_total,
+            "timeout_s": timeout,
+            "backlog": sc.traffic.backlog,
+            "regions": regions,
+            "home": home,
+            "failover": sc.clients.failover,
+            "trigger": sc.trigger,
+            "outage_s": sc.timing.outage,
+            "last_window_s": lw,
+        },
+        "times": {
+            "t_start": t_start,
+            "t_trigger": run.t_trigger,
+            "t0": t0,
+            "t_end": t_end,
+            "t0_after_trigger_s": t0 - run.t_trigger,
+            "observed_after_t0_s": t_end - t0,
+        },
+        "goodput_last_window": goodput_last,
+        "goodput_last_window_fraction": goodput_last / lam_total if lam_total else None,
+        "goodput_last_window_by_region": goodput_by_region,
+        "backlog": backlog_doc,
+        "fresh": fresh,
+        "amplification": amplification,
+        "first_tries_after_t0": first_tries,
+        "backend_arrivals_after_t0": backend_arrivals,
+        "wasted_fraction": wasted_fraction,
+        "backends": backend_docs,
+        "answers": dict(answers.most_common()),
+        "answers_after_t0": dict(answers_after.most_common()),
+        "other_region": other,
+        "validity": {
+            "valid": not invalid,
+            "invalid_reasons": invalid,
+            "loop_lag_p50_ms": percentile(lags, 50),
+            "loop_lag_p99_ms": lag_p99,
+            "loop_lag_max_ms": max(lags) if lags else None,
+            "cpu_share": run.cpu,
+            "machine_busy_cores": run.machine_busy_cores,
+            "dropped_arrivals": run.fleet.get("dropped_arrivals", 0),
+        },
+        "notes": notes,
+        "wall_s": run.wall_s,
+        "timeline": timeline(run, t0),
+    }
+
+
+def timeline(run: RunData, t0: float) -> dict[str, Any]:
+    """Per-bin series for the plot, x in seconds from t0."""
+    sc = run.scenario
+    lo = run.t_start
+    hi = run.t_end + sc.timing.grace
+    w = TIMELINE_BIN
+    atts = run.fleet["attempts"]
+    wfs = run.fleet["workflows"]
+    ok_ids = {request_id(a[0], a[1]) for a in atts if a[5] == "200"}
+    n = max(0, math.ceil((hi - lo) / w))
+    out: dict[str, Any] = {
+        "bin_s": w,
+        "x": [round(lo + (i + 0.5) * w - t0, 3) for i in range(n)],
+        "fresh_offered": [c / w for c in bin_counts((x[4] for x in wfs if x[1] == 0), lo, hi, w)],
+        "regions": {},
+    }
+    for i, region in enumerate(sc.regions):
+        st = run.backends.get(region, {})
+        comps = st.get("completions", [])
+        reg: dict[str, Any] = {
+            "client_ok": [
+                c / w
+                for c in bin_counts((a[4] for a in atts if a[5] == "200" and a[2] == i), lo, hi, w)
+            ],
+            "offered": [c / w for c in bin_counts((a[3] for a in atts if a[2] == i), lo, hi, w)],
+            "backend_useful": [
+                c / w for c in bin_counts((c[0] for c in comps if c[1] in ok_ids), lo, hi, w)
+            ],
+            "backend_local_useful": [
+                c / w
+                for c in bin_counts((c[0] for c in comps if c[1] in ok_ids and not c[2]), lo, hi, w)
+            ],
+            "backend_wasted": [
+                c / w for c in bin_counts((c[0] for c in comps if c[1] not in ok_ids), lo, hi, w)
+            ],
+            "backend_busy": bin_max(((s[0], s[1]) for s in st.get("samples", [])), lo, hi, w),
+            "backend_queue": bin_max(((s[0], s[2]) for s in st.get("samples", [])), lo, hi, w),
+            "workers": st.get("config", {}).get("workers"),
+        }
+        samples = run.proxy_samples.get(region, [])
+        if samples:
+            figs = [(t - t0, status_figures(doc)) for t, doc in samples]
+            reg["proxy"] = {
+                "t": [round(t, 3) for t, _ in figs],
+                "mode": [f["mode"] for _, f in figs],
+                "limit": [f["limit"] for _, f in figs],
+                "in_flight": [f["in_flight"] for _, f in figs],
+                "queued": [f["queued"] for _, f in figs],
+            }
+        out["regions"][region] = reg
+    return out

@@ -1,0 +1,358 @@
+"""A simulated managed-identity (token) backend that fails the way real ones do.
+
+- Fixed capacity: `workers` requests served at once, each taking `service_time` (so
+  C = workers / service_time), then a bounded FIFO queue; past it, a fast 503 `queue-full`.
+- Thrashing: a request's service time is `service_time x (1 + thrash x queued / workers)`,
+  taken when it starts, so a long queue lowers real capacity (the metastable trap).
+- No cancellation: a client that gave up still has its work done (wasted work).
+- Outage switch (admin `POST /admin/outage {"seconds": S}`): for S seconds every request,
+  `/healthz` included, gets a fast `500` (`x-backend-reason: outage`). We chose a fast 500 over
+  refused connections: it is the "broken" half of "unreachable or broken" (the process is up,
+  its own dependency is gone, as in the incident), it answers in well under a millisecond
+  (DESIGN.md §3's fast 5xx), and it leaves the admin listener and stats reachable.
+
+Run: `python -m loadtest.backend --port P --admin-port Q [--workers 10 --service-time 0.05 ...]`.
+The admin listener serves `/ready`, `/stats` and `POST /admin/outage`; the main listener serves
+the token endpoint (any path) and `/healthz`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import os
+import random
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+STATS_BUCKET = 0.25  # seconds per timeline bucket
+_SAMPLE_EVERY = 0.05  # busy/queue sampling period
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """How the simulated backend behaves (see the module docstring)."""
+
+    name: str = "backend"
+    workers: int = 10
+    service_time: float = 0.05
+    queue_limit: int = 1000
+    thrash: float = 0.5
+    jitter: float = 0.1  # service time x U(1 - jitter, 1 + jitter)
+    seed: int = 1
+
+    @property
+    def capacity(self) -> float:
+        """Nominal capacity C in requests per second (no queue, no thrash)."""
+        return self.workers / self.service_time
+
+
+def thrashed_service_time(base: float, thrash: float, queued: int, workers: int) -> float:
+    """Service time of a request that starts with `queued` requests waiting behind the workers."""
+    return base * (1.0 + thrash * queued / workers)
+
+
+class _Job:
+    __slots__ = ("arrived", "future")
+
+    def __init__(self, arrived: float, future: asyncio.Future[float]) -> None:
+        self.arrived = arrived
+        self.future = future
+
+
+class Simulator:
+    """The worker pool and queue; records what happened for `/stats`."""
+
+    def __init__(self, config: BackendConfig, clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.clock = clock
+        self.rng = random.Random(config.seed)
+        self.busy = 0
+        self.queue: deque[_Job] = deque()
+        self.outage_until = 0.0
+        self.outages: list[tuple[float, float]] = []
+        self.first_good_probe: float | None = None
+        self.peak_busy = 0
+        self.peak_queue = 0
+        self.counts = {
+            "arrivals": 0,
+            "foreign_arrivals": 0,
+            "completed": 0,
+            "wasted": 0,
+            "rejected_full": 0,
+            "outage_errors": 0,
+        }
+        # Raw per-request records (times rounded to 0.1 ms) joined later with the fleet's.
+        self.arrivals: list[tuple[float, int]] = []  # (t, foreign 0/1)
+        self.completions: list[tuple[float, str, int, int]] = []  # (t, request id, foreign, gone)
+        self.rejections: list[tuple[float, int, str]] = []  # (t, foreign, reason)
+        self.samples: list[tuple[float, int, int]] = []  # (t, busy, queued)
+        self.started_at = clock()
+        self.token = _fake_jwt(self.rng)
+
+    # --- the work ---------------------------------------------------------------------------
+    def in_outage(self, now: float) -> bool:
+        """True while the outage switch is on."""
+        return now < self.outage_until
+
+    def set_outage(self, seconds: float) -> None:
+        """Fail everything for `seconds` from now."""
+        now = self.clock()
+        self.outage_until = now + seconds
+        self.outages.append((now, now + seconds))
+        self.first_good_probe = None
+
+    def health(self) -> bool:
+        """Health as /healthz reports it; notes the first good probe after an outage."""
+        now = self.clock()
+        if self.in_outage(now):
+            return False
+        if self.outages and self.first_good_probe is None:
+            self.first_good_probe = now
+        return True
+
+    def admit(self, foreign: bool) -> asyncio.Future[float] | str:
+        """Queue one request; returns a future (resolves when served) or a refusal reason."""
+        now = self.clock()
+        self.counts["arrivals"] += 1
+        self.counts["foreign_arrivals"] += foreign
+        self.arrivals.append((round(now, 4), int(foreign)))
+        if self.in_outage(now):
+            self.counts["outage_errors"] += 1
+            self.rejections.append((round(now, 4), int(foreign), "outage"))
+            return "outage"
+        if self.busy >= self.config.workers and len(self.queue) >= self.config.queue_limit:
+            self.counts["rejected_full"] += 1
+            self.rejections.append((round(now, 4), int(foreign), "queue-full"))
+            return "queue-full"
+        job = _Job(now, asyncio.get_running_loop().create_future())
+        if self.busy < self.config.workers:
+            self._start(job)
+        else:
+            self.queue.append(job)
+            if len(self.queue) > self.peak_queue:
+                self.peak_queue = len(self.queue)
+        return job.future
+
+    def _start(self, job: _Job) -> None:
+        cfg = self.config
+        self.busy += 1
+        if self.busy > self.peak_busy:
+            self.peak_busy = self.busy
+        st = thrashed_service_time(cfg.service_time, cfg.thrash, len(self.queue), cfg.workers)
+        if cfg.jitter:
+            st *= self.rng.uniform(1.0 - cfg.jitter, 1.0 + cfg.jitter)
+        asyncio.get_running_loop().call_later(st, self._finish, job)
+
+    def _finish(self, job: _Job) -> None:
+        self.busy -= 1
+        if not job.future.done():
+            job.future.set_result(self.clock())
+        while self.busy < self.config.workers and self.queue:
+            self._start(self.queue.popleft())
+
+    def record_completion(self, t: float, request_id: str, foreign: bool, gone: bool) -> None:
+        """A request was served (gone: its client had already left, so the work was wasted)."""
+        self.counts["completed"] += 1
+        self.counts["wasted"] += gone
+        self.completions.append((round(t, 4), request_id[:64], int(foreign), int(gone)))
+
+    def sample(self) -> None:
+        """Record busy workers and queue length now (for the timeline)."""
+        self.samples.append((round(self.clock(), 4), self.busy, len(self.queue)))
+
+    def stats(self) -> dict[str, Any]:
+        """Everything `/stats` reports: config, counters, peaks, raw records, samples."""
+        cfg = self.config
+        return {
+            "name": cfg.name,
+            "config": asdict(cfg),
+            "capacity": cfg.capacity,
+            "started_at": self.started_at,
+            "now": self.clock(),
+            "counts": dict(self.counts),
+            "peak_busy": self.peak_busy,
+            "peak_queue": self.peak_queue,
+            "busy": self.busy,
+            "queued": len(self.queue),
+            "outages": self.outages,
+            "first_good_probe": self.first_good_probe,
+            "arrivals": self.arrivals,
+            "completions": self.completions,
+            "rejections": self.rejections,
+            "samples": self.samples,
+            "pid": os.getpid(),
+        }
+
+
+def _fake_jwt(rng: random.Random) -> str:
+    """A JWT-shaped access token about the size of a real one (~1.3 kB)."""
+
+    def seg(n: int) -> str:
+        return base64.urlsafe_b64encode(rng.randbytes(n)).decode().rstrip("=")
+
+    return f"eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.{seg(700)}.{seg(256)}"
+
+
+_JSON = {"Content-Type": "application/json; charset=utf-8"}
+
+
+def _error(status: int, reason: str, description: str) -> web.Response:
+    body = orjson.dumps({"error": "temporarily_unavailable", "error_description": description})
+    return web.Response(status=status, body=body, headers={**_JSON, "x-backend-reason": reason})
+
+
+def build_apps(sim: Simulator) -> tuple[web.Application, web.Application]:
+    """The main (token) application and the admin application."""
+
+    async def token(request: web.Request) -> web.Response:
+        foreign = "x-origin-region" in request.headers
+        result = sim.admit(foreign)
+        if isinstance(result, str):
+            if result == "outage":
+                return _error(500, "outage", "the token service is broken")
+            return _error(503, "queue-full", "the token service is overloaded")
+        # Not cancelled when the client leaves (aiohttp's handler_cancellation is off), and
+        # shielded so a server shutdown cannot lose the bookkeeping either.
+        done = await asyncio.shield(result)
+        transport = request.transport
+        gone = transport is None or transport.is_closing()
+        rid = request.headers.get("x-request-id", "")
+        sim.record_completion(done, rid, foreign, gone)
+        q = request.query
+        now = int(time.time())
+        body = orjson.dumps(
+            {
+                "access_token": sim.token,
+                "client_id": q.get("client_id", "00000000-0000-0000-0000-000000000000"),
+                "expires_in": "86399",
+                "expires_on": str(now + 86399),
+                "ext_expires_in": "86399",
+                "not_before": str(now),
+                "resource": q.get("resource", "https://management.azure.com/"),
+                "token_type": "Bearer",
+            }
+        )
+        return web.Response(body=body, headers=_JSON)
+
+    async def healthz(request: web.Request) -> web.Response:
+        if not sim.health():
+            return _error(500, "outage", "the token service is broken")
+        return web.Response(body=b'{"status":"ok"}', headers=_JSON)
+
+    async def ready(request: web.Request) -> web.Response:
+        return web.Response(body=b'{"status":"ready"}', headers=_JSON)
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(sim.stats()), headers=_JSON)
+
+    async def outage(request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read() or b"{}")
+        seconds = float(body.get("seconds", 5.0))
+        if not 0 < seconds <= 3600:
+            return web.Response(status=400, text="seconds must be in (0, 3600]")
+        sim.set_outage(seconds)
+        return web.Response(
+            body=orjson.dumps({"outage_until": sim.outage_until, "kind": "fast-500"}),
+            headers=_JSON,
+        )
+
+    main = web.Application()
+    main.router.add_get("/healthz", healthz)
+    main.router.add_route("*", "/{tail:.*}", token)
+    admin = web.Application()
+    admin.router.add_get("/ready", ready)
+    admin.router.add_get("/stats", stats)
+    admin.router.add_post("/admin/outage", outage)
+    return main, admin
+
+
+async def serve(
+    config: BackendConfig,
+    host: str,
+    port: int,
+    admin_port: int,
+    max_lifetime: float,
+    parent_pid: int | None,
+) -> None:
+    """Run both listeners until SIGTERM/SIGINT, the parent dies, or `max_lifetime` passes."""
+    sim = Simulator(config)
+    main_app, admin_app = build_apps(sim)
+    # keepalive above any run's length; access log off (it would cost more than the work).
+    runners = [
+        web.AppRunner(main_app, access_log=None, keepalive_timeout=120.0),
+        web.AppRunner(admin_app, access_log=None),
+    ]
+    for runner in runners:
+        await runner.setup()
+    await web.TCPSite(runners[0], host, port, backlog=4096, reuse_address=True).start()
+    await web.TCPSite(runners[1], host, admin_port, reuse_address=True).start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    deadline = loop.time() + max_lifetime
+    print(f"backend {config.name} ready on {host}:{port} admin {admin_port}", flush=True)
+    ticks = 0
+    while not stop.is_set() and loop.time() < deadline:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), _SAMPLE_EVERY)
+        sim.sample()
+        ticks += 1
+        if parent_pid is not None and ticks % 20 == 0 and os.getppid() != parent_pid:
+            break  # orphaned: the harness died without tearing us down
+    for runner in runners:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line of the backend process."""
+    p = argparse.ArgumentParser(prog="python -m loadtest.backend", description=__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--admin-port", type=int, required=True)
+    p.add_argument("--name", default="backend")
+    p.add_argument("--workers", type=int, default=10)
+    p.add_argument("--service-time", type=float, default=0.05, help="seconds")
+    p.add_argument("--queue-limit", type=int, default=1000)
+    p.add_argument("--thrash", type=float, default=0.5)
+    p.add_argument("--jitter", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--max-lifetime", type=float, default=600.0, help="exit after this (s)")
+    p.add_argument("--parent-pid", type=int, default=None)
+    args = p.parse_args(argv)
+    config = BackendConfig(
+        name=args.name,
+        workers=args.workers,
+        service_time=args.service_time,
+        queue_limit=args.queue_limit,
+        thrash=args.thrash,
+        jitter=args.jitter,
+        seed=args.seed,
+    )
+    try:
+        import uvloop
+
+        runner_factory: Any = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover
+        runner_factory = None
+    with asyncio.Runner(loop_factory=runner_factory) as runner:
+        runner.run(
+            serve(config, args.host, args.port, args.admin_port, args.max_lifetime, args.parent_pid)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,383 @@
+"""The client fleet: orchestrators asking a token service for tokens, in one uvloop process.
+
+Built on the Locust-style API (`loadtest.users`):
+- `FreshTraffic` (an `OpenLoopUser`): Poisson arrivals at λ₀ per region, each one workflow.
+- `BlockedWorkflow` (a `User`): one provisioning workflow blocked on a dependency; it opens its
+  connection in `on_start`, waits for the dependency to come back (the release), fetches its
+  token with its profile's retries and stops. N of them released at once is the reopening.
+- `IncidentShape`: all users from the start, the run ends at the scenario's end.
+
+A workflow needs one token; each attempt carries the DESIGN.md §4 headers its profile sends.
+Backlog and fresh workflows draw callers from the same weighted list, so nothing can tell them
+apart by caller id. Each workflow has its own client id in the query string (a real VM's
+identity), so a proxy can recognise a retry by fingerprint. With `failover`, an attempt that
+failed sends the next one to the other region with `x-origin-region: <home>`, unless the answer
+said `x-sluice-no-failover: 1` (then the workflow stays home for good).
+
+Run by the harness: `python -m loadtest.fleet SPEC.json OUT.json` (all times in the spec are
+absolute `time.monotonic()` instants, which are shared by every process on Linux).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import orjson
+
+from .profiles import Failure, Profile, is_retryable_status, make_profile, parse_retry_after
+from .users import (
+    Environment,
+    HeadlessRunner,
+    LoadTestShape,
+    OpenLoopUser,
+    Result,
+    StopUser,
+    User,
+    intended_start,
+    task,
+    write_stats_csv,
+)
+
+TOKEN_PATH = "/metadata/identity/oauth2/token?api-version=2018-02-01"
+RESOURCES = (
+    "https://management.azure.com/",
+    "https://storage.azure.com/",
+    "https://vault.azure.net",
+)
+KIND_FRESH, KIND_BACKLOG = 0, 1
+LAG_INTERVAL = 0.01  # the event-loop lag sampler's period
+
+
+@dataclass
+class FleetSpec:
+    """What the harness asks the fleet to do (times are absolute monotonic seconds)."""
+
+    seed: int
+    regions: list[str]
+    targets: dict[str, str]  # region → "http://127.0.0.1:port"
+    fresh_rate: dict[str, float]  # region → λ₀
+    callers: list[tuple[str, int]]
+    profile: str
+    timeout: float
+    t_start: float
+    t_end: float
+    backlog: int = 0
+    backlog_region: str = ""
+    t_release: float | None = None
+    prewarm: bool = True
+    failover: bool = False
+    naive_retries: int = 3
+    hostile_retries: int = 50
+    hostile_rate_cap: float = 600.0
+    retry_after_jitter: float = 0.1
+    grace: float = 1.5
+    csv_prefix: str = ""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FleetSpec:
+        """Build from the JSON the harness wrote."""
+        data = dict(data)
+        data["callers"] = [tuple(c) for c in data["callers"]]
+        return cls(**data)
+
+
+class RateCap:
+    """A pacing gate shared by rate-capped (hostile) clients: at most `rate` attempts per s."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate
+        self.next_free = 0.0
+
+    async def take(self) -> None:
+        """Wait for this attempt's turn."""
+        now = time.monotonic()
+        slot = max(self.next_free, now)
+        self.next_free = slot + self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+@dataclass
+class FleetState:
+    """Shared by every user: the spec, the profile and the raw records."""
+
+    spec: FleetSpec
+    profile: Profile
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    workflows: list[list[Any]] = field(default_factory=list)
+    attempts: list[tuple[Any, ...]] = field(default_factory=list)
+    retry_rng: random.Random = field(default_factory=random.Random)
+    rate_cap: RateCap | None = None
+    t_release: float | None = None
+    dropped_arrivals: int = 0
+
+    def __post_init__(self) -> None:
+        self.retry_rng = random.Random(f"{self.spec.seed}:retries")
+        self.caller_names = [c for c, _ in self.spec.callers]
+        self.caller_weights = [w for _, w in self.spec.callers]
+        if self.profile.rate_capped:
+            self.rate_cap = RateCap(self.spec.hostile_rate_cap)
+
+
+def outcome_code(result: Result) -> str:
+    """How an attempt ended: "200", "timeout", "connection-error" or "<status> <reason>"."""
+    if result.error == "timeout":
+        return "timeout"
+    if result.error is not None:
+        return "connection-error"
+    resp = result.response
+    assert resp is not None
+    if resp.status == 200:
+        return "200"
+    reason = resp.headers.get("x-sluice-reason")
+    if reason is None:
+        backend = resp.headers.get("x-backend-reason")
+        reason = f"backend:{backend}" if backend else "-"
+    return f"{resp.status} {reason}"
+
+
+async def run_workflow(user: User, state: FleetState, kind: int, region: str, t0: float) -> None:
+    """One workflow: attempts per the profile until a 200, a non-retryable answer or the end."""
+    spec = state.spec
+    profile = state.profile
+    rng = user.rng
+    wf_id = len(state.workflows)
+    caller_idx = rng.choices(range(len(state.caller_names)), state.caller_weights)[0]
+    caller = state.caller_names[caller_idx]
+    resource = RESOURCES[wf_id % len(RESOURCES)]
+    client_id = f"{rng.getrandbits(64):016x}"
+    path = f"{TOKEN_PATH}&resource={resource}&client_id={client_id}"
+    home = region
+    regions = spec.regions
+    record: list[Any] = [wf_id, kind, regions.index(home), caller_idx, round(t0, 4), None, 0, 0]
+    state.workflows.append(record)
+    target = home
+    stay_home = False
+    name = "token (backlog)" if kind == KIND_BACKLOG else "token (fresh)"
+    for attempt in range(profile.retries + 1):
+        if state.rate_cap is not None:
+            await state.rate_cap.take()
+        headers = [("x-caller-id", caller), ("x-request-id", f"{wf_id:x}.{attempt}")]
+        headers.extend(profile.headers(attempt, spec.timeout))
+        if target != home:
+            headers.append(("x-origin-region", home))
+        result = await user.client.get(
+            path,
+            name=name,
+            headers=headers,
+            timeout=spec.timeout,
+            base_url=spec.targets[target],
+        )
+        code = outcome_code(result)
+        resp = result.response
+        ra = parse_retry_after(resp.headers) if resp is not None else None
+        state.attempts.append(
+            (
+                wf_id,
+                attempt,
+                regions.index(target),
+                round(result.started, 4),
+                round(result.finished, 4),
+                code,
+                None if ra is None else round(ra, 3),
+            )
+        )
+        record[7] = attempt + 1
+        if code == "200":
+            record[5] = round(result.finished, 4)
+            record[6] = 1
+            return
+        if result.error == "timeout":
+            failure = Failure.TIMEOUT
+        elif result.error is not None:
+            failure = Failure.CONNECT
+        elif is_retryable_status(result.status):
+            failure = Failure.STATUS
+        else:
+            break  # a 4xx other than 408/429: retrying will not help
+        if attempt == profile.retries:
+            break
+        if resp is not None and resp.headers.get("x-sluice-no-failover") == "1":
+            stay_home = True
+            target = home
+        elif spec.failover and not stay_home and len(regions) > 1:
+            target = regions[(regions.index(target) + 1) % len(regions)]
+        await asyncio.sleep(profile.delay(attempt, failure, ra, state.retry_rng))
+    record[5] = round(time.monotonic(), 4)
+
+
+class FreshTraffic(OpenLoopUser):
+    """Fresh token requests: Poisson arrivals at λ₀ in one region (set by `build_users`)."""
+
+    abstract = True
+    region: ClassVar[str] = ""
+    state: ClassVar[FleetState]
+
+    async def on_stop(self) -> None:
+        """Report arrivals dropped at the outstanding-task bound (should stay 0)."""
+        self.state.dropped_arrivals += self.dropped
+
+    @task
+    async def get_token(self) -> None:
+        """One fresh workflow, latency measured from its intended start."""
+        t0 = intended_start.get() or time.monotonic()
+        await run_workflow(self, self.state, KIND_FRESH, self.region, t0)
+
+
+class BlockedWorkflow(User):
+    """One provisioning workflow blocked on its dependency; released with all the others."""
+
+    abstract = True
+    region: ClassVar[str] = ""
+    state: ClassVar[FleetState]
+
+    async def on_start(self) -> None:
+        """Open this workflow's connection ahead of the release (the release is then writes)."""
+        if self.state.spec.prewarm:
+            await self.environment.pool(self.state.spec.targets[self.region]).prewarm(1)
+
+    @task
+    async def provision(self) -> None:
+        """Wait for the dependency, get the token (with retries), done."""
+        await self.state.release.wait()
+        t0 = self.state.t_release or time.monotonic()
+        await run_workflow(self, self.state, KIND_BACKLOG, self.region, t0)
+        raise StopUser
+
+
+class IncidentShape(LoadTestShape):
+    """Every user from the start (backlog users spawned fast, then blocked); stop at the end."""
+
+    def __init__(self, users: int, spawn_rate: float, run_time: float) -> None:
+        super().__init__()
+        self.users = users
+        self.spawn_rate = spawn_rate
+        self.run_time = run_time
+
+    def tick(self) -> tuple[int, float] | None:
+        """(users, spawn rate) until `run_time`, then stop."""
+        if self.get_run_time() >= self.run_time:
+            return None
+        return (self.users, self.spawn_rate)
+
+
+def build_users(state: FleetState) -> list[type[User]]:
+    """One FreshTraffic class per region with traffic, and the blocked backlog."""
+    spec = state.spec
+    classes: list[type[User]] = []
+    for region in spec.regions:
+        rate = spec.fresh_rate.get(region, 0.0)
+        if rate > 0:
+            attrs = {"rate": rate, "region": region, "state": state, "fixed_count": 1}
+            classes.append(type(f"FreshTraffic_{region}", (FreshTraffic,), attrs))
+    if spec.backlog > 0:
+        attrs = {"region": spec.backlog_region, "state": state, "fixed_count": spec.backlog}
+        classes.append(type("BlockedWorkflow_backlog", (BlockedWorkflow,), attrs))
+    return classes
+
+
+class LagSampler:
+    """Samples this process's event-loop lag (how late a 10 ms sleep wakes up)."""
+
+    def __init__(self, interval: float = LAG_INTERVAL) -> None:
+        self.interval = interval
+        self.samples: list[tuple[float, float]] = []  # (t, lag s)
+
+    async def run(self, until: float) -> None:
+        """Sample until the monotonic instant `until`."""
+        while True:
+            expected = time.monotonic() + self.interval
+            await asyncio.sleep(self.interval)
+            now = time.monotonic()
+            self.samples.append((round(now, 4), round(max(0.0, now - expected), 5)))
+            if now >= until:
+                return
+
+
+async def _sleep_until(t: float) -> None:
+    delay = t - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+async def run_fleet(spec: FleetSpec) -> dict[str, Any]:
+    """Run the whole fleet per `spec`; returns the raw records for the harness."""
+    profile = make_profile(
+        spec.profile, spec.naive_retries, spec.hostile_retries, spec.retry_after_jitter
+    )
+    state = FleetState(spec, profile)
+    classes = build_users(state)
+    n_users = sum(c.fixed_count for c in classes)
+    env = Environment(classes, seed=spec.seed)
+    await _sleep_until(spec.t_start)
+    started = time.monotonic()
+    # Backlog users spawn within the first ~2 s of warm-up, then sit blocked until the release.
+    spawn_rate = max(200.0, spec.backlog / 2.0)
+    env.shape = IncidentShape(n_users, spawn_rate, run_time=spec.t_end - started)
+    runner = HeadlessRunner(env, tick_interval=0.05)
+    lag = LagSampler()
+    lag_task = asyncio.create_task(lag.run(spec.t_end))
+
+    async def release() -> None:
+        assert spec.t_release is not None
+        await _sleep_until(spec.t_release)
+        state.t_release = time.monotonic()
+        state.release.set()
+
+    release_task = asyncio.create_task(release()) if spec.t_release is not None else None
+    try:
+        await runner.run(stop_grace=spec.grace)
+    finally:
+        if release_task is not None:
+            release_task.cancel()
+        lag_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await lag_task
+        env.close()
+    duration = (runner.stopped_at or time.monotonic()) - started
+    csv_paths: list[str] = []
+    if spec.csv_prefix:
+        csv_paths = [str(p) for p in write_stats_csv(env.stats, spec.csv_prefix, duration)]
+    return {
+        "t_started": started,
+        "t_release": state.t_release,
+        "t_stopped": runner.stopped_at,
+        "profile": profile.name,
+        "workflows": state.workflows,
+        "attempts": state.attempts,
+        "lag": lag.samples,
+        "dropped_arrivals": state.dropped_arrivals,
+        "csv": csv_paths,
+        "pid": os.getpid(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m loadtest.fleet SPEC.json OUT.json`."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m loadtest.fleet SPEC.json OUT.json", file=sys.stderr)
+        return 2
+    spec = FleetSpec.from_json(orjson.loads(Path(args[0]).read_bytes()))
+    try:
+        import uvloop
+
+        factory: Any = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        out = runner.run(run_fleet(spec))
+    Path(args[1]).write_bytes(orjson.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,378 @@
+"""Runs one scenario arm end to end: backends, proxies, fleet, trigger, sampling, teardown.
+
+Arms: `direct` (clients → backend), `passthrough` (clients → Sluice with `modes.protection:
+off` → backend) and `sluice` (protection on). Every arm of a scenario gets the same seed, so the
+same fresh arrivals, callers and backlog. Times are absolute `time.monotonic()` instants; the
+harness picks them, the fleet and backends record against them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from .analysis import RunData, analyze
+from .fleet import FleetSpec
+from .httpclient import ConnectError, Pool
+from .procs import Child, ProcessGroup, free_port, machine_cpu
+from .scenario import Scenario, sluice_config_path
+
+ARMS: tuple[str, ...] = ("direct", "passthrough", "sluice")
+FLEET_STARTUP = 1.5  # s between starting the fleet and its first arrival
+STATUS_EVERY = 0.25  # s between /status samples of each proxy
+PROBE_EVERY = 0.1  # s between the harness's own backend health probes after an outage
+READY_TIMEOUT = 15.0
+
+
+class ArmUnavailable(Exception):
+    """An arm could not run (e.g. the proxy did not start); the message says why."""
+
+
+@dataclass
+class ArmPlan:
+    """One arm to run."""
+
+    scenario: Scenario
+    scenario_file: Path
+    arm: str
+    seed: int
+    capacity_scale: float
+    out_dir: Path
+
+    @property
+    def tag(self) -> str:
+        """File-name prefix of this arm's outputs."""
+        scale = "" if self.capacity_scale == 1 else f"-x{self.capacity_scale:g}"
+        return f"{self.scenario.name}{scale}-{self.arm}"
+
+
+async def _get_json(pool: Pool, path: str, timeout: float = 2.0) -> dict[str, Any] | None:
+    try:
+        resp = await pool.request("GET", path, timeout=timeout, keep_body=True)
+    except (TimeoutError, ConnectError):
+        return None
+    if resp.status != 200:
+        return None
+    try:
+        doc = orjson.loads(resp.body)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+async def _wait_ready(child: Child, pool: Pool, path: str, timeout: float = READY_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise ArmUnavailable(f"{child.name} exited early:\n{child.log_tail()}")
+        if await _get_json(pool, path, timeout=0.5) is not None:
+            return
+        await asyncio.sleep(0.05)
+    raise ArmUnavailable(f"{child.name} not ready after {timeout:.0f} s:\n{child.log_tail()}")
+
+
+async def _wait_port(child: Child, port: int, timeout: float = READY_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise ArmUnavailable(f"{child.name} exited early:\n{child.log_tail()}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise ArmUnavailable(f"{child.name}: port {port} not accepting after {timeout:.0f} s")
+
+
+def write_proxy_config(
+    base_file: Path,
+    dest: Path,
+    *,
+    port: int,
+    upstream_port: int,
+    admin_port: int,
+    region: str,
+    protection: str,
+) -> Path:
+    """The scenario's Sluice config with this run's ports, region and protection filled in."""
+    data = yaml.safe_load(base_file.read_text(encoding="utf-8")) or {}
+    data.setdefault("listen", {}).update({"host": "127.0.0.1", "port": port})
+    data.setdefault("upstream", {})["url"] = f"http://127.0.0.1:{upstream_port}"
+    data.setdefault("admin", {}).update({"host": "127.0.0.1", "port": admin_port})
+    data.setdefault("region", {})["name"] = region
+    data.setdefault("modes", {})["protection"] = protection
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return dest
+
+
+async def check_proxy_config(path: Path) -> None:
+    """Validate with `python -m proxy check-config` (raises ArmUnavailable with its errors)."""
+    proc = await asyncio.create_subprocess_exec(
+        *_python(), "-m", "proxy", "check-config", str(path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 30.0)
+    if proc.returncode != 0:
+        raise ArmUnavailable(f"config {path} rejected:\n{out.decode(errors='replace')}")
+
+
+def _python() -> list[str]:
+    import sys
+
+    return [sys.executable]
+
+
+async def run_arm(plan: ArmPlan) -> RunData:
+    """Run one arm and return its raw data (children are always torn down)."""
+    sc = plan.scenario
+    regions = sc.regions
+    tag = plan.tag
+    raw_dir = plan.out_dir / "raw"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    t = sc.timing
+    budget = FLEET_STARTUP + t.warmup + t.outage + t.observe + t.grace + 60.0
+    wall0 = time.monotonic()
+    group = ProcessGroup(plan.out_dir / "logs")
+    pools: list[Pool] = []
+
+    def pool(port: int) -> Pool:
+        p = Pool("127.0.0.1", port)
+        pools.append(p)
+        return p
+
+    try:
+        # Backends, one per region.
+        backends: dict[str, tuple[int, Pool, Child]] = {}
+        for i, region in enumerate(regions):
+            port, admin = free_port(), free_port()
+            b = sc.backend
+            child = group.start(
+                f"{tag}-backend-{region}",
+                [
+                    "-m", "loadtest.backend",
+                    "--port", str(port), "--admin-port", str(admin), "--name", region,
+                    "--workers", str(b.workers), "--service-time", str(b.service_time),
+                    "--queue-limit", str(b.queue_limit), "--thrash", str(b.thrash),
+                    "--jitter", str(b.jitter), "--seed", str(plan.seed * 100 + i),
+                    "--max-lifetime", str(budget), "--parent-pid", str(os.getpid()),
+                ],
+            )  # fmt: skip
+            backends[region] = (port, pool(admin), child)
+        for _port, admin_pool, child in backends.values():
+            await _wait_ready(child, admin_pool, "/ready")
+
+        # Proxies, one per region, unless direct.
+        targets: dict[str, str] = {}
+        proxies: dict[str, tuple[Pool, Child]] = {}
+        if plan.arm == "direct":
+            for region, (port, _, _) in backends.items():
+                targets[region] = f"http://127.0.0.1:{port}"
+        else:
+            protection = "on" if plan.arm == "sluice" else "off"
+            base = sluice_config_path(plan.scenario_file)
+            token = secrets.token_hex(16)
+            for region, (bport, _, _) in backends.items():
+                lport, aport = free_port(), free_port()
+                cfg = write_proxy_config(
+                    base,
+                    plan.out_dir / "configs" / f"{tag}-{region}.sluice.yaml",
+                    port=lport,
+                    upstream_port=bport,
+                    admin_port=aport,
+                    region=region,
+                    protection=protection,
+                )
+                await check_proxy_config(cfg)
+                child = group.start(
+                    f"{tag}-sluice-{region}",
+                    ["-m", "proxy", "--config", str(cfg)],
+                    env={"SLUICE_ADMIN_TOKEN": token},
+                )
+                admin_pool = pool(aport)
+                await _wait_ready(child, admin_pool, "/healthz")
+                await _wait_port(child, lport)
+                targets[region] = f"http://127.0.0.1:{lport}"
+                proxies[region] = (admin_pool, child)
+
+        # The schedule, then the fleet.
+        now = time.monotonic()
+        t_start = now + FLEET_STARTUP
+        t_trigger = t_start + t.warmup
+        t_end = t_trigger + t.outage + t.observe
+        c = sc.clients
+        spec = FleetSpec(
+            seed=plan.seed,
+            regions=regions,
+            targets=targets,
+            fresh_rate={r: sc.fresh_rate(r) for r in regions},
+            callers=[(x.name, x.weight) for x in c.callers],
+            profile=c.profile,
+            timeout=c.timeout,
+            t_start=t_start,
+            t_end=t_end,
+            backlog=sc.traffic.backlog if sc.trigger == "reopen" else 0,
+            backlog_region=sc.home,
+            t_release=t_trigger if sc.trigger == "reopen" else None,
+            prewarm=c.prewarm,
+            failover=c.failover,
+            naive_retries=c.naive_retries,
+            hostile_retries=c.hostile_retries,
+            hostile_rate_cap=c.hostile_rate_cap,
+            retry_after_jitter=c.retry_after_jitter,
+            grace=t.grace,
+            csv_prefix=str(plan.out_dir / tag),
+        )
+        spec_path = raw_dir / f"{tag}-fleet-spec.json"
+        fleet_out = raw_dir / f"{tag}-fleet.json"
+        spec_path.write_bytes(orjson.dumps(spec.__dict__))
+        fleet = group.start(
+            f"{tag}-fleet", ["-m", "loadtest.fleet", str(spec_path), str(fleet_out)]
+        )
+
+        # Until the end: CPU marks, the outage switch, /status samples, probes.
+        measured = (
+            [fleet] + [ch for _, _, ch in backends.values()] + [ch for _, ch in proxies.values()]
+        )
+        samples: dict[str, list[tuple[float, dict[str, Any]]]] = {r: [] for r in proxies}
+        await _sleep_until(t_start)
+        for ch in measured:
+            ch.mark_cpu("start")
+        own_start = _own_cpu()
+        machine_start = machine_cpu()
+        outage_sent = False
+        probe_pools = {r: pool(p) for r, (p, _, _) in backends.items()}
+        probing_from = t_trigger + t.outage - 0.3
+        next_status = time.monotonic()
+        while time.monotonic() < t_end:
+            now = time.monotonic()
+            if not fleet.alive():
+                raise ArmUnavailable(f"the fleet exited early:\n{fleet.log_tail()}")
+            if sc.trigger == "outage" and not outage_sent and now >= t_trigger:
+                _, admin_pool, _ = backends[sc.home]
+                await _post_outage(admin_pool, t.outage)
+                outage_sent = True
+            if sc.trigger == "outage" and now >= probing_from:
+                # The harness's own probe, so every arm has a "first good probe" (t0).
+                with contextlib.suppress(TimeoutError, ConnectError):
+                    await probe_pools[sc.home].request("GET", "/healthz", timeout=0.5)
+            if proxies and now >= next_status:
+                next_status = now + STATUS_EVERY
+                for region, (admin_pool, _) in proxies.items():
+                    doc = await _get_json(admin_pool, "/status", timeout=0.5)
+                    if doc is not None:
+                        samples[region].append((time.monotonic(), doc))
+            step = PROBE_EVERY if sc.trigger == "outage" and now >= probing_from else 0.05
+            await asyncio.sleep(min(step, max(0.0, t_end - time.monotonic())))
+        for ch in measured:
+            ch.mark_cpu("end")
+        own_end = _own_cpu()
+        machine_end = machine_cpu()
+        span = time.monotonic() - t_start
+
+        # Collect.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(fleet.popen.wait, t.grace + 20.0)
+        if fleet.alive() or not fleet_out.exists():
+            raise ArmUnavailable(f"the fleet did not finish:\n{fleet.log_tail()}")
+        fleet_data = orjson.loads(fleet_out.read_bytes())
+        backend_stats: dict[str, dict[str, Any]] = {}
+        for region, (_, admin_pool, _) in backends.items():
+            doc = await _get_json(admin_pool, "/stats", timeout=10.0)
+            if doc is None:
+                raise ArmUnavailable(f"no stats from backend {region}")
+            backend_stats[region] = doc
+            (raw_dir / f"{tag}-backend-{region}.json").write_bytes(orjson.dumps(doc))
+        for region, (admin_pool, _) in proxies.items():
+            final = await _get_json(admin_pool, "/status", timeout=2.0)
+            (raw_dir / f"{tag}-sluice-{region}-status.json").write_bytes(
+                orjson.dumps({"samples": samples[region], "final": final})
+            )
+
+        cpu: dict[str, float] = {}
+        for ch in measured:
+            if "start" in ch.cpu_marks and "end" in ch.cpu_marks:
+                label = ch.name.removeprefix(f"{tag}-")
+                cpu[label] = (ch.cpu_marks["end"] - ch.cpu_marks["start"]) / span
+        if own_start is not None and own_end is not None:
+            cpu["harness"] = (own_end - own_start) / span
+        busy_cores = (machine_end[0] - machine_start[0]) / span
+
+        if sc.trigger == "reopen":
+            t0 = fleet_data.get("t_release")
+        else:
+            t0 = backend_stats[sc.home].get("first_good_probe")
+        return RunData(
+            scenario=sc,
+            arm=plan.arm,
+            seed=plan.seed,
+            capacity_scale=plan.capacity_scale,
+            t_start=t_start,
+            t_trigger=t_trigger,
+            t_end=t_end,
+            t0=t0,
+            fleet=fleet_data,
+            backends=backend_stats,
+            proxy_samples=samples,
+            cpu=cpu,
+            machine_busy_cores=busy_cores,
+            wall_s=time.monotonic() - wall0,
+        )
+    finally:
+        for p in pools:
+            p.close()
+        group.stop_all()
+
+
+async def _post_outage(admin_pool: Pool, seconds: float) -> None:
+    """Flip the backend's outage switch (raw request: the lean client has no body support)."""
+    body = orjson.dumps({"seconds": seconds})
+    reader, writer = await asyncio.open_connection(admin_pool.host, admin_pool.port)
+    try:
+        writer.write(
+            b"POST /admin/outage HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 5.0)
+        if b" 200 " not in status_line:
+            raise ArmUnavailable(f"outage switch refused: {status_line!r}")
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+def _own_cpu() -> float | None:
+    t = os.times()
+    return t.user + t.system
+
+
+async def _sleep_until(t: float) -> None:
+    delay = t - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+def run_arm_sync(plan: ArmPlan) -> dict[str, Any]:
+    """Run one arm and analyse it; an arm that cannot run yields {"unavailable": reason}."""
+    try:
+        data = asyncio.run(run_arm(plan))
+    except ArmUnavailable as exc:
+        return {"scenario": plan.scenario.name, "arm": plan.arm, "unavailable": str(exc)}
+    return analyze(data)
