@@ -183,10 +183,12 @@ class Forwarder:
                 while chunk := await up.read_chunk():
                     parts.append(chunk)
             except UpstreamError as exc:
-                # Nothing was sent yet, so the client can still get an explicit answer.
+                # Nothing was sent yet, so the client can still get an explicit answer:
+                # 504 when the body stalled past the read timeout, else 502.
                 self.metrics.upstream_error[exc.kind].inc()
-                self.metrics.refused["upstream-error"].inc()
-                return refusal_response(Refusal("upstream-error", 502, 1000), request_id)
+                status, reason = _ERROR_REFUSALS[exc.kind]
+                self.metrics.refused[reason].inc()
+                return refusal_response(Refusal(reason, status, 1000), request_id)
             del out_headers["content-length"]
             return web.Response(
                 status=up.status, reason=up.reason, body=b"".join(parts), headers=out_headers
