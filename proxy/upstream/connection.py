@@ -37,10 +37,6 @@ def _expire(fut: asyncio.Future[None], message: str) -> None:
         fut.set_exception(UpstreamTimeoutError(message))
 
 
-def _decode(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")  # as aiohttp does, so bytes round-trip
-
-
 class Connection(asyncio.Protocol):
     __slots__ = (
         "body_started",
@@ -192,7 +188,10 @@ class Connection(asyncio.Protocol):
         self.reason = reason.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.raw_headers.append((_decode(name), _decode(value)))
+        # Decoded as aiohttp does, so that any bytes round-trip through its server.
+        self.raw_headers.append(
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        )
 
     def on_headers_complete(self) -> None:
         parser = self.parser
