@@ -279,6 +279,7 @@ class AdmissionGate:
         self._lat_sum = 0.0
         self._n_clean = 0  # good answers sent during a floor re-measurement
         self._clean_sum = 0.0
+        self._measuring_since: float | None = None
         self._n_push = 0
         self._n_timeout = 0
         self._n_broken = 0
@@ -413,7 +414,7 @@ class AdmissionGate:
         if outcome.error is None and status is not None and status < 500 and status != 429:
             self._n_ok += 1
             self._lat_sum += outcome.latency
-            since = self.limiter.measuring_since
+            since = self._measuring_since
             if since is not None and self._clock() - outcome.latency >= since:
                 self._n_clean += 1
                 self._clean_sum += outcome.latency
@@ -793,6 +794,7 @@ class AdmissionGate:
         if self.limiter.tick(now, self.in_flight, mode in (Mode.NORMAL, Mode.RECOVERY)):
             self.metrics.limit.set(self.limiter.limit)
         self._refresh_estimates()
+        self._measuring_since = self.limiter.measuring_since
         self.budgets.roll(now)
         if now - self._last_prune >= 1.0:
             self._last_prune = now

@@ -1,0 +1,125 @@
+"""The admission gate behind real listeners on loopback: spillover policies, caps, a queue that
+sheds with a paced Retry-After, and every admitted request released."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from proxy.gate import AdmissionGate
+from proxy.lifecycle import Server
+from tests.support import EchoBackend, running_backend, running_sluice, sluice_config
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[EchoBackend]:
+    async with running_backend() as b:
+        yield b
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session
+
+
+def protected(backend: EchoBackend, **sections: Any) -> Any:
+    base: dict[str, Any] = {
+        "modes": {"protection": "on", "startup_window": "0s"},
+        "region": {"name": "west"},
+        "callers": {"known": [{"name": "orch"}, {"name": "banned", "cap": 0}]},
+    }
+    base.update(sections)
+    return sluice_config(backend.url, **base)
+
+
+def url(server: Server, path: str) -> str:
+    return f"http://127.0.0.1:{server.proxy_port}{path}"
+
+
+def gate(server: Server) -> AdmissionGate:
+    g = server.sluice.gate
+    assert isinstance(g, AdmissionGate)
+    return g
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"), [("refuse", 503), ("spare", 200), ("allow", 200)]
+)
+async def test_spillover_policies(
+    backend: EchoBackend, client: aiohttp.ClientSession, policy: str, expected: int
+) -> None:
+    config = protected(backend, region={"name": "west", "spillover": policy})
+    async with running_sluice(config) as server:
+        headers = {"x-origin-region": "east", "x-caller-id": "orch"}
+        async with client.get(url(server, "/echo/x"), headers=headers) as resp:
+            await resp.read()
+            assert resp.status == expected
+            if expected == 503:
+                assert resp.headers["x-sluice-reason"] == "spillover"
+                assert resp.headers["x-sluice-no-failover"] == "1"
+                assert int(resp.headers["Retry-After"]) >= 1
+        # Local traffic is served whatever the policy.
+        async with client.get(url(server, "/echo/x"), headers={"x-origin-region": "west"}) as r:
+            assert r.status == 200
+        assert gate(server).in_flight == 0
+
+
+async def test_spare_spillover_refused_outside_normal(
+    backend: EchoBackend, client: aiohttp.ClientSession
+) -> None:
+    async with running_sluice(protected(backend)) as server:
+        gate(server).command("recovery")
+        headers = {"x-origin-region": "east"}
+        async with client.get(url(server, "/echo/x"), headers=headers) as resp:
+            assert resp.status == 503
+            assert resp.headers["x-sluice-reason"] == "spillover"
+
+
+async def test_zero_cap_caller_gets_an_explicit_429(
+    backend: EchoBackend, client: aiohttp.ClientSession
+) -> None:
+    async with running_sluice(protected(backend)) as server:
+        headers = {"x-caller-id": "banned"}
+        async with client.get(url(server, "/echo/x"), headers=headers) as resp:
+            assert resp.status == 429
+            assert resp.headers["x-sluice-reason"] == "caller-cap"
+            assert "retry-after-ms" in resp.headers
+        assert not backend.requests
+
+
+async def test_at_the_limit_requests_wait_then_are_shed_with_a_paced_retry_after(
+    backend: EchoBackend, client: aiohttp.ClientSession
+) -> None:
+    config = protected(
+        backend,
+        limiter={"initial": 2, "floor": 1, "ceiling": 2},
+        queue={"normal_max_wait": "200ms"},
+    )
+    async with running_sluice(config) as server:
+        held = [asyncio.create_task(client.get(url(server, "/hold"))) for _ in range(2)]
+        g = gate(server)
+        for _ in range(200):
+            if g.in_flight == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert g.in_flight == 2
+        async with client.get(url(server, "/echo/late")) as resp:
+            body = await resp.read()
+            assert resp.status == 503, body
+            assert resp.headers["x-sluice-reason"] == "overload"
+            assert int(resp.headers["retry-after-ms"]) >= 1000
+        backend.release_slow.set()
+        for task in held:
+            resp = await task
+            assert resp.status == 200
+            resp.release()
+        for _ in range(200):
+            if g.in_flight == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert g.in_flight == 0 and g.status()["queue"]["total"] == 0
