@@ -246,13 +246,14 @@ class GuardedRequestHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._header_timer is None:
-            waiter = self._waiter
-            # Idle between requests on a kept-alive connection: a new request starts here.
-            if waiter is not None and not waiter.done() and not self._messages:
-                self._arm()
-        if self._header_timer is not None:
-            self._header_bytes += len(data)
+        waiter = self._waiter
+        # Idle between requests on a kept-alive connection: these bytes start a new request.
+        starts = (
+            self._header_timer is None
+            and waiter is not None
+            and not waiter.done()
+            and not self._messages
+        )
         before = self._request_count
         super().data_received(data)
         parsed = self._request_count - before
@@ -260,6 +261,11 @@ class GuardedRequestHandler(RequestHandler):
             # Request line and headers are complete (or refused): the timer's work is done.
             self._disarm()
             self._check_messages(parsed)
+            return
+        if starts:
+            self._arm()  # only when the headers did not all come at once (no timer otherwise)
+        if self._header_timer is not None:
+            self._header_bytes += len(data)
 
     def _check_messages(self, parsed: int) -> None:
         messages = self._messages
