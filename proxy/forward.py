@@ -22,6 +22,9 @@ from .upstream import UpstreamClient, UpstreamError, UpstreamRequest, UpstreamRe
 # Bodies up to this size are read whole and sent with one write (cheaper than streaming).
 _SMALL_BODY = 64 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
+# aiohttp's server already answered `Expect: 100-continue`; a backend that ignores it must not
+# leave the upstream call waiting for a 100 that never comes.
+_DROP_UPSTREAM = frozenset({"expect"})
 
 _MESSAGES = {
     "overload": "the backend is at its limit; come back after Retry-After",
@@ -111,7 +114,7 @@ class Forwarder:
         peer: str,
     ) -> web.StreamResponse:
         """Forward `request`; fills `outcome` as soon as the upstream's fate is known."""
-        headers = strip_hop_by_hop(request.headers)
+        headers = strip_hop_by_hop(request.headers, _DROP_UPSTREAM)
         set_forwarded(
             headers,
             request.headers,

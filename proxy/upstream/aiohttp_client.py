@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from multidict import CIMultiDict
+from yarl import URL
 
 from ..config import UpstreamConfig
 from .base import (
@@ -80,7 +81,8 @@ class AiohttpUpstream:
         try:
             resp = await self._session.request(
                 request.method,
-                self.base + self.prefix + request.target,
+                # encoded=True: yarl must not re-quote the target (%7E would become ~).
+                URL(self.base + self.prefix + request.target, encoded=True),
                 headers=request.headers,
                 data=request.body,
                 allow_redirects=False,
