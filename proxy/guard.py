@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -124,8 +125,10 @@ def classify_parse_error(exc: BaseException, listen: ListenConfig) -> tuple[str,
 
     llhttp reports an over-long line from the callback that saw it, and the Cython traceback
     names that callback: `cb_on_url` is the request target (414), `cb_on_header_*` a header
-    (431). Without that (the pure-Python parser), the limit in the exception decides when the
-    two limits differ; when they are equal there is no telling, and the answer is 400.
+    (431). The pure-Python parser puts the start of the line in the exception instead: a
+    method and a space is the request line, a name and a colon a header. Failing both, the limit
+    named in the exception decides when the two limits differ; when they are equal there is
+    no telling, and the answer is 400.
     """
     message = getattr(exc, "message", "") or str(exc)
     if isinstance(exc, LineTooLong):
@@ -136,6 +139,13 @@ def classify_parse_error(exc: BaseException, listen: ListenConfig) -> tuple[str,
             return "headers-too-large", 431
         if "parse_headers" in where:
             return "headers-too-large", 431
+        # The pure-Python parser reports the whole line: `GET /...` or `Name: value`.
+        line = exc.args[0] if exc.args else b""
+        if isinstance(line, bytes | bytearray):
+            if _REQUEST_LINE.match(line):
+                return "uri-too-long", 414
+            if _HEADER_LINE.match(line):
+                return "headers-too-large", 431
         limit = exc.args[1] if len(exc.args) > 1 else None
         if limit == listen.max_line_size != listen.max_field_size:
             return "uri-too-long", 414
@@ -153,6 +163,11 @@ def classify_parse_error(exc: BaseException, listen: ListenConfig) -> tuple[str,
     ):
         return "bad-header-value", 400
     return "malformed", 400
+
+
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_REQUEST_LINE = re.compile(_TOKEN + rb" ")
+_HEADER_LINE = re.compile(_TOKEN + rb"(:|\.\.\.$)")  # a name, or one cut off at 100 bytes
 
 
 def _raised_in(exc: BaseException) -> str:

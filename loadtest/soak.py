@@ -1,0 +1,419 @@
+"""Soak: a Sluice process under mixed load with periodic storms, SIGHUP reloads and hostile
+input, watched for growth (`make soak`; not part of `make test`).
+
+    python -m loadtest.soak [--minutes 10] [--cycle 30] [--base-rps 80] [--storm-rps 500]
+
+Three processes on 127.0.0.1: a small backend of fixed capacity (its own, in this file:
+`--workers` slots of `--service-ms`, so a storm is past its capacity and the gate has to
+queue and shed), Sluice with protection on, and this load generator. Each cycle:
+
+    0 ─ base load ─ storm starts (45 %) ─ SIGHUP (55 %) ─ storm ends (65 %) ─ base ─ sample (98 %)
+
+The storm adds unknown callers by the thousand, retries (attempt headers and repeats),
+deadlines and small bodies; every cycle also sends malformed requests and opens slowloris
+connections. At the same phase of every cycle (98 %, after the storm has drained) the proxy's
+resident memory (VmRSS) and open file descriptors are sampled; the run ends with errors by
+kind and the verdict: RSS at the last cycle within 5 % of the second cycle's.
+
+Everything is bounded: the generator never has more than `--max-outstanding` requests open
+(an arrival over that is counted as `client-skipped`, not queued), every request has a 10 s
+timeout, and the run ends after `--minutes`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+KNOWN_CALLERS = ("orch-eastus", "orch-westus", "repair-team")
+SAMPLE_AT = 0.98  # phase of the cycle at which RSS and fds are read
+STORM = (0.45, 0.65)
+HUP_AT = 0.55
+REQUEST_TIMEOUT = 10.0
+
+
+# --- the backend (a separate process: `--serve-backend PORT`) ----------------------------------
+def serve_backend(port: int, workers: int, service_ms: float) -> None:
+    """Fixed capacity: `workers` concurrent requests of `service_ms`, the rest wait in line."""
+    slots = asyncio.Semaphore(workers)
+    rng = random.Random(7)
+
+    async def token(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        async with slots:
+            await asyncio.sleep(service_ms / 1000 * rng.uniform(0.8, 1.2))
+        return web.json_response({"access_token": "x" * 64, "expires_in": 3600})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_route("*", "/{tail:.*}", token)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, backlog=4096)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def proc_figures(pid: int) -> tuple[float, int, float]:
+    """(RSS in MB, open file descriptors, CPU seconds) of a process, from /proc."""
+    rss_kb = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss_kb = int(line.split()[1])
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+    return rss_kb / 1024, fds, cpu
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited early:\n{log.read_text(errors='replace')[-3000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"{what} did not start")
+
+
+def sluice_config(port: int, admin_port: int, backend_port: int, variant: int) -> dict[str, Any]:
+    """The proxy's config; reloads alternate between two variants so each SIGHUP changes it."""
+    return {
+        "listen": {"host": "127.0.0.1", "port": port, "header_read_timeout": "2s"},
+        "upstream": {
+            "url": f"http://127.0.0.1:{backend_port}",
+            "read_timeout": "5s",
+            "pool_size": 128,
+        },
+        "admin": {"host": "127.0.0.1", "port": admin_port, "token_env": "SLUICE_SOAK_TOKEN"},
+        "modes": {"protection": "on"},
+        "callers": {
+            "known": [
+                {"name": KNOWN_CALLERS[0], "cap": 64},
+                {"name": KNOWN_CALLERS[1], "cap": 64},
+                {"name": KNOWN_CALLERS[2], "priority": "critical"},
+            ],
+            "fair_buckets": 16,
+        },
+        # Small enough to fill in the first storm: the samples then show leaks, not the
+        # warm-up of a bounded cache (the default, 65536, fills over several cycles).
+        "retry_detect": {"fingerprint_cache_size": 4000},
+        "queue": {"max_size": 2000, "max_wait": "5s"},
+        "limiter": {"ceiling": 400 if variant % 2 == 0 else 300},
+        "logging": {"level": "warning"},
+        "lifecycle": {"drain_timeout": "5s"},
+    }
+
+
+# --- the load ----------------------------------------------------------------------------------
+@dataclass
+class Tally:
+    """What the generator saw, by kind; explained answers are the reason table's."""
+
+    kinds: Counter[str] = field(default_factory=Counter)
+    unexplained: Counter[str] = field(default_factory=Counter)
+    outstanding: int = 0
+    sent: int = 0
+
+    def record(self, kind: str, explained: bool = True) -> None:
+        self.kinds[kind] += 1
+        if not explained:
+            self.unexplained[kind] += 1
+
+
+class Load:
+    """An open-loop generator: arrivals at a rate, each request its own task (bounded)."""
+
+    def __init__(self, port: int, args: argparse.Namespace, tally: Tally) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.port = port
+        self.args = args
+        self.tally = tally
+        self.rng = random.Random(args.seed)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.session: aiohttp.ClientSession | None = None
+
+    async def request(self, storm: bool) -> None:
+        rng = self.rng
+        assert self.session is not None
+        headers = {}
+        if storm and rng.random() < 0.7:
+            headers["x-caller-id"] = f"fleet-{rng.getrandbits(40):010x}"  # unknown, unbounded
+        else:
+            headers["x-caller-id"] = rng.choice(KNOWN_CALLERS)
+        if storm and rng.random() < 0.3:
+            headers["x-retry-attempt"] = str(rng.randint(1, 3))
+        if rng.random() < 0.3:
+            headers["x-request-timeout-ms"] = str(rng.choice([500, 2000, 8000]))
+        if rng.random() < 0.02:
+            headers["x-retry-attempt"] = rng.choice(["-1", "abc", "1e3"])  # counted, ignored
+        resource = rng.randrange(200 if storm else 2000)  # storms repeat themselves
+        url = f"{self.base}/oauth2/token?resource=r{resource}"
+        method, data = ("POST", b"grant_type=client_credentials&x=" + b"y" * rng.randrange(2000))
+        if rng.random() < 0.5:
+            method, data = "GET", b""
+        try:
+            async with self.session.request(method, url, headers=headers, data=data or None) as r:
+                await r.read()
+                reason = r.headers.get("x-sluice-reason")
+                if r.status < 300:
+                    self.tally.record("200")
+                elif reason:
+                    self.tally.record(f"{r.status} {reason}")
+                else:
+                    self.tally.record(f"{r.status} from backend", explained=False)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            self.tally.record(f"client error {type(exc).__name__}", explained=False)
+
+    async def bad_input(self) -> None:
+        """One malformed request and one slowloris connection; both must be refused."""
+        cases = [
+            b"GET /x HTTP/1.1\r\nHost: s\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+            b"GET /" + b"u" * 9000 + b" HTTP/1.1\r\nHost: s\r\n\r\n",
+            b"GARBAGE\r\n\r\n",
+        ]
+        for data in (self.rng.choice(cases), b"GET /slow HTTP/1.1\r\nHost: s\r\nX-A: "):
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                try:
+                    writer.write(data)
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
+                finally:
+                    writer.close()
+            except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
+                self.tally.record(f"bad input: {type(exc).__name__}", explained=False)
+                continue
+            status = head.split(b" ", 2)[1].decode() if head.startswith(b"HTTP/1.") else "none"
+            ok = b"x-sluice-reason: bad-request" in head
+            self.tally.record(f"bad input answered {status}", explained=ok)
+
+    def spawn(self, coro: Any) -> None:
+        if self.tally.outstanding >= self.args.max_outstanding:
+            coro.close()
+            self.tally.record("client-skipped (generator at its bound)")
+            return
+        self.tally.outstanding += 1
+        self.tally.sent += 1
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self.tasks.discard(t)
+            self.tally.outstanding -= 1
+
+        task.add_done_callback(done)
+
+
+@dataclass
+class Procs:
+    """The backend and Sluice subprocesses, their ports, config and logs."""
+
+    tmp: Path
+    port: int
+    admin_port: int
+    backend_port: int
+    config_path: Path
+    sluice_log: Path
+    backend: subprocess.Popen[bytes]
+    sluice: subprocess.Popen[bytes]
+
+    def write_config(self, variant: int) -> None:
+        data = sluice_config(self.port, self.admin_port, self.backend_port, variant)
+        self.config_path.write_text(yaml.safe_dump(data))
+
+    def log_tail(self) -> str:
+        return self.sluice_log.read_text(errors="replace")[-2000:]
+
+    def stop(self) -> None:
+        for p in (self.sluice, self.backend):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+
+
+def start_processes(args: argparse.Namespace) -> Procs:
+    tmp = Path(tempfile.mkdtemp(prefix="sluice-soak-"))
+    port, admin_port, backend_port = free_port(), free_port(), free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1", SLUICE_SOAK_TOKEN="soak-token")
+    backend_cmd = [sys.executable, "-m", "loadtest.soak", "--serve-backend", str(backend_port)]
+    backend_cmd += ["--workers", str(args.workers), "--service-ms", str(args.service_ms)]
+    backend_log = tmp / "backend.log"
+    with open(backend_log, "wb") as out:
+        backend = subprocess.Popen(
+            backend_cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env
+        )
+    config_path = tmp / "sluice.yaml"
+    sluice_log = tmp / "sluice.log"
+    config_path.write_text(yaml.safe_dump(sluice_config(port, admin_port, backend_port, 0)))
+    with open(sluice_log, "wb") as out:
+        sluice = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "--config", str(config_path)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+        )
+    procs = Procs(tmp, port, admin_port, backend_port, config_path, sluice_log, backend, sluice)
+    try:
+        wait_port(backend_port, backend, "backend", backend_log)
+        wait_port(admin_port, sluice, "sluice", sluice_log)
+    except BaseException:
+        procs.stop()
+        raise
+    return procs
+
+
+async def drive(args: argparse.Namespace, procs: Procs) -> int:
+    sluice, port, admin_port = procs.sluice, procs.port, procs.admin_port
+    tally = Tally()
+    load = Load(port, args, tally)
+    cycles = max(3, round(args.minutes * 60 / args.cycle))
+    print(
+        f"soak: {cycles} cycles of {args.cycle:g}s; base {args.base_rps} rps, storm +"
+        f"{args.storm_rps} rps; backend {args.workers} x {args.service_ms:g} ms "
+        f"(~{args.workers * 1000 / args.service_ms:.0f} rps); sluice pid {sluice.pid}"
+    )
+    print(f"{'cycle':>5} {'rss MB':>8} {'fds':>5} {'cpu s':>7} {'sent':>7}  answers this cycle")
+    print("      (rss and fds of the proxy at 98 % of each cycle; cpu s: its total CPU time)")
+    samples: list[tuple[float, int]] = []
+    hups = 0
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+    connector = aiohttp.TCPConnector(limit=args.max_outstanding, force_close=False)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        load.session = session
+        tick = 0.01
+        for cycle in range(1, cycles + 1):
+            start = time.monotonic()
+            before = Counter(tally.kinds)
+            sent_before = tally.sent
+            credit = 0.0
+            hupped = sampled = False
+            bad_due = 0.0
+            while True:
+                phase = (time.monotonic() - start) / args.cycle
+                if phase >= 1:
+                    break
+                storm = STORM[0] <= phase < STORM[1]
+                credit += (args.base_rps + (args.storm_rps if storm else 0)) * tick
+                while credit >= 1:
+                    credit -= 1
+                    load.spawn(load.request(storm))
+                bad_due += args.bad_rps * tick
+                while bad_due >= 1:
+                    bad_due -= 1
+                    load.spawn(load.bad_input())
+                if not hupped and phase >= HUP_AT:
+                    procs.write_config(cycle)
+                    sluice.send_signal(signal.SIGHUP)
+                    hupped = True
+                    hups += 1
+                if not sampled and phase >= SAMPLE_AT:
+                    rss, fds, cpu = proc_figures(sluice.pid)
+                    samples.append((rss, fds))
+                    sampled = True
+                    delta = tally.kinds - before
+                    shown = ", ".join(f"{k}: {v}" for k, v in delta.most_common())
+                    sent = tally.sent - sent_before
+                    print(f"{cycle:>5} {rss:>8.1f} {fds:>5} {cpu:>7.1f} {sent:>7}  {shown}")
+                if sluice.poll() is not None:
+                    print(f"sluice exited with {sluice.returncode} mid-run")
+                    return 1
+                await asyncio.sleep(tick)
+        if load.tasks:
+            await asyncio.wait(load.tasks, timeout=REQUEST_TIMEOUT + 5)
+        async with session.get(f"http://127.0.0.1:{admin_port}/metrics") as r:
+            metrics = await r.text()
+    reloads = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith('sluice_config_reloads_total{result="ok"}')
+    )
+    sluice.send_signal(signal.SIGTERM)
+    code = await asyncio.get_running_loop().run_in_executor(None, sluice.wait, 30)
+
+    print("\nanswers and errors by kind (whole run):")
+    for kind, n in tally.kinds.most_common():
+        flag = "  <- unexplained" if kind in tally.unexplained else ""
+        print(f"  {n:>8}  {kind}{flag}")
+    unexplained = sum(tally.unexplained.values())
+    second, last = samples[1][0], samples[-1][0]
+    growth = (last - second) / second * 100
+    print(
+        f"\nrequests sent {tally.sent}; SIGHUPs {hups}, reloads ok {reloads:.0f}; "
+        f"sluice exit code {code}"
+    )
+    print(
+        f"RSS cycle 2 {second:.1f} MB -> last {last:.1f} MB ({growth:+.2f} %); "
+        f"fds cycle 2 {samples[1][1]} -> last {samples[-1][1]}"
+    )
+    print(f"unexplained errors: {unexplained}")
+    ok = abs(growth) <= 5.0 and unexplained == 0 and code == 0 and reloads == hups
+    print("verdict: " + ("PASS" if ok else "FAIL") + " (RSS within 5 %, no unexplained errors)")
+    if not ok:
+        print(f"sluice log tail:\n{procs.log_tail()}")
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtest.soak", description=__doc__.split("\n")[0])
+    p.add_argument("--minutes", type=float, default=10.0, help="run length (default 10)")
+    p.add_argument("--cycle", type=float, default=30.0, help="seconds per storm cycle")
+    p.add_argument("--base-rps", type=float, default=80.0)
+    p.add_argument("--storm-rps", type=float, default=500.0)
+    p.add_argument("--bad-rps", type=float, default=2.0, help="malformed + slowloris per second")
+    p.add_argument("--max-outstanding", type=int, default=400)
+    p.add_argument("--workers", type=int, default=8, help="backend concurrency")
+    p.add_argument("--service-ms", type=float, default=20.0, help="backend service time")
+    p.add_argument("--seed", type=int, default=6)
+    p.add_argument("--serve-backend", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    if args.serve_backend:
+        serve_backend(args.serve_backend, args.workers, args.service_ms)
+        return 0
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    procs = start_processes(args)
+    try:
+        with runner:
+            return runner.run(drive(args, procs))
+    finally:
+        procs.stop()
+        print(f"logs: {procs.tmp}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
