@@ -184,6 +184,9 @@ def analyze(run: RunData) -> dict[str, Any]:
     )
     bound = n_backlog / (cap - lam) if cap > lam and n_backlog else None
     first_sends = [a[3] - t0 for a in atts if a[1] == 0 and wfs[a[0]][1] == 1]
+    # Metastability: in the last window the trigger must be gone (no backlog work left).
+    lw_start = t_end - sc.timing.last_window
+    backlog_ids = {w[0] for w in backlog}
     backlog_doc = {
         "n": n_backlog,
         "succeeded": len(succeeded),
@@ -195,6 +198,10 @@ def analyze(run: RunData) -> dict[str, Any]:
         "bound_s": bound,
         "drain_ratio": drain_s / bound if drain_s is not None and bound else None,
         "release_spread_ms": (max(first_sends) * 1000.0) if first_sends else None,
+        "open_at_last_window": sum(1 for w in backlog if w[5] is None or w[5] > lw_start),
+        "attempts_in_last_window": sum(
+            1 for a in atts if a[0] in backlog_ids and lw_start <= a[3] < t_end
+        ),
     }
 
     # --- fresh traffic of the storm's region, before and after --------------------------------
@@ -357,13 +364,15 @@ def timeline(run: RunData, t0: float) -> dict[str, Any]:
     out: dict[str, Any] = {
         "bin_s": w,
         "x": [round(lo + (i + 0.5) * w - t0, 3) for i in range(n)],
-        "fresh_offered": [c / w for c in bin_counts((x[4] for x in wfs if x[1] == 0), lo, hi, w)],
         "regions": {},
     }
     for i, region in enumerate(sc.regions):
         st = run.backends.get(region, {})
         comps = st.get("completions", [])
         reg: dict[str, Any] = {
+            "fresh_offered": [
+                c / w for c in bin_counts((x[4] for x in wfs if x[1] == 0 and x[2] == i), lo, hi, w)
+            ],
             "client_ok": [
                 c / w
                 for c in bin_counts((a[4] for a in atts if a[5] == "200" and a[2] == i), lo, hi, w)

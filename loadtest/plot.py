@@ -58,7 +58,7 @@ def plot_scenario(results: Sequence[dict[str, Any]], path: Path) -> Path | None:
     fig, axes = plt.subplots(
         nrows,
         ncols,
-        figsize=(5.2 * ncols + 0.6, 2.6 * nrows + 1.0),
+        figsize=(max(9.0, 5.2 * ncols + 0.6), 2.6 * nrows + 1.4),
         sharex=True,
         squeeze=False,
     )
@@ -85,11 +85,10 @@ def plot_scenario(results: Sequence[dict[str, Any]], path: Path) -> Path | None:
             ax_rate.plot(
                 x, reg["backend_wasted"], color="#d62728", lw=1.0, ls=":", label="wasted work/s"
             )
-            if region == p["home"] or len(regions) == 1:
-                ax_rate.plot(
-                    x, tl["fresh_offered"], color="#1f77b4", lw=0.8, ls="--",
-                    label="fresh arrivals/s (all regions)",
-                )  # fmt: skip
+            ax_rate.plot(
+                x, reg["fresh_offered"], color="#1f77b4", lw=0.8, ls="--",
+                label="fresh arrivals/s (λ₀)",
+            )  # fmt: skip
             ax_rate.set_ylim(0, rate_top)
             ax_rate.set_title(f"{r['arm']} · {region}", fontsize=10)
             ax_be.plot(x, reg["backend_queue"], color="#d62728", lw=1.2, label="backend queue")
@@ -137,13 +136,16 @@ def plot_scenario(results: Sequence[dict[str, Any]], path: Path) -> Path | None:
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    for mode, colour in MODE_COLOURS.items():
-        if colour:
-            handles.append(Patch(color=colour, alpha=0.45))
-            labels.append(f"mode {mode}")
-    handles.append(Patch(color="#d62728", alpha=0.08))
-    labels.append("backend outage")
-    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8)
+    if any("proxy" in reg for r in ran for reg in r["timeline"]["regions"].values()):
+        for mode, colour in MODE_COLOURS.items():
+            if colour:
+                handles.append(Patch(color=colour, alpha=0.45))
+                labels.append(f"mode {mode}")
+    if ran[0]["params"]["trigger"] == "outage":
+        handles.append(Patch(color="#d62728", alpha=0.08))
+        labels.append("backend outage")
+    ncol = 6 if ncols > 1 else 4
+    fig.legend(handles, labels, loc="lower center", ncol=min(ncol, len(labels)), fontsize=8)
     first = ran[0]
     t0_what = "release" if first["params"]["trigger"] == "reopen" else "first good probe"
     fig.suptitle(
@@ -152,7 +154,8 @@ def plot_scenario(results: Sequence[dict[str, Any]], path: Path) -> Path | None:
         f"profile {first['profile']}",
         fontsize=11,
     )
-    fig.tight_layout(rect=(0, 0.07, 1, 0.96))
+    legend_rows = -(-len(labels) // min(ncol, len(labels)))
+    fig.tight_layout(rect=(0, 0.025 + 0.03 * legend_rows * 4 / (nrows + 1), 1, 0.95))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

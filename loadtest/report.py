@@ -123,6 +123,14 @@ def render_table(results: Sequence[dict[str, Any]]) -> str:
         lambda r: _backlog_drain(r["backlog"]),
     )
     row(
+        f"backlog open / its attempts, last {lw:g} s",
+        lambda r: (
+            f"{r['backlog']['open_at_last_window']} / {r['backlog']['attempts_in_last_window']}"
+            if r["backlog"]["n"]
+            else "—"
+        ),
+    )
+    row(
         "fresh success after t0",
         lambda r: f"{fmt_pct(r['fresh']['after']['success'])} (n={r['fresh']['after']['n']})",
     )

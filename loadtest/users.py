@@ -443,6 +443,7 @@ class RequestStats:
     def __init__(self) -> None:
         self.entries: dict[tuple[str, str], StatsEntry] = {}
         self.failures: dict[tuple[str, str, str], int] = {}
+        self.failure_seen: dict[tuple[str, str, str], tuple[float, float]] = {}  # wall clock
         self.start_time = time.monotonic()
         self.end_time: float | None = None
 
@@ -465,6 +466,9 @@ class RequestStats:
         if exception is not None:
             fkey = (request_type, name, exception)
             self.failures[fkey] = self.failures.get(fkey, 0) + 1
+            now = time.time()
+            first, _ = self.failure_seen.get(fkey, (now, now))
+            self.failure_seen[fkey] = (first, now)
 
     def total(self) -> StatsEntry:
         """The Aggregated row."""
@@ -498,7 +502,14 @@ STATS_COLUMNS: tuple[str, ...] = (
     "99.99%",
     "100%",
 )
-FAILURES_COLUMNS: tuple[str, ...] = ("Method", "Name", "Error", "Occurrences")
+FAILURES_COLUMNS: tuple[str, ...] = (
+    "Method",
+    "Name",
+    "Error",
+    "Occurrences",
+    "First Seen",
+    "Last Seen",
+)
 _PERCENTILES = (0.5, 0.66, 0.75, 0.8, 0.9, 0.95, 0.98, 0.99, 0.999, 0.9999, 1.0)
 
 
@@ -526,6 +537,10 @@ def stats_rows(stats: RequestStats, duration: float) -> list[list[str]]:
     return rows
 
 
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
 def write_stats_csv(stats: RequestStats, prefix: str | Path, duration: float) -> list[Path]:
     """Write `<prefix>_stats.csv` and `<prefix>_failures.csv` with Locust's columns."""
     prefix = Path(prefix)
@@ -537,8 +552,9 @@ def write_stats_csv(stats: RequestStats, prefix: str | Path, duration: float) ->
     with paths[1].open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(FAILURES_COLUMNS)
-        for (method, name, error), count in sorted(stats.failures.items()):
-            writer.writerow([method, name, error, count])
+        for key, count in sorted(stats.failures.items()):
+            first, last = stats.failure_seen.get(key, (0.0, 0.0))
+            writer.writerow([*key, count, _iso(first), _iso(last)])
     return paths
 
 
