@@ -157,6 +157,7 @@ class Forwarder:
 
         outcome.latency = time.monotonic() - started
         outcome.status = upstream.status
+        outcome.error = None  # answered: the gate learns from it (not "cancelled")
         metrics.upstream_latency.observe(outcome.latency)
         metrics.forwarded.inc()
         try:
