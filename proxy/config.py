@@ -169,7 +169,7 @@ class LimiterConfig(Strict):
     )
     backoff: float = Field(0.9, gt=0, lt=1, description="multiplicative back-off")
     latency_tolerance: float = Field(
-        1.5, ge=1.0, description="latency / unloaded latency tolerated before shrinking"
+        1.25, ge=1.0, description="latency / unloaded latency tolerated before shrinking"
     )
     backpressure_ratio: float = Field(
         0.02, gt=0, le=1, description="share of 429/503/timeouts in a window that backs off"
@@ -197,7 +197,16 @@ class QueueConfig(Strict):
     max_size: int = Field(20000, ge=0)
     max_wait: Duration = 30.0
     normal_max_wait: Duration = 0.25
-    lifo_when_older_than: Duration = Field(0.0, description="0 disables adaptive LIFO")
+    lifo_when_older_than: Duration = Field(
+        0.1, description="serve a lane newest-first once its oldest waited this long; 0 = never"
+    )
+    patience: Duration = Field(
+        1.0,
+        gt=0,
+        description="how long a request without a deadline header is assumed to wait before "
+        "its client gives up (until cancellations teach the gate otherwise)",
+    )
+    learn_patience: bool = True
 
 
 class RecoveryConfig(Strict):

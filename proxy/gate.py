@@ -63,13 +63,28 @@ from .modes import (
     Transition,
 )
 from .pacing import Booking, Pacer
-from .signals import BROKEN, PUSHBACK, TIMEOUT, ArrivalRate, UpstreamHealth, classify_outcome
+from .signals import (
+    BROKEN,
+    PUSHBACK,
+    TIMEOUT,
+    ArrivalRate,
+    Patience,
+    UpstreamHealth,
+    classify_outcome,
+)
 
 log = logging.getLogger("sluice.gate")
 modes_log = logging.getLogger("sluice.modes")
 
 NO_CAP = 1 << 62
 _N_PRIO = len(PRIORITY_CLASSES)
+# Each priority class has three tiers, served in order: fresh arrivals within the arrival
+# baseline (fresh traffic keeps its share), solicited returns (ahead of any other fresh
+# arrival of their caller), then everything else (fresh beyond the baseline, in-budget
+# retries). Queue levels are priority x tier.
+_TIERS = 3
+_TIER_FRESH, _TIER_SOLICITED, _TIER_REST = 0, 1, 2
+_N_LEVELS = _N_PRIO * _TIERS
 # Waiter states.
 WAITING, ADMITTED, REFUSED, CANCELLED = 0, 1, 2, 3
 # Decisions of the slow path.
@@ -78,6 +93,20 @@ _ADMIT, _QUEUE, _REFUSE = 0, 1, 2
 # elsewhere (spillover, draining) or cannot be served here at all (a cap of 0).
 _UNBOOKED = frozenset({"spillover", "draining"})
 _CANCELLED_OUTCOME = Outcome(None, 0.0, "cancelled")
+# Fresh arrivals in the first tier: up to this multiple of the baseline rate, with a burst
+# allowance of this many seconds of it.
+_FRESH_HEADROOM = 1.2
+_FRESH_BURST = 0.25
+# Smoothing of the measured throughput, per tick (about half a second at 100 ms ticks).
+_THROUGHPUT_ALPHA = 0.2
+# Capacity samples: one per second in which the limiter was saturated >= 70 % of ticks,
+# smoothed, forgotten after a minute without a new one.
+# Capacity: goodput over a run of saturated ticks, once the run is long enough; the run
+# keeps about its last few seconds; forgotten a minute after the last saturated run.
+_RUN_MIN = 0.3
+_RUN_WINDOW = 4.0
+_CAPACITY_TTL = 60.0
+_CAPACITY_FRESH = 5.0  # a measurement this recent beats any estimate
 
 
 class CallerCaps(Protocol):
@@ -127,35 +156,35 @@ class _Caller:
 
 
 class _Lane:
-    """One caller's waiters at one priority: solicited returns first, then the rest."""
+    """One caller's waiters at one level (priority class and tier), oldest first."""
 
-    __slots__ = ("active", "caller", "deficit", "fresh", "priority", "solicited")
+    __slots__ = ("active", "caller", "deficit", "level", "lifo", "waiters")
 
-    def __init__(self, caller: _Caller, priority: int) -> None:
+    def __init__(self, caller: _Caller, level: int) -> None:
         self.caller = caller
-        self.priority = priority
-        self.solicited: OrderedDict[int, Waiter] = OrderedDict()
-        self.fresh: OrderedDict[int, Waiter] = OrderedDict()
+        self.level = level
+        self.waiters: OrderedDict[int, Waiter] = OrderedDict()
         self.deficit = 0
         self.active = False
+        # Solicited returns keep their order (they were given a time); other tiers may be
+        # served newest-first under congestion.
+        self.lifo = level % _TIERS != _TIER_SOLICITED
 
     def __len__(self) -> int:
-        return len(self.solicited) + len(self.fresh)
+        return len(self.waiters)
 
     def pop(self, lifo_after: float, now: float) -> Waiter:
-        """The next waiter: oldest solicited, else oldest fresh (newest under adaptive LIFO)."""
-        if self.solicited:
-            return self.solicited.popitem(last=False)[1]
-        fresh = self.fresh
-        if lifo_after > 0:
-            head = next(iter(fresh.values()))
+        """The next waiter: the oldest, or the newest once the oldest waited `lifo_after`."""
+        waiters = self.waiters
+        if self.lifo and lifo_after > 0:
+            head = next(iter(waiters.values()))
             if now - head.enqueued > lifo_after:
-                return fresh.popitem(last=True)[1]
-        return fresh.popitem(last=False)[1]
+                return waiters.popitem(last=True)[1]
+        return waiters.popitem(last=False)[1]
 
-    def pop_newest_fresh(self) -> Waiter | None:
-        """The newest fresh waiter (the one fair eviction pushes out), if any."""
-        return self.fresh.popitem(last=True)[1] if self.fresh else None
+    def pop_newest(self) -> Waiter:
+        """The newest waiter (the one fair eviction pushes out)."""
+        return self.waiters.popitem(last=True)[1]
 
 
 class Waiter:
@@ -254,6 +283,7 @@ class AdmissionGate:
         )
         self._caps: CallerCaps = caps or ConfiguredCaps(config)
         self.pacer = Pacer(config.shedding, len(caller_names))
+        self.patience = Patience(config.queue.patience)
         self.health = UpstreamHealth(config.modes.error_window)
         self.rates = ArrivalRate(
             config.recovery.rate_window, config.recovery.baseline_halflife, now
@@ -261,11 +291,12 @@ class AdmissionGate:
         self._names = list(caller_names)
         self._callers: list[_Caller] = []
         self._build_callers(caller_names)
-        self._lanes: list[dict[int, _Lane]] = [{} for _ in range(_N_PRIO)]
-        self._active: list[deque[_Lane]] = [deque() for _ in range(_N_PRIO)]
-        self._active_weight = [0] * _N_PRIO
+        self._lanes: list[dict[int, _Lane]] = [{} for _ in range(_N_LEVELS)]
+        self._active: list[deque[_Lane]] = [deque() for _ in range(_N_LEVELS)]
+        self._active_weight = [0] * _N_LEVELS
         self._queued = 0
-        self._queued_p = [0] * _N_PRIO
+        self._queued_level = [0] * _N_LEVELS
+        self._fresh_tokens = 0.0  # fresh arrivals owed the first tier (the baseline's rate)
         self._heap: list[tuple[float, int, Waiter]] = []
         self._seq = 0
         self.in_flight = 0
@@ -286,6 +317,12 @@ class AdmissionGate:
         self._overloaded = 0  # overload refusals since the last tick
         self._saturated_ticks = 0
         self._loaded_at_start = False  # saturated during the start-up window
+        self._throughput = 0.0  # good answers per second, smoothed over ticks
+        self._last_tick = now
+        self._capacity: float | None = None  # goodput/s measured while saturated
+        self._capacity_at = now
+        self._run_start: float | None = None  # the current run of saturated ticks
+        self._run_ok = 0.0
         self._mode_backlog = 0  # requests held or shed since the mode began
         self._last_prune = now
         self._released_this_tick = 0
@@ -332,14 +369,46 @@ class AdmissionGate:
         self._lifo_after = config.queue.lifo_when_older_than
         self._expected_latency = 0.0
         self._min_budget = self._margin
-        self._refresh_estimates()
+        self._refresh_estimates(self._clock())
 
-    def _refresh_estimates(self) -> None:
-        floor = self.limiter.floor.value
-        self._expected_latency = floor if floor is not None else 0.0
+    def _refresh_estimates(self, now: float) -> None:
+        lim = self.limiter
+        floor = lim.floor.value or 0.0
+        # What a request forwarded now should take: recent latency (queueing included).
+        self._expected_latency = max(floor, lim.latency or 0.0)
         # The fast path sends a request with a deadline only if it can be met with margin.
         self._min_budget = self._margin + self._expected_latency
-        self._pace = self.limiter.pace()
+        # The backend's pace: best, its goodput measured over recent seconds spent saturated
+        # at the knee of its latency; failing that, at the knee, Little's law on the limit
+        # (the limiter holds latency near tolerance x floor there); then an older sample;
+        # before any of these, a guess (what the limit would allow, at least what we
+        # measure), which wait estimates do not trust.
+        at_knee = lim.at_knee(now)
+        if self._capacity is not None and now - self._capacity_at <= _CAPACITY_FRESH:
+            self._pace = self._capacity
+            self._pace_known = True
+        elif at_knee and floor > 0:
+            self._pace = lim.limit / (floor * lim.config.latency_tolerance)
+            self._pace_known = True
+        elif self._capacity is not None:
+            self._pace = self._capacity
+            self._pace_known = True
+        else:
+            self._pace = max(self._throughput, lim.pace())
+            self._pace_known = False
+        # Book returns optimistically while the limit is still ramping: a return that comes
+        # early costs the backend nothing (it waits or is re-paced), one booked late leaves
+        # capacity idle and lengthens the drain.
+        boost = lim.config.slow_start_factor if lim.slow_start and self._pace_known else 1.0
+        self._book_pace = self._pace * boost
+        # Fresh arrivals up to the baseline rate (with headroom) go in the first tier.
+        baseline = self.rates.baseline or 0.0
+        self._fresh_rate = _FRESH_HEADROOM * baseline
+        self._fresh_burst = max(2.0, self._fresh_rate * _FRESH_BURST)
+        if self.config.queue.learn_patience:
+            self._patience = max(self.patience.estimate(), 2 * self._min_budget)
+        else:
+            self._patience = self.config.queue.patience
 
     def reconfigure(self, config: Config) -> None:
         """Apply a new config atomically; learned limit, budgets, queues and mode are kept."""
@@ -359,6 +428,7 @@ class AdmissionGate:
         self.limiter.reconfigure(config.limiter)
         self.budgets.reconfigure(config.retry_budget, len(names), now)
         self.modes.reconfigure(config)
+        self.patience.set_prior(config.queue.patience)
         if old.modes.error_window != config.modes.error_window:
             self.health = UpstreamHealth(config.modes.error_window)
         rec, old_rec = config.recovery, old.recovery
@@ -420,6 +490,8 @@ class AdmissionGate:
                 self._clean_sum += outcome.latency
         else:
             kind = classify_outcome(status, outcome.latency, outcome.error, self._fast_error)
+            if outcome.error == "cancelled" and ticket.deadline is None:
+                self.patience.observe(self._clock() - ticket.arrived)  # its client left
             if kind == PUSHBACK:
                 self._n_push += 1
             elif kind == TIMEOUT:
@@ -441,6 +513,10 @@ class AdmissionGate:
                 rekeyed[key] = lane
             self._lanes[p] = rekeyed
 
+    def _queued_by_priority(self) -> list[int]:
+        q = self._queued_level
+        return [sum(q[p * _TIERS : (p + 1) * _TIERS]) for p in range(_N_PRIO)]
+
     def _n_buckets(self) -> int:
         return len(self._callers) - self._n_known
 
@@ -448,7 +524,7 @@ class AdmissionGate:
         now = self._clock()
         if self._draining:
             return self._refuse(t, c, "draining", now)
-        if c.bookings and self.pacer.redeem(c.index, now):
+        if c.bookings and self.pacer.redeem(c.index, t.fingerprint, now):
             t.solicited = True
             self.metrics.slots_redeemed.inc()
         elif t.is_retry:
@@ -472,6 +548,8 @@ class AdmissionGate:
         if decision == _ADMIT:
             if t.origin_region is not None:
                 self.metrics.spillover_served.inc()
+            elif not t.is_retry and not t.solicited and self._fresh_tokens >= 1.0:
+                self._fresh_tokens -= 1.0  # fresh arrivals use their share directly too
             self._take(t, c)
             return None
         if decision == _REFUSE:
@@ -523,30 +601,50 @@ class AdmissionGate:
         if short and c.in_flight >= c.cap:
             return _REFUSE, "caller-cap", 0.0, False
         full_reason = "outage" if mode is Mode.OUTAGE else "overload"
-        max_wait = self.config.queue.normal_max_wait if short else self.config.queue.max_wait
-        budget = min(max_wait, remaining - self._expected_latency)
-        if budget <= 0:
+        wait = self.config.queue.normal_max_wait if short else self.config.queue.max_wait
+        by_deadline = False
+        if remaining - self._expected_latency < wait:
+            wait = remaining - self._expected_latency
+            by_deadline = True
+        if d is None:
+            # No deadline sent: the client still has one. Answer (with a paced Retry-After)
+            # before its learnt patience runs out rather than let it time out on its own.
+            implicit = t.arrived + self._patience - now - self._margin - self._expected_latency
+            if implicit < wait:
+                wait = implicit
+        if wait <= 0:
             return _REFUSE, full_reason, 0.0, False
-        if mode is not Mode.OUTAGE and self._estimate_wait(c, t.priority) > budget:
+        # Refuse now if the wait would run out anyway, when the pace is known well enough
+        # to say so; otherwise the waiter is answered when its wait runs out. A solicited
+        # return is always given its chance: it comes first in its lane.
+        if (
+            (self._pace_known or short)
+            and not t.solicited
+            and mode is not Mode.OUTAGE
+            and self._estimate_wait(c, self._level(t, c, take=False), now) > wait
+        ):
             return _REFUSE, full_reason, 0.0, False
-        if max_wait <= remaining - self._expected_latency:
-            return _QUEUE, full_reason, now + max_wait, False
-        return _QUEUE, full_reason, now + remaining - self._expected_latency, True
+        return _QUEUE, full_reason, now + wait, by_deadline
 
-    def _estimate_wait(self, c: _Caller, priority: int) -> float:
-        """Expected wait for a new waiter of `c` at `priority`: its lane drains at its
-        weighted share of the learned pace, after everything of higher priority."""
+    def _estimate_wait(self, c: _Caller, level: int, now: float) -> float:
+        """Expected wait for a new waiter of `c` at `level`: its lane drains at its weighted
+        share of the learned pace, behind the waiters in front of it (none under adaptive
+        LIFO), after every level above."""
         pace = max(self._pace, 1e-3)
-        lane = self._lanes[priority].get(c.index)
-        ahead = len(lane) if lane is not None else 0
-        weights = self._active_weight[priority]
+        lane = self._lanes[level].get(c.index)
+        ahead = 0
+        if lane is not None and lane.waiters:
+            head = next(iter(lane.waiters.values()))
+            lifo = lane.lifo and 0 < self._lifo_after < now - head.enqueued
+            ahead = 0 if lifo else len(lane)
+        weights = self._active_weight[level]
         if lane is None or not lane.active:
             weights += c.weight
         rate = pace * c.weight / max(weights, c.weight)
         if c.cap < NO_CAP:
             latency = max(self.limiter.latency or self._expected_latency, 1e-3)
             rate = min(rate, c.cap / latency)
-        above = sum(self._queued_p[:priority])
+        above = sum(self._queued_level[:level])
         return (ahead + 1) / max(rate, 1e-3) + above / pace
 
     def _take(self, t: Ticket, c: _Caller) -> None:
@@ -573,11 +671,11 @@ class AdmissionGate:
             ms = math.ceil(sh.retry_after_max * 1000)  # it will be refused again: come late
         else:
             not_before = self.modes.shield_until if reason == "shield" else 0.0
-            before = self.pacer.total
             baseline = self.rates.baseline or 0.0
-            ms = self.pacer.book(c.index, now, self._pace, baseline, self._queued, not_before)
-            if self.pacer.total > before:
-                self.metrics.slots_booked.inc()
+            ms = self.pacer.book(
+                c.index, now, self._book_pace, baseline, self._queued, not_before, t.fingerprint
+            )
+            self.metrics.slots_booked.inc()
             self._mode_backlog += 1
             if reason == "overload" or reason == "outage":
                 self._overloaded += 1
@@ -587,51 +685,70 @@ class AdmissionGate:
         return Refusal("overload", self._overload_status, 0)
 
     # --- queues ----------------------------------------------------------------------------
+    def _level(self, t: Ticket, c: _Caller, take: bool) -> int:
+        """The queue level of a ticket: its priority class, then its tier. A fresh arrival
+        gets the first tier while fresh arrivals stay within the baseline rate (`take`
+        spends the token)."""
+        if t.solicited:
+            tier = _TIER_SOLICITED
+        elif not t.is_retry and self._fresh_tokens >= 1.0:
+            tier = _TIER_FRESH
+            if take:
+                self._fresh_tokens -= 1.0
+        else:
+            tier = _TIER_REST
+        return t.priority * _TIERS + tier
+
     def _enqueue(
         self, t: Ticket, c: _Caller, now: float, expiry: float, by_deadline: bool, mode: Mode
     ) -> Refusal | Waiter:
-        if self._queued >= self.config.queue.max_size and not self._make_room(c, t.priority, now):
+        level = self._level(t, c, take=False)
+        if self._queued >= self.config.queue.max_size and not self._make_room(c, level, now):
             return self._refuse(t, c, "outage" if mode is Mode.OUTAGE else "overload", now)
-        p = t.priority
-        lanes = self._lanes[p]
+        level = self._level(t, c, take=True)
+        lanes = self._lanes[level]
         lane = lanes.get(c.index)
         if lane is None or lane.caller is not c:
-            lane = _Lane(c, p)
+            lane = _Lane(c, level)
             lanes[c.index] = lane
         self._seq += 1
         w = Waiter(self, t, lane, self._seq, now, expiry, by_deadline)
-        (lane.solicited if t.solicited else lane.fresh)[w.key] = w
+        lane.waiters[w.key] = w
         if not lane.active:
             lane.active = True
             lane.deficit = 0
-            self._active[p].append(lane)
-            self._active_weight[p] += c.weight
+            self._active[level].append(lane)
+            self._active_weight[level] += c.weight
         c.queued += 1
         self._queued += 1
-        self._queued_p[p] += 1
+        self._queued_level[level] += 1
         self._mode_backlog += 1
         heapq.heappush(self._heap, (expiry, w.key, w))
         if len(self._heap) > 2 * self._queued + 1024:
             self._compact_heap()
+        if mode is Mode.NORMAL and self._queued == self.config.recovery.enter_queue_depth:
+            # A backlog reopening upstream arrives faster than ticks: judge it now, so the
+            # rest of the wave is held for RECOVERY instead of shed by NORMAL's short queue.
+            self._evaluate(now)
         return w
 
-    def _make_room(self, c: _Caller, p: int, now: float) -> bool:
-        """Queue full: push out the newest fresh waiter of a lower priority, else of the
-        longest lane at this priority if it is longer than this caller's would be (fair: one
-        caller's burst cannot lock the others out). O(lanes), on the overloaded path only."""
-        mine = self._lanes[p].get(c.index)
+    def _make_room(self, c: _Caller, level: int, now: float) -> bool:
+        """Queue full: push out the newest waiter of a lower level (solicited returns are
+        never pushed out), else of the longest lane at this level if it is longer than this
+        caller's would be (fair: one caller's burst cannot lock the others out). O(lanes),
+        on the overloaded path only."""
+        mine = self._lanes[level].get(c.index)
         my_len = len(mine) if mine is not None else 0
         longest: _Lane | None = None
-        for lanes in reversed(self._lanes[p:]):
+        for lanes in reversed(self._lanes[level:]):
             for lane in lanes.values():
-                if lane.fresh and (longest is None or len(lane) > len(longest)):
+                if lane.waiters and lane.lifo and (longest is None or len(lane) > len(longest)):
                     longest = lane
-            if longest is not None and longest.priority > p:
-                break  # a lower class gives way first
-        if longest is None or (longest.priority == p and len(longest) <= my_len + 1):
+            if longest is not None and longest.level > level:
+                break  # a lower level gives way first
+        if longest is None or (longest.level == level and len(longest) <= my_len + 1):
             return False
-        w = longest.pop_newest_fresh()
-        assert w is not None
+        w = longest.pop_newest()
         self._unqueue(w)
         self._finish(w, REFUSED, self._refuse(w.ticket, w.caller, "overload", now), now)
         return True
@@ -641,15 +758,14 @@ class AdmissionGate:
         c = w.caller
         c.queued -= 1
         self._queued -= 1
-        self._queued_p[w.lane.priority] -= 1
+        self._queued_level[w.lane.level] -= 1
         if not self._queued:
             self._heap.clear()  # only stale (granted, refused, cancelled) entries are left
 
     def _remove(self, w: Waiter) -> None:
         """Take a waiting entry out of its lane in O(1)."""
         lane = w.lane
-        if lane.fresh.pop(w.key, None) is None:
-            lane.solicited.pop(w.key, None)
+        del lane.waiters[w.key]
         self._unqueue(w)
 
     def _finish(self, w: Waiter, state: int, result: Refusal | None, now: float) -> None:
@@ -659,8 +775,8 @@ class AdmissionGate:
     def _pick(self, now: float) -> Waiter | None:
         """Deficit round-robin: highest priority first, callers by weight, skipping callers
         at their cap. O(1) amortised; O(active lanes) when every waiter is capped."""
-        for p in range(_N_PRIO):
-            if not self._queued_p[p]:
+        for p in range(_N_LEVELS):
+            if not self._queued_level[p]:
                 continue
             active = self._active[p]
             skipped = 0
@@ -709,11 +825,15 @@ class AdmissionGate:
 
     def _expire(self, now: float) -> None:
         heap = self._heap
+        expired = []
         while heap and heap[0][0] <= now:
             _, _, w = heapq.heappop(heap)
-            if w.state != WAITING:
-                continue
-            self._remove(w)
+            if w.state == WAITING:
+                self._remove(w)
+                expired.append(w)
+        # Answered only once all are out of the queue, so each one's return is booked
+        # behind the others' (not behind a queue they are no longer in).
+        for w in expired:
             c = w.caller
             if w.by_deadline:
                 reason = "deadline"
@@ -734,7 +854,10 @@ class AdmissionGate:
         if w.state == WAITING:
             self._remove(w)
             w.state = CANCELLED
-            self.metrics.queue_wait.observe(max(0.0, self._clock() - w.enqueued))
+            now = self._clock()
+            self.metrics.queue_wait.observe(max(0.0, now - w.enqueued))
+            if w.ticket.deadline is None:
+                self.patience.observe(now - w.ticket.arrived)
         elif w.state == ADMITTED:
             w.state = CANCELLED
             self.release(w.ticket, _CANCELLED_OUTCOME)
@@ -746,10 +869,11 @@ class AdmissionGate:
             for lanes in self._lanes
             for lane in lanes.values()
             if not keep(lane.caller)
-            for w in (*lane.solicited.values(), *lane.fresh.values())
+            for w in lane.waiters.values()
         ]
         for w in victims:
             self._remove(w)
+        for w in victims:
             self._finish(w, REFUSED, self._refuse(w.ticket, w.caller, reason, now), now)
         return len(victims)
 
@@ -772,6 +896,11 @@ class AdmissionGate:
         fold counters into the signals, expire waiters, close a limiter window, age budgets
         and slots, evaluate the mode, release a batch, refresh gauges."""
         ok, lat_sum = self._n_ok, self._lat_sum
+        dt = now - self._last_tick
+        self._last_tick = now
+        if dt > 0:
+            self._throughput += _THROUGHPUT_ALPHA * (ok / dt - self._throughput)
+            self._fresh_tokens = min(self._fresh_burst, self._fresh_tokens + self._fresh_rate * dt)
         push, timeouts, broken = self._n_push, self._n_timeout, self._n_broken
         self._n_ok = self._n_push = self._n_timeout = self._n_broken = 0
         self._lat_sum = 0.0
@@ -783,17 +912,21 @@ class AdmissionGate:
         self._arrivals = self._retries = 0
         if self._overloaded or (self._queued and self.in_flight >= self._eff):
             self._saturated_ticks += 1
+            self._measure_capacity(now, ok)
             if self._saturated_ticks >= 2 and self._starting(now):
                 self._loaded_at_start = True  # remembered: dwell may not let us act yet
         else:
             self._saturated_ticks = 0
+            self._run_start = None
+            if self._capacity is not None and now - self._capacity_at > _CAPACITY_TTL:
+                self._capacity = None  # too old to trust: the backend may have changed
         self._overloaded = 0
 
         self._expire(now)
         mode = self.modes.state
         if self.limiter.tick(now, self.in_flight, mode in (Mode.NORMAL, Mode.RECOVERY)):
             self.metrics.limit.set(self.limiter.limit)
-        self._refresh_estimates()
+        self._refresh_estimates(now)
         self._measuring_since = self.limiter.measuring_since
         self.budgets.roll(now)
         if now - self._last_prune >= 1.0:
@@ -813,6 +946,28 @@ class AdmissionGate:
             self.metrics.batches.inc()
         self._update_gauges(now)
 
+    def _measure_capacity(self, now: float, ok: int) -> None:
+        """While waiters wait for a full limiter, goodput is what the backend can do: over
+        a run of such ticks it measures its capacity (what pacing and wait estimates need).
+        Not while the limit is held below the knee on purpose (slow start, re-measuring)."""
+        lim = self.limiter
+        if lim.slow_start or lim.probing:
+            self._run_start = None
+            return
+        if self._run_start is None:
+            self._run_start = now  # goodput counts from the next tick on
+            self._run_ok = 0.0
+            return
+        self._run_ok += ok
+        span = now - self._run_start
+        if span > _RUN_WINDOW:  # keep roughly the last few seconds
+            self._run_ok *= 0.5
+            self._run_start = now - span * 0.5
+            span *= 0.5
+        if span >= _RUN_MIN - 1e-9:
+            self._capacity = self._run_ok / span
+            self._capacity_at = now
+
     def _snapshot(self, now: float) -> Snapshot:
         return Snapshot(
             health=self.health.view(now),
@@ -823,6 +978,7 @@ class AdmissionGate:
             backlog=self._mode_backlog > 0,
             saturated=self._saturated_ticks >= 2 or self._loaded_at_start,
             limit_growing=self.limiter.growing(),
+            returns_ahead=self.pacer.next_free(now),
         )
 
     def _starting(self, now: float) -> bool:
@@ -836,11 +992,13 @@ class AdmissionGate:
         """Record an active health probe's result and re-evaluate the mode at once."""
         self.health.probe(ok)
         self._last_probe_ok = ok
+        self._evaluate(now)
+        self._pump(now)
+
+    def _evaluate(self, now: float) -> None:
         transition = self.modes.evaluate(self._snapshot(now), now)
         if transition is not None:
             self._on_transition(transition, now)
-            self._set_eff(now, batch=True)
-            self._pump(now)
 
     def _on_transition(self, tr: Transition, now: float) -> None:
         m = self.metrics
@@ -893,7 +1051,7 @@ class AdmissionGate:
     def _update_gauges(self, now: float) -> None:
         m = self.metrics
         m.limit.set(self.limiter.limit)
-        for gauge, n in zip(self._prio_gauges, self._queued_p, strict=True):
+        for gauge, n in zip(self._prio_gauges, self._queued_by_priority(), strict=True):
             gauge.set(n)
         floor = self.limiter.floor.value
         m.latency_floor.set(floor if floor is not None else 0.0)
@@ -988,10 +1146,7 @@ class AdmissionGate:
         self._set_eff(now, batch=True)
         if on:  # dry run admits everything, including what was waiting
             waiting = [
-                w
-                for lanes in self._lanes
-                for lane in lanes.values()
-                for w in (*lane.solicited.values(), *lane.fresh.values())
+                w for lanes in self._lanes for lane in lanes.values() for w in lane.waiters.values()
             ]
             for w in waiting:
                 self._remove(w)
@@ -1110,7 +1265,11 @@ class AdmissionGate:
             "queue": {
                 "total": self._queued,
                 "max": self.config.queue.max_size,
-                "by_priority": dict(zip(PRIORITY_CLASSES, self._queued_p, strict=True)),
+                "by_priority": dict(zip(PRIORITY_CLASSES, self._queued_by_priority(), strict=True)),
+                "by_tier": {
+                    name: sum(self._queued_level[tier::_TIERS])
+                    for tier, name in enumerate(("fresh", "solicited", "rest"))
+                },
                 "by_caller": by_caller,
             },
             "slots": {

@@ -13,10 +13,10 @@ In the spirit of Netflix's Gradient2 and Envoy's adaptive-concurrency gradient c
   (tolerance - 1) rounds of its workers, never more.
 - Pushback (429/503, timeouts) or broken answers past `backpressure_ratio` multiply the limit
   by `backoff`.
-- A healthy window whose concurrency reached half the limit grows it: by `growth` * sqrt(limit)
-  (Gradient2's queue headroom), or by `slow_start_factor` in slow start, which RECOVERY turns on
-  and the first sign of queueing or pushback turns off. A window that did not use half the limit
-  learns nothing about capacity, so the limit does not grow on idle traffic.
+- A healthy window whose concurrency reached half the limit grows it: by `growth` *
+  sqrt(limit) (Gradient2's queue headroom), or by `slow_start_factor` in slow start, which
+  RECOVERY turns on and the first sign of queueing or pushback turns off. A window that used
+  less learns nothing about capacity, so the limit does not grow on idle traffic.
 
 Nothing here states a backend capacity: `initial`, `floor` and `ceiling` only bound the search.
 """
@@ -35,6 +35,11 @@ _IDLE, _DRAINING, _MEASURING = 0, 1, 2
 _MAX_STRETCH = 4
 # Smoothing of the latency average used for the pace estimate.
 _LATENCY_ALPHA = 0.3
+# A window whose peak concurrency stayed below this share of the limit learned nothing about
+# capacity: the limit does not grow on it (as in Gradient2).
+_USED = 0.5
+# A cut for queueing is evidence of the knee for this many windows.
+_KNEE_MEMORY = 10
 # The limit counts as growing while its recent peak beats the earlier peak by this much.
 _GROWTH_MARGIN = 1.05
 
@@ -49,6 +54,8 @@ class Limiter:
         self.floor = LatencyFloor()
         self.latency: float | None = None  # smoothed mean latency of recent windows
         self.last_change = "initial"
+        self.knee_at: float | None = None  # last time queueing or pushback cut the limit
+        self._cooldown = False  # the window after a latency cut judges no second cut
         self._window_start = now
         self._ok = 0
         self._lat_sum = 0.0
@@ -130,6 +137,14 @@ class Limiter:
         items = list(h)
         return max(items[k:]) > _GROWTH_MARGIN * max(items[:k])
 
+    def at_knee(self, now: float) -> bool:
+        """True while the limit sits where the backend starts to queue (it was cut for
+        queueing or pushback lately, and is not ramping or re-measuring): concurrency at
+        this limit keeps the backend busy, so goodput now is its capacity."""
+        if self.knee_at is None or self.slow_start or self._stage != _IDLE:
+            return False
+        return now - self.knee_at <= _KNEE_MEMORY * self._window_length()
+
     def pace(self) -> float:
         """Requests per second the backend absorbs at the limit (Little's law), for pacing."""
         latency = self.latency or self.floor.value
@@ -199,7 +214,7 @@ class Limiter:
         n = self._ok + self._pushback + self._broken
         if n < cfg.min_samples:
             if overdue:
-                if self._peak * 2 < self.value:
+                if self._peak < _USED * self.value:
                     self.slow_start = False  # too little traffic to need a ramp
                 self._reset_window(now)
             return
@@ -212,6 +227,7 @@ class Limiter:
             self.value = max(float(cfg.floor), self.value * cfg.backoff)
             self.slow_start = False
             self.last_change = "backoff"
+            self.knee_at = now
         elif mean is not None:
             self.floor.observe(now, mean)
             self.latency = (
@@ -222,13 +238,28 @@ class Limiter:
             floor = self.floor.value
             assert floor is not None
             gradient = cfg.latency_tolerance * floor / mean
-            if gradient < 1.0:
+            if gradient < 1.0 and self._cooldown:
+                # Most answers in this window were sent before the last cut, at the old
+                # concurrency: they say nothing about the new limit. Judge the next window.
+                self._cooldown = False
+                self.last_change = "cooldown"
+            elif gradient < 1.0:
                 self.value = max(float(cfg.floor), self.value * max(0.5, gradient))
                 self.slow_start = False
                 self.last_change = "latency"
-            elif self._peak * 2 >= self.value:
+                self.knee_at = now
+                self._cooldown = True
+            elif self._peak >= _USED * self.value:
+                self._cooldown = False
                 if self.slow_start:
-                    self.value = min(float(cfg.ceiling), self.value * cfg.slow_start_factor)
+                    # Double while nothing queues (then the backend has at least this many
+                    # workers, so doubling keeps its queue within one round of them); once
+                    # queueing shows, jump straight to the estimated knee instead.
+                    ratio = mean / floor
+                    factor = cfg.slow_start_factor
+                    if ratio > LatencyFloor.CONFIRM:
+                        factor = min(factor, max(1.0, cfg.latency_tolerance / ratio))
+                    self.value = min(float(cfg.ceiling), self.value * factor)
                 else:
                     self.value = min(
                         float(cfg.ceiling), self.value + cfg.growth * math.sqrt(self.value)

@@ -162,6 +162,7 @@ class Snapshot:
     backlog: bool  # work was held or shed since the mode began
     saturated: bool  # the limit was reached with work waiting or shed for overload, lately
     limit_growing: bool
+    returns_ahead: float = 0.0  # seconds until the last booked return slot (0: none ahead)
 
 
 class ModeController:
@@ -232,6 +233,7 @@ class ModeController:
                 broken is None
                 and s.queue_depth <= cfg.recovery.exit_queue_depth
                 and not s.limit_growing
+                and s.returns_ahead <= 0.0  # the clients we told to come back are back
             )
             if not calm:
                 self._calm_since = None

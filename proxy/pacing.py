@@ -1,9 +1,12 @@
 """Paced Retry-After: tell shed clients when to come back so the next wave arrives flat.
 
-Return times are handed out from one cursor that advances by 1 / (return pace) per booking,
-where the return pace is the backend's learned pace minus the fresh traffic we expect (never
-below `min_return_share` of the pace). So returns land spread over the expected drain time at
-the rate the backend can take them, after the work already queued, in `slot` (100 ms) steps.
+Returns are booked in a calendar of one-second buckets, each holding as many returns as the
+return pace allows: the backend's pace minus the fresh traffic we expect (never below
+`min_return_share` of the pace). A booking takes the earliest bucket with room after the work
+already queued, and a place inside it spread at that pace, in `slot` (100 ms) steps. So
+returns land spread over the expected drain time at the rate the backend can take them; a
+bucket left with room (its pace was underestimated, or it is near) is filled before later
+ones, so the schedule does not drift away from the present when the estimate changes.
 
 Each booking is remembered for its caller as a window [slot - grace, latest - grace] where
 `latest` is when a client reading only the whole-second `Retry-After` would come back. A
@@ -19,24 +22,41 @@ from collections import deque
 
 from .config import SheddingConfig
 
-Booking = tuple[float, float]  # (window start, window end), monotonic seconds
+
+class Booking:
+    """One booked return: its caller, the request's fingerprint and when it may come back."""
+
+    __slots__ = ("caller", "end", "fingerprint", "live", "start")
+
+    def __init__(self, caller: int, fingerprint: int, start: float, end: float) -> None:
+        self.caller = caller
+        self.fingerprint = fingerprint
+        self.start = start
+        self.end = end
+        self.live = True  # False once redeemed or replaced
 
 
 class Pacer:
-    """Books return slots per caller and recognises callers coming back in them."""
+    """Books return slots per caller and recognises requests coming back in them."""
 
     def __init__(self, config: SheddingConfig, callers: int) -> None:
         self.config = config
+        # Per caller, in booking order (for expiry and for callers without fingerprints).
         self.bookings: list[deque[Booking]] = [deque() for _ in range(callers)]
-        self.total = 0  # bookings remembered, all callers
+        self._by_fp: dict[int, Booking] = {}  # the live booking of each request fingerprint
+        self._live = [0] * callers
+        self.total = 0  # live bookings, all callers
         self.booked = 0  # bookings made (counter, for status)
         self.redeemed = 0  # solicited returns recognised (counter)
         self.expired = 0  # bookings whose window passed unused (counter)
-        self._cursor = 0.0  # next free return time
+        self._last_due = 0.0  # the latest return time handed out
+        n = math.ceil(config.retry_after_max) + 2
+        self._occ = [0] * n  # returns booked per one-second bucket (calendar ring)
+        self._epoch = [-1] * n  # which absolute second each ring entry holds
 
     def next_free(self, now: float) -> float:
-        """Seconds until the next unbooked return time (0 when nothing is booked ahead)."""
-        return max(0.0, self._cursor - now)
+        """Seconds until the latest booked return (0 when none is ahead)."""
+        return max(0.0, self._last_due - now)
 
     def book(
         self,
@@ -46,9 +66,10 @@ class Pacer:
         fresh_rate: float,
         queued: int,
         not_before: float = 0.0,
+        fingerprint: int = 0,
         remember: bool = True,
     ) -> int:
-        """Book a return for `caller`; return the Retry-After in milliseconds.
+        """Book a return for `caller`'s request; return the Retry-After in milliseconds.
 
         `pace` is the backend's learned requests/s, `fresh_rate` the arrivals we expect
         regardless (the frozen baseline), `queued` the work already waiting in front.
@@ -56,53 +77,103 @@ class Pacer:
         """
         cfg = self.config
         return_pace = max(pace * cfg.min_return_share, pace - fresh_rate, 1e-3)
-        start = max(now + cfg.retry_after_min, now + queued / return_pace, not_before)
         latest = now + cfg.retry_after_max
-        at = max(self._cursor, start)
-        if at <= latest:
-            self._cursor = at + 1.0 / return_pace
-        else:
-            at = latest  # saturated: everyone past the horizon is told the maximum
+        start = max(now + max(cfg.retry_after_min, queued / return_pace), not_before)
+        at = self._take(start, latest, return_pace)
         slot = cfg.slot
         at = min(latest, math.ceil(at / slot - 1e-9) * slot)
         after = max(at - now, 0.0)
         after_ms = max(1, math.ceil(after * 1000.0 - 1e-6))  # 1.2000000001 s is 1200 ms
         self.booked += 1
+        self._last_due = max(self._last_due, at)
         if remember and self.total < cfg.max_bookings:
             header_s = max(1, math.ceil(after_ms / 1000))  # what a Retry-After-only client reads
             grace = cfg.slot_grace
-            self.bookings[caller].append((at - grace, now + max(after, header_s) + grace))
+            b = Booking(caller, fingerprint, at - grace, now + max(after, header_s) + grace)
+            if fingerprint:
+                old = self._by_fp.get(fingerprint)
+                if old is not None:
+                    self._kill(old)  # the request was told again: only the newest slot counts
+                self._by_fp[fingerprint] = b
+            self.bookings[caller].append(b)
+            self._live[caller] += 1
             self.total += 1
         return after_ms
 
-    def redeem(self, caller: int, now: float) -> bool:
-        """True (and the booking is used up) when `caller` is inside one of its slots."""
+    def _take(self, start: float, latest: float, return_pace: float) -> float:
+        """The earliest time at or after `start` in a bucket with room; `latest` when every
+        bucket up to the horizon is full (everyone past it is told the maximum)."""
+        n = len(self._occ)
+        second = int(start)
+        while second <= latest:
+            i = second % n
+            if self._epoch[i] != second:
+                self._epoch[i] = second
+                self._occ[i] = 0
+            taken = self._occ[i]
+            if taken < return_pace:
+                self._occ[i] = taken + 1
+                return min(latest, max(start, second + taken / return_pace))
+            second += 1
+        return latest
+
+    def _kill(self, b: Booking) -> None:
+        if b.live:
+            b.live = False
+            self._live[b.caller] -= 1
+            self.total -= 1
+            if b.fingerprint and self._by_fp.get(b.fingerprint) is b:
+                del self._by_fp[b.fingerprint]
+
+    def redeem(self, caller: int, fingerprint: int, now: float) -> bool:
+        """True (and the booking is used up) when this request is back inside its slot.
+
+        Matched by the request's fingerprint, so another request of the same caller cannot
+        take the slot; requests without a fingerprint match the caller's oldest open slot.
+        """
+        self._expire(caller, now)
+        if fingerprint:
+            b = self._by_fp.get(fingerprint)
+            if b is None or b.caller != caller or not b.start <= now <= b.end:
+                return False
+        else:
+            for b in self.bookings[caller]:
+                if b.live and b.fingerprint == 0:
+                    break
+            else:
+                return False
+            if b.start > now:
+                return False
+        self._kill(b)
+        self.redeemed += 1
+        return True
+
+    def _expire(self, caller: int, now: float) -> None:
         dq = self.bookings[caller]
-        while dq and dq[0][1] < now:
-            dq.popleft()
-            self.total -= 1
-            self.expired += 1
-        if dq and dq[0][0] <= now:
-            dq.popleft()
-            self.total -= 1
-            self.redeemed += 1
-            return True
-        return False
+        while dq and (not dq[0].live or dq[0].end < now):
+            b = dq.popleft()
+            if b.live:
+                self._kill(b)
+                self.expired += 1
 
     def prune(self, now: float) -> None:
         """Forget bookings whose window has passed (the gate's ticker calls this)."""
-        for dq in self.bookings:
-            while dq and dq[0][1] < now:
-                dq.popleft()
-                self.total -= 1
-                self.expired += 1
+        for caller, dq in enumerate(self.bookings):
+            if dq:
+                self._expire(caller, now)
 
     def by_caller(self) -> dict[int, int]:
-        """Bookings remembered per caller index (only callers with some)."""
-        return {i: len(dq) for i, dq in enumerate(self.bookings) if dq}
+        """Live bookings per caller index (only callers with some)."""
+        return {i: n for i, n in enumerate(self._live) if n}
 
     def reconfigure(self, config: SheddingConfig, callers: int) -> None:
         """New slot size, bounds and grace; bookings already made stay valid."""
         self.config = config
+        n = math.ceil(config.retry_after_max) + 2
+        if n != len(self._occ):
+            self._occ = [0] * n
+            self._epoch = [-1] * n
         if callers > len(self.bookings):
-            self.bookings.extend(deque() for _ in range(callers - len(self.bookings)))
+            extra = callers - len(self.bookings)
+            self.bookings.extend(deque() for _ in range(extra))
+            self._live.extend([0] * extra)

@@ -227,17 +227,70 @@ class ArrivalRate:
         return self.rate(now) / max(self.baseline, 1e-9)
 
 
+class Patience:
+    """How long clients that send no deadline wait before they give up.
+
+    Learnt from the ones that did give up (a waiter cancelled, a forwarded request whose
+    client left): a low quantile of their waits, so the gate answers the others (a paced
+    Retry-After) before they time out on their own. Until `min_samples` give-ups were seen,
+    the configured prior stands.
+    """
+
+    def __init__(
+        self, prior: float, capacity: int = 128, quantile: float = 0.1, min_samples: int = 16
+    ) -> None:
+        self.prior = prior
+        self.capacity = capacity
+        self.quantile = quantile
+        self.min_samples = min_samples
+        self._ring: list[float] = []
+        self._next = 0
+        self._value = prior
+        self._dirty = False
+
+    def set_prior(self, prior: float) -> None:
+        """A new configured prior (in force until enough give-ups were seen)."""
+        self.prior = prior
+        if len(self._ring) < self.min_samples:
+            self._value = prior
+
+    def observe(self, waited: float) -> None:
+        """A client without a deadline gave up after `waited` seconds."""
+        if len(self._ring) < self.capacity:
+            self._ring.append(waited)
+        else:
+            self._ring[self._next] = waited
+            self._next = (self._next + 1) % self.capacity
+        self._dirty = True
+
+    @property
+    def samples(self) -> int:
+        """Give-ups remembered."""
+        return len(self._ring)
+
+    def estimate(self) -> float:
+        """Seconds a deadline-less client is expected to wait (recomputed when new data)."""
+        if self._dirty:
+            self._dirty = False
+            if len(self._ring) >= self.min_samples:
+                ordered = sorted(self._ring)
+                self._value = ordered[int(self.quantile * (len(ordered) - 1))]
+        return self._value
+
+
 class LatencyFloor:
     """The backend's latency when it is not queueing: the limiter's yardstick.
 
     Fed with each window's *mean* latency (a per-sample minimum would be dragged down by the
-    odd fast answer and make a jittery backend look overloaded). It moves down at once, is
+    odd fast answer and make a jittery backend look overloaded). It moves down quickly, is
     *confirmed* whenever a window comes close to it, and moves up only through an explicit
     re-measurement (`reset_to`), never by drift: under constant load every window is queued,
     and letting the floor creep up to that would let the limit creep up with it.
     """
 
     CONFIRM = 1.1  # a window within 10 % of the floor confirms it
+    DESCENT = 0.25  # share of the way down a lower window moves it (one noisy window is not
+    # the floor: the minimum of noisy means is biased low, and a low floor starves the limit)
 
     def __init__(self) -> None:
         self.value: float | None = None
@@ -245,8 +298,11 @@ class LatencyFloor:
 
     def observe(self, now: float, mean: float) -> None:
         """A window's mean latency (from enough samples to mean something)."""
-        if self.value is None or mean < self.value:
+        if self.value is None:
             self.value = mean
+            self.confirmed_at = now
+        elif mean < self.value:
+            self.value += self.DESCENT * (mean - self.value)
             self.confirmed_at = now
         elif mean <= self.value * self.CONFIRM:
             self.confirmed_at = now

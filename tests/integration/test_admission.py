@@ -47,9 +47,7 @@ def gate(server: Server) -> AdmissionGate:
     return g
 
 
-@pytest.mark.parametrize(
-    ("policy", "expected"), [("refuse", 503), ("spare", 200), ("allow", 200)]
-)
+@pytest.mark.parametrize(("policy", "expected"), [("refuse", 503), ("spare", 200), ("allow", 200)])
 async def test_spillover_policies(
     backend: EchoBackend, client: aiohttp.ClientSession, policy: str, expected: int
 ) -> None:

@@ -159,7 +159,7 @@ def test_queued_request_is_answered_before_its_deadline() -> None:
 def test_learned_latency_raises_the_bar_for_deadlines() -> None:
     h = Harness()
     h.gate.limiter.floor.reset_to(h.clock.now, 0.5)  # the backend needs ~500 ms
-    h.gate._refresh_estimates()
+    h.gate._refresh_estimates(h.clock.now)
     assert refusal(h.gate.admit(h.ticket(timeout=0.4))).reason == "deadline"
     assert h.gate.admit(h.ticket(timeout=0.6)) is None
 
@@ -568,7 +568,7 @@ def test_connect_failures_mean_outage_and_arrivals_are_held() -> None:
 
 
 def test_held_requests_are_answered_by_their_deadline_or_max_wait() -> None:
-    h = Harness({"queue": {"max_wait": "5s"}})
+    h = Harness({"queue": {"max_wait": "5s", "patience": "10s"}})
     h.clock.advance(3)
     feed(h, error("connect"), 20)
     h.tick(0.1)
@@ -584,6 +584,34 @@ def test_held_requests_are_answered_by_their_deadline_or_max_wait() -> None:
         h.tick(0.1)
     r = refusal(long.result)
     assert (r.reason, r.status) == ("outage", 503)
+
+
+def test_requests_without_a_deadline_are_answered_before_the_clients_patience() -> None:
+    h = Harness({"queue": {"max_wait": "30s", "patience": "1s"}})
+    recovery(h)
+    fill(h, 4)
+    w = waiter(h.gate.admit(h.ticket()))
+    assert w.expiry == pytest.approx(h.clock.now + 1.0 - 0.05)  # patience - margin
+    for _ in range(10):
+        h.tick(0.1)
+    r = refusal(w.result)
+    assert (r.reason, r.status) == ("overload", 503)  # not "deadline": none was sent
+
+
+def test_patience_is_learnt_from_clients_that_gave_up() -> None:
+    h = Harness({"queue": {"max_wait": "30s", "patience": "5s"}})
+    recovery(h)
+    fill(h, 4)
+    for _ in range(20):  # clients leave after 400 ms of waiting
+        w = waiter(h.gate.admit(h.ticket()))
+        h.clock.advance(0.4)
+        w.cancel()
+    h.tick(0.01)
+    assert h.gate.patience.estimate() == pytest.approx(0.4)
+    w = waiter(h.gate.admit(h.ticket()))
+    assert w.expiry - h.clock.now == pytest.approx(0.35)  # answered before they would leave
+    timed = waiter(h.gate.admit(h.ticket(timeout=3.0)))
+    assert timed.expiry - h.clock.now == pytest.approx(2.95)  # a stated deadline is believed
 
 
 def test_overload_without_outage_stays_normal_and_shrinks_the_limit() -> None:
@@ -609,7 +637,10 @@ def test_restart_under_load_starts_slow() -> None:
 
 def test_queue_depth_enters_recovery_and_calm_returns_to_normal() -> None:
     h = Harness(
-        {"recovery": {"enter_queue_depth": 5, "hold": "2s"}, "queue": {"normal_max_wait": "5s"}}
+        {
+            "recovery": {"enter_queue_depth": 5, "hold": "2s"},
+            "queue": {"normal_max_wait": "5s", "patience": "10s"},
+        }
     )
     tickets = fill(h, 4)
     waiters = [waiter(h.gate.admit(h.ticket())) for _ in range(6)]

@@ -156,7 +156,7 @@ class GateMachine(RuleBasedStateMachine):
         for c in g._callers:
             assert c.in_flight == per_caller.get(c.index, 0)
         assert g._queued == len(self.waiting) <= MAX_QUEUE
-        assert sum(g._queued_p) == g._queued
+        assert sum(g._queued_level) == g._queued
         assert sum(len(lane) for lanes in g._lanes for lane in lanes.values()) == g._queued
 
     @invariant()

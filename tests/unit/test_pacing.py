@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from proxy.config import SheddingConfig
 from proxy.pacing import Pacer
 
@@ -65,44 +67,69 @@ def test_horizon_is_capped_at_retry_after_max() -> None:
     assert ms.count(5000) > 100  # saturated: the rest are told the maximum
 
 
-def test_the_cursor_moves_with_time() -> None:
+def test_the_calendar_moves_with_time_and_fills_gaps() -> None:
     p = pacer()
-    p.book(0, 0.0, pace=10.0, fresh_rate=0.0, queued=0)
-    assert p.next_free(0.0) > 1.0
-    assert p.book(0, 100.0, pace=10.0, fresh_rate=0.0, queued=0) == 1000
+    for _ in range(30):
+        p.book(0, 0.0, pace=10.0, fresh_rate=0.0, queued=0)  # 10/s: seconds 1, 2 and 3
+    assert p.next_free(0.0) == pytest.approx(3.9)
+    assert p.book(0, 100.0, pace=10.0, fresh_rate=0.0, queued=0) == 1000  # long past: free
+    # A faster pace later finds room in buckets booked at a slower one.
+    q = pacer()
+    slow = [q.book(0, 0.0, pace=5.0, fresh_rate=0.0, queued=0) for _ in range(10)]
+    assert max(slow) == 2800
+    fast = q.book(0, 0.0, pace=20.0, fresh_rate=0.0, queued=0)
+    assert fast < max(slow)
 
 
 def test_redeem_inside_the_booked_window_once() -> None:
     p = pacer()
-    ms = p.book(2, 0.0, pace=100.0, fresh_rate=0.0, queued=0)
+    ms = p.book(2, 0.0, pace=100.0, fresh_rate=0.0, queued=0, fingerprint=77)
     assert ms == 1000
-    assert not p.redeem(2, 0.5)  # too early
-    assert not p.redeem(1, 1.0)  # another caller's slot
-    assert p.redeem(2, 0.9)  # within grace before the slot
-    assert not p.redeem(2, 1.0)  # used up
+    assert not p.redeem(2, 77, 0.5)  # too early
+    assert not p.redeem(1, 77, 1.0)  # another caller
+    assert not p.redeem(2, 78, 1.0)  # another request of the same caller
+    assert p.redeem(2, 77, 0.9)  # within grace before the slot
+    assert not p.redeem(2, 77, 1.0)  # used up
     assert (p.redeemed, p.total) == (1, 0)
+
+
+def test_without_fingerprints_the_callers_oldest_slot_counts() -> None:
+    p = pacer()
+    p.book(2, 0.0, pace=100.0, fresh_rate=0.0, queued=0)
+    p.book(2, 0.0, pace=100.0, fresh_rate=0.0, queued=0)
+    assert p.redeem(2, 0, 1.0) and p.redeem(2, 0, 1.05)
+    assert not p.redeem(2, 0, 1.1)
+
+
+def test_a_request_told_twice_keeps_only_its_newest_slot() -> None:
+    p = pacer()
+    p.book(0, 0.0, pace=100.0, fresh_rate=0.0, queued=0, fingerprint=5)
+    p.book(0, 0.5, pace=100.0, fresh_rate=0.0, queued=0, fingerprint=5)
+    assert p.total == 1
+    assert not p.redeem(0, 5, 1.0)  # the first slot no longer holds
+    assert p.redeem(0, 5, 1.5)
 
 
 def test_a_retry_after_only_client_is_recognised_at_the_whole_second() -> None:
     p = pacer()
-    for _ in range(150):
-        p.book(0, 0.0, pace=100.0, fresh_rate=0.0, queued=0)
+    for i in range(150):
+        p.book(0, 0.0, pace=100.0, fresh_rate=0.0, queued=0, fingerprint=i + 1)
     # The last booking says 2.5 s: Retry-After says 3 s; a client reading only that comes at 3.
-    assert p.redeem(0, math.ceil(2.5) + 0.1)
+    assert p.redeem(0, 150, math.ceil(2.5) + 0.1)
 
 
 def test_expired_bookings_are_forgotten() -> None:
     p = pacer()
-    for _ in range(5):
-        p.book(0, 0.0, pace=100.0, fresh_rate=0.0, queued=0)
+    for i in range(5):
+        p.book(0, 0.0, pace=100.0, fresh_rate=0.0, queued=0, fingerprint=i + 1)
     assert p.total == 5 and p.by_caller() == {0: 5}
     p.prune(10.0)
     assert p.total == 0 and p.expired == 5 and p.by_caller() == {}
-    assert not p.redeem(0, 10.0)
+    assert not p.redeem(0, 1, 10.0)
 
 
 def test_bookings_are_bounded() -> None:
     p = pacer(max_bookings=10)
-    for _ in range(50):
-        assert p.book(0, 0.0, pace=100.0, fresh_rate=0.0, queued=0) >= 1000
+    for i in range(50):
+        assert p.book(0, 0.0, pace=100.0, fresh_rate=0.0, queued=0, fingerprint=i + 1) >= 1000
     assert p.total == 10 and p.booked == 50

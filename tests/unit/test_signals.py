@@ -116,13 +116,16 @@ def test_no_baseline_means_no_surge() -> None:
     assert r.surge_ratio(0.5) == 0.0
 
 
-def test_latency_floor_moves_down_at_once_and_up_only_by_reset() -> None:
+def test_latency_floor_moves_down_quickly_and_up_only_by_reset() -> None:
     f = LatencyFloor()
     f.observe(0.0, 0.050)
-    f.observe(1.0, 0.040)
-    assert f.value == 0.040
+    f.observe(0.5, 0.030)  # one low window moves it only part of the way (noise)
+    assert 0.030 < (f.value or 0) < 0.050
+    for _ in range(20):
+        f.observe(1.0, 0.040)
+    assert f.value == pytest.approx(0.040, abs=1e-4)
     f.observe(2.0, 0.200)  # a loaded window does not raise it
-    assert f.value == 0.040
+    assert f.value == pytest.approx(0.040, abs=1e-4)
     assert f.confirmed_at == 1.0
     f.observe(3.0, 0.043)  # within 10 %: confirms
     assert f.confirmed_at == 3.0
