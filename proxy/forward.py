@@ -7,11 +7,13 @@ truncated body can never look complete.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from .config import Config
 from .contracts import Outcome, Refusal, Ticket
@@ -51,8 +53,27 @@ _ERROR_REFUSALS = {
 }
 
 
-class RequestBodyTooLarge(Exception):
+class RequestBodyError(Exception):
+    """The client's request body failed; `status` is Sluice's answer (`bad-request`)."""
+
+    status = 400  # malformed (a broken chunk, a connection that lost its framing)
+
+
+class RequestBodyTooLarge(RequestBodyError):
     """The streamed request body passed `listen.max_body_size`."""
+
+    status = 413
+
+
+class RequestBodyStalled(RequestBodyError):
+    """No request-body bytes for the upstream read timeout: the client holds a slot idle."""
+
+    status = 408
+
+
+class BrokenRequestBody(RequestPayloadError):
+    """Set on a request body that will never be read to its end (it stalled, or its framing
+    broke), so aiohttp does not linger reading it after the answer but closes at once."""
 
 
 def refusal_response(refusal: Refusal, request_id: str | None) -> web.Response:
@@ -71,29 +92,44 @@ def refusal_response(refusal: Refusal, request_id: str | None) -> web.Response:
 class BodyStream:
     """The client's request body as an async iterator, counted as it passes.
 
-    aiohttp's `client_max_size` does not see a streamed body, so the limit is enforced here;
-    `too_large` tells the caller why the upstream send failed.
+    aiohttp's `client_max_size` does not see a streamed body, so the limit is enforced here.
+    A client that stops sending for `gap` seconds, or whose body breaks its framing, would
+    otherwise hold an upstream slot for as long as it likes (aiohttp's and our upstream
+    timeouts only time the answer). `failed` tells the caller why the upstream send failed.
     """
 
-    __slots__ = ("_content", "limit", "too_large", "total")
+    __slots__ = ("_content", "failed", "gap", "limit", "total")
 
-    def __init__(self, request: web.Request, limit: int) -> None:
+    def __init__(self, request: web.Request, limit: int, gap: float) -> None:
         self._content = request.content
         self.limit = limit
+        self.gap = gap
         self.total = 0
-        self.too_large = False
+        self.failed: RequestBodyError | None = None
 
     def __aiter__(self) -> BodyStream:
         return self
 
     async def __anext__(self) -> bytes:
-        chunk = await self._content.readany()
+        content = self._content
+        try:
+            chunk = content.read_nowait()  # what has arrived already: no timer needed
+            if not chunk and not content.is_eof():
+                async with asyncio.timeout(self.gap):
+                    chunk = await content.readany()
+        except TimeoutError:
+            self.failed = RequestBodyStalled(f"no request body bytes for {self.gap:g}s")
+            content.set_exception(BrokenRequestBody(str(self.failed)))
+            raise self.failed from None
+        except RequestPayloadError as exc:
+            self.failed = RequestBodyError(f"malformed request body: {exc}")
+            raise self.failed from None
         if not chunk:
             raise StopAsyncIteration
         self.total += len(chunk)
         if self.limit and self.total > self.limit:
-            self.too_large = True
-            raise RequestBodyTooLarge(f"request body over {self.limit} bytes")
+            self.failed = RequestBodyTooLarge(f"request body over {self.limit} bytes")
+            raise self.failed
         return chunk
 
 
@@ -134,7 +170,9 @@ class Forwarder:
         else:  # absent, or unusable and so treated as absent: the upstream must not see it
             headers.popall(config.headers.request_timeout_ms, None)
 
-        body = BodyStream(request, config.listen.max_body_size) if request.body_exists else None
+        body = None
+        if request.body_exists:
+            body = BodyStream(request, config.listen.max_body_size, timeout)
 
         metrics = self.metrics
         started = time.monotonic()
@@ -142,12 +180,16 @@ class Forwarder:
             upstream = await self.client.send(
                 UpstreamRequest(request.method, request.raw_path, headers, body, timeout)
             )
-        except (UpstreamError, RequestBodyTooLarge) as exc:
+        except (UpstreamError, RequestBodyError) as exc:
             outcome.latency = time.monotonic() - started
-            if body is not None and body.too_large:
+            if body is not None and body.failed is not None:
                 outcome.error = "cancelled"  # the client's fault, not the upstream's
                 metrics.refused["bad-request"].inc()
-                return refusal_response(Refusal("bad-request", 413, 0), ticket.request_id)
+                resp = refusal_response(
+                    Refusal("bad-request", body.failed.status, 0), ticket.request_id
+                )
+                resp.force_close()  # the rest of the body is not worth reading
+                return resp
             assert isinstance(exc, UpstreamError)
             outcome.error = exc.kind
             metrics.upstream_error[exc.kind].inc()

@@ -47,7 +47,7 @@ from prometheus_client import Counter
 from .classify import InvalidHeaderCounter
 from .config import ListenConfig
 from .contracts import Refusal
-from .forward import refusal_response
+from .forward import BrokenRequestBody, refusal_response
 from .metrics import Metrics
 
 log = logging.getLogger("sluice.guard")
@@ -288,6 +288,7 @@ class GuardedRequestHandler(RequestHandler):
         for i in range(max(0, n - parsed), n):
             message, payload = messages[i]
             if isinstance(message, _ErrInfo):
+                self._fail_open_bodies(message)
                 continue
             if (
                 message.version is HttpVersion11
@@ -302,6 +303,34 @@ class GuardedRequestHandler(RequestHandler):
             else:
                 kind, detail = screened
                 messages[i] = (_ErrInfo(400, BadHttpMessage(detail), kind), payload)
+
+    def _fail_open_bodies(self, error: _ErrInfo) -> None:
+        """A parse error while a request body is still open (a broken chunk, say) happened
+        inside that body, and nothing more will ever be fed to it: fail it now, or the
+        request (and its upstream slot) waits for bytes that cannot come."""
+        exc = BrokenRequestBody(f"request body broken: {error.exc}")
+        open_bodies = [p for m, p in self._messages if not isinstance(m, _ErrInfo)]
+        if self._current_request is not None:
+            open_bodies.append(self._current_request.content)
+        failed = 0
+        for payload in open_bodies:
+            if not payload.is_eof():
+                payload.set_exception(exc)
+                failed += 1
+        if failed:
+            # That request is answered 400 and the connection closed, so the queued error
+            # is never answered on its own: count it here.
+            kind, _ = classify_parse_error(error.exc, self._guard.listen())
+            peer = self.transport.get_extra_info("peername") if self.transport else None
+            self._guard.count(kind, peer, f"inside a request body: {error.exc}")
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        # After answering a broken body, aiohttp's lingering read meets the error set above
+        # and logs it as unhandled (a traceback per attack): it was handled, and counted.
+        if isinstance(kw.get("exc_info"), BrokenRequestBody):
+            log.debug("broken request body, connection closed")
+            return
+        super().log_exception(*args, **kw)
 
     # --- answers to bad input -------------------------------------------------------------
     def handle_error(

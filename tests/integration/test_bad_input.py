@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.lifecycle import Server
-from tests.support import EchoBackend, running_backend, running_sluice, sluice_config
+from tests.support import EchoBackend, running_backend, running_sluice, sluice_config, wait_for
 
 LIMITS = {
     "host": "127.0.0.1",
@@ -486,3 +486,53 @@ async def test_random_caller_ids_leave_labels_and_caches_bounded(backend: EchoBa
     assert after == before
     assert not any(caller in text for caller in ids[:200])
     assert len(backend.requests) == 5000
+
+
+# --- request bodies that would hold an upstream slot ------------------------------------------
+@pytest.fixture
+async def strict_body(backend: EchoBackend) -> AsyncIterator[Server]:
+    config = sluice_config(
+        backend.url, listen=LIMITS, upstream={"url": backend.url, "read_timeout": "300ms"}
+    )
+    async with running_sluice(config) as server:
+        yield server
+
+
+async def test_broken_chunk_inside_a_body_is_400_and_frees_the_slot(
+    strict_body: Server, backend: EchoBackend
+) -> None:
+    # Without the guard the parse error waits behind the request whose body it broke, and
+    # that request waits for body bytes that can never come: a slot held forever.
+    reader, writer = await asyncio.open_connection("127.0.0.1", strict_body.proxy_port)
+    try:
+        writer.write(
+            b"POST /echo/broken HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n"
+        )
+        await wait_for(lambda: strict_body.sluice.in_flight == 1)
+        writer.write(b"zz\r\nnot a chunk\r\n0\r\n\r\n")
+        reply = await asyncio.wait_for(read_reply(reader), 10)
+        assert await read_to_close(reader) == b""
+    finally:
+        writer.close()
+    assert_bad_request(reply, 400)
+    await wait_for(lambda: strict_body.sluice.in_flight == 0)
+    assert "/echo/broken" not in [r["path_qs"] for r in backend.requests]
+    assert sample(strict_body, "sluice_bad_input_total", kind="malformed") == 1
+
+
+async def test_request_body_stalling_past_the_read_timeout_is_408(
+    strict_body: Server, backend: EchoBackend
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", strict_body.proxy_port)
+    try:
+        writer.write(b"POST /echo/stalled HTTP/1.1\r\nHost: s\r\nContent-Length: 100\r\n\r\nhalf")
+        # ...and nothing more: the upstream waits for the rest, the client never sends it.
+        reply = await asyncio.wait_for(read_reply(reader), 10)
+        assert await read_to_close(reader) == b""
+    finally:
+        writer.close()
+    assert reply.status == 408
+    assert reply.headers["x-sluice-reason"] == "bad-request"
+    await wait_for(lambda: strict_body.sluice.in_flight == 0)
+    assert "/echo/stalled" not in [r["path_qs"] for r in backend.requests]
