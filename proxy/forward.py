@@ -203,12 +203,12 @@ class Forwarder:
         metrics.upstream_latency.observe(outcome.latency)
         metrics.forwarded.inc()
         try:
-            return await self._respond(request, upstream, ticket.request_id)
+            return await self._respond(request, upstream, ticket.request_id, timeout)
         finally:
             upstream.release()
 
     async def _respond(
-        self, request: web.Request, up: UpstreamResponse, request_id: str
+        self, request: web.Request, up: UpstreamResponse, request_id: str, gap: float
     ) -> web.StreamResponse:
         out_headers = strip_hop_by_hop(up.headers)
         length_text = out_headers.get("content-length")
@@ -246,11 +246,17 @@ class Forwarder:
         await resp.prepare(request)
         try:
             while chunk := await up.read_chunk():
-                await resp.write(chunk)
+                # A client that stops reading must not hold the slot (and the upstream
+                # connection) for as long as it likes: `gap` per write, as for the upstream.
+                async with asyncio.timeout(gap):
+                    await resp.write(chunk)
         except UpstreamError as exc:
             # Headers are gone: the only honest signal left is a broken connection.
             self.metrics.upstream_error[exc.kind].inc()
             _abort(request)
+            return resp
+        except TimeoutError:
+            _abort(request)  # the client stopped reading
             return resp
         await resp.write_eof()
         return resp

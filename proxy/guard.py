@@ -23,6 +23,12 @@ identity request:
   the framing is faulty), `CONNECT`, and WebSocket upgrades (Sluice strips `Upgrade`; after one,
   aiohttp stops parsing the connection as HTTP).
 
+* **bodies**: a parse error inside a request body (a broken chunk) is queued by aiohttp
+  behind the request it broke, which then waits for body bytes that can never come, holding
+  its upstream slot; the guard fails that body at once (the request is answered 400). Bodies
+  that merely stall, and clients that stop reading a streamed answer, are timed in
+  `forward.py` (408, and an aborted connection).
+
 The limits themselves (line, field, header count, keep-alive) are read from the config in
 force when a connection is accepted, so a reload applies them to new connections.
 """

@@ -536,3 +536,16 @@ async def test_request_body_stalling_past_the_read_timeout_is_408(
     assert reply.headers["x-sluice-reason"] == "bad-request"
     await wait_for(lambda: strict_body.sluice.in_flight == 0)
     assert "/echo/stalled" not in [r["path_qs"] for r in backend.requests]
+
+
+async def test_client_that_stops_reading_a_large_response_frees_the_slot(
+    strict_body: Server, backend: EchoBackend
+) -> None:
+    _reader, writer = await asyncio.open_connection("127.0.0.1", strict_body.proxy_port)
+    try:
+        writer.write(b"GET /big/50000000 HTTP/1.1\r\nHost: s\r\n\r\n")
+        await wait_for(lambda: strict_body.sluice.in_flight == 1)
+        # Never read: the socket buffers fill, the proxy's writes block... and time out.
+        await wait_for(lambda: strict_body.sluice.in_flight == 0, timeout=10)
+    finally:
+        writer.close()
