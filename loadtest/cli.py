@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from .procs import interrupt_on_termination
 from .profiles import PROFILE_NAMES
 from .runner import ARMS, ArmPlan, run_arm_sync
 from .scenario import ScenarioError, list_scenarios, load_scenario
@@ -143,6 +144,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m loadtest`."""
     args = _parser().parse_args(argv)
+    interrupt_on_termination()
     if args.command == "list":
         for name in list_scenarios():
             scenario, _ = load_scenario(name)
@@ -150,7 +152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name:16s} {summary}")
         return 0
     if args.command == "demo":
-        return demo(args.out, args.seed)
+        try:
+            return demo(args.out, args.seed)
+        except KeyboardInterrupt:
+            print("\ninterrupted; every process started for the run was stopped", file=sys.stderr)
+            return 130
     if not args.scenario:
         print("give --scenario NAME (or `demo` / `list`)", file=sys.stderr)
         return 2

@@ -36,8 +36,10 @@ from .profiles import Failure, Profile, is_retryable_status, make_profile, parse
 from .users import (
     Environment,
     HeadlessRunner,
+    HttpClient,
     LoadTestShape,
     OpenLoopUser,
+    Prepared,
     Result,
     StopUser,
     User,
@@ -118,6 +120,8 @@ class FleetState:
     rate_cap: RateCap | None = None
     t_release: float | None = None
     dropped_arrivals: int = 0
+    prepared: list[Prepared] = field(default_factory=list)
+    release_written: float | None = None
 
     def __post_init__(self) -> None:
         self.retry_rng = random.Random(f"{self.spec.seed}:retries")
@@ -144,74 +148,102 @@ def outcome_code(result: Result) -> str:
     return f"{resp.status} {reason}"
 
 
-async def run_workflow(user: User, state: FleetState, kind: int, region: str, t0: float) -> None:
-    """One workflow: attempts per the profile until a 200, a non-retryable answer or the end."""
-    spec = state.spec
-    profile = state.profile
-    rng = user.rng
-    wf_id = len(state.workflows)
-    caller_idx = rng.choices(range(len(state.caller_names)), state.caller_weights)[0]
-    caller = state.caller_names[caller_idx]
-    resource = RESOURCES[wf_id % len(RESOURCES)]
-    client_id = f"{rng.getrandbits(64):016x}"
-    path = f"{TOKEN_PATH}&resource={resource}&client_id={client_id}"
-    home = region
-    regions = spec.regions
-    record: list[Any] = [wf_id, kind, regions.index(home), caller_idx, round(t0, 4), None, 0, 0]
-    state.workflows.append(record)
-    target = home
-    stay_home = False
-    name = "token (backlog)" if kind == KIND_BACKLOG else "token (fresh)"
-    for attempt in range(profile.retries + 1):
-        if state.rate_cap is not None:
-            await state.rate_cap.take()
-        headers = [("x-caller-id", caller), ("x-request-id", f"{wf_id:x}.{attempt}")]
-        headers.extend(profile.headers(attempt, spec.timeout))
-        if target != home:
-            headers.append(("x-origin-region", home))
-        result = await user.client.get(
-            path,
-            name=name,
-            headers=headers,
-            timeout=spec.timeout,
-            base_url=spec.targets[target],
-        )
-        code = outcome_code(result)
-        resp = result.response
-        ra = parse_retry_after(resp.headers) if resp is not None else None
-        state.attempts.append(
-            (
-                wf_id,
-                attempt,
-                regions.index(target),
-                round(result.started, 4),
-                round(result.finished, 4),
-                code,
-                None if ra is None else round(ra, 3),
+class Workflow:
+    """One workflow: a token fetched with the profile's retries, recorded for the analysis."""
+
+    def __init__(self, user: User, state: FleetState, kind: int, region: str, t0: float) -> None:
+        spec = state.spec
+        rng = user.rng
+        self.user = user
+        self.state = state
+        self.id = len(state.workflows)
+        self.caller_idx = rng.choices(range(len(state.caller_names)), state.caller_weights)[0]
+        self.caller = state.caller_names[self.caller_idx]
+        resource = RESOURCES[self.id % len(RESOURCES)]
+        client_id = f"{rng.getrandbits(64):016x}"
+        self.path = f"{TOKEN_PATH}&resource={resource}&client_id={client_id}"
+        self.home = region
+        self.name = "token (backlog)" if kind == KIND_BACKLOG else "token (fresh)"
+        home_idx = spec.regions.index(region)
+        # [id, kind, home, caller, intended start, end, ok, attempts] (see loadtest.analysis)
+        self.record: list[Any] = [self.id, kind, home_idx, self.caller_idx, round(t0, 4)]
+        self.record += [None, 0, 0]
+        state.workflows.append(self.record)
+
+    def headers(self, attempt: int, target: str) -> list[tuple[str, str]]:
+        """The DESIGN.md §4 headers of one attempt, as this profile sends them."""
+        out = [("x-caller-id", self.caller), ("x-request-id", f"{self.id:x}.{attempt}")]
+        out.extend(self.state.profile.headers(attempt, self.state.spec.timeout))
+        if target != self.home:
+            out.append(("x-origin-region", self.home))
+        return out
+
+    def set_start(self, t0: float) -> None:
+        """The intended start (a blocked workflow's is the release)."""
+        self.record[4] = round(t0, 4)
+
+    async def run(self, first: Prepared | None = None) -> None:
+        """Attempts until a 200, a non-retryable answer or the profile's last retry.
+
+        `first`, when given, is attempt 0 already written on its own connection (a release).
+        """
+        state = self.state
+        spec = state.spec
+        profile = state.profile
+        regions = spec.regions
+        client = self.user.client
+        record = self.record
+        target = self.home
+        stay_home = False
+        for attempt in range(profile.retries + 1):
+            if attempt == 0 and first is not None:
+                result = await client.complete(first, name=self.name, timeout=spec.timeout)
+            else:
+                if state.rate_cap is not None:
+                    await state.rate_cap.take()
+                result = await client.get(
+                    self.path,
+                    name=self.name,
+                    headers=self.headers(attempt, target),
+                    timeout=spec.timeout,
+                    base_url=spec.targets[target],
+                )
+            code = outcome_code(result)
+            resp = result.response
+            ra = parse_retry_after(resp.headers) if resp is not None else None
+            state.attempts.append(
+                (
+                    self.id,
+                    attempt,
+                    regions.index(target),
+                    round(result.started, 4),
+                    round(result.finished, 4),
+                    code,
+                    None if ra is None else round(ra, 3),
+                )
             )
-        )
-        record[7] = attempt + 1
-        if code == "200":
-            record[5] = round(result.finished, 4)
-            record[6] = 1
-            return
-        if result.error == "timeout":
-            failure = Failure.TIMEOUT
-        elif result.error is not None:
-            failure = Failure.CONNECT
-        elif is_retryable_status(result.status):
-            failure = Failure.STATUS
-        else:
-            break  # a 4xx other than 408/429: retrying will not help
-        if attempt == profile.retries:
-            break
-        if resp is not None and resp.headers.get("x-sluice-no-failover") == "1":
-            stay_home = True
-            target = home
-        elif spec.failover and not stay_home and len(regions) > 1:
-            target = regions[(regions.index(target) + 1) % len(regions)]
-        await asyncio.sleep(profile.delay(attempt, failure, ra, state.retry_rng))
-    record[5] = round(time.monotonic(), 4)
+            record[7] = attempt + 1
+            if code == "200":
+                record[5] = round(result.finished, 4)
+                record[6] = 1
+                return
+            if result.error == "timeout":
+                failure = Failure.TIMEOUT
+            elif result.error is not None:
+                failure = Failure.CONNECT
+            elif is_retryable_status(result.status):
+                failure = Failure.STATUS
+            else:
+                break  # a 4xx other than 408/429: retrying will not help
+            if attempt == profile.retries:
+                break
+            if resp is not None and resp.headers.get("x-sluice-no-failover") == "1":
+                stay_home = True
+                target = self.home
+            elif spec.failover and not stay_home and len(regions) > 1:
+                target = regions[(regions.index(target) + 1) % len(regions)]
+            await asyncio.sleep(profile.delay(attempt, failure, ra, state.retry_rng))
+        record[5] = round(time.monotonic(), 4)
 
 
 class FreshTraffic(OpenLoopUser):
@@ -229,7 +261,7 @@ class FreshTraffic(OpenLoopUser):
     async def get_token(self) -> None:
         """One fresh workflow, latency measured from its intended start."""
         t0 = intended_start.get() or time.monotonic()
-        await run_workflow(self, self.state, KIND_FRESH, self.region, t0)
+        await Workflow(self, self.state, KIND_FRESH, self.region, t0).run()
 
 
 class BlockedWorkflow(User):
@@ -239,17 +271,31 @@ class BlockedWorkflow(User):
     region: ClassVar[str] = ""
     state: ClassVar[FleetState]
 
+    workflow: Workflow
+    prepared: Prepared | None = None
+
     async def on_start(self) -> None:
-        """Open this workflow's connection ahead of the release (the release is then writes)."""
-        if self.state.spec.prewarm:
-            await self.environment.pool(self.state.spec.targets[self.region]).prewarm(1)
+        """Become a workflow and, with `prewarm`, open its connection and encode its first
+        request ahead of the release (so the release is a burst of writes, not of set-ups)."""
+        state = self.state
+        self.workflow = Workflow(self, state, KIND_BACKLOG, self.region, state.spec.t_end)
+        if state.spec.prewarm:
+            self.prepared = await self.client.prepare(
+                "GET",
+                self.workflow.path,
+                headers=self.workflow.headers(0, self.region),
+                base_url=state.spec.targets[self.region],
+            )
+            state.prepared.append(self.prepared)
 
     @task
     async def provision(self) -> None:
         """Wait for the dependency, get the token (with retries), done."""
-        await self.state.release.wait()
-        t0 = self.state.t_release or time.monotonic()
-        await run_workflow(self, self.state, KIND_BACKLOG, self.region, t0)
+        state = self.state
+        await state.release.wait()
+        self.workflow.set_start(state.t_release or time.monotonic())
+        first = self.prepared if self.prepared is not None and self.prepared.future else None
+        await self.workflow.run(first)
         raise StopUser
 
 
@@ -330,6 +376,10 @@ async def run_fleet(spec: FleetSpec) -> dict[str, Any]:
         assert spec.t_release is not None
         await _sleep_until(spec.t_release)
         state.t_release = time.monotonic()
+        # The reopening: every prepared first attempt written in one loop, then the wake-up.
+        for prepared in state.prepared:
+            HttpClient.fire(prepared)
+        state.release_written = time.monotonic()
         state.release.set()
 
     release_task = asyncio.create_task(release()) if spec.t_release is not None else None
@@ -349,6 +399,8 @@ async def run_fleet(spec: FleetSpec) -> dict[str, Any]:
     return {
         "t_started": started,
         "t_release": state.t_release,
+        "t_release_written": state.release_written,
+        "release_prepared": sum(1 for p in state.prepared if p.future is not None),
         "t_stopped": runner.stopped_at,
         "profile": profile.name,
         "workflows": state.workflows,

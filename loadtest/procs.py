@@ -7,6 +7,7 @@ leaves no orphans), its output in a log file, and is stopped by pid: SIGTERM, th
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import os
@@ -21,6 +22,25 @@ from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+_LIVE: set[ProcessGroup] = set()  # groups with children possibly running (atexit net)
+
+
+def _stop_live_groups() -> None:
+    for group in list(_LIVE):
+        group.stop_all(timeout=3.0)
+
+
+atexit.register(_stop_live_groups)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def interrupt_on_termination() -> None:
+    """Make SIGTERM and SIGHUP behave like Ctrl-C, so every teardown path runs."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
 
 
 def free_port() -> int:
@@ -126,10 +146,12 @@ class ProcessGroup:
             )
         child = Child(name, argv, log_path, popen)
         self.children.append(child)
+        _LIVE.add(self)
         return child
 
     def stop_all(self, timeout: float = 5.0) -> None:
         """SIGTERM every child still running (newest first), then SIGKILL the stragglers."""
+        _LIVE.discard(self)
         for child in reversed(self.children):
             if child.alive():
                 with contextlib.suppress(ProcessLookupError):

@@ -72,7 +72,7 @@ def header_line(r: dict[str, Any]) -> str:
         parts.append(f"regions {'/'.join(p['regions'])}, storm in {p['home']}")
         if p["failover"]:
             parts.append("clients fail over")
-    return " · ".join(parts)
+    return " · ".join(parts[:2]) + "\n" + " · ".join(parts[2:])
 
 
 def render_table(results: Sequence[dict[str, Any]]) -> str:
@@ -121,6 +121,10 @@ def render_table(results: Sequence[dict[str, Any]]) -> str:
     row(
         "backlog drain (\u00d7 N/(C\u2212λ₀))" + (f", bound {bound:.1f} s" if bound else ""),
         lambda r: _backlog_drain(r["backlog"]),
+    )
+    row(
+        "backlog released over (ms)",
+        lambda r: fmt_ms(r["backlog"]["release_spread_ms"]) if r["backlog"]["n"] else "—",
     )
     row(
         f"backlog open / its attempts, last {lw:g} s",
@@ -184,7 +188,7 @@ def render_table(results: Sequence[dict[str, Any]]) -> str:
             ),
         )
         row(
-            f"{o} requests from other regions (during)",
+            f"{o} backend: requests failed over to it (during)",
             lambda r: str(other(r)["foreign_arrivals_during"]),
         )
     rows.append(("answers, every attempt:", ["" for _ in results]))

@@ -306,6 +306,19 @@ def failure_text(result: Result) -> str | None:
     return None
 
 
+@dataclass(slots=True)
+class Prepared:
+    """A request encoded ahead of time on a connection of its own (see HttpClient.prepare)."""
+
+    pool: Pool
+    method: str
+    path: str
+    data: bytes
+    conn: Any = None
+    future: asyncio.Future[Response] | None = None
+    started: float = 0.0
+
+
 class HttpClient:
     """`self.client` of a user: GET/POST over the lean keep-alive pool, firing `request` events."""
 
@@ -341,6 +354,72 @@ class HttpClient:
             error = "timeout"
         except ConnectError:
             error = "connection"
+        return self._record(method, path, name, started, response, error, context)
+
+    async def get(self, path: str, **kwargs: Any) -> Result:
+        """GET `path` (see `request`)."""
+        return await self.request("GET", path, **kwargs)
+
+    # Bursts: prepare (encode + connect) ahead, `fire` many in one loop, then `complete` each.
+    async def prepare(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: Sequence[tuple[str, str]] = (),
+        base_url: str | None = None,
+    ) -> Prepared:
+        """Encode a request and open a connection for it, to be sent later by `fire`."""
+        pool = self._pool(base_url)
+        prepared = Prepared(pool, method, path, pool.encode(method, path, headers))
+        try:
+            prepared.conn = await pool.connect()
+        except ConnectError:
+            prepared.conn = None
+        return prepared
+
+    @staticmethod
+    def fire(prepared: Prepared) -> bool:
+        """Write a prepared request now, synchronously; False if its connection is unusable."""
+        if prepared.conn is None:
+            return False
+        prepared.started = time.monotonic()
+        prepared.future = prepared.pool.send_now(prepared.conn, prepared.data)
+        return prepared.future is not None
+
+    async def complete(
+        self,
+        prepared: Prepared,
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+        context: Any = None,
+    ) -> Result:
+        """Await a fired request's response (timeout counted from its send), firing events."""
+        assert prepared.future is not None, "fire() it first"
+        response: Response | None = None
+        error: str | None = None
+        left = None if timeout is None else timeout - (time.monotonic() - prepared.started)
+        try:
+            response = await prepared.pool.finish(prepared.conn, prepared.future, left)
+        except TimeoutError:
+            error = "timeout"
+        except ConnectError:
+            error = "connection"
+        return self._record(
+            prepared.method, prepared.path, name, prepared.started, response, error, context
+        )
+
+    def _record(
+        self,
+        method: str,
+        path: str,
+        name: str | None,
+        started: float,
+        response: Response | None,
+        error: str | None,
+        context: Any,
+    ) -> Result:
         result = Result(response, error, started, time.monotonic())
         self.environment.events.request.fire(
             request_type=method,
@@ -352,10 +431,6 @@ class HttpClient:
             context=context,
         )
         return result
-
-    async def get(self, path: str, **kwargs: Any) -> Result:
-        """GET `path` (see `request`)."""
-        return await self.request("GET", path, **kwargs)
 
 
 def _round_rt(ms: float) -> int:
@@ -455,7 +530,7 @@ class RequestStats:
         response_time: float,
         response_length: int,
         exception: str | None,
-        **_: Any,
+        **_ignored: Any,
     ) -> None:
         """Listener for `events.request`."""
         key = (request_type, name)
@@ -467,7 +542,7 @@ class RequestStats:
             fkey = (request_type, name, exception)
             self.failures[fkey] = self.failures.get(fkey, 0) + 1
             now = time.time()
-            first, _ = self.failure_seen.get(fkey, (now, now))
+            first, _last = self.failure_seen.get(fkey, (now, now))
             self.failure_seen[fkey] = (first, now)
 
     def total(self) -> StatsEntry:

@@ -288,3 +288,26 @@ async def test_stop_user_is_not_respawned(server: str) -> None:
         env.close()
     assert env.stats.entries[("GET", "once")].num_requests == 6
     assert runner.finished_users == 6
+
+
+async def test_prepared_requests_fire_in_one_burst(server: str) -> None:
+    class Burst(User):
+        host = server
+
+    env = Environment([Burst], seed=1)
+    user = Burst(env)
+    try:
+        prepared = [await user.client.prepare("GET", "/ok?sleep=0.05") for _ in range(50)]
+        t0 = time.monotonic()
+        assert all(user.client.fire(p) for p in prepared)
+        written = time.monotonic() - t0
+        results = [await user.client.complete(p, name="burst", timeout=2.0) for p in prepared]
+    finally:
+        env.close()
+    assert written < 0.05  # one loop of writes, no awaits in between
+    assert all(r.ok for r in results)
+    assert max(p.started for p in prepared) - min(p.started for p in prepared) < 0.05
+    assert env.stats.entries[("GET", "burst")].num_requests == 50
+    # A prepared request whose connection could not open is reported as unusable, not sent.
+    refused = await user.client.prepare("GET", "/", base_url="http://127.0.0.1:1")
+    assert refused.conn is None and not user.client.fire(refused)
