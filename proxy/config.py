@@ -238,7 +238,7 @@ class ModesConfig(Strict):
     )
     outage_exit_probes: int = Field(1, ge=1, description="consecutive good probes to leave")
     outage_trickle: int = Field(
-        1, ge=0, description="requests forwarded concurrently during OUTAGE (canaries)"
+        0, ge=0, description="requests forwarded concurrently during OUTAGE (canaries)"
     )
     shield_default_ttl: Duration = Field(600.0, gt=0)
     shield_max_ttl: Duration = Field(86400.0, gt=0)

@@ -399,7 +399,7 @@ class AdmissionGate:
         # Book returns optimistically while the limit is still ramping: a return that comes
         # early costs the backend nothing (it waits or is re-paced), one booked late leaves
         # capacity idle and lengthens the drain.
-        boost = lim.config.slow_start_factor if lim.slow_start and self._pace_known else 1.0
+        boost = lim.config.slow_start_factor if lim.slow_start or not self._pace_known else 1.0
         self._book_pace = self._pace * boost
         # Fresh arrivals up to the baseline rate (with headroom) go in the first tier.
         baseline = self.rates.baseline or 0.0
@@ -614,12 +614,11 @@ class AdmissionGate:
                 wait = implicit
         if wait <= 0:
             return _REFUSE, full_reason, 0.0, False
-        # Refuse now if the wait would run out anyway, when the pace is known well enough
-        # to say so; otherwise the waiter is answered when its wait runs out. A solicited
-        # return is always given its chance: it comes first in its lane.
+        # Refuse now if the wait would run out anyway (judged optimistically while the pace
+        # is only guessed: the waiter is answered when its wait runs out if that was
+        # wrong). A solicited return is always given its chance: it comes early in its lane.
         if (
-            (self._pace_known or short)
-            and not t.solicited
+            not t.solicited
             and mode is not Mode.OUTAGE
             and self._estimate_wait(c, self._level(t, c, take=False), now) > wait
         ):
@@ -630,7 +629,7 @@ class AdmissionGate:
         """Expected wait for a new waiter of `c` at `level`: its lane drains at its weighted
         share of the learned pace, behind the waiters in front of it (none under adaptive
         LIFO), after every level above."""
-        pace = max(self._pace, 1e-3)
+        pace = max(self._pace if self._pace_known else self._book_pace, 1e-3)
         lane = self._lanes[level].get(c.index)
         ahead = 0
         if lane is not None and lane.waiters:
@@ -671,6 +670,10 @@ class AdmissionGate:
             ms = math.ceil(sh.retry_after_max * 1000)  # it will be refused again: come late
         else:
             not_before = self.modes.shield_until if reason == "shield" else 0.0
+            if self.modes.state is Mode.OUTAGE:
+                # Nobody knows when the backend comes back: expect the outage to last about
+                # as long as it has so far, so retries are not burnt while it is down.
+                not_before = max(not_before, now + (now - self.modes.since))
             baseline = self.rates.baseline or 0.0
             ms = self.pacer.book(
                 c.index, now, self._book_pace, baseline, self._queued, not_before, t.fingerprint
@@ -949,9 +952,17 @@ class AdmissionGate:
     def _measure_capacity(self, now: float, ok: int) -> None:
         """While waiters wait for a full limiter, goodput is what the backend can do: over
         a run of such ticks it measures its capacity (what pacing and wait estimates need).
-        Not while the limit is held below the knee on purpose (slow start, re-measuring)."""
+        Not while something else holds concurrency below the knee on purpose (slow start,
+        re-measuring, a batch ramp, OUTAGE's trickle, SHIELD's allow-list)."""
         lim = self.limiter
-        if lim.slow_start or lim.probing:
+        mode = self.modes.state
+        if (
+            lim.slow_start
+            or lim.probing
+            or mode is Mode.OUTAGE
+            or mode is Mode.SHIELD
+            or self._eff < lim.limit  # a batch ramp, not the limiter, is what binds
+        ):
             self._run_start = None
             return
         if self._run_start is None:

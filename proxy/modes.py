@@ -245,10 +245,12 @@ class ModeController:
         if mode is Mode.NORMAL:
             return self._from_normal(s, now, broken)
         if mode is Mode.OUTAGE:
+            # Probes are the authority here: the outcome window only holds the few canaries
+            # of the trickle, and their failures before the backend came back are stale.
             recovered = h.probe_ok_streak >= cfg.modes.outage_exit_probes or (
                 h.ok >= cfg.modes.outage_exit_probes and h.broken == 0
             )
-            if recovered and broken != REASON_ERRORS:
+            if recovered:
                 detail = f"probes ok x{h.probe_ok_streak}, answers ok {h.ok}"
                 if s.backlog or s.queue_depth > 0:
                     return self.apply(Event.HEALTHY_BACKLOG, now, REASON_HEALTHY, detail)

@@ -17,8 +17,10 @@ it ahead of the caller's fresh arrivals and never charges it as a retry. Memory 
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
+from itertools import count
 
 from .config import SheddingConfig
 
@@ -44,6 +46,9 @@ class Pacer:
         # Per caller, in booking order (for expiry and for callers without fingerprints).
         self.bookings: list[deque[Booking]] = [deque() for _ in range(callers)]
         self._by_fp: dict[int, Booking] = {}  # the live booking of each request fingerprint
+        # Bookings of requests without a fingerprint, per caller, earliest slot first.
+        self._anon: list[list[tuple[float, int, Booking]]] = [[] for _ in range(callers)]
+        self._seq = count()
         self._live = [0] * callers
         self.total = 0  # live bookings, all callers
         self.booked = 0  # bookings made (counter, for status)
@@ -95,6 +100,8 @@ class Pacer:
                 if old is not None:
                     self._kill(old)  # the request was told again: only the newest slot counts
                 self._by_fp[fingerprint] = b
+            else:
+                heapq.heappush(self._anon[caller], (b.start, next(self._seq), b))
             self.bookings[caller].append(b)
             self._live[caller] += 1
             self.total += 1
@@ -110,10 +117,12 @@ class Pacer:
             if self._epoch[i] != second:
                 self._epoch[i] = second
                 self._occ[i] = 0
-            taken = self._occ[i]
-            if taken < return_pace:
-                self._occ[i] = taken + 1
-                return min(latest, max(start, second + taken / return_pace))
+            # Places inside a bucket are 1/pace apart; those before `start` are skipped (later
+            # bookings start later still, so they could not use them either).
+            place = max(self._occ[i], math.ceil((start - second) * return_pace - 1e-9))
+            if place < return_pace:
+                self._occ[i] = place + 1
+                return min(latest, second + place / return_pace)
             second += 1
         return latest
 
@@ -137,13 +146,14 @@ class Pacer:
             if b is None or b.caller != caller or not b.start <= now <= b.end:
                 return False
         else:
-            for b in self.bookings[caller]:
-                if b.live and b.fingerprint == 0:
-                    break
-            else:
+            # The caller's earliest open slot (gap filling means it need not be the oldest
+            # booking).
+            anon = self._anon[caller]
+            while anon and (not anon[0][2].live or anon[0][2].end < now):
+                heapq.heappop(anon)
+            if not anon or anon[0][0] > now:
                 return False
-            if b.start > now:
-                return False
+            b = heapq.heappop(anon)[2]
         self._kill(b)
         self.redeemed += 1
         return True
@@ -161,6 +171,10 @@ class Pacer:
         for caller, dq in enumerate(self.bookings):
             if dq:
                 self._expire(caller, now)
+            anon = self._anon[caller]
+            if len(anon) > 2 * self._live[caller] + 64:  # used or expired ones linger in it
+                self._anon[caller] = [e for e in anon if e[2].live]
+                heapq.heapify(self._anon[caller])
 
     def by_caller(self) -> dict[int, int]:
         """Live bookings per caller index (only callers with some)."""
@@ -176,4 +190,5 @@ class Pacer:
         if callers > len(self.bookings):
             extra = callers - len(self.bookings)
             self.bookings.extend(deque() for _ in range(extra))
+            self._anon.extend([] for _ in range(extra))
             self._live.extend([0] * extra)

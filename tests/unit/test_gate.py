@@ -115,8 +115,9 @@ def test_normal_sheds_at_once_when_the_wait_would_be_too_long() -> None:
     results = [h.gate.admit(h.ticket()) for _ in range(40)]
     queued = [r for r in results if isinstance(r, Waiter)]
     shed = [r for r in results if isinstance(r, Refusal)]
-    # Nothing measured yet: 4 slots at an assumed 100 ms is 40/s, so 250 ms holds ~10.
-    assert 5 <= len(queued) <= 15
+    # Nothing measured yet: 4 slots at an assumed 100 ms is 40/s, judged optimistically (x2)
+    # while only guessed, so 250 ms holds ~20.
+    assert 10 <= len(queued) <= 25
     assert shed and all(r.reason == "overload" for r in shed)
     assert results.index(shed[0]) == len(queued)  # the queue filled first, then shedding
 
@@ -463,9 +464,9 @@ def test_a_burst_larger_than_the_queue() -> None:
     assert len(shed) == 82 and {r.reason for r in shed} == {"overload"}
     assert h.gate._queued == 10
     # Paced: the shed are told to come back spread out at the backend's pace (400/s assumed
-    # before anything is measured: 40 slots / 100 ms), not all at once.
+    # before anything is measured, doubled while only guessed: 80 per 100 ms slot).
     per_slot = Counter(r.retry_after_ms for r in shed)
-    assert len(per_slot) > 1 and max(per_slot.values()) <= 40
+    assert len(per_slot) > 1 and max(per_slot.values()) <= 80
 
 
 def test_a_full_queue_makes_room_for_another_caller() -> None:
@@ -549,7 +550,7 @@ def feed(h: Harness, outcome_for: Any, n: int, caller: str = "orch") -> None:
 
 
 def test_connect_failures_mean_outage_and_arrivals_are_held() -> None:
-    h = Harness({"limiter": {"initial": 20, "ceiling": 64}})
+    h = Harness({"limiter": {"initial": 20, "ceiling": 64}, "modes": {"outage_trickle": 1}})
     h.clock.advance(3)  # past the initial dwell
     feed(h, error("connect"), 20)
     h.tick(0.1)
@@ -568,7 +569,7 @@ def test_connect_failures_mean_outage_and_arrivals_are_held() -> None:
 
 
 def test_held_requests_are_answered_by_their_deadline_or_max_wait() -> None:
-    h = Harness({"queue": {"max_wait": "5s", "patience": "10s"}})
+    h = Harness({"queue": {"max_wait": "5s", "patience": "10s"}, "modes": {"outage_trickle": 1}})
     h.clock.advance(3)
     feed(h, error("connect"), 20)
     h.tick(0.1)

@@ -226,10 +226,13 @@ def test_outage_with_queue_goes_to_recovery() -> None:
     assert tr is not None and tr.to_mode is Mode.RECOVERY
 
 
-def test_good_probe_does_not_end_outage_while_errors_continue() -> None:
+def test_in_outage_a_good_probe_outweighs_stale_canary_errors() -> None:
     mc = outage()
-    mixed = replace(CALM, health=health(ok=2, broken=30, probe_ok_streak=1))
+    mixed = replace(CALM, health=health(ok=0, broken=30, probe_ok_streak=0))
     assert mc.evaluate(mixed, T0 + 3) is None
+    probed = replace(CALM, health=health(ok=0, broken=30, probe_ok_streak=1))
+    tr = mc.evaluate(probed, T0 + 3)
+    assert tr is not None and tr.to_mode is Mode.NORMAL
 
 
 def test_outage_ends_on_good_canary_answers() -> None:
