@@ -27,7 +27,7 @@ from proxy.lifecycle import Server, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 # The gate the integration tests run with unless a test says otherwise.
-DEFAULT_PROTECTION = "off"
+DEFAULT_PROTECTION = "on"
 
 
 def free_port() -> int:
