@@ -26,6 +26,7 @@ from .scenario import Scenario
 
 LAG_LIMIT_MS = 20.0  # a run whose generator lag p99 passes this measures the generator
 FLEET_CPU_WARN = 0.7  # share of one core above which the generator is close to saturating
+MACHINE_BUSY_WARN = 1.8  # cores (of 2) busy over the run: other work competes for the CPU
 SETTLE = 2.0  # fresh workflows starting this close to the end are left out of ratios
 TIMELINE_BIN = 0.5
 
@@ -287,6 +288,12 @@ def analyze(run: RunData) -> dict[str, Any]:
     late = run.fleet.get("t_started", t_start) - t_start
     if late > 0.1:
         notes.append(f"generator started {late * 1000:.0f} ms late")
+    if run.machine_busy_cores is not None and run.machine_busy_cores > MACHINE_BUSY_WARN:
+        own = sum(run.cpu.values())
+        notes.append(
+            f"machine near saturation: {run.machine_busy_cores:.2f} cores busy, "
+            f"{own:.2f} of them this run's processes"
+        )
     fleet_cpu = run.cpu.get("fleet")
     if fleet_cpu is not None and fleet_cpu > FLEET_CPU_WARN:
         notes.append(f"generator used {fleet_cpu:.0%} of a core (close to saturating)")
