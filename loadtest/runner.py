@@ -13,6 +13,7 @@ import contextlib
 import os
 import secrets
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,8 +133,6 @@ async def check_proxy_config(path: Path) -> None:
 
 
 def _python() -> list[str]:
-    import sys
-
     return [sys.executable]
 
 
@@ -254,30 +253,25 @@ async def run_arm(plan: ArmPlan) -> RunData:
             ch.mark_cpu("start")
         own_start = _own_cpu()
         machine_start = machine_cpu()
-        outage_sent = False
-        probe_pools = {r: pool(p) for r, (p, _, _) in backends.items()}
-        probing_from = t_trigger + t.outage - 0.3
-        next_status = time.monotonic()
-        while time.monotonic() < t_end:
-            now = time.monotonic()
-            if not fleet.alive():
-                raise ArmUnavailable(f"the fleet exited early:\n{fleet.log_tail()}")
-            if sc.trigger == "outage" and not outage_sent and now >= t_trigger:
-                _, admin_pool, _ = backends[sc.home]
-                await _post_outage(admin_pool, t.outage)
-                outage_sent = True
-            if sc.trigger == "outage" and now >= probing_from:
-                # The harness's own probe, so every arm has a "first good probe" (t0).
-                with contextlib.suppress(TimeoutError, ConnectError):
-                    await probe_pools[sc.home].request("GET", "/healthz", timeout=0.5)
-            if proxies and now >= next_status:
-                next_status = now + STATUS_EVERY
-                for region, (admin_pool, _) in proxies.items():
-                    doc = await _get_json(admin_pool, "/status", timeout=0.5)
-                    if doc is not None:
-                        samples[region].append((time.monotonic(), doc))
-            step = PROBE_EVERY if sc.trigger == "outage" and now >= probing_from else 0.05
-            await asyncio.sleep(min(step, max(0.0, t_end - time.monotonic())))
+        background = [
+            asyncio.create_task(_sample_status(admin_pool, samples[region], t_end))
+            for region, (admin_pool, _) in proxies.items()
+        ]
+        if sc.trigger == "outage":
+            _, admin_pool, _ = backends[sc.home]
+            probe_pool = pool(backends[sc.home][0])
+            background.append(asyncio.create_task(_probe_after(probe_pool, t_trigger + t.outage)))
+            await _sleep_until(t_trigger)
+            await _post_outage(admin_pool, t.outage)
+        try:
+            while time.monotonic() < t_end:
+                if not fleet.alive():
+                    raise ArmUnavailable(f"the fleet exited early:\n{fleet.log_tail()}")
+                await asyncio.sleep(min(0.2, max(0.0, t_end - time.monotonic())))
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
         for ch in measured:
             ch.mark_cpu("end")
         own_end = _own_cpu()
@@ -316,6 +310,9 @@ async def run_arm(plan: ArmPlan) -> RunData:
             t0 = fleet_data.get("t_release")
         else:
             t0 = backend_stats[sc.home].get("first_good_probe")
+            outages = backend_stats[sc.home].get("outages") or []
+            if outages:
+                t_trigger = outages[0][0]  # when the switch really flipped
         return RunData(
             scenario=sc,
             arm=plan.arm,
@@ -336,6 +333,29 @@ async def run_arm(plan: ArmPlan) -> RunData:
         for p in pools:
             p.close()
         group.stop_all()
+
+
+async def _sample_status(
+    admin_pool: Pool, out: list[tuple[float, dict[str, Any]]], until: float
+) -> None:
+    """Sample a proxy's /status every STATUS_EVERY seconds until `until`."""
+    while time.monotonic() < until:
+        doc = await _get_json(admin_pool, "/status", timeout=0.5)
+        if doc is not None:
+            out.append((time.monotonic(), doc))
+        await asyncio.sleep(STATUS_EVERY)
+
+
+async def _probe_after(probe_pool: Pool, outage_end: float) -> None:
+    """Probe the backend's /healthz from just before the outage ends until it answers 200,
+    so every arm (also `direct`, where nothing else probes) has a first good probe: t0."""
+    await _sleep_until(outage_end - 0.3)
+    while True:
+        with contextlib.suppress(TimeoutError, ConnectError):
+            resp = await probe_pool.request("GET", "/healthz", timeout=0.5)
+            if resp.status == 200:
+                return
+        await asyncio.sleep(PROBE_EVERY)
 
 
 async def _post_outage(admin_pool: Pool, seconds: float) -> None:
