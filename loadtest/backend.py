@@ -12,8 +12,9 @@
   (DESIGN.md §3's fast 5xx), and it leaves the admin listener and stats reachable.
 
 Run: `python -m loadtest.backend --port P --admin-port Q [--workers 10 --service-time 0.05 ...]`.
-The admin listener serves `/ready`, `/stats` and `POST /admin/outage`; the main listener serves
-the token endpoint (any path) and `/healthz`.
+The admin listener serves `/ready`, `/stats` (`?raw=0`: counters, peaks and a per-second
+timeline without the raw per-request records) and `POST /admin/outage`; the main listener
+serves the token endpoint (any path) and `/healthz`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-STATS_BUCKET = 0.25  # seconds per timeline bucket
+STATS_BUCKET = 1.0  # seconds per /stats timeline bucket
 _SAMPLE_EVERY = 0.05  # busy/queue sampling period
 
 
@@ -171,10 +172,36 @@ class Simulator:
         """Record busy workers and queue length now (for the timeline)."""
         self.samples.append((round(self.clock(), 4), self.busy, len(self.queue)))
 
-    def stats(self) -> dict[str, Any]:
-        """Everything `/stats` reports: config, counters, peaks, raw records, samples."""
-        cfg = self.config
+    def timeline(self, bucket: float = STATS_BUCKET) -> dict[str, Any]:
+        """Per-interval series since start: arrivals, served, wasted, refused, peak busy/queue."""
+        n = int((self.clock() - self.started_at) // bucket) + 1
+        series = {
+            k: [0.0] * n for k in ("arrivals", "served", "wasted", "refused", "busy", "queue")
+        }
+
+        def idx(t: float) -> int:
+            return min(n - 1, max(0, int((t - self.started_at) // bucket)))
+
+        for t, _ in self.arrivals:
+            series["arrivals"][idx(t)] += 1
+        for t, _, _, gone in self.completions:
+            series["wasted" if gone else "served"][idx(t)] += 1
+        for t, _, _ in self.rejections:
+            series["refused"][idx(t)] += 1
+        for t, busy, queued in self.samples:
+            i = idx(t)
+            series["busy"][i] = max(series["busy"][i], busy)
+            series["queue"][i] = max(series["queue"][i], queued)
         return {
+            "bucket_s": [bucket],
+            "t": [self.started_at + i * bucket for i in range(n)],
+            **series,
+        }
+
+    def stats(self, raw: bool = True) -> dict[str, Any]:
+        """What `/stats` reports: config, counters, peaks, a 1 s timeline, raw records."""
+        cfg = self.config
+        doc = {
             "name": cfg.name,
             "config": asdict(cfg),
             "capacity": cfg.capacity,
@@ -187,12 +214,15 @@ class Simulator:
             "queued": len(self.queue),
             "outages": self.outages,
             "first_good_probe": self.first_good_probe,
-            "arrivals": self.arrivals,
-            "completions": self.completions,
-            "rejections": self.rejections,
-            "samples": self.samples,
             "pid": os.getpid(),
+            "timeline": self.timeline(1.0),
         }
+        if raw:
+            doc["arrivals"] = self.arrivals
+            doc["completions"] = self.completions
+            doc["rejections"] = self.rejections
+            doc["samples"] = self.samples
+        return doc
 
 
 def _fake_jwt(rng: random.Random) -> str:
@@ -254,7 +284,8 @@ def build_apps(sim: Simulator) -> tuple[web.Application, web.Application]:
         return web.Response(body=b'{"status":"ready"}', headers=_JSON)
 
     async def stats(request: web.Request) -> web.Response:
-        return web.Response(body=orjson.dumps(sim.stats()), headers=_JSON)
+        raw = request.query.get("raw", "1") not in ("0", "false", "no")
+        return web.Response(body=orjson.dumps(sim.stats(raw)), headers=_JSON)
 
     async def outage(request: web.Request) -> web.Response:
         body = orjson.loads(await request.read() or b"{}")

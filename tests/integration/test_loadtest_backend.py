@@ -55,6 +55,12 @@ async def test_workers_then_queue_then_fast_503(backend: tuple[Simulator, Pool])
     assert len(body["access_token"]) > 1000 and body["expires_in"] == "86399"
     assert sim.peak_busy == 2 and sim.peak_queue == 2
     assert sim.counts["completed"] == 4 and sim.counts["rejected_full"] == 2
+    sim.sample()
+    light = sim.stats(raw=False)
+    assert "completions" not in light
+    tl = light["timeline"]
+    assert sum(tl["arrivals"]) == 6 and sum(tl["served"]) == 4 and sum(tl["refused"]) == 2
+    assert len(tl["t"]) == len(tl["queue"]) >= 1
 
 
 @pytest.mark.parametrize("backend", [{"workers": 1, "service_time": 0.15}], indirect=True)
