@@ -10,12 +10,22 @@ per-caller caps on top. `admit` is synchronous and O(1):
   then a queue (short in NORMAL, `queue.max_wait` in RECOVERY and OUTAGE) or a refusal with a
   paced Retry-After (`pacing.Pacer`).
 
-Queues: one lane per (caller, priority), configured callers plus the hashed fair buckets, so
-memory is bounded whatever callers arrive. Higher priority first; within a priority, deficit
-round-robin over callers by weight, so one orchestrator's backlog cannot starve another
-caller or fresh traffic. In a lane, solicited returns (the caller came back in the slot we
-booked) go before its fresh arrivals. Entries live in OrderedDicts: removing a cancelled
-waiter is O(1) and it is never forwarded.
+Queues: one lane per (caller, level), configured callers plus the hashed fair buckets, so
+memory is bounded whatever callers arrive. A level is a priority class and a tier; levels are
+served in order, and within a level deficit round-robin runs over callers by weight, so one
+orchestrator's backlog cannot starve another caller. The tiers of a priority class:
+1. fresh arrivals while they stay within the arrival baseline's rate (x1.2): fresh traffic
+   keeps its share whatever happens to the backlog and whatever the pacing error;
+2. solicited returns (the request came back in the slot we booked for it): ahead of every
+   other arrival of their caller, and never pushed out of a full queue;
+3. the rest: arrivals beyond the baseline (a reopening backlog), in-budget retries.
+Entries live in OrderedDicts: removing a cancelled waiter is O(1) and it is never forwarded.
+
+Waits: a waiter is answered before its deadline (`x-request-timeout-ms`, minus the margin and
+the expected latency) or, without one, before its client's patience runs out (learnt from the
+clients that gave up; `queue.patience` until then), with a paced Retry-After: the client
+holds the backlog, not us, and it never times out on its own. A newcomer whose expected wait
+already exceeds that is refused at once.
 
 Batches: the limit in force (`_eff`) is the learned limit in NORMAL and SHIELD, the OUTAGE
 trickle in OUTAGE, and in RECOVERY min(limit, in-flight at the last tick + `batch_size`): so
@@ -25,12 +35,20 @@ limiter's free slots, while a finished request's slot is handed to the next wait
 in-flight is below `_eff`, nothing queued is eligible (everything waiting is held by its
 caller's cap), which is what lets the fast path skip the queues.
 
-Adaptive LIFO: off by default (`queue.lifo_when_older_than: 0`), available per lane. Meta
-serves newest-first under congestion because the oldest waiters' clients have mostly given up
-already. Here they have not: a waiter whose client goes away is removed at once, and every
-waiter is answered before its own deadline, so the oldest waiters are live work. FIFO also
-keeps waits bounded and in the order we paced the returns; LIFO would starve the oldest until
-`max_wait` turns them into refusals, and refusals into retries.
+Pace: the backend's capacity is measured as goodput over runs of ticks in which the limiter,
+at the knee of the latency curve, was full with work waiting; pacing books returns at that
+pace minus the baseline (`pacing.Pacer`), and wait estimates use it. While it is only
+guessed, both are optimistic (x2): an early return costs the backend nothing, a late one
+leaves capacity idle.
+
+Adaptive LIFO: on (`queue.lifo_when_older_than: 100ms`) for the fresh and rest tiers, off for
+solicited returns. Meta serves newest-first under congestion because the oldest waiters are
+the likeliest to time out before they are served. That holds here too: a waiter's patience
+is short (a client timeout of about a second), so under a reopening wave FIFO spends the
+backend on requests with the least time left, some of which time out while forwarded (wasted
+work), while the newest finish in time; the oldest are answered with a paced Retry-After
+before they expire, so LIFO costs them a return trip, not a failure. Solicited returns keep
+FIFO: they were given a time, and their order is the schedule.
 
 The budgets, caps and mode sit behind small interfaces (`budgets.RetryBudgets`, `CallerCaps`,
 the `ModeController`) with in-process defaults, so a fleet-wide store can slot in (§9).
@@ -61,6 +79,7 @@ from .modes import (
     ModeController,
     Snapshot,
     Transition,
+    possible_transitions,
 )
 from .pacing import Booking, Pacer
 from .signals import (
@@ -333,6 +352,11 @@ class AdmissionGate:
         self._last_probe_ok = True
         self._configure(config)
         self._prio_gauges = [metrics.queue_depth.labels(p) for p in PRIORITY_CLASSES]
+        # Bound up front: no series appears on the request path (or on a transition).
+        self._transition_children = {
+            (a, b, r): metrics.transitions.labels(a.value, b.value, r)
+            for a, b, r in possible_transitions()
+        }
         metrics.set_mode(self.modes.state.value)
         metrics.dry_run.set(1 if dry else 0)
         metrics.limit.set(self.limiter.limit)
@@ -1013,7 +1037,7 @@ class AdmissionGate:
 
     def _on_transition(self, tr: Transition, now: float) -> None:
         m = self.metrics
-        m.transitions.labels(tr.from_mode.value, tr.to_mode.value, tr.reason).inc()
+        self._transition_children[(tr.from_mode, tr.to_mode, tr.reason)].inc()
         m.set_mode(tr.to_mode.value)
         modes_log.info(
             "mode %s -> %s (%s)",
@@ -1272,6 +1296,8 @@ class AdmissionGate:
             "slow_start": lim.slow_start,
             "latency_floor_ms": round(floor * 1000, 2) if floor is not None else None,
             "pace_rps": round(self._pace, 1),
+            "pace_measured": self._pace_known,
+            "client_patience_s": round(self._patience, 3),
             "in_flight": self.in_flight,
             "queue": {
                 "total": self._queued,

@@ -112,6 +112,31 @@ TRANSITION_REASONS: tuple[str, ...] = (
 )
 
 
+# The reasons each event can carry (so every transition series can be bound up front).
+EVENT_REASONS: dict[Event, tuple[str, ...]] = {
+    Event.BROKEN: (REASON_ERRORS, REASON_PROBES),
+    Event.HEALTHY: (REASON_HEALTHY,),
+    Event.HEALTHY_BACKLOG: (REASON_HEALTHY,),
+    Event.SURGE: (REASON_QUEUE, REASON_SURGE, REASON_RETRIES),
+    Event.LOADED_AT_START: (REASON_LOADED,),
+    Event.CALM: (REASON_DRAINED,),
+    Event.SHIELD_EXPIRED: (REASON_SHIELD_EXPIRED,),
+    Event.OPERATOR_RECOVERY: (REASON_OPERATOR,),
+    Event.OPERATOR_SHIELD: (REASON_OPERATOR,),
+    Event.OPERATOR_NORMAL: (REASON_OPERATOR,),
+}
+
+
+def possible_transitions() -> list[tuple[Mode, Mode, str]]:
+    """Every (from, to, reason) the controller can record: a small, closed set."""
+    out = set()
+    for mode, moves in TRANSITIONS.items():
+        for event, to in moves.items():
+            for reason in EVENT_REASONS[event]:
+                out.add((mode, to, reason))
+    return sorted(out, key=lambda x: (x[0].value, x[1].value, x[2]))
+
+
 class IllegalTransition(ValueError):
     """An event that the current mode does not accept (the table has no such move)."""
 
