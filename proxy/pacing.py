@@ -58,6 +58,10 @@ class Pacer:
         n = math.ceil(config.retry_after_max) + 2
         self._occ = [0] * n  # returns booked per one-second bucket (calendar ring)
         self._epoch = [-1] * n  # which absolute second each ring entry holds
+        # Every second before `_full_before` was full at a pace of `_full_pace` (buckets only
+        # fill up), so a booking at no higher pace need not look at them again.
+        self._full_before = 0
+        self._full_pace = 0.0
 
     def next_free(self, now: float) -> float:
         """Seconds until the latest booked return (0 when none is ahead)."""
@@ -112,6 +116,10 @@ class Pacer:
         bucket up to the horizon is full (everyone past it is told the maximum)."""
         n = len(self._occ)
         second = int(start)
+        if return_pace > self._full_pace:  # buckets judged full may have room at this pace
+            self._full_pace = return_pace
+            self._full_before = 0
+        second = max(second, self._full_before)
         while second <= latest:
             i = second % n
             if self._epoch[i] != second:
@@ -122,8 +130,10 @@ class Pacer:
             place = max(self._occ[i], math.ceil((start - second) * return_pace - 1e-9))
             if place < return_pace:
                 self._occ[i] = place + 1
+                self._full_before = second  # the buckets skipped on the way are full
                 return min(latest, second + place / return_pace)
             second += 1
+        self._full_before = second
         return latest
 
     def _kill(self, b: Booking) -> None:
