@@ -757,6 +757,7 @@ class AdmissionGate:
             # A backlog reopening upstream arrives faster than ticks: judge it now, so the
             # rest of the wave is held for RECOVERY instead of shed by NORMAL's short queue.
             self._evaluate(now)
+            self._pump(now)  # the new limit in force may have room (this waiter included)
         return w
 
     def _make_room(self, c: _Caller, level: int, now: float) -> bool:
