@@ -203,12 +203,17 @@ class Forwarder:
         metrics.upstream_latency.observe(outcome.latency)
         metrics.forwarded.inc()
         try:
-            return await self._respond(request, upstream, ticket.request_id, timeout)
+            return await self._respond(request, upstream, ticket.request_id, timeout, outcome)
         finally:
             upstream.release()
 
     async def _respond(
-        self, request: web.Request, up: UpstreamResponse, request_id: str, gap: float
+        self,
+        request: web.Request,
+        up: UpstreamResponse,
+        request_id: str,
+        gap: float,
+        outcome: Outcome,
     ) -> web.StreamResponse:
         out_headers = strip_hop_by_hop(up.headers)
         length_text = out_headers.get("content-length")
@@ -231,6 +236,7 @@ class Forwarder:
             except UpstreamError as exc:
                 # Nothing was sent yet, so the client can still get an explicit answer:
                 # 504 when the body stalled past the read timeout, else 502.
+                outcome.error = exc.kind  # the gate must not learn a success from this
                 self.metrics.upstream_error[exc.kind].inc()
                 status, reason = _ERROR_REFUSALS[exc.kind]
                 self.metrics.refused[reason].inc()
@@ -252,6 +258,7 @@ class Forwarder:
                     await resp.write(chunk)
         except UpstreamError as exc:
             # Headers are gone: the only honest signal left is a broken connection.
+            outcome.error = exc.kind
             self.metrics.upstream_error[exc.kind].inc()
             _abort(request)
             return resp
