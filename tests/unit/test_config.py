@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
+from pydantic import BaseModel
 
 from proxy.cli import main
 from proxy.config import (
+    Config,
     ConfigError,
     load_config,
     load_config_data,
@@ -140,3 +143,29 @@ def test_alias_bomb_refused_quickly(tmp_path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(ConfigError, match="aliases are expanded"):
         load_config(path)
+
+
+def _leaf_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    paths = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            paths += _leaf_paths(ann, f"{prefix}{name}.")
+        else:
+            paths.append(prefix + name)
+    return paths
+
+
+def test_example_config_lists_every_key_with_its_default() -> None:
+    data = yaml.safe_load((ROOT / "config" / "sluice.example.yaml").read_text())
+    example = load_config(ROOT / "config" / "sluice.example.yaml")
+    defaults = load_config_data({"upstream": {"url": example.upstream.url}})
+    for path in _leaf_paths(Config):
+        node = data
+        for part in path.split("."):
+            assert isinstance(node, dict) and part in node, f"{path} missing from the example"
+            node = node[part]
+        got, want = example, defaults
+        for part in path.split("."):
+            got, want = getattr(got, part), getattr(want, part)
+        assert got == want, f"{path}: example says {got!r}, default is {want!r}"
