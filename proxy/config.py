@@ -167,6 +167,12 @@ class LimiterConfig(Strict):
     slow_start_factor: float = Field(
         2.0, gt=1.0, le=4.0, description="multiplicative growth per healthy window in slow start"
     )
+    knee_growth: float = Field(
+        1.0,
+        gt=0,
+        description="additive growth per healthy window while a knee (a cut for queueing or "
+        "pushback) was found lately",
+    )
     backoff: float = Field(0.9, gt=0, lt=1, description="multiplicative back-off")
     latency_tolerance: float = Field(
         1.25, ge=1.0, description="latency / unloaded latency tolerated before shrinking"
@@ -262,6 +268,13 @@ class SheddingConfig(Strict):
         0.25, gt=0, le=1, description="least share of the learned pace booked for returns"
     )
     max_bookings: int = Field(100000, ge=0, description="booked slots remembered, all callers")
+    pace_headroom: float = Field(
+        1.1,
+        ge=1.0,
+        le=2.0,
+        description="book returns this much faster than the measured pace: an early return "
+        "waits briefly in the queue, a late one leaves capacity idle",
+    )
 
     @model_validator(mode="after")
     def _order(self) -> SheddingConfig:

@@ -122,10 +122,13 @@ _THROUGHPUT_ALPHA = 0.2
 # smoothed, forgotten after a minute without a new one.
 # Capacity: goodput over a run of saturated ticks, once the run is long enough; the run
 # keeps about its last few seconds; forgotten a minute after the last saturated run.
-_RUN_MIN = 0.3
-_RUN_WINDOW = 4.0
+_RUN_MIN = 0.5  # a capacity sample: goodput over this long a run of saturated ticks
+_SAMPLES_KEPT = 10.0  # capacity is the best sample of the last this many seconds
 _CAPACITY_TTL = 60.0
-_CAPACITY_FRESH = 5.0  # a measurement this recent beats any estimate
+_SAMPLES_KNOWN = 3  # capacity samples before the pace counts as measured
+# Between ticks the ticker wakes (at most this often) to answer waiters whose wait ran out: a
+# wait ends at the client's deadline minus the margin, and a whole tick late is past it.
+_EXPIRY_STEP = 0.01
 
 
 class CallerCaps(Protocol):
@@ -342,6 +345,8 @@ class AdmissionGate:
         self._capacity_at = now
         self._run_start: float | None = None  # the current run of saturated ticks
         self._run_ok = 0.0
+        self._samples: deque[tuple[float, float]] = deque()  # (at, goodput/s) while saturated
+        self._n_samples = 0  # capacity samples since the capacity was last forgotten
         self._mode_backlog = 0  # requests held or shed since the mode began
         self._last_prune = now
         self._released_this_tick = 0
@@ -402,28 +407,26 @@ class AdmissionGate:
         self._expected_latency = max(floor, lim.latency or 0.0)
         # The fast path sends a request with a deadline only if it can be met with margin.
         self._min_budget = self._margin + self._expected_latency
-        # The backend's pace: best, its goodput measured over recent seconds spent saturated
-        # at the knee of its latency; failing that, at the knee, Little's law on the limit
-        # (the limiter holds latency near tolerance x floor there); then an older sample;
-        # before any of these, a guess (what the limit would allow, at least what we
-        # measure), which wait estimates do not trust.
+        # The backend's pace: its best goodput over recent runs of ticks spent saturated
+        # (`_measure_capacity`), once there are a few such runs; before that, a guess (what
+        # the limit would allow, Little's law at the knee, at least what we measure and
+        # what the first runs showed), which is booked optimistically.
         at_knee = lim.at_knee(now)
-        if self._capacity is not None and now - self._capacity_at <= _CAPACITY_FRESH:
-            self._pace = self._capacity
-            self._pace_known = True
-        elif at_knee and floor > 0:
-            self._pace = lim.limit / (floor * lim.config.latency_tolerance)
-            self._pace_known = True
-        elif self._capacity is not None:
+        if self._capacity is not None and self._n_samples >= _SAMPLES_KNOWN:
             self._pace = self._capacity
             self._pace_known = True
         else:
-            self._pace = max(self._throughput, lim.pace())
+            self._pace = max(self._throughput, lim.pace(), self._capacity or 0.0)
+            if at_knee and floor > 0:
+                self._pace = max(self._pace, lim.limit / (floor * lim.config.latency_tolerance))
             self._pace_known = False
         # Book returns optimistically while the limit is still ramping: a return that comes
         # early costs the backend nothing (it waits or is re-paced), one booked late leaves
         # capacity idle and lengthens the drain.
-        boost = lim.config.slow_start_factor if lim.slow_start or not self._pace_known else 1.0
+        if lim.slow_start or not self._pace_known:
+            boost = lim.config.slow_start_factor
+        else:
+            boost = self.config.shedding.pace_headroom
         self._book_pace = self._pace * boost
         # Fresh arrivals up to the baseline rate (with headroom) go in the first tier.
         baseline = self.rates.baseline or 0.0
@@ -647,13 +650,14 @@ class AdmissionGate:
             and self._estimate_wait(c, self._level(t, c, take=False), now) > wait
         ):
             return _REFUSE, full_reason, 0.0, False
+
         return _QUEUE, full_reason, now + wait, by_deadline
 
     def _estimate_wait(self, c: _Caller, level: int, now: float) -> float:
         """Expected wait for a new waiter of `c` at `level`: its lane drains at its weighted
         share of the learned pace, behind the waiters in front of it (none under adaptive
         LIFO), after every level above."""
-        pace = max(self._pace if self._pace_known else self._book_pace, 1e-3)
+        pace = self._level_pace(level)
         lane = self._lanes[level].get(c.index)
         ahead = 0
         if lane is not None and lane.waiters:
@@ -669,6 +673,54 @@ class AdmissionGate:
             rate = min(rate, c.cap / latency)
         above = sum(self._queued_level[:level])
         return (ahead + 1) / max(rate, 1e-3) + above / pace
+
+    def _level_pace(self, level: int) -> float:
+        """Requests/s the waiters of `level` can expect: the learned pace (unboosted, also
+        while only guessed), less the fresh arrivals the first tier lets ahead of them."""
+        pace = self._pace
+        if level % _TIERS != _TIER_FRESH:
+            pace = max(pace - self._fresh_rate, pace * self.config.shedding.min_return_share)
+        return max(pace, 1e-3)
+
+    def _rejudge(self, now: float) -> None:
+        """Answer now the waiters that, by the learned pace, cannot be served before their
+        expiry: at once and with a paced Retry-After, rather than all together when their
+        waits run out (a burst of answers that may come too late). O(queued), per tick,
+        only once the pace is measured and something waits."""
+        doomed: list[Waiter] = []
+        above = 0
+        for level in range(_N_LEVELS):
+            n_level = self._queued_level[level]
+            if not n_level:
+                continue
+            pace = self._level_pace(level)
+            weights = max(self._active_weight[level], 1)
+            for lane in self._lanes[level].values():
+                if not lane.waiters:
+                    continue
+                c = lane.caller
+                rate = pace * c.weight / weights
+                if c.cap < NO_CAP:
+                    latency = max(self.limiter.latency or self._expected_latency, 1e-3)
+                    rate = min(rate, c.cap / latency)
+                rate = max(rate, 1e-3)
+                base = above / max(self._pace, 1e-3)
+                ws = list(lane.waiters.values())
+                head = ws[0]
+                if lane.lifo and 0 < self._lifo_after < now - head.enqueued:
+                    ws.reverse()  # served newest first
+                for k, w in enumerate(ws):
+                    if now + base + (k + 1) / rate > w.expiry:
+                        doomed.append(w)
+            above += n_level
+        if not doomed:
+            return
+        for w in doomed:
+            self._remove(w)
+        for w in doomed:
+            c = w.caller
+            reason = "caller-cap" if c.in_flight >= c.cap else "overload"
+            self._finish(w, REFUSED, self._refuse(w.ticket, c, reason, now), now)
 
     def _take(self, t: Ticket, c: _Caller) -> None:
         self.in_flight += 1
@@ -706,6 +758,14 @@ class AdmissionGate:
             self._mode_backlog += 1
             if reason == "overload" or reason == "outage":
                 self._overloaded += 1
+                if (
+                    self.modes.state is Mode.NORMAL
+                    and self._queued + self._overloaded == self.config.recovery.enter_queue_depth
+                ):
+                    # A wave refused by NORMAL's short queue is a reopening backlog just as
+                    # one that queues: judge it now, not at the next tick.
+                    self._evaluate(now)
+                    self._pump(now)
         return Refusal(reason, self._status_for(reason), ms)
 
     def _refusal_for_cancelled(self) -> Refusal:
@@ -854,7 +914,10 @@ class AdmissionGate:
     def _expire(self, now: float) -> None:
         heap = self._heap
         expired = []
-        while heap and heap[0][0] <= now:
+        # Expiries are checked once per tick: answer what would run out before the next
+        # one now, rather than a tick late (after the client's own timeout).
+        horizon = now + self.config.recovery.batch_interval
+        while heap and heap[0][0] <= horizon:
             _, _, w = heapq.heappop(heap)
             if w.state == WAITING:
                 self._remove(w)
@@ -948,6 +1011,8 @@ class AdmissionGate:
             self._run_start = None
             if self._capacity is not None and now - self._capacity_at > _CAPACITY_TTL:
                 self._capacity = None  # too old to trust: the backend may have changed
+                self._n_samples = 0
+                self._samples.clear()
         self._overloaded = 0
 
         self._expire(now)
@@ -955,6 +1020,8 @@ class AdmissionGate:
         if self.limiter.tick(now, self.in_flight, mode in (Mode.NORMAL, Mode.RECOVERY)):
             self.metrics.limit.set(self.limiter.limit)
         self._refresh_estimates(now)
+        if self._queued and self._pace_known and mode is not Mode.OUTAGE:
+            self._rejudge(now)
         self._measuring_since = self.limiter.measuring_since
         self.budgets.roll(now)
         if now - self._last_prune >= 1.0:
@@ -996,18 +1063,24 @@ class AdmissionGate:
             return
         self._run_ok += ok
         span = now - self._run_start
-        if span > _RUN_WINDOW:  # keep roughly the last few seconds
-            self._run_ok *= 0.5
-            self._run_start = now - span * 0.5
-            span *= 0.5
         if span >= _RUN_MIN - 1e-9:
-            self._capacity = self._run_ok / span
+            # A sample per run of _RUN_MIN. Whatever holds the limit off the knee (above it
+            # the backend thrashes, below it workers idle) only lowers goodput, so the best
+            # recent sample is the best estimate of the capacity.
+            samples = self._samples
+            samples.append((now, self._run_ok / span))
+            while samples and now - samples[0][0] > _SAMPLES_KEPT:
+                samples.popleft()
+            self._capacity = max(v for _, v in samples)
+            self._n_samples += 1
             self._capacity_at = now
+            self._run_start = now
+            self._run_ok = 0.0
 
     def _snapshot(self, now: float) -> Snapshot:
         return Snapshot(
             health=self.health.view(now),
-            queue_depth=self._queued,
+            queue_depth=self._queued + (self._overloaded if self.modes.state is Mode.NORMAL else 0),
             arrival_rate=self.rates.rate(now),
             surge_ratio=self.rates.surge_ratio(now),
             retry_share=self.rates.retry_share(now),
@@ -1133,7 +1206,7 @@ class AdmissionGate:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.config.recovery.batch_interval)
+            await self._sleep_expiring(self.config.recovery.batch_interval)
             now = self._clock()
             try:
                 self.tick(now)
@@ -1141,6 +1214,22 @@ class AdmissionGate:
                 log.exception("gate tick failed")
             if self._probe is not None and self._probe_task is None and now >= self._next_probe:
                 self._probe_task = asyncio.create_task(self._run_probe(self._probe))
+
+    async def _sleep_expiring(self, interval: float) -> None:
+        """Sleep one tick's `interval`, answering on the way the waiters whose wait runs out
+        before it ends (a refusal frees no slot, so nothing else is due before the tick)."""
+        left = interval
+        while left > 0:
+            step = left
+            if self._heap:
+                step = min(left, max(self._heap[0][0] - self._clock(), _EXPIRY_STEP))
+            await asyncio.sleep(step)
+            left -= step
+            if left > 0 and self._heap and self._heap[0][0] <= self._clock():
+                try:
+                    self._expire(self._clock())
+                except Exception:  # as for a tick: the ticker must survive
+                    log.exception("gate expiry failed")
 
     async def _run_probe(self, probe: Probe) -> None:
         up = self.config.upstream

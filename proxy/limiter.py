@@ -36,8 +36,9 @@ _MAX_STRETCH = 4
 # Smoothing of the latency average used for the pace estimate.
 _LATENCY_ALPHA = 0.3
 # A window whose peak concurrency stayed below this share of the limit learned nothing about
-# capacity: the limit does not grow on it (as in Gradient2).
-_USED = 0.5
+# capacity: the limit does not grow on it (Gradient2 uses half; a limit that grows on traffic
+# that never fills it ends far above the backend's knee, and the next wave thrashes it).
+_USED = 0.9
 # A cut for queueing is evidence of the knee for this many windows.
 _KNEE_MEMORY = 10
 # The limit counts as growing while its recent peak beats the earlier peak by this much.
@@ -244,7 +245,11 @@ class Limiter:
                 self._cooldown = False
                 self.last_change = "cooldown"
             elif gradient < 1.0:
-                self.value = max(float(cfg.floor), self.value * max(0.5, gradient))
+                # The square root: a backend that slows down with its own queue (thrashing)
+                # makes latency grow faster than concurrency, and the plain gradient would
+                # cut far below its knee; the next window finishes the cut if needed.
+                cut = math.sqrt(gradient) if self.value > cfg.floor else gradient
+                self.value = max(float(cfg.floor), self.value * max(0.5, cut))
                 self.slow_start = False
                 self.last_change = "latency"
                 self.knee_at = now
@@ -260,6 +265,13 @@ class Limiter:
                     if ratio > LatencyFloor.CONFIRM:
                         factor = min(factor, max(1.0, cfg.latency_tolerance / ratio))
                     self.value = min(float(cfg.ceiling), self.value * factor)
+                elif self.knee_at is not None and now - self.knee_at <= (
+                    _KNEE_MEMORY * self._window_length()
+                ):
+                    # Just below a knee found lately: probe upward gently. A backend that
+                    # slows down with its own queue (thrashing) loses more to a limit that
+                    # overshoots by sqrt(limit) every other window than to a slow climb.
+                    self.value = min(float(cfg.ceiling), self.value + cfg.knee_growth)
                 else:
                     self.value = min(
                         float(cfg.ceiling), self.value + cfg.growth * math.sqrt(self.value)

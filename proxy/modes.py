@@ -310,7 +310,11 @@ class ModeController:
             return self.apply(Event.LOADED_AT_START, now, REASON_LOADED, detail)
         if s.queue_depth >= rec.enter_queue_depth:
             return self.apply(Event.SURGE, now, REASON_QUEUE, f"queue depth {s.queue_depth}")
-        if s.arrival_rate >= rec.enter_min_rate:
+        # An arrival surge or retry share the backend absorbs (nothing waits, nothing was
+        # shed) is not a recovery: only judge them under pressure. A cold start's first
+        # seconds of traffic must not look like a reopening backlog.
+        pressed = s.queue_depth > 0 or s.saturated
+        if pressed and s.arrival_rate >= rec.enter_min_rate:
             if s.surge_ratio >= rec.enter_arrival_ratio:
                 detail = f"arrivals {s.arrival_rate:.0f}/s = {s.surge_ratio:.1f}x baseline"
                 return self.apply(Event.SURGE, now, REASON_SURGE, detail)

@@ -179,11 +179,18 @@ class ArrivalRate:
         self.halflife = halflife
         self._start = start
         self._last = start
+        self._seen = False  # any arrival yet (the rate counts from the first one)
         self.baseline: float | None = None
 
     def record(self, now: float, arrivals: int, retries: int) -> None:
         """Fold in arrivals (all) and unsolicited retries since the last call."""
         if arrivals or retries:
+            if not self._seen:
+                # Traffic starts when it starts, not when we did: a baseline seeded from a
+                # window that began before the first client would be too low, and its
+                # first honest second would look like a surge.
+                self._seen = True
+                self._start = now - self._sums._width
             self._sums.add(now, (arrivals, retries))
 
     def rate(self, now: float) -> float:

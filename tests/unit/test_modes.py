@@ -157,14 +157,20 @@ def test_too_few_samples_are_not_an_outage() -> None:
     ("snapshot", "reason"),
     [
         (replace(CALM, queue_depth=64), REASON_QUEUE),
-        (replace(CALM, arrival_rate=300.0, surge_ratio=3.5), REASON_SURGE),
-        (replace(CALM, arrival_rate=300.0, retry_share=0.6), REASON_RETRIES),
+        (replace(CALM, arrival_rate=300.0, surge_ratio=3.5, saturated=True), REASON_SURGE),
+        (replace(CALM, arrival_rate=300.0, retry_share=0.6, queue_depth=1), REASON_RETRIES),
     ],
 )
 def test_recovery_entry_signals(snapshot: Snapshot, reason: str) -> None:
     mc = controller()
     tr = mc.evaluate(snapshot, T0 + 3)
     assert tr is not None and tr.to_mode is Mode.RECOVERY and tr.reason == reason
+
+
+def test_a_surge_the_backend_absorbs_is_not_a_recovery() -> None:
+    mc = controller()
+    absorbed = replace(CALM, arrival_rate=300.0, surge_ratio=3.5, retry_share=0.6)
+    assert mc.evaluate(absorbed, T0 + 3) is None
 
 
 def test_rates_below_minimum_are_not_judged() -> None:
