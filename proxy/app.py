@@ -68,6 +68,8 @@ class Sluice:
         self.forwarder: Forwarder | None = None
         self.draining = False
         self.in_flight = 0
+        # The gauge reads the plain counter at scrape time: no locked inc/dec per request.
+        self.metrics.in_flight.set_function(lambda: self.in_flight)
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -171,14 +173,12 @@ class Sluice:
         assert self.forwarder is not None
         outcome = Outcome(None, 0.0, "cancelled")
         self.in_flight += 1
-        self.metrics.in_flight.inc()
         try:
             resp = await self.forwarder.forward(
                 request, ticket, outcome, config, snap.trusted, peer
             )
         finally:
             self.in_flight -= 1
-            self.metrics.in_flight.dec()
             self.gate.release(ticket, outcome)
         if config.logging.access_log and random.random() < config.logging.access_log_sample:
             _log_access(request, ticket, outcome, resp.status)
