@@ -783,7 +783,10 @@ def print_open_loop_table(rows: list[Row], rate: float) -> None:
     """The fixed-rate latency table."""
     print(f"{'row':<20} {'p50 ms':>20} {'p99 ms':>20} {'p99 added over direct, ms':>27}")
     for row in rows:
-        if row.skipped or not row.ol_p99:
+        if row.skipped:
+            print(f"{row.name:<20} skipped: {row.skipped}")
+            continue
+        if not row.ol_p99:
             continue
         print(
             f"{row.name:<20} {_mm(row.ol_p50, '{:.2f}'):>20} {_mm(row.ol_p99, '{:.2f}'):>20}"
@@ -917,10 +920,11 @@ def _bench_body(
         backend_desc = "nginx 1 worker, static ~200-byte JSON, keep-alive unlimited"
     else:
         backend = start_python_backend(procs, backend_port)
-        backend_desc = "raw asyncio responder (nginx missing), static ~200-byte JSON"
+        backend_desc = "raw asyncio responder (nginx missing), static JSON"
     wait_port(backend_port, alive=backend.alive)
     status, body = http_call(backend_port, path=PATH)
-    assert status == 200 and len(body) == len(BODY), (status, body)
+    if status != 200 or not body.startswith(b'{"access_token"'):
+        raise RuntimeError(f"backend answered {status} {body[:100]!r}")
     print(f"backend: {backend_desc} ({len(body)} bytes), core {LOAD_CORE}")
 
     has_gate = gate_available()
@@ -1153,6 +1157,14 @@ def print_targets(rows: list[Row], conns: Sequence[int], memory: dict[str, Any] 
             f"  p99 added <= {TARGET_P99_ADDED_MS:g} ms over direct (sluice-lean, open loop): "
             f"{added:+.2f} ms ({verdict}); noise floor direct vs direct {noise:+.2f} ms"
         )
+        # What any proxy on core 1 gets here: time-sharing with other processes shows in p99.
+        others = [
+            f"{name} {_med(by[name].ol_added):+.2f} ms"
+            for name in ("nginx", "haproxy", "minimal-forwarder")
+            if name in by and by[name].ol_added
+        ]
+        if others:
+            print(f"    for reference, p99 added by {', '.join(others)}")
     if memory is not None:
         rss = memory.get("rss")
         if rss is None:
