@@ -423,7 +423,10 @@ class AdmissionGate:
         # Book returns optimistically while the limit is still ramping: a return that comes
         # early costs the backend nothing (it waits or is re-paced), one booked late leaves
         # capacity idle and lengthens the drain.
-        if lim.slow_start or not self._pace_known:
+        if not self._pace_known and lim.knee_at is None:
+            # Not even a knee found: the backend may take far more than we ever sent it.
+            boost = lim.config.slow_start_factor**2
+        elif lim.slow_start or not self._pace_known:
             boost = lim.config.slow_start_factor
         else:
             boost = self.config.shedding.pace_headroom
@@ -659,6 +662,8 @@ class AdmissionGate:
         LIFO), after every level above."""
         pace = self._level_pace(level)
         lane = self._lanes[level].get(c.index)
+        # Under adaptive LIFO a newcomer is served first: it pushes the oldest waiters past
+        # their expiry instead, and `_rejudge` answers those at the next tick.
         ahead = 0
         if lane is not None and lane.waiters:
             head = next(iter(lane.waiters.values()))
@@ -686,7 +691,8 @@ class AdmissionGate:
         """Answer now the waiters that, by the learned pace, cannot be served before their
         expiry: at once and with a paced Retry-After, rather than all together when their
         waits run out (a burst of answers that may come too late). O(queued), per tick,
-        only once the pace is measured and something waits."""
+        only while something waits. With the pace only guessed, the guess (unboosted) is
+        used: a wave must not be held to its expiry and answered all at once."""
         doomed: list[Waiter] = []
         above = 0
         for level in range(_N_LEVELS):
@@ -1004,7 +1010,15 @@ class AdmissionGate:
         if self._overloaded or (self._queued and self.in_flight >= self._eff):
             self._saturated_ticks += 1
             self._measure_capacity(now, ok)
-            if self._saturated_ticks >= 2 and self._starting(now):
+            lim = self.limiter
+            if (
+                self._saturated_ticks >= 2
+                and self._starting(now)
+                and (lim.floor.value is None or lim.knee_at is not None)
+            ):
+                # Full, and the backend is slow to answer or queues at this concurrency:
+                # loaded. Full while it answers at its unloaded latency only means our
+                # starting limit is below the traffic: the limiter grows, no RECOVERY.
                 self._loaded_at_start = True  # remembered: dwell may not let us act yet
         else:
             self._saturated_ticks = 0
@@ -1020,7 +1034,7 @@ class AdmissionGate:
         if self.limiter.tick(now, self.in_flight, mode in (Mode.NORMAL, Mode.RECOVERY)):
             self.metrics.limit.set(self.limiter.limit)
         self._refresh_estimates(now)
-        if self._queued and self._pace_known and mode is not Mode.OUTAGE:
+        if self._queued and mode is not Mode.OUTAGE:
             self._rejudge(now)
         self._measuring_since = self.limiter.measuring_since
         self.budgets.roll(now)
@@ -1063,7 +1077,9 @@ class AdmissionGate:
             return
         self._run_ok += ok
         span = now - self._run_start
-        if span >= _RUN_MIN - 1e-9:
+        if span >= _RUN_MIN - 1e-9 and self._run_ok <= 0:
+            self._run_start = now  # nothing answered: a stall, not a pace (health's business)
+        elif span >= _RUN_MIN - 1e-9:
             # A sample per run of _RUN_MIN. Whatever holds the limit off the knee (above it
             # the backend thrashes, below it workers idle) only lowers goodput, so the best
             # recent sample is the best estimate of the capacity.
@@ -1086,6 +1102,7 @@ class AdmissionGate:
             retry_share=self.rates.retry_share(now),
             backlog=self._mode_backlog > 0,
             saturated=self._saturated_ticks >= 2 or self._loaded_at_start,
+            loaded=self._loaded_at_start,
             limit_growing=self.limiter.growing(),
             returns_ahead=self.pacer.next_free(now),
         )

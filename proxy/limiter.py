@@ -39,6 +39,8 @@ _LATENCY_ALPHA = 0.3
 # capacity: the limit does not grow on it (Gradient2 uses half; a limit that grows on traffic
 # that never fills it ends far above the backend's knee, and the next wave thrashes it).
 _USED = 0.9
+# A latency gradient below this is a deep cut (softened, see `_close`).
+_DEEP_CUT = 0.7
 # A cut for queueing is evidence of the knee for this many windows.
 _KNEE_MEMORY = 10
 # The limit counts as growing while its recent peak beats the earlier peak by this much.
@@ -56,6 +58,9 @@ class Limiter:
         self.latency: float | None = None  # smoothed mean latency of recent windows
         self.last_change = "initial"
         self.knee_at: float | None = None  # last time queueing or pushback cut the limit
+        # The highest concurrency of a window whose latency stayed near the floor: what the
+        # backend has been seen to take without queueing.
+        self.proven = 0
         self._cooldown = False  # the window after a latency cut judges no second cut
         self._window_start = now
         self._ok = 0
@@ -163,7 +168,12 @@ class Limiter:
         self._end_probe(restore=True)
         if from_floor:
             self.value = float(self.config.floor)
+        elif self.knee_at is None and self.proven:
+            # A limit that grew on traffic that never reached the backend's knee says
+            # nothing about it: start the ramp from what was seen to cause no queueing.
+            self.value = max(float(self.config.floor), min(self.value, float(self.proven)))
         self.slow_start = True
+        self._cooldown = False  # a cut before this ramp says nothing about its first window
         self.last_change = "slow-start"
         self._reset_window(now)
 
@@ -177,10 +187,13 @@ class Limiter:
 
     # --- internals -------------------------------------------------------------------------
     def _window_length(self) -> float:
+        # Slow start judges half windows: it starts a RECOVERY, where a limit far off the
+        # backend's knee costs most (it thrashes, or it idles while a backlog waits).
+        window = self.config.window / 2 if self.slow_start else self.config.window
         floor = self.floor.value
         if floor is None:
-            return self.config.window
-        return max(self.config.window, 2.0 * floor)
+            return window
+        return max(window, 2.0 * floor)
 
     def _reset_window(self, now: float) -> None:
         self._window_start = now
@@ -238,6 +251,8 @@ class Limiter:
             )
             floor = self.floor.value
             assert floor is not None
+            if mean <= floor * LatencyFloor.CONFIRM and self._peak > self.proven:
+                self.proven = self._peak
             gradient = cfg.latency_tolerance * floor / mean
             if gradient < 1.0 and self._cooldown:
                 # Most answers in this window were sent before the last cut, at the old
@@ -245,10 +260,11 @@ class Limiter:
                 self._cooldown = False
                 self.last_change = "cooldown"
             elif gradient < 1.0:
-                # The square root: a backend that slows down with its own queue (thrashing)
-                # makes latency grow faster than concurrency, and the plain gradient would
-                # cut far below its knee; the next window finishes the cut if needed.
-                cut = math.sqrt(gradient) if self.value > cfg.floor else gradient
+                # A deep cut by its square root: a backend that slows down with its own queue
+                # (thrashing) makes latency grow faster than concurrency, and the plain
+                # gradient would cut far below its knee; the next window finishes the cut if
+                # needed. Near the knee the plain gradient, so the limit settles on it.
+                cut = math.sqrt(gradient) if gradient < _DEEP_CUT else gradient
                 self.value = max(float(cfg.floor), self.value * max(0.5, cut))
                 self.slow_start = False
                 self.last_change = "latency"

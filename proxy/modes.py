@@ -187,6 +187,7 @@ class Snapshot:
     backlog: bool  # work was held or shed since the mode began
     saturated: bool  # the limit was reached with work waiting or shed for overload, lately
     limit_growing: bool
+    loaded: bool = False  # saturated at start while the backend queued or did not answer
     returns_ahead: float = 0.0  # seconds until the last booked return slot (0: none ahead)
 
 
@@ -299,14 +300,14 @@ class ModeController:
             cfg.modes.start_in_recovery_if_loaded
             and now - self.started_at < cfg.modes.startup_window
             and (
-                s.saturated
+                s.loaded
                 or (
                     h.samples >= cfg.modes.outage_min_samples
                     and h.pushback_ratio >= cfg.limiter.backpressure_ratio
                 )
             )
         ):
-            detail = f"saturated={s.saturated}, pushback {h.pushback_ratio:.0%}"
+            detail = f"loaded={s.loaded}, pushback {h.pushback_ratio:.0%}"
             return self.apply(Event.LOADED_AT_START, now, REASON_LOADED, detail)
         if s.queue_depth >= rec.enter_queue_depth:
             return self.apply(Event.SURGE, now, REASON_QUEUE, f"queue depth {s.queue_depth}")

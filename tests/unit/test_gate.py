@@ -150,9 +150,9 @@ def test_queued_request_is_answered_before_its_deadline() -> None:
     fill(h, 4)
     w = waiter(h.gate.admit(h.ticket(timeout=0.2)))
     assert w.by_deadline and w.expiry == pytest.approx(h.clock.now + 0.15)
-    h.tick(0.1)
+    h.tick(0.05)
     assert w.state == WAITING
-    h.tick(0.1)
+    h.tick(0.05)  # the next tick (at 0.2 s) would come after the expiry: answered now
     r = refusal(w.result)
     assert (r.reason, r.status) == ("deadline", 504)
 
@@ -464,9 +464,10 @@ def test_a_burst_larger_than_the_queue() -> None:
     assert len(shed) == 82 and {r.reason for r in shed} == {"overload"}
     assert h.gate._queued == 10
     # Paced: the shed are told to come back spread out at the backend's pace (400/s assumed
-    # before anything is measured, doubled while only guessed: 80 per 100 ms slot).
+    # before anything is measured, quadrupled while not even a knee was found: 160 per
+    # 100 ms slot).
     per_slot = Counter(r.retry_after_ms for r in shed)
-    assert len(per_slot) > 1 and max(per_slot.values()) <= 80
+    assert len(per_slot) > 1 and max(per_slot.values()) <= 160
 
 
 def test_a_full_queue_makes_room_for_another_caller() -> None:

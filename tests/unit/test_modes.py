@@ -186,7 +186,7 @@ def test_retry_share_needs_an_answering_backend() -> None:
 
 
 def test_loaded_at_start_only_inside_the_startup_window() -> None:
-    loaded = replace(CALM, saturated=True)
+    loaded = replace(CALM, saturated=True, loaded=True)
     mc = controller({"modes": {"startup_window": "10s"}})
     tr = mc.evaluate(loaded, T0 + 3)
     assert tr is not None and tr.reason == REASON_LOADED and tr.to_mode is Mode.RECOVERY
@@ -198,7 +198,7 @@ def test_loaded_at_start_only_inside_the_startup_window() -> None:
 
 def test_start_in_recovery_can_be_disabled() -> None:
     mc = controller({"modes": {"startup_window": "10s", "start_in_recovery_if_loaded": False}})
-    assert mc.evaluate(replace(CALM, saturated=True), T0 + 3) is None
+    assert mc.evaluate(replace(CALM, saturated=True, loaded=True), T0 + 3) is None
 
 
 # --- OUTAGE ----------------------------------------------------------------------------------
