@@ -757,8 +757,14 @@ class AdmissionGate:
                 # as long as it has so far, so retries are not burnt while it is down.
                 not_before = max(not_before, now + (now - self.modes.since))
             baseline = self.rates.baseline or 0.0
+            pace = self._book_pace
+            if t.solicited:
+                # Back in its slot and still not served: the optimism that booked it did not
+                # hold. Its next slot is booked at the plain estimate, so a request bounces
+                # once, not until its client runs out of retries.
+                pace = min(pace, self._pace * self.config.shedding.pace_headroom)
             ms = self.pacer.book(
-                c.index, now, self._book_pace, baseline, self._queued, not_before, t.fingerprint
+                c.index, now, pace, baseline, self._queued, not_before, t.fingerprint
             )
             self.metrics.slots_booked.inc()
             self._mode_backlog += 1
@@ -995,6 +1001,7 @@ class AdmissionGate:
         ok, lat_sum = self._n_ok, self._lat_sum
         dt = now - self._last_tick
         self._last_tick = now
+        self.limiter.note_lag(max(0.0, dt - self.config.recovery.batch_interval))
         if dt > 0:
             self._throughput += _THROUGHPUT_ALPHA * (ok / dt - self._throughput)
             self._fresh_tokens = min(self._fresh_burst, self._fresh_tokens + self._fresh_rate * dt)

@@ -39,8 +39,12 @@ _LATENCY_ALPHA = 0.3
 # capacity: the limit does not grow on it (Gradient2 uses half; a limit that grows on traffic
 # that never fills it ends far above the backend's knee, and the next wave thrashes it).
 _USED = 0.9
+# The concurrency a window at floor latency proves: its mean concurrency times this.
+_PROVEN_HEADROOM = 1.5
 # A latency gradient below this is a deep cut (softened, see `_close`).
 _DEEP_CUT = 0.7
+# Above this share of where the last cut put the limit, growth is gentle (`knee_growth`).
+_NEAR_KNEE = 0.85
 # A cut for queueing is evidence of the knee for this many windows.
 _KNEE_MEMORY = 10
 # The limit counts as growing while its recent peak beats the earlier peak by this much.
@@ -61,6 +65,7 @@ class Limiter:
         # The highest concurrency of a window whose latency stayed near the floor: what the
         # backend has been seen to take without queueing.
         self.proven = 0
+        self.grown = 0.0  # the limit before a ramp restarted it lower (0: none)
         self._cooldown = False  # the window after a latency cut judges no second cut
         self._window_start = now
         self._ok = 0
@@ -70,6 +75,8 @@ class Limiter:
         self._peak = 0
         self._clean_ok = 0
         self._clean_lat = 0.0
+        self._lag = 0.0  # the worst stall of our own event loop in this window
+        self.knee_value = 0.0  # where the last cut put the limit (its estimate of the knee)
         self._stage = _IDLE
         self._saved = self.value
         self._history: deque[float] = deque(maxlen=2 * config.stable_windows)
@@ -97,6 +104,12 @@ class Limiter:
         self._broken += broken
         self._clean_ok += clean_ok
         self._clean_lat += clean_latency_sum
+
+    def note_lag(self, lag: float) -> None:
+        """Our own event loop stalled this long (a tick came late): answers read during the
+        stall look slower than the backend was."""
+        if lag > self._lag:
+            self._lag = lag
 
     def tick(self, now: float, in_flight: int, may_probe: bool = True) -> bool:
         """Sample concurrency; close the window when due. True when the limit changed.
@@ -152,11 +165,16 @@ class Limiter:
         return now - self.knee_at <= _KNEE_MEMORY * self._window_length()
 
     def pace(self) -> float:
-        """Requests per second the backend absorbs at the limit (Little's law), for pacing."""
+        """Requests per second the backend absorbs at the limit (Little's law), for pacing.
+        While a ramp restarted below where the limit had grown and no knee is known yet,
+        at that earlier limit (a guess: the ramp will likely get there)."""
+        limit = float(self.limit)
+        if self.knee_at is None or self.slow_start:
+            limit = max(limit, self.grown)
         latency = self.latency or self.floor.value
         if latency is None or latency <= 0:
-            return self.limit / 0.1  # nothing measured yet: assume 100 ms answers
-        return self.limit / latency
+            return limit / 0.1  # nothing measured yet: assume 100 ms answers
+        return limit / latency
 
     # --- control ---------------------------------------------------------------------------
     def enter_slow_start(self, now: float, from_floor: bool) -> None:
@@ -168,9 +186,11 @@ class Limiter:
         self._end_probe(restore=True)
         if from_floor:
             self.value = float(self.config.floor)
-        elif self.knee_at is None and self.proven:
-            # A limit that grew on traffic that never reached the backend's knee says
-            # nothing about it: start the ramp from what was seen to cause no queueing.
+        elif self.proven:
+            # A limit that grew on traffic that never filled it says nothing about the
+            # backend: start the ramp from what was seen to cause no queueing. (What it
+            # had grown to stays a hint for optimistic pacing until a knee is found.)
+            self.grown = self.value
             self.value = max(float(self.config.floor), min(self.value, float(self.proven)))
         self.slow_start = True
         self._cooldown = False  # a cut before this ramp says nothing about its first window
@@ -204,6 +224,7 @@ class Limiter:
         self._peak = 0
         self._clean_ok = 0
         self._clean_lat = 0.0
+        self._lag = 0.0
 
     def _close(self, now: float, in_flight: int, may_probe: bool) -> None:
         cfg = self.config
@@ -233,12 +254,24 @@ class Limiter:
                 self._reset_window(now)
             return
         mean = self._lat_sum / self._ok if self._ok else None
+        floor_now = self.floor.value
+        if (
+            mean is not None
+            and floor_now is not None
+            and self._lag > (cfg.latency_tolerance - 1.0) * floor_now
+        ):
+            # Our own loop stalled longer than the queueing we tolerate (a wave of arrivals
+            # being read): this window's latency measures us, not the backend. Skip it.
+            self.last_change = "own-lag"
+            self._reset_window(now)
+            return
 
         if (
             self._pushback >= cfg.backpressure_ratio * n
             or self._broken >= cfg.backpressure_ratio * n
         ):
             self.value = max(float(cfg.floor), self.value * cfg.backoff)
+            self.knee_value = self.value
             self.slow_start = False
             self.last_change = "backoff"
             self.knee_at = now
@@ -251,8 +284,11 @@ class Limiter:
             )
             floor = self.floor.value
             assert floor is not None
-            if mean <= floor * LatencyFloor.CONFIRM and self._peak > self.proven:
-                self.proven = self._peak
+            if mean <= floor * LatencyFloor.CONFIRM:
+                # Little's law: the window's mean concurrency, with headroom for its peaks
+                # (a single peak at floor latency proves little: most of it did not queue).
+                held = _PROVEN_HEADROOM * self._lat_sum / max(now - self._window_start, 1e-9)
+                self.proven = max(self.proven, min(int(held), self._peak))
             gradient = cfg.latency_tolerance * floor / mean
             if gradient < 1.0 and self._cooldown:
                 # Most answers in this window were sent before the last cut, at the old
@@ -266,6 +302,7 @@ class Limiter:
                 # needed. Near the knee the plain gradient, so the limit settles on it.
                 cut = math.sqrt(gradient) if gradient < _DEEP_CUT else gradient
                 self.value = max(float(cfg.floor), self.value * max(0.5, cut))
+                self.knee_value = self.value  # the cut's estimate of where the knee is
                 self.slow_start = False
                 self.last_change = "latency"
                 self.knee_at = now
@@ -281,8 +318,10 @@ class Limiter:
                     if ratio > LatencyFloor.CONFIRM:
                         factor = min(factor, max(1.0, cfg.latency_tolerance / ratio))
                     self.value = min(float(cfg.ceiling), self.value * factor)
-                elif self.knee_at is not None and now - self.knee_at <= (
-                    _KNEE_MEMORY * self._window_length()
+                elif (
+                    self.knee_at is not None
+                    and now - self.knee_at <= _KNEE_MEMORY * self._window_length()
+                    and self.value >= _NEAR_KNEE * self.knee_value
                 ):
                     # Just below a knee found lately: probe upward gently. A backend that
                     # slows down with its own queue (thrashing) loses more to a limit that
