@@ -246,6 +246,11 @@ class ModesConfig(Strict):
     outage_trickle: int = Field(
         0, ge=0, description="requests forwarded concurrently during OUTAGE (canaries)"
     )
+    outage_retry_after_max: Duration = Field(
+        4.0,
+        description="longest Retry-After while the backend is down (it is paced by the "
+        "outage's age up to this)",
+    )
     shield_default_ttl: Duration = Field(600.0, gt=0)
     shield_max_ttl: Duration = Field(86400.0, gt=0)
     start_in_recovery_if_loaded: bool = True

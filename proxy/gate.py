@@ -72,6 +72,7 @@ from .contracts import Outcome, Probe, Refusal, Ticket
 from .limiter import Limiter
 from .metrics import Metrics
 from .modes import (
+    REASON_ERRORS,
     REASON_OPERATOR,
     Event,
     IllegalTransition,
@@ -336,6 +337,7 @@ class AdmissionGate:
         self._n_push = 0
         self._n_timeout = 0
         self._n_broken = 0
+        self._broken_streak = 0  # broken answers since the last good one
         self._overloaded = 0  # overload refusals since the last tick
         self._saturated_ticks = 0
         self._loaded_at_start = False  # saturated during the start-up window
@@ -391,6 +393,7 @@ class AdmissionGate:
         sh = config.shedding
         self._margin = sh.deadline_margin
         self._fast_error = config.modes.fast_error
+        self._streak_limit = config.modes.outage_min_samples
         self._overload_status = sh.overload_status
         self._spillover = config.region.spillover
         self._spare = config.region.spare_utilisation
@@ -511,7 +514,9 @@ class AdmissionGate:
         self.in_flight -= 1
         c.in_flight -= 1
         status = outcome.status
+        kind_ok = False
         if outcome.error is None and status is not None and status < 500 and status != 429:
+            kind_ok = True
             self._n_ok += 1
             self._lat_sum += outcome.latency
             since = self._measuring_since
@@ -528,8 +533,26 @@ class AdmissionGate:
                 self._n_timeout += 1
             elif kind == BROKEN:
                 self._n_broken += 1
+                self._broken_streak += 1
+                if self._broken_streak >= self._streak_limit:
+                    self._broken_now()
+        if kind_ok:
+            self._broken_streak = 0
         if self._queued and self.in_flight < self._eff:
             self._pump(self._clock())
+
+    def _broken_now(self) -> None:
+        """A run of broken answers (connect failures, fast 5xx) with nothing good between:
+        the backend is down. OUTAGE now, not at the next tick and not once the broken share
+        of a window that still remembers the healthy seconds before passes the threshold:
+        every request forwarded meanwhile gets the backend's own error instead of `outage`."""
+        mode = self.modes.state
+        if mode is not Mode.NORMAL and mode is not Mode.RECOVERY:
+            return
+        now = self._clock()
+        n = self._broken_streak
+        tr = self.modes.apply(Event.BROKEN, now, REASON_ERRORS, f"{n} broken answers in a row")
+        self._on_transition(tr, now)
 
     def _rekey_lanes(self) -> None:
         """After the caller index space changed: key lanes by their caller's new index
@@ -754,8 +777,11 @@ class AdmissionGate:
             not_before = self.modes.shield_until if reason == "shield" else 0.0
             if self.modes.state is Mode.OUTAGE:
                 # Nobody knows when the backend comes back: expect the outage to last about
-                # as long as it has so far, so retries are not burnt while it is down.
-                not_before = max(not_before, now + (now - self.modes.since))
+                # as long as it has so far, so retries are not burnt while it is down; but
+                # no longer than `outage_retry_after_max`, or the backlog comes back long
+                # after the backend did and the drain waits for it.
+                age = min(now - self.modes.since, self.config.modes.outage_retry_after_max)
+                not_before = max(not_before, now + age)
             baseline = self.rates.baseline or 0.0
             pace = self._book_pace
             if t.solicited:

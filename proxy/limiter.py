@@ -170,6 +170,7 @@ class Limiter:
         at that earlier limit (a guess: the ramp will likely get there)."""
         limit = float(self.limit)
         if self.knee_at is None or self.slow_start:
+            # (`grown` is dropped once a ramp ends: see `_close`)
             limit = max(limit, self.grown)
         latency = self.latency or self.floor.value
         if latency is None or latency <= 0:
@@ -185,7 +186,13 @@ class Limiter:
         """
         self._end_probe(restore=True)
         if from_floor:
-            self.value = float(self.config.floor)
+            # The backend's capacity is unknown again; what the limit was before stays a
+            # hint for optimistic pacing until the ramp finds a knee.
+            self.grown = max(self.grown, self.value)
+            # From what the traffic before was seen to take without queueing (at least the
+            # floor): fresh traffic is served at once, and a weaker backend shows in the
+            # first (half) window.
+            self.value = max(float(self.config.floor), min(self.value, float(self.proven)))
         elif self.proven:
             # A limit that grew on traffic that never filled it says nothing about the
             # backend: start the ramp from what was seen to cause no queueing. (What it
@@ -272,6 +279,7 @@ class Limiter:
         ):
             self.value = max(float(cfg.floor), self.value * cfg.backoff)
             self.knee_value = self.value
+            self.grown = 0.0
             self.slow_start = False
             self.last_change = "backoff"
             self.knee_at = now
@@ -303,6 +311,7 @@ class Limiter:
                 cut = math.sqrt(gradient) if gradient < _DEEP_CUT else gradient
                 self.value = max(float(cfg.floor), self.value * max(0.5, cut))
                 self.knee_value = self.value  # the cut's estimate of where the knee is
+                self.grown = 0.0
                 self.slow_start = False
                 self.last_change = "latency"
                 self.knee_at = now
