@@ -199,7 +199,10 @@ class Workflow:
             if attempt == 0 and first is not None:
                 result = await client.complete(first, name=self.name, timeout=spec.timeout)
             else:
-                if state.rate_cap is not None:
+                if state.rate_cap is not None and attempt > 0:
+                    # The cap paces the storm (retries), not the open-loop arrivals: a fresh
+                    # first try waiting behind the backlog's retries in the generator would
+                    # measure the generator, not the system under test.
                     await state.rate_cap.take()
                 result = await client.get(
                     self.path,
