@@ -858,6 +858,7 @@ def bench(args: argparse.Namespace) -> int:
         f"pinning: backend + wrk + open-loop generator on core {LOAD_CORE}; the proxy under "
         f"test alone on core {PROXY_CORE} (taskset). Loopback only."
     )
+    print(f"code: {_revision()}, Python {sys.version.split()[0]}")
     load = os.getloadavg()
     print(
         f"machine: {os.cpu_count()} cores, load average {load[0]:.2f} at start; other sessions "
@@ -894,6 +895,25 @@ def bench(args: argparse.Namespace) -> int:
         finally:
             procs.stop_all()
             stop()
+
+
+def _revision() -> str:
+    """The commit measured, and whether proxy/ differs from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "proxy"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown revision"
+    if not head:
+        return "unknown revision (not a git checkout)"
+    return f"commit {head}" + (" + uncommitted changes in proxy/" if dirty else "")
 
 
 def _install_signal_exit() -> Callable[[], None]:
