@@ -789,9 +789,11 @@ class AdmissionGate:
                 # hold. Its next slot is booked at the plain estimate, so a request bounces
                 # once, not until its client runs out of retries.
                 pace = min(pace, self._pace * self.config.shedding.pace_headroom)
-            ms = self.pacer.book(
-                c.index, now, pace, baseline, self._queued, not_before, t.fingerprint
-            )
+            # Work in front of the return: what is queued, but no more than can be served
+            # within a client's patience (the rest of a wave being read will be answered too,
+            # and must not push every return back by the time it would take to serve it).
+            ahead = min(self._queued, int(self._pace * self._patience))
+            ms = self.pacer.book(c.index, now, pace, baseline, ahead, not_before, t.fingerprint)
             self.metrics.slots_booked.inc()
             self._mode_backlog += 1
             if reason == "overload" or reason == "outage":
