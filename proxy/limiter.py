@@ -54,6 +54,17 @@ _GROWTH_MARGIN = 1.05
 class Limiter:
     """Adaptive concurrency limit; feed it answers with `add`, close windows with `tick`."""
 
+    # The current window's tallies, zeroed by `_reset_window`.
+    _window_start: float
+    _ok: int
+    _lat_sum: float
+    _pushback: int
+    _broken: int
+    _peak: int
+    _clean_ok: int
+    _clean_lat: float
+    _lag: float
+
     def __init__(self, config: LimiterConfig, now: float) -> None:
         self.config = config
         self.value = float(config.initial)
@@ -67,15 +78,7 @@ class Limiter:
         self.proven = 0
         self.grown = 0.0  # the limit before a ramp restarted it lower (0: none)
         self._cooldown = False  # the window after a latency cut judges no second cut
-        self._window_start = now
-        self._ok = 0
-        self._lat_sum = 0.0
-        self._pushback = 0
-        self._broken = 0
-        self._peak = 0
-        self._clean_ok = 0
-        self._clean_lat = 0.0
-        self._lag = 0.0  # the worst stall of our own event loop in this window
+        self._reset_window(now)
         self.knee_value = 0.0  # where the last cut put the limit (its estimate of the knee)
         self._stage = _IDLE
         self._saved = self.value
@@ -231,7 +234,7 @@ class Limiter:
         self._peak = 0
         self._clean_ok = 0
         self._clean_lat = 0.0
-        self._lag = 0.0
+        self._lag = 0.0  # the worst stall of our own event loop in this window
 
     def _close(self, now: float, in_flight: int, may_probe: bool) -> None:
         cfg = self.config

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from loadtest.cli import run_scenario
+from proxy.contracts import REASONS
 
 pytestmark = pytest.mark.replay
 
@@ -82,21 +83,7 @@ def test_direct_arm_collapses_and_stays_down(tmp_path: Path) -> None:
 
 # Every answer a client may see from the protected arm: a 200 or a reason of DESIGN.md §4's
 # table (Sluice's own explicit answers). Timeouts and connection errors are not among them.
-SLUICE_REASONS = frozenset(
-    {
-        "overload",
-        "caller-cap",
-        "retry-budget",
-        "spillover",
-        "shield",
-        "outage",
-        "deadline",
-        "draining",
-        "upstream-connect",
-        "upstream-timeout",
-        "bad-request",
-    }
-)
+SLUICE_REASONS = frozenset(REASONS)  # the closed table Sluice answers from
 
 
 @pytest.mark.timeout(90)
