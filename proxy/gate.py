@@ -1212,6 +1212,8 @@ class AdmissionGate:
     def _update_gauges(self, now: float) -> None:
         m = self.metrics
         m.limit.set(self.limiter.limit)
+        m.limit_floor.set(self.config.limiter.floor)
+        m.shield_remaining.set(self.modes.shield_remaining(now))
         for gauge, n in zip(self._prio_gauges, self._queued_by_priority(), strict=True):
             gauge.set(n)
         floor = self.limiter.floor.value

@@ -128,6 +128,16 @@ class Metrics:
             "Requests that would have waited in a queue, admitted at once in dry-run mode.",
             registry=r,
         )
+        self.limit_floor = Gauge(
+            "sluice_limit_floor",
+            "limiter.floor in force (the learned limit never goes below).",
+            registry=r,
+        )
+        self.shield_remaining = Gauge(
+            "sluice_shield_remaining_seconds",
+            "Seconds until SHIELD ends by its TTL (0 outside SHIELD).",
+            registry=r,
+        )
         self.latency_floor = Gauge(
             "sluice_latency_floor_seconds",
             "The upstream's learned unloaded latency (the limiter's yardstick).",
