@@ -248,7 +248,13 @@ def analyze(run: RunData) -> dict[str, Any]:
             "peak_busy": st["peak_busy"],
             "first_good_probe": st.get("first_good_probe"),
         }
-    amplification = backend_arrivals / first_tries if first_tries else None
+    # Work owed at t0 counts as a first try: after an outage the open workflows made theirs
+    # before t0, yet each still needs one attempt (without this, a perfect drain of N would
+    # read as (λ₀·T + N) / (λ₀·T) amplification).
+    first_try_at = {a[0]: a[3] for a in atts if a[1] == 0}
+    carried = sum(1 for w in backlog if first_try_at.get(w[0], t0) < t0)
+    units = first_tries + carried
+    amplification = backend_arrivals / units if units else None
     wasted_fraction = wasted / completed if completed else None
 
     answers = Counter(a[5] for a in atts)

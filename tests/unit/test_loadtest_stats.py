@@ -167,3 +167,45 @@ def test_analyze_outage_counts_workflows_open_at_the_first_good_probe() -> None:
     # Open at 10.5: wf 2 (ends 12.0), 3 (ends 11.0); wf 4 and 5 start later.
     assert r["backlog"]["n"] == 2
     assert r["times"]["t0"] == 10.5
+
+
+def test_amplification_counts_work_owed_at_t0() -> None:
+    """After an outage the open workflows tried before t0; one retry each is no amplification."""
+    sc, _ = load_scenario("backend-outage")
+    sc = sc.with_timing(warmup=5.0, observe=10.0, last_window=2.0)
+    wfs = [
+        [0, 0, 0, 0, 8.0, 11.0, 1, 2],  # open at t0: failed in the outage, then served
+        [1, 0, 0, 1, 12.0, 12.05, 1, 1],  # fresh after t0
+    ]
+    atts = [
+        (0, 0, 0, 8.0, 8.01, "500 backend:outage", None),
+        (0, 1, 0, 10.5, 11.0, "200", None),
+        (1, 0, 0, 12.0, 12.05, "200", None),
+    ]
+    backend = {
+        "capacity": 200.0,
+        "config": {"workers": 10},
+        "arrivals": [(8.0, 0), (10.5, 0), (12.0, 0)],
+        "completions": [(11.0, request_id(0, 1), 0, 0), (12.05, request_id(1, 0), 0, 0)],
+        "rejections": [],
+        "samples": [],
+        "peak_queue": 0,
+        "peak_busy": 1,
+    }
+    run = RunData(
+        scenario=sc,
+        arm="sluice",
+        seed=1,
+        capacity_scale=1.0,
+        t_start=5.0,
+        t_trigger=7.0,
+        t_end=20.0,
+        t0=10.0,
+        fleet={"workflows": wfs, "attempts": atts, "lag": [(6.0, 0.001)]},
+        backends={"east": backend},
+        cpu={"fleet": 0.2},
+    )
+    r = analyze(run)
+    assert r["backlog"]["n"] == 1
+    assert r["first_tries_after_t0"] == 1
+    assert r["amplification"] == pytest.approx(2 / 2)  # 2 arrivals for 2 units of work
