@@ -4,6 +4,7 @@ upstream client, the gate, and config snapshots swapped atomically on reload.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -12,6 +13,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.http_writer import HttpVersion11
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
 from .classify import Classifier
@@ -142,10 +148,14 @@ class Sluice:
         return doc
 
     # --- the request path -----------------------------------------------------------------
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """classify → gate → forward; every admitted ticket is released exactly once."""
         snap = self.snapshot
         config = snap.config
+        if request.headers.get("Expect"):
+            # What aiohttp's Application did before its handler (the proxy is served by the
+            # low-level web.Server): `100 Continue` now, 417 for any other expectation.
+            await _expect(request)
         peer = _peer(request)
         if config.listen.expose_metrics and request.path == "/metrics":
             from .admin import metrics_response
@@ -185,7 +195,17 @@ class Sluice:
         return resp
 
 
-def _peer(request: web.Request) -> str:
+async def _expect(request: web.BaseRequest) -> None:
+    """aiohttp's default `Expect` handling (web_urldispatcher._default_expect_handler)."""
+    if request.version == HttpVersion11:
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            raise web.HTTPExpectationFailed(text=f"Unknown Expect: {request.headers['Expect']}")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the main answer has not started yet
+    await request.writer.drain()
+
+
+def _peer(request: web.BaseRequest) -> str:
     transport = request.transport
     if transport is not None:
         info = transport.get_extra_info("peername")
@@ -201,7 +221,7 @@ def _probe_headers(url: str) -> CIMultiDict[str]:
     return headers
 
 
-def _log_access(request: web.Request, ticket: Ticket, outcome: Outcome, status: int) -> None:
+def _log_access(request: web.BaseRequest, ticket: Ticket, outcome: Outcome, status: int) -> None:
     access_log.info(
         "request",
         extra={
@@ -216,8 +236,25 @@ def _log_access(request: web.Request, ticket: Ticket, outcome: Outcome, status: 
     )
 
 
-def build_proxy_app(sluice: Sluice, config: Config) -> web.Application:
-    """The client-facing aiohttp application: every path goes to `Sluice.handle`."""
-    app = web.Application(client_max_size=config.listen.max_body_size or 2**63)
-    app.router.add_route("*", "/{tail:.*}", sluice.handle)
-    return app
+def build_proxy_server(sluice: Sluice, config: Config, **kwargs: Any) -> web.Server:
+    """The client-facing low-level aiohttp server: every request goes to `Sluice.handle`.
+
+    No Application, router or middlewares: per request they cost a router match, a
+    `get_event_loop()` (a getpid syscall on Python 3.11) and the Expect check, which
+    `Sluice.handle` does itself. Must be called inside the running loop.
+    """
+    loop = asyncio.get_running_loop()
+    max_size = config.listen.max_body_size or 2**63
+
+    def make_request(
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        return web.BaseRequest(
+            message, payload, protocol, writer, task, loop, client_max_size=max_size
+        )
+
+    return web.Server(sluice.handle, request_factory=make_request, loop=loop, **kwargs)

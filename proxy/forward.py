@@ -14,6 +14,7 @@ import time
 import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
+from multidict import CIMultiDict
 
 from .config import Config
 from .contracts import Outcome, Refusal, Ticket
@@ -76,17 +77,29 @@ class BrokenRequestBody(RequestPayloadError):
     broke), so aiohttp does not linger reading it after the answer but closes at once."""
 
 
+# Per reason, the headers every refusal for it carries, built once: a refusal copies its
+# template (one C-level copy) instead of building a dict that aiohttp then converts.
+_TEMPLATES = {
+    reason: CIMultiDict({"x-sluice-reason": reason, "Content-Type": "application/json"})
+    for reason in _MESSAGES
+}
+
+
 def refusal_response(refusal: Refusal, request_id: str | None) -> web.Response:
     """The explicit answer for a refusal: status, `x-sluice-reason`, paced Retry-After, JSON."""
-    headers = {"x-sluice-reason": refusal.reason, "Content-Type": "application/json"}
-    if refusal.retry_after_ms > 0:
-        headers["Retry-After"] = str(max(1, math.ceil(refusal.retry_after_ms / 1000)))
-        headers["retry-after-ms"] = str(refusal.retry_after_ms)
-    if refusal.reason == "spillover":
+    reason = refusal.reason
+    # aiohttp copies the template into the response's own headers (one C-level copy).
+    resp = web.Response(status=refusal.status, body=_BODIES[reason], headers=_TEMPLATES[reason])
+    headers = resp.headers
+    ms = refusal.retry_after_ms
+    if ms > 0:
+        headers["Retry-After"] = str(max(1, math.ceil(ms / 1000)))
+        headers["retry-after-ms"] = str(ms)
+    if reason == "spillover":
         headers["x-sluice-no-failover"] = "1"
     if request_id:
         headers["x-request-id"] = request_id
-    return web.Response(status=refusal.status, body=_BODIES[refusal.reason], headers=headers)
+    return resp
 
 
 class BodyStream:
@@ -100,7 +113,7 @@ class BodyStream:
 
     __slots__ = ("_content", "failed", "gap", "limit", "total")
 
-    def __init__(self, request: web.Request, limit: int, gap: float) -> None:
+    def __init__(self, request: web.BaseRequest, limit: int, gap: float) -> None:
         self._content = request.content
         self.limit = limit
         self.gap = gap
@@ -142,7 +155,7 @@ class Forwarder:
 
     async def forward(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         ticket: Ticket,
         outcome: Outcome,
         config: Config,
@@ -209,7 +222,7 @@ class Forwarder:
 
     async def _respond(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         up: UpstreamResponse,
         request_id: str,
         gap: float,
@@ -269,7 +282,7 @@ class Forwarder:
         return resp
 
 
-def _abort(request: web.Request) -> None:
+def _abort(request: web.BaseRequest) -> None:
     transport = request.transport
     if transport is not None:
         transport.abort()

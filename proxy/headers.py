@@ -55,17 +55,25 @@ def connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[
     return tokens
 
 
+_HOP_BY_HOP = tuple(HOP_BY_HOP)
+
+
 def strip_hop_by_hop(
     headers: CIMultiDictProxy[str] | CIMultiDict[str], drop: frozenset[str] = frozenset()
 ) -> CIMultiDict[str]:
     """A copy without hop-by-hop headers, those named in `Connection`, and `drop`."""
-    named = connection_tokens(headers) if "connection" in headers else ()
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        lname = name.lower()
-        if lname in HOP_BY_HOP or lname in named or lname in drop:
-            continue
-        out.add(name, value)
+    # One C-level copy, then a few C-level removals: cheaper than a Python loop over every
+    # header (order and case of what is kept are the same).
+    out: CIMultiDict[str] = CIMultiDict(headers)
+    if "connection" in headers:
+        for token in connection_tokens(headers):
+            out.popall(token, None)
+    for name in _HOP_BY_HOP:
+        if name in out:
+            out.popall(name)
+    for name in drop:
+        if name in out:
+            out.popall(name)
     return out
 
 

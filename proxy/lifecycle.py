@@ -20,9 +20,9 @@ from typing import Any
 from aiohttp import web
 
 from .admin import Admin, build_admin_app, load_admin_token
-from .app import ReloadRefused, Sluice, build_proxy_app
+from .app import ReloadRefused, Sluice, build_proxy_server
 from .config import Config, ConfigError, load_config
-from .guard import Guard, GuardedAppRunner
+from .guard import Guard, GuardedServer
 from .logs import set_level
 
 log = logging.getLogger("sluice.lifecycle")
@@ -40,7 +40,7 @@ def raise_nofile_limit() -> tuple[int, int]:
     return soft, soft
 
 
-def _bound_port(runner: web.AppRunner) -> int:
+def _bound_port(runner: web.BaseRunner) -> int:
     addrs = runner.addresses
     return int(addrs[0][1]) if addrs else 0
 
@@ -51,7 +51,7 @@ class Server:
 
     config_path: Path | None
     sluice: Sluice
-    proxy_runner: web.AppRunner
+    proxy_runner: web.BaseRunner
     admin_runner: web.AppRunner
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -122,18 +122,22 @@ async def start_server(config: Config, config_path: Path | None = None) -> Serve
     await sluice.start()
     listen = config.listen
     guard = Guard(lambda: sluice.snapshot.config.listen, sluice.metrics)
-    proxy_runner = GuardedAppRunner(  # header-read timer, JSON answers to bad input
-        build_proxy_app(sluice, config),
+    proxy_server = GuardedServer(  # header-read timer, JSON answers to bad input
+        build_proxy_server(
+            sluice,
+            config,
+            access_log=None,
+            handler_cancellation=True,
+            auto_decompress=False,  # bytes and Content-Encoding pass untouched
+            keepalive_timeout=listen.keepalive_timeout,
+            max_line_size=listen.max_line_size,
+            max_field_size=listen.max_field_size,
+            max_headers=listen.max_headers,
+        ),
         guard,
-        handle_signals=False,
-        access_log=None,
-        handler_cancellation=True,
-        auto_decompress=False,  # bytes and Content-Encoding pass untouched
-        keepalive_timeout=listen.keepalive_timeout,
-        max_line_size=listen.max_line_size,
-        max_field_size=listen.max_field_size,
-        max_headers=listen.max_headers,
-        shutdown_timeout=config.lifecycle.drain_timeout,
+    )
+    proxy_runner = web.ServerRunner(
+        proxy_server, handle_signals=False, shutdown_timeout=config.lifecycle.drain_timeout
     )
     await proxy_runner.setup()
     await web.TCPSite(
