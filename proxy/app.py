@@ -81,7 +81,8 @@ class Sluice:
     async def start(self) -> None:
         """Open the upstream pool and start the gate's background work (inside the loop)."""
         self.client = make_upstream(self.snapshot.config.upstream)
-        self.forwarder = Forwarder(self.client, self.metrics)
+        # The gate's mode controller, if it has one (fast `503 outage` for 5xx in OUTAGE).
+        self.forwarder = Forwarder(self.client, self.metrics, getattr(self.gate, "modes", None))
         await self.gate.start(self.probe)
 
     async def drain(self) -> None:

@@ -20,6 +20,7 @@ from .config import Config
 from .contracts import Outcome, Refusal, Ticket
 from .headers import TrustedSources, set_forwarded, strip_hop_by_hop
 from .metrics import Metrics
+from .modes import Mode, ModeController
 from .upstream import UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse
 
 # Bodies up to this size are read whole and sent with one write (cheaper than streaming).
@@ -147,11 +148,18 @@ class BodyStream:
 
 
 class Forwarder:
-    """Sends admitted requests upstream through the shared client and streams the answer."""
+    """Sends admitted requests upstream through the shared client and streams the answer.
 
-    def __init__(self, client: UpstreamClient, metrics: Metrics) -> None:
+    `modes` is the gate's mode controller (None without one, e.g. protection off): while it
+    says OUTAGE (and not dry-run), an upstream 5xx is answered `503 outage` instead.
+    """
+
+    def __init__(
+        self, client: UpstreamClient, metrics: Metrics, modes: ModeController | None = None
+    ) -> None:
         self.client = client
         self.metrics = metrics
+        self.modes = modes
 
     async def forward(
         self,
@@ -214,11 +222,32 @@ class Forwarder:
         outcome.status = upstream.status
         outcome.error = None  # answered: the gate learns from it (not "cancelled")
         metrics.upstream_latency.observe(outcome.latency)
+        if upstream.status >= 500 and self._in_outage():
+            # A canary, or a request admitted just before the switch, met the broken backend:
+            # the client gets the reason table's `outage` (with when to come back), not the
+            # backend's error. Nothing was sent yet; the gate still learns the 5xx.
+            upstream.release()
+            metrics.refused["outage"].inc()
+            return refusal_response(
+                Refusal("outage", 503, self._outage_retry_after_ms(config)), ticket.request_id
+            )
         metrics.forwarded.inc()
         try:
             return await self._respond(request, upstream, ticket.request_id, timeout, outcome)
         finally:
             upstream.release()
+
+    def _in_outage(self) -> bool:
+        modes = self.modes
+        return modes is not None and modes.state is Mode.OUTAGE and not modes.dry_run
+
+    def _outage_retry_after_ms(self, config: Config) -> int:
+        """The gate's rule for outage refusals without a booked slot: about as long as the
+        outage has lasted, within `outage_retry_after_max` and the Retry-After bounds."""
+        assert self.modes is not None
+        sh = config.shedding
+        age = min(time.monotonic() - self.modes.since, config.modes.outage_retry_after_max)
+        return math.ceil(min(max(sh.retry_after_min, age), sh.retry_after_max) * 1000)
 
     async def _respond(
         self,
