@@ -277,8 +277,9 @@ class SheddingConfig(Strict):
         1.1,
         ge=1.0,
         le=2.0,
-        description="book returns this much faster than the measured pace: an early return "
-        "waits briefly in the queue, a late one leaves capacity idle",
+        description="book returns this much faster than their measured share of the pace "
+        "(the pace less the fresh baseline): an early return waits briefly in the queue, a "
+        "late one leaves capacity idle",
     )
 
     @model_validator(mode="after")

@@ -432,8 +432,15 @@ class AdmissionGate:
         elif lim.slow_start or not self._pace_known:
             boost = lim.config.slow_start_factor
         else:
-            boost = self.config.shedding.pace_headroom
-        self._book_pace = self._pace * boost
+            boost = 0.0
+        if boost:
+            self._book_pace = self._pace * boost
+        else:
+            # Measured: the headroom widens the returns' share (the pace less the baseline),
+            # not the whole pace, which would overbook that share by headroom x pace / share.
+            base = self.rates.baseline or 0.0
+            share = max(self._pace - base, 0.0)
+            self._book_pace = self._pace + share * (self.config.shedding.pace_headroom - 1.0)
         # Fresh arrivals up to the baseline rate (with headroom) go in the first tier.
         baseline = self.rates.baseline or 0.0
         self._fresh_rate = _FRESH_HEADROOM * baseline
@@ -707,7 +714,14 @@ class AdmissionGate:
         while only guessed), less the fresh arrivals the first tier lets ahead of them."""
         pace = self._pace
         if level % _TIERS != _TIER_FRESH:
-            pace = max(pace - self._fresh_rate, pace * self.config.shedding.min_return_share)
+            # Solicited returns: the fresh arrivals expected (the baseline), not the first
+            # tier's allowance (x1.2). That is a cap on fresh traffic; counting all of it
+            # judged doomed the returns the backend was about to serve, and every such bounce
+            # costs a client one of its few attempts.
+            fresh = self._fresh_rate
+            if level % _TIERS == _TIER_SOLICITED:
+                fresh = self.rates.baseline or 0.0
+            pace = max(pace - fresh, pace * self.config.shedding.min_return_share)
         return max(pace, 1e-3)
 
     def _rejudge(self, now: float) -> None:
@@ -789,6 +803,11 @@ class AdmissionGate:
                 # hold. Its next slot is booked at the plain estimate, so a request bounces
                 # once, not until its client runs out of retries.
                 pace = min(pace, self._pace * self.config.shedding.pace_headroom)
+                if not self._pace_known and self.modes.state is not Mode.OUTAGE:
+                    # The pace is still a guess, and the guess just proved optimistic: no
+                    # boost at all, or the rebooked slot is early again (after an outage the
+                    # whole held backlog bounces at once, and clients run out of attempts).
+                    pace = min(pace, self._pace)
             # Work in front of the return: what is queued, but no more than can be served
             # within a client's patience (the rest of a wave being read will be answered too,
             # and must not push every return back by the time it would take to serve it).
