@@ -714,12 +714,14 @@ class AdmissionGate:
         while only guessed), less the fresh arrivals the first tier lets ahead of them."""
         pace = self._pace
         if level % _TIERS != _TIER_FRESH:
-            # Solicited returns: the fresh arrivals expected (the baseline), not the first
-            # tier's allowance (x1.2). That is a cap on fresh traffic; counting all of it
-            # judged doomed the returns the backend was about to serve, and every such bounce
-            # costs a client one of its few attempts.
+            # Solicited returns, once the pace is measured: the fresh arrivals expected (the
+            # baseline), not the first tier's allowance (x1.2). That is a cap on fresh
+            # traffic; counting all of it judged doomed the returns the backend was about to
+            # serve, and every such bounce costs a client one of its few attempts. (While the
+            # pace is a guess, e.g. the first seconds after an outage, the allowance stands:
+            # held returns must not crowd the ramp that fresh traffic needs.)
             fresh = self._fresh_rate
-            if level % _TIERS == _TIER_SOLICITED:
+            if level % _TIERS == _TIER_SOLICITED and self._pace_known:
                 fresh = self.rates.baseline or 0.0
             pace = max(pace - fresh, pace * self.config.shedding.min_return_share)
         return max(pace, 1e-3)
