@@ -242,12 +242,12 @@ class Forwarder:
         return modes is not None and modes.state is Mode.OUTAGE and not modes.dry_run
 
     def _outage_retry_after_ms(self, config: Config) -> int:
-        """The gate's rule for outage refusals without a booked slot: about as long as the
-        outage has lasted, within `outage_retry_after_max` and the Retry-After bounds."""
+        """The gate's rule for outage refusals, without a booked slot, within the
+        Retry-After bounds."""
         assert self.modes is not None
         sh = config.shedding
-        age = min(time.monotonic() - self.modes.since, config.modes.outage_retry_after_max)
-        return math.ceil(min(max(sh.retry_after_min, age), sh.retry_after_max) * 1000)
+        left = self.modes.expected_outage_left(time.monotonic())
+        return math.ceil(min(max(sh.retry_after_min, left), sh.retry_after_max) * 1000)
 
     async def _respond(
         self,

@@ -792,12 +792,7 @@ class AdmissionGate:
         else:
             not_before = self.modes.shield_until if reason == "shield" else 0.0
             if self.modes.state is Mode.OUTAGE:
-                # Nobody knows when the backend comes back: expect the outage to last about
-                # as long as it has so far, so retries are not burnt while it is down; but
-                # no longer than `outage_retry_after_max`, or the backlog comes back long
-                # after the backend did and the drain waits for it.
-                age = min(now - self.modes.since, self.config.modes.outage_retry_after_max)
-                not_before = max(not_before, now + age)
+                not_before = max(not_before, now + self.modes.expected_outage_left(now))
             baseline = self.rates.baseline or 0.0
             pace = self._book_pace
             if t.solicited:

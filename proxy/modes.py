@@ -324,6 +324,12 @@ class ModeController:
                 return self.apply(Event.SURGE, now, REASON_RETRIES, detail)
         return None
 
+    def expected_outage_left(self, now: float) -> float:
+        """How long the current outage is expected to last from now: about as long as it has
+        so far (nobody knows when the backend comes back), at most `outage_retry_after_max`,
+        so retries are not burnt while it is down and the backlog is not kept away after."""
+        return min(now - self.since, self.config.modes.outage_retry_after_max)
+
     def shield_remaining(self, now: float) -> float:
         """Seconds of SHIELD left (0 outside SHIELD)."""
         return max(0.0, self.shield_until - now) if self.state is Mode.SHIELD else 0.0
