@@ -8,7 +8,7 @@ here, so the gate stays pure and testable without sockets.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .config import Config
@@ -49,7 +49,6 @@ class Ticket:
     request_id: str
     fingerprint: int = 0
     solicited: bool = False  # set by the gate: the caller came back in a slot we booked
-    extra: dict[str, Any] = field(default_factory=dict)
     # Owned by the gate: its per-caller accounting for an admitted ticket (None otherwise),
     # so `release` finds it without a lookup and a second release is a no-op.
     gate_state: Any = None
