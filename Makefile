@@ -4,10 +4,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv lint typecheck test demo run bench soak clean
+.PHONY: help venv lint typecheck test demo figures run bench soak clean
 
 help:
 	@echo "make demo   incident replay: unprotected vs protected, table + plot"
+	@echo "make figures  acceptance figures (issues 4, 5): sluice arm, 18 runs, PASS/FAIL (~11 min)"
 	@echo "make test   lint, type-check and run the test suite"
 	@echo "make lint   ruff (format check + lint) and mypy only"
 	@echo "make run    run the proxy on config/sluice.yaml"
@@ -37,6 +38,9 @@ test: lint
 
 demo: $(STAMP)
 	$(BIN)/python -m loadtest demo
+
+figures: $(STAMP)
+	$(BIN)/python -m loadtest figures
 
 run: $(STAMP)
 	$(BIN)/sluice --config config/sluice.yaml

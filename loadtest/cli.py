@@ -3,6 +3,8 @@
 python -m loadtest --scenario reopen [--arm direct|passthrough|sluice|all] [--seed S]
                    [--out DIR] [--capacity-scale X] [--profile P]
 python -m loadtest demo        # what `make demo` runs
+python -m loadtest figures [--scenarios A,B] [--profiles P,Q] [--scales 1,2]
+                               # the acceptance matrix, sluice arm only, PASS/FAIL per figure
 python -m loadtest list        # the shipped scenarios
 """
 
@@ -18,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from .figures import PROTECTED_ARM, all_met, render_checks
 from .procs import interrupt_on_termination
 from .profiles import PROFILE_NAMES
 from .runner import ARMS, ArmPlan, run_arm_sync
@@ -28,6 +31,15 @@ DEMO_SCENARIOS: tuple[str, ...] = ("reopen",)
 # After the three arms with the scenario's naive clients (the metastability proof), the same
 # storm through Sluice with SDK-like clients that honour Retry-After: the backlog drains.
 DEMO_DRAIN_PROFILE = "sdk"
+
+# `python -m loadtest figures`: the runs whose sluice arm must reach the figures of issues 4 and 5
+# (scenario, capacity scales, client profiles), in the order they run.
+FIGURES_MATRIX: tuple[tuple[str, tuple[float, ...], tuple[str, ...]], ...] = (
+    ("reopen", (1.0, 2.0), ("sdk", "sdk-noheader", "naive", "hostile")),
+    ("backend-outage", (1.0, 2.0), ("sdk", "sdk-noheader", "naive", "hostile")),
+    ("two-region", (1.0,), ("naive", "sdk")),
+)
+ARM_OVERHEAD_S = 3.0  # per arm beyond the scenario's own timing: start-up, analysis, plot
 
 
 def default_out_dir() -> Path:
@@ -64,6 +76,9 @@ def run_scenario(
             print(f"[{name}] running arm {arm} ...", flush=True)
         plan = ArmPlan(scenario, path, arm, seed, capacity_scale, out_dir)
         res = run_arm_sync(plan)
+        if "unavailable" in res:  # so its figures line can still name the run
+            res.setdefault("capacity_scale", capacity_scale)
+            res.setdefault("profile", scenario.clients.profile)
         if echo and "unavailable" in res:
             print(f"[{name}] arm {arm} unavailable: {res['unavailable']}", flush=True)
         elif echo:
@@ -90,8 +105,10 @@ def write_outputs(results: list[dict[str, Any]], out_dir: Path, echo: bool = Tru
     if ran and len({r["profile"] for r in ran}) == 1 and ran[0]["profile"] != "":
         stem += f"-{ran[0]['profile']}"
     table = render_table(results)
+    checks = render_checks(results) if any(r["arm"] == PROTECTED_ARM for r in results) else None
     paths = [out_dir / f"{stem}.txt", out_dir / f"{stem}.json"]
-    paths[0].write_text(table + "\n", encoding="utf-8")
+    text = table + "\n" + (f"\nfigures of the {PROTECTED_ARM} arm:\n{checks}\n" if checks else "")
+    paths[0].write_text(text, encoding="utf-8")
     paths[1].write_bytes(
         orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
     )
@@ -102,6 +119,10 @@ def write_outputs(results: list[dict[str, Any]], out_dir: Path, echo: bool = Tru
         print()
         print(table)
         print()
+        if checks:
+            print(f"figures of the {PROTECTED_ARM} arm:")
+            print(checks)
+            print()
         print("wrote " + ", ".join(str(p) for p in paths))
     return paths
 
@@ -132,12 +153,139 @@ def demo(out_dir: Path | None = None, seed: int = 1) -> int:
     return 0
 
 
+def figures_plan(
+    scenarios: Sequence[str] | None = None,
+    profiles: Sequence[str] | None = None,
+    scales: Sequence[float] | None = None,
+) -> list[tuple[str, float, str]]:
+    """The runs of FIGURES_MATRIX as (scenario, capacity scale, profile), restricted to the
+    given scenarios, profiles and scales (None: no restriction). Unknown values raise
+    ValueError naming what the matrix has."""
+    known_s = [name for name, _, _ in FIGURES_MATRIX]
+    known_p = sorted({p for _, _, ps in FIGURES_MATRIX for p in ps})
+    known_x = sorted({x for _, xs, _ in FIGURES_MATRIX for x in xs})
+    for label, given, known in (
+        ("--scenarios", scenarios, known_s),
+        ("--profiles", profiles, known_p),
+        ("--scales", scales, known_x),
+    ):
+        unknown = [v for v in given or () if v not in known]
+        if unknown:
+            have = ", ".join(f"{k:g}" if isinstance(k, float) else str(k) for k in known)
+            raise ValueError(
+                f"{label}: not in the figures matrix: "
+                + ", ".join(f"{u:g}" if isinstance(u, float) else str(u) for u in unknown)
+                + f" (it has {have})"
+            )
+    return [
+        (name, scale, profile)
+        for name, xs, ps in FIGURES_MATRIX
+        if scenarios is None or name in scenarios
+        for scale in xs
+        if scales is None or scale in scales
+        for profile in ps
+        if profiles is None or profile in profiles
+    ]
+
+
+def expected_seconds(
+    plan: Sequence[tuple[str, float, str]], timing: dict[str, float] | None = None
+) -> float:
+    """Rough wall time of `plan`'s sluice arms: each scenario's timing plus start-up."""
+    total = 0.0
+    for name, _, _ in plan:
+        t = load_scenario(name)[0].timing.model_dump() | (timing or {})
+        total += t["warmup"] + t["outage"] + t["observe"] + t["grace"] + ARM_OVERHEAD_S
+    return total
+
+
+def figures(
+    out_dir: Path | None = None,
+    seed: int = 1,
+    scenarios: Sequence[str] | None = None,
+    profiles: Sequence[str] | None = None,
+    scales: Sequence[float] | None = None,
+    timing: dict[str, float] | None = None,
+) -> int:
+    """`make figures`: the sluice arm of every run of FIGURES_MATRIX (restricted by the
+    arguments), each with its table and checks, then one combined PASS/FAIL summary (also
+    written to figures.txt). 0 when every figure of every run was met, 1 otherwise."""
+    try:
+        plan = figures_plan(scenarios, profiles, scales)
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    if not plan:
+        print("nothing to run: the restrictions exclude every run of the matrix", file=sys.stderr)
+        return 2
+    out_dir = out_dir or default_out_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        expected = expected_seconds(plan, timing)
+    except ScenarioError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    print(
+        "Sluice acceptance figures (issues 4 and 5): the sluice arm only, "
+        f"{len(plan)} run{'s' if len(plan) != 1 else ''}:\n"
+        + "\n".join(f"  {name} \u00d7{scale:g} {profile}" for name, scale, profile in plan)
+        + f"\nexpected duration: about {expected / 60:.0f} min "
+        f"({expected:.0f} s, 35\u201345 s per run); do not load the machine meanwhile.\n"
+        # The runner names raw records, logs and CSVs by scenario, scale and arm, not profile:
+        # one folder per profile keeps each run's.
+        f"Output: {out_dir} (one folder per profile; summary in figures.txt)\n",
+        flush=True,
+    )
+    started = time.monotonic()
+    results: list[dict[str, Any]] = []
+    interrupted = False
+    try:
+        for i, (name, scale, profile) in enumerate(plan, 1):
+            print(f"\n=== run {i}/{len(plan)}: {name} \u00d7{scale:g} {profile} ===", flush=True)
+            results += run_scenario(
+                name,
+                (PROTECTED_ARM,),
+                seed=seed,
+                capacity_scale=scale,
+                profile=profile,
+                out_dir=out_dir / profile,
+                timing=timing,
+            )
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\ninterrupted; every process started for the run was stopped", file=sys.stderr)
+    summary = render_checks(results)
+    if interrupted:
+        summary = f"(interrupted after {len(results)} of {len(plan)} runs)\n" + summary
+    (out_dir / "figures.txt").write_text(summary + "\n", encoding="utf-8")
+    print(f"\n=== figures, every run ({time.monotonic() - started:.0f} s) ===")
+    print(summary)
+    print(f"\nwrote {out_dir / 'figures.txt'}")
+    if interrupted:
+        return 130
+    return 0 if len(results) == len(plan) and all_met(results) else 1
+
+
+def _comma_list(value: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("give a comma-separated list")
+    return items
+
+
+def _scale_list(value: str) -> list[float]:
+    try:
+        return [float(v) for v in _comma_list(value)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {value!r}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m loadtest",
         description="Incident replay: run a scenario with and without Sluice, side by side.",
     )
-    p.add_argument("command", nargs="?", choices=("run", "demo", "list"), default="run")
+    p.add_argument("command", nargs="?", choices=("run", "demo", "figures", "list"), default="run")
     p.add_argument("--scenario", "-s", help="scenario name (loadtest/scenarios/NAME.yaml)")
     p.add_argument("--arm", default="all", choices=(*ARMS, "all"))
     p.add_argument("--seed", type=int, default=1)
@@ -148,6 +296,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=PROFILE_NAMES, default=None, help="override the clients")
     p.add_argument("--warmup", type=float, default=None, help="seconds before the trigger")
     p.add_argument("--observe", type=float, default=None, help="seconds observed after t0")
+    g = p.add_argument_group("figures", "restrict `figures` to part of its matrix")
+    g.add_argument("--scenarios", type=_comma_list, default=None, help="e.g. reopen,two-region")
+    g.add_argument("--profiles", type=_comma_list, default=None, help="e.g. sdk,naive")
+    g.add_argument("--scales", type=_scale_list, default=None, help="capacity scales, e.g. 1,2")
     return p
 
 
@@ -167,17 +319,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("\ninterrupted; every process started for the run was stopped", file=sys.stderr)
             return 130
+    timing = {}
+    if args.warmup is not None:
+        timing["warmup"] = args.warmup
+    if args.observe is not None:
+        timing["observe"] = args.observe
+    if args.command == "figures":
+        return figures(
+            args.out,
+            args.seed,
+            scenarios=args.scenarios,
+            profiles=args.profiles,
+            scales=args.scales,
+            timing=timing or None,
+        )
     if not args.scenario:
         print("give --scenario NAME (or `demo` / `list`)", file=sys.stderr)
         return 2
     if args.capacity_scale <= 0:
         print("--capacity-scale must be > 0", file=sys.stderr)
         return 2
-    timing = {}
-    if args.warmup is not None:
-        timing["warmup"] = args.warmup
-    if args.observe is not None:
-        timing["observe"] = args.observe
     arms = ARMS if args.arm == "all" else (args.arm,)
     try:
         results = run_scenario(
