@@ -15,7 +15,10 @@ memory is bounded whatever callers arrive. A level is a priority class and a tie
 served in order, and within a level deficit round-robin runs over callers by weight, so one
 orchestrator's backlog cannot starve another caller. The tiers of a priority class:
 1. fresh arrivals while they stay within the arrival baseline's rate (x1.2): fresh traffic
-   keeps its share whatever happens to the backlog and whatever the pacing error;
+   keeps its share whatever happens to the backlog and whatever the pacing error. Under
+   adaptive LIFO a first try beyond that allowance takes the place of the oldest first-tier
+   waiter (moved down to tier 3): a reopening wave read before the fresh traffic behind it
+   takes the allowance first, and would otherwise hold the tier against it;
 2. solicited returns (the request came back in the slot we booked for it): ahead of every
    other arrival of their caller, and never pushed out of a full queue;
 3. the rest: arrivals beyond the baseline (a reopening backlog), in-budget retries.
@@ -320,6 +323,7 @@ class AdmissionGate:
         self._queued = 0
         self._queued_level = [0] * _N_LEVELS
         self._fresh_tokens = 0.0  # fresh arrivals owed the first tier (the baseline's rate)
+        self._tokens_at = now
         self._heap: list[tuple[float, int, Waiter]] = []
         self._seq = 0
         self.in_flight = 0
@@ -680,7 +684,7 @@ class AdmissionGate:
         if (
             not t.solicited
             and mode is not Mode.OUTAGE
-            and self._estimate_wait(c, self._level(t, c, take=False), now) > wait
+            and self._estimate_wait(c, self._level(t, c, take=False, now=now), now) > wait
         ):
             return _REFUSE, full_reason, 0.0, False
 
@@ -828,40 +832,92 @@ class AdmissionGate:
         return Refusal("overload", self._overload_status, 0)
 
     # --- queues ----------------------------------------------------------------------------
-    def _level(self, t: Ticket, c: _Caller, take: bool) -> int:
+    def _level(self, t: Ticket, c: _Caller, take: bool, now: float) -> int:
         """The queue level of a ticket: its priority class, then its tier. A fresh arrival
         gets the first tier while fresh arrivals stay within the baseline rate (`take`
-        spends the token)."""
+        spends the token), or, under adaptive LIFO, in place of the oldest first-tier
+        waiter (`take` moves that one down to the last tier)."""
         if t.solicited:
             tier = _TIER_SOLICITED
-        elif not t.is_retry and self._fresh_tokens >= 1.0:
+        elif t.is_retry:
+            tier = _TIER_REST
+        elif self._fresh_tokens >= 1.0 or self._refill(now) >= 1.0:
             tier = _TIER_FRESH
             if take:
                 self._fresh_tokens -= 1.0
         else:
-            tier = _TIER_REST
+            fresh = t.priority * _TIERS + _TIER_FRESH
+            oldest = self._stale_fresh(fresh, now)
+            if oldest is None:
+                tier = _TIER_REST
+            else:
+                tier = _TIER_FRESH
+                if take:
+                    self._demote(oldest, fresh + _TIER_REST - _TIER_FRESH)
         return t.priority * _TIERS + tier
 
-    def _enqueue(
-        self, t: Ticket, c: _Caller, now: float, expiry: float, by_deadline: bool, mode: Mode
-    ) -> Refusal | Waiter:
-        level = self._level(t, c, take=False)
-        if self._queued >= self.config.queue.max_size and not self._make_room(c, level, now):
-            return self._refuse(t, c, "outage" if mode is Mode.OUTAGE else "overload", now)
-        level = self._level(t, c, take=True)
+    def _refill(self, now: float) -> float:
+        """Accrue the first tier's allowance up to `now` (between ticks too: a whole tick's
+        worth arriving at once goes to whatever is read first); returns the tokens."""
+        dt = now - self._tokens_at
+        if dt > 0:
+            self._tokens_at = now
+            self._fresh_tokens = min(self._fresh_burst, self._fresh_tokens + self._fresh_rate * dt)
+        return self._fresh_tokens
+
+    def _stale_fresh(self, level: int, now: float) -> Waiter | None:
+        """The oldest first-tier waiter at `level` once it has waited longer than the LIFO
+        threshold, else None. A reopening wave takes the first tier's allowance before the
+        fresh traffic behind it is even read; the first tier then holds the newest first
+        tries, not the wave's head. O(lanes at the level)."""
+        if not self._queued_level[level] or self._lifo_after <= 0:
+            return None
+        oldest: Waiter | None = None
+        for lane in self._lanes[level].values():
+            if lane.waiters:
+                head = next(iter(lane.waiters.values()))
+                if oldest is None or head.key < oldest.key:
+                    oldest = head
+        if oldest is None or now - oldest.enqueued <= self._lifo_after:
+            return None
+        return oldest
+
+    def _demote(self, w: Waiter, level: int) -> None:
+        """Move a waiting entry to its caller's lane at `level` (its expiry and age kept)."""
+        old = w.lane
+        del old.waiters[w.key]
+        self._queued_level[old.level] -= 1
+        lane = self._lane(w.caller, level)
+        lane.waiters[w.key] = w
+        w.lane = lane
+        self._queued_level[level] += 1
+        self.metrics.fresh_demoted.inc()
+
+    def _lane(self, c: _Caller, level: int) -> _Lane:
+        """`c`'s lane at `level`, created and put in the round-robin if needed."""
         lanes = self._lanes[level]
         lane = lanes.get(c.index)
         if lane is None or lane.caller is not c:
             lane = _Lane(c, level)
             lanes[c.index] = lane
-        self._seq += 1
-        w = Waiter(self, t, lane, self._seq, now, expiry, by_deadline)
-        lane.waiters[w.key] = w
         if not lane.active:
             lane.active = True
             lane.deficit = 0
             self._active[level].append(lane)
             self._active_weight[level] += c.weight
+        return lane
+
+    def _enqueue(
+        self, t: Ticket, c: _Caller, now: float, expiry: float, by_deadline: bool, mode: Mode
+    ) -> Refusal | Waiter:
+        level = self._level(t, c, take=False, now=now)
+        if self._queued >= self.config.queue.max_size and not self._make_room(c, level, now):
+            return self._refuse(t, c, "outage" if mode is Mode.OUTAGE else "overload", now)
+        level = self._level(t, c, take=True, now=now)
+        lane = self._lane(c, level)
+        self._seq += 1
+        w = Waiter(self, t, lane, self._seq, now, expiry, by_deadline)
+        lane.waiters[w.key] = w
         c.queued += 1
         self._queued += 1
         self._queued_level[level] += 1
@@ -1046,9 +1102,9 @@ class AdmissionGate:
         dt = now - self._last_tick
         self._last_tick = now
         self.limiter.note_lag(max(0.0, dt - self.config.recovery.batch_interval))
+        self._refill(now)
         if dt > 0:
             self._throughput += _THROUGHPUT_ALPHA * (ok / dt - self._throughput)
-            self._fresh_tokens = min(self._fresh_burst, self._fresh_tokens + self._fresh_rate * dt)
         push, timeouts, broken = self._n_push, self._n_timeout, self._n_broken
         self._n_ok = self._n_push = self._n_timeout = self._n_broken = 0
         self._lat_sum = 0.0

@@ -269,9 +269,12 @@ class Limiter:
             mean is not None
             and floor_now is not None
             and self._lag > (cfg.latency_tolerance - 1.0) * floor_now
+            and mean > cfg.latency_tolerance * floor_now
         ):
             # Our own loop stalled longer than the queueing we tolerate (a wave of arrivals
-            # being read): this window's latency measures us, not the backend. Skip it.
+            # being read) and the window looks slow: its latency may measure us, not the
+            # backend. Skip it. (A window within tolerance is judged as usual: what we
+            # measure is the backend's latency plus our delay, an upper bound.)
             self.last_change = "own-lag"
             self._reset_window(now)
             return

@@ -768,3 +768,70 @@ def test_refused_waiters_report_their_state() -> None:
     w = waiter(h.gate.admit(h.ticket()))
     h.tick(1.0)
     assert w.state == REFUSED
+
+
+# --- the first tier under a reopening wave --------------------------------------------------
+def _tier(w: Waiter) -> int:
+    from proxy.gate import _TIERS
+
+    return w.lane.level % _TIERS
+
+
+def _wave_harness(lifo: str) -> Harness:
+    """RECOVERY, the limit full, and a first-tier allowance of 3 first tries."""
+    h = Harness({"queue": {"lifo_when_older_than": lifo}})
+    fill(h, 4)
+    recovery(h)
+    g = h.gate
+    g._eff = g.in_flight  # hold the limit in force where it is: every arrival waits
+    g.rates.baseline = 10.0
+    g._refresh_estimates(h.clock())
+    g._fresh_tokens = 3.0
+    g._tokens_at = h.clock()
+    return h
+
+
+def test_a_wave_that_took_the_first_tier_gives_it_up_to_newer_first_tries() -> None:
+    from proxy.gate import _TIER_FRESH, _TIER_REST
+
+    h = _wave_harness("10ms")
+    g = h.gate
+    wave = [waiter(g.admit(h.ticket())) for _ in range(8)]
+    assert [_tier(w) for w in wave] == [_TIER_FRESH] * 3 + [_TIER_REST] * 5
+    h.clock.advance(0.05)  # the wave is read; fresh traffic behind it arrives
+    newer = waiter(g.admit(h.ticket()))
+    assert _tier(newer) == _TIER_FRESH
+    assert _tier(wave[0]) == _TIER_REST  # the oldest first-tier waiter moved down
+    assert [_tier(w) for w in wave[1:3]] == [_TIER_FRESH] * 2
+    assert h.metric("sluice_queue_fresh_demoted_total") == 1
+    assert g._queued == 9 and sum(g._queued_level) == 9
+    # The next free slot goes to the newest first try; the demoted one is still queued, once.
+    g._eff += 1
+    g._pump(h.clock())
+    assert newer.state == ADMITTED and wave[0].state == WAITING
+    g._remove(wave[0])
+    assert g._queued == 7
+
+
+def test_without_adaptive_lifo_arrival_order_is_kept() -> None:
+    from proxy.gate import _TIER_FRESH, _TIER_REST
+
+    h = _wave_harness("0s")
+    g = h.gate
+    wave = [waiter(g.admit(h.ticket())) for _ in range(4)]
+    h.clock.advance(0.05)
+    newer = waiter(g.admit(h.ticket()))
+    assert _tier(newer) == _TIER_REST and _tier(wave[0]) == _TIER_FRESH
+    assert h.metric("sluice_queue_fresh_demoted_total") == 0
+
+
+def test_first_tier_allowance_accrues_between_ticks() -> None:
+    from proxy.gate import _TIER_FRESH, _TIER_REST
+
+    h = _wave_harness("0s")
+    g = h.gate
+    g._fresh_tokens = 0.0
+    assert _tier(waiter(g.admit(h.ticket()))) == _TIER_REST
+    h.clock.advance(0.1)  # 12/s x 0.1 s: one token, and no tick ran
+    assert _tier(waiter(g.admit(h.ticket()))) == _TIER_FRESH
+    assert _tier(waiter(g.admit(h.ticket()))) == _TIER_REST

@@ -183,3 +183,51 @@ def test_reconfigure_keeps_what_was_learned() -> None:
     assert (lim.limit, lim.floor.value) == (learned, floor)
     lim.reconfigure(cfg(initial=8, floor=4, ceiling=10))
     assert lim.limit == 10
+
+
+def _window(lim: Limiter, t: float, latency: float, lag: float) -> float:
+    """One limiter window at the limit with answers of `latency`, our loop late by `lag`."""
+    start = lim.limit
+    for _ in range(10):
+        n = lim.limit
+        k = max(1, round(n * 0.1 / latency))
+        lim.add(k, k * latency, 0, 0, 0, 0)
+        lim.note_lag(lag)
+        t += 0.1
+        lim.tick(t, n)
+        if lim.limit != start or lim.last_change in ("own-lag", "latency", "cooldown"):
+            break
+    return t
+
+
+def _ramping() -> tuple[Limiter, float]:
+    lim = Limiter(cfg(window="500ms", latency_tolerance=1.1), 0.0)
+    t, _ = drive(lim, workers(100, 0.05), 5.0, 0.0, offered=8)
+    assert lim.floor.value == pytest.approx(0.05, rel=0.05)
+    lim.enter_slow_start(t, from_floor=False)
+    return lim, t
+
+
+def test_own_loop_lag_does_not_cut_the_limit() -> None:
+    # Answers look 60 % slow while our own loop stalled 80 ms: the stall, not the backend.
+    lim, t = _ramping()
+    before = lim.limit
+    _window(lim, t, 0.08, lag=0.08)
+    assert lim.limit == before and lim.last_change == "own-lag"
+
+
+def test_the_same_slow_window_without_a_stall_cuts() -> None:
+    lim, t = _ramping()
+    before = lim.limit
+    _window(lim, t, 0.08, lag=0.0)
+    assert lim.limit < before and lim.last_change == "latency"
+
+
+def test_a_stall_does_not_stop_the_ramp_when_answers_are_within_tolerance() -> None:
+    # What we measure is the backend's latency plus our delay: within tolerance even so, the
+    # backend is not queueing, and slow start goes on (a wave being read stalls the loop for
+    # several windows; freezing the ramp then idles the backend while the backlog waits).
+    lim, t = _ramping()
+    before = lim.limit
+    _window(lim, t, 0.051, lag=0.08)
+    assert lim.limit > before and lim.last_change == "growth"
