@@ -347,6 +347,11 @@ class AdmissionGate:
         self._loaded_at_start = False  # saturated during the start-up window
         self._throughput = 0.0  # good answers per second, smoothed over ticks
         self._last_tick = now
+        # Our own loop's worst stall lately (a tick that came late) and when: a request read
+        # at the end of a stall waited that long in its socket before we saw it, so its
+        # client's clock is that far ahead of the `arrived` we measure.
+        self._stall = 0.0
+        self._stall_at = now
         self._capacity: float | None = None  # goodput/s measured while saturated
         self._capacity_at = now
         self._run_start: float | None = None  # the current run of saturated ticks
@@ -759,7 +764,7 @@ class AdmissionGate:
                 if lane.lifo and 0 < self._lifo_after < now - head.enqueued:
                     ws.reverse()  # served newest first
                 for k, w in enumerate(ws):
-                    if now + base + (k + 1) / rate > w.expiry:
+                    if now + base + (k + 1) / rate > w.expiry - self._stall:
                         doomed.append(w)
             above += n_level
         if not doomed:
@@ -1028,7 +1033,8 @@ class AdmissionGate:
         expired = []
         # Expiries are checked once per tick: answer what would run out before the next
         # one now, rather than a tick late (after the client's own timeout).
-        horizon = now + self.config.recovery.batch_interval
+        # (plus our last stall: a waiter read late is older to its client than to us.)
+        horizon = now + self.config.recovery.batch_interval + self._stall
         while heap and heap[0][0] <= horizon:
             _, _, w = heapq.heappop(heap)
             if w.state == WAITING:
@@ -1101,7 +1107,10 @@ class AdmissionGate:
         ok, lat_sum = self._n_ok, self._lat_sum
         dt = now - self._last_tick
         self._last_tick = now
-        self.limiter.note_lag(max(0.0, dt - self.config.recovery.batch_interval))
+        lag = max(0.0, dt - self.config.recovery.batch_interval)
+        self.limiter.note_lag(lag)
+        if lag >= self._stall or now - self._stall_at > self._patience:
+            self._stall, self._stall_at = lag, now
         self._refill(now)
         if dt > 0:
             self._throughput += _THROUGHPUT_ALPHA * (ok / dt - self._throughput)

@@ -835,3 +835,18 @@ def test_first_tier_allowance_accrues_between_ticks() -> None:
     h.clock.advance(0.1)  # 12/s x 0.1 s: one token, and no tick ran
     assert _tier(waiter(g.admit(h.ticket()))) == _TIER_FRESH
     assert _tier(waiter(g.admit(h.ticket()))) == _TIER_REST
+
+
+@pytest.mark.parametrize("stalled", [False, True])
+def test_after_our_own_stall_waiters_are_answered_that_much_earlier(stalled: bool) -> None:
+    # A request read at the end of a stall sat in its socket for the stall: its client's
+    # timeout runs that much ahead of the wait we measure, so it is answered that much sooner.
+    h = Harness()
+    fill(h, 4)
+    h.tick(0.3 if stalled else 0.1)  # a tick 200 ms late: our loop was busy
+    w = waiter(h.gate.admit(h.ticket()))  # NORMAL: waits up to 250 ms by our clock
+    h.tick(0.1)
+    if stalled:
+        assert refusal(w.result).reason == "overload"
+    else:
+        assert w.state == WAITING
