@@ -181,6 +181,7 @@ class ArrivalRate:
         self._last = start
         self._seen = False  # any arrival yet (the rate counts from the first one)
         self.baseline: float | None = None
+        self._seeded_at = start
 
     def record(self, now: float, arrivals: int, retries: int) -> None:
         """Fold in arrivals (all) and unsolicited retries since the last call."""
@@ -207,19 +208,24 @@ class ArrivalRate:
         """Move the baseline toward the current rate (only while `learning`, i.e. NORMAL).
 
         The first full window seeds it; after that it is an exponential average with the
-        configured half-life, so a sudden 3x step stands out for a long time.
+        configured half-life, so a sudden 3x step stands out for a long time. For about its first
+        half-life it is the plain mean since the seed: a seed taken while traffic
+        was still starting (a first request well before the rest) would otherwise hold the
+        baseline far too low for minutes, and fresh traffic above it would lose its share.
         """
         dt = now - self._last
         self._last = now
-        if not learning or dt <= 0:
-            return
+        if not learning or dt <= 0 or not self._seen:
+            return  # (nothing arrived yet: idle before the first client is not a rate)
         if now - self._start < self.window:
             return
         rate = self.rate(now)
         if self.baseline is None:
             self.baseline = rate
+            self._seeded_at = now
             return
         alpha = 1.0 - math.pow(2.0, -dt / self.halflife)
+        alpha = max(alpha, dt / max(now - self._seeded_at, dt))
         self.baseline += alpha * (rate - self.baseline)
 
     def rebase(self, now: float) -> None:

@@ -96,7 +96,7 @@ def test_arrival_baseline_learns_only_when_told() -> None:
 def test_arrival_baseline_follows_slowly_when_learning() -> None:
     r = ArrivalRate(window=1.0, halflife=10.0, start=0.0)
     t = 0.0
-    for _ in range(20):
+    for _ in range(120):  # past its first half-life (a plain mean until then)
         t += 0.1
         r.record(t, 10, 0)
         r.update_baseline(t, learning=True)
@@ -134,3 +134,43 @@ def test_latency_floor_moves_down_quickly_and_up_only_by_reset() -> None:
     assert not f.stale(1e9, 0.0)  # interval 0: never
     f.reset_to(40.0, 0.080)
     assert f.value == 0.080 and not f.stale(41.0, 30.0)
+
+
+def test_a_baseline_seeded_before_traffic_started_catches_up() -> None:
+    # One early request (a readiness check, a first client) seeds the baseline near zero;
+    # the traffic that follows must not look like a surge for minutes.
+    r = ArrivalRate(window=2.0, halflife=60.0, start=0.0)
+    r.record(0.1, 1, 0)
+    t = 0.1
+    for _ in range(25):  # 2.5 s of almost nothing: the seed
+        t += 0.1
+        r.update_baseline(t, learning=True)
+    assert r.baseline is not None and r.baseline < 1.0
+    for _ in range(60):  # 6 s at 100/s
+        t += 0.1
+        r.record(t, 10, 0)
+        r.update_baseline(t, learning=True)
+    assert r.baseline == pytest.approx(100.0, rel=0.25)
+    for _ in range(600):  # a minute later, a 3x step still stands out
+        t += 0.1
+        r.record(t, 10, 0)
+        r.update_baseline(t, learning=True)
+    for _ in range(10):
+        t += 0.1
+        r.record(t, 30, 0)
+        r.update_baseline(t, learning=True)
+    assert r.surge_ratio(t) > 1.5
+
+
+def test_no_baseline_is_seeded_before_the_first_arrival() -> None:
+    r = ArrivalRate(window=2.0, halflife=60.0, start=0.0)
+    t = 0.0
+    for _ in range(50):  # 5 s up, nobody calling yet
+        t += 0.1
+        r.update_baseline(t, learning=True)
+    assert r.baseline is None
+    for _ in range(40):  # then 100/s
+        t += 0.1
+        r.record(t, 10, 0)
+        r.update_baseline(t, learning=True)
+    assert r.baseline == pytest.approx(100.0, rel=0.15)
