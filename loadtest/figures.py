@@ -38,7 +38,8 @@ FRESH_SUCCESS_MIN = 0.995
 P99_FACTOR_MAX = 2.0  # p99 after (during) ≤ 2 · before
 ISOLATION_CHANGE_MAX = 0.05  # |other region's local goodput change| strictly under 5 %
 
-# DESIGN.md §4: the answers Sluice makes itself (`x-sluice-reason`) and their statuses.
+# DESIGN.md §4 (and README's `upstream-error`): the answers Sluice makes itself
+# (`x-sluice-reason`, the names of proxy.contracts.REASONS) and their statuses.
 REASON_STATUSES: Mapping[str, frozenset[int]] = {
     "overload": frozenset({503, 429}),
     "caller-cap": frozenset({429}),
@@ -50,6 +51,7 @@ REASON_STATUSES: Mapping[str, frozenset[int]] = {
     "draining": frozenset({503}),
     "upstream-connect": frozenset({502}),
     "upstream-timeout": frozenset({504}),
+    "upstream-error": frozenset({502}),
     "bad-request": frozenset({400, 413, 414, 431}),
 }
 MEASURED_W = 32  # widest measured text that sets render_checks' column

@@ -405,3 +405,11 @@ def test_a_table_with_a_sluice_arm_gets_its_figures(
     assert "figures of the sluice arm:" in text
     assert text.rstrip().endswith(render_checks([direct, protected]).splitlines()[-1])
     assert "FAIL  client timeouts" in text
+
+
+def test_the_reason_table_is_the_proxys() -> None:
+    from loadtest.figures import REASON_STATUSES
+    from proxy.contracts import REASONS
+
+    assert set(REASON_STATUSES) == set(REASONS)
+    assert is_explicit_answer("502 upstream-error")
