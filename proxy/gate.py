@@ -15,10 +15,7 @@ memory is bounded whatever callers arrive. A level is a priority class and a tie
 served in order, and within a level deficit round-robin runs over callers by weight, so one
 orchestrator's backlog cannot starve another caller. The tiers of a priority class:
 1. fresh arrivals while they stay within the arrival baseline's rate (x1.2): fresh traffic
-   keeps its share whatever happens to the backlog and whatever the pacing error. Under
-   adaptive LIFO a first try beyond that allowance takes the place of the oldest first-tier
-   waiter (moved down to tier 3): a reopening wave read before the fresh traffic behind it
-   takes the allowance first, and would otherwise hold the tier against it;
+   keeps its share whatever happens to the backlog and whatever the pacing error;
 2. solicited returns (the request came back in the slot we booked for it): ahead of every
    other arrival of their caller, and never pushed out of a full queue;
 3. the rest: arrivals beyond the baseline (a reopening backlog), in-budget retries.
@@ -133,6 +130,8 @@ _SAMPLES_KNOWN = 3  # capacity samples before the pace counts as measured
 # Between ticks the ticker wakes (at most this often) to answer waiters whose wait ran out: a
 # wait ends at the client's deadline minus the margin, and a whole tick late is past it.
 _EXPIRY_STEP = 0.01
+# Refused waiters woken per event-loop iteration (see _Wakeups).
+_WAKE_CHUNK = 64
 
 
 class CallerCaps(Protocol):
@@ -276,12 +275,51 @@ class Waiter:
         """Give up waiting without awaiting (O(1)); a granted slot is handed back."""
         self.gate._abandon(self)
 
-    def _resolve(self, state: int, result: Refusal | None) -> None:
+    def _resolve(self, state: int, result: Refusal | None, spread: bool = False) -> None:
         self.state = state
         self.result = result
         fut = self.future
         if fut is not None and not fut.done():
-            fut.set_result(None)
+            if spread:
+                self.gate._wakeups.add(fut)
+            else:
+                fut.set_result(None)
+
+
+class _Wakeups:
+    """Wakes the tasks of refused waiters `_WAKE_CHUNK` per event-loop iteration.
+
+    A wave judged doomed at a tick (or refused by a drain or SHIELD) is thousands of answers
+    to write; woken at once they hold the loop for all of them, and the fresh requests read
+    meanwhile wait behind (at x2 of the reopen replay, tens of milliseconds). In chunks, the
+    loop polls between them and serves what arrived. The answer is decided (state, result,
+    Retry-After) when the waiter is refused; only the writing is spread. Waiters answered at
+    their expiry are woken at once: their clients are about to give up.
+    """
+
+    __slots__ = ("_pending", "_scheduled")
+
+    def __init__(self) -> None:
+        self._pending: deque[asyncio.Future[None]] = deque()
+        self._scheduled = False
+
+    def add(self, fut: asyncio.Future[None]) -> None:
+        """Wake `fut`'s waiter in a later iteration (in order of refusal)."""
+        self._pending.append(fut)
+        if not self._scheduled:
+            self._scheduled = True
+            fut.get_loop().call_soon(self._run)
+
+    def _run(self) -> None:
+        pending = self._pending
+        for _ in range(min(_WAKE_CHUNK, len(pending))):
+            fut = pending.popleft()
+            if not fut.done():  # (its client may have gone meanwhile)
+                fut.set_result(None)
+        if pending:
+            pending[0].get_loop().call_soon(self._run)
+        else:
+            self._scheduled = False
 
 
 class AdmissionGate:
@@ -309,6 +347,7 @@ class AdmissionGate:
         )
         self._caps: CallerCaps = caps or ConfiguredCaps(config)
         self.pacer = Pacer(config.shedding, len(caller_names))
+        self._wakeups = _Wakeups()
         self.patience = Patience(config.queue.patience)
         self.health = UpstreamHealth(config.modes.error_window)
         self.rates = ArrivalRate(
@@ -774,7 +813,7 @@ class AdmissionGate:
         for w in doomed:
             c = w.caller
             reason = "caller-cap" if c.in_flight >= c.cap else "overload"
-            self._finish(w, REFUSED, self._refuse(w.ticket, c, reason, now), now)
+            self._finish(w, REFUSED, self._refuse(w.ticket, c, reason, now), now, spread=True)
 
     def _take(self, t: Ticket, c: _Caller) -> None:
         self.in_flight += 1
@@ -840,25 +879,15 @@ class AdmissionGate:
     def _level(self, t: Ticket, c: _Caller, take: bool, now: float) -> int:
         """The queue level of a ticket: its priority class, then its tier. A fresh arrival
         gets the first tier while fresh arrivals stay within the baseline rate (`take`
-        spends the token), or, under adaptive LIFO, in place of the oldest first-tier
-        waiter (`take` moves that one down to the last tier)."""
+        spends the token)."""
         if t.solicited:
             tier = _TIER_SOLICITED
-        elif t.is_retry:
-            tier = _TIER_REST
-        elif self._fresh_tokens >= 1.0 or self._refill(now) >= 1.0:
+        elif not t.is_retry and (self._fresh_tokens >= 1.0 or self._refill(now) >= 1.0):
             tier = _TIER_FRESH
             if take:
                 self._fresh_tokens -= 1.0
         else:
-            fresh = t.priority * _TIERS + _TIER_FRESH
-            oldest = self._stale_fresh(fresh, now)
-            if oldest is None:
-                tier = _TIER_REST
-            else:
-                tier = _TIER_FRESH
-                if take:
-                    self._demote(oldest, fresh + _TIER_REST - _TIER_FRESH)
+            tier = _TIER_REST
         return t.priority * _TIERS + tier
 
     def _refill(self, now: float) -> float:
@@ -869,34 +898,6 @@ class AdmissionGate:
             self._tokens_at = now
             self._fresh_tokens = min(self._fresh_burst, self._fresh_tokens + self._fresh_rate * dt)
         return self._fresh_tokens
-
-    def _stale_fresh(self, level: int, now: float) -> Waiter | None:
-        """The oldest first-tier waiter at `level` once it has waited longer than the LIFO
-        threshold, else None. A reopening wave takes the first tier's allowance before the
-        fresh traffic behind it is even read; the first tier then holds the newest first
-        tries, not the wave's head. O(lanes at the level)."""
-        if not self._queued_level[level] or self._lifo_after <= 0:
-            return None
-        oldest: Waiter | None = None
-        for lane in self._lanes[level].values():
-            if lane.waiters:
-                head = next(iter(lane.waiters.values()))
-                if oldest is None or head.key < oldest.key:
-                    oldest = head
-        if oldest is None or now - oldest.enqueued <= self._lifo_after:
-            return None
-        return oldest
-
-    def _demote(self, w: Waiter, level: int) -> None:
-        """Move a waiting entry to its caller's lane at `level` (its expiry and age kept)."""
-        old = w.lane
-        del old.waiters[w.key]
-        self._queued_level[old.level] -= 1
-        lane = self._lane(w.caller, level)
-        lane.waiters[w.key] = w
-        w.lane = lane
-        self._queued_level[level] += 1
-        self.metrics.fresh_demoted.inc()
 
     def _lane(self, c: _Caller, level: int) -> _Lane:
         """`c`'s lane at `level`, created and put in the round-robin if needed."""
@@ -973,9 +974,13 @@ class AdmissionGate:
         del lane.waiters[w.key]
         self._unqueue(w)
 
-    def _finish(self, w: Waiter, state: int, result: Refusal | None, now: float) -> None:
+    def _finish(
+        self, w: Waiter, state: int, result: Refusal | None, now: float, spread: bool = False
+    ) -> None:
+        """Resolve a waiter; `spread` (a refusal among many, far from its expiry) wakes it
+        through `_Wakeups`, a chunk per loop iteration."""
         self.metrics.queue_wait.observe(max(0.0, now - w.enqueued))
-        w._resolve(state, result)
+        w._resolve(state, result, spread)
 
     def _pick(self, now: float) -> Waiter | None:
         """Deficit round-robin: highest priority first, callers by weight, skipping callers
@@ -1083,7 +1088,9 @@ class AdmissionGate:
         for w in victims:
             self._remove(w)
         for w in victims:
-            self._finish(w, REFUSED, self._refuse(w.ticket, w.caller, reason, now), now)
+            self._finish(
+                w, REFUSED, self._refuse(w.ticket, w.caller, reason, now), now, spread=True
+            )
         return len(victims)
 
     # --- the limit in force ------------------------------------------------------------------

@@ -109,12 +109,6 @@ class Metrics:
             "Solicited returns: callers that came back in their booked slot.",
             registry=r,
         )
-        self.fresh_demoted = Counter(
-            "sluice_queue_fresh_demoted",
-            "First-tier waiters moved down so a newer first try could take their place "
-            "(adaptive LIFO under a reopening wave).",
-            registry=r,
-        )
         self.dry_run_decisions = Counter(
             "sluice_dry_run_decisions",
             "Refusals computed in dry-run mode and not enforced.",

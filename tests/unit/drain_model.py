@@ -85,6 +85,16 @@ class _Hook:
         self._done = True
         self.sink.append(self.w)
 
+    def get_loop(self) -> _Immediate:
+        return _Immediate()
+
+
+class _Immediate:
+    """Stands in for the event loop: a callback runs at once (no loop in the model)."""
+
+    def call_soon(self, callback: Any) -> None:
+        callback()
+
 
 def _quantile(xs: list[float], q: float) -> float:
     if not xs:
