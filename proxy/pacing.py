@@ -8,9 +8,8 @@ returns land spread over the expected drain time at the rate the backend can tak
 bucket left with room (its pace was underestimated, or it is near) is filled before later
 ones, so the schedule does not drift away from the present when the estimate changes.
 
-Each booking is remembered for its caller as a window [slot - grace, latest + grace] where
-`latest` is when a client reading only the whole-second `Retry-After` would come back (for a
-request with a fingerprint, plus as long again: a client backing off longer than told). A
+Each booking is remembered for its caller as a window [slot - grace, latest - grace] where
+`latest` is when a client reading only the whole-second `Retry-After` would come back. A
 request from that caller arriving inside the window is a *solicited* return: the gate admits
 it ahead of the caller's fresh arrivals and never charges it as a retry. Memory is bounded by
 `max_bookings`; beyond it Retry-After is still paced, just not remembered.
@@ -99,13 +98,7 @@ class Pacer:
         if remember and self.total < cfg.max_bookings:
             header_s = max(1, math.ceil(after_ms / 1000))  # what a Retry-After-only client reads
             grace = cfg.slot_grace
-            told = max(after, header_s)
-            # A client whose own backoff outlasts the Retry-After still comes back because we
-            # told it to: recognised by its fingerprint up to as late again. (Charged as a
-            # stray retry instead, it was refused, told a later slot, came late again, and ran
-            # out of attempts.) Without a fingerprint a late request cannot be told apart.
-            late = told if fingerprint else 0.0
-            b = Booking(caller, fingerprint, at - grace, now + told + grace + late)
+            b = Booking(caller, fingerprint, at - grace, now + max(after, header_s) + grace)
             if fingerprint:
                 old = self._by_fp.get(fingerprint)
                 if old is not None:
