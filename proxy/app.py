@@ -28,6 +28,7 @@ from .guard import CountingInvalidHeaders
 from .headers import TrustedSources
 from .logs import set_level
 from .metrics import Metrics
+from .modes import Mode
 from .passthrough import PassThroughGate
 from .upstream import UpstreamClient, UpstreamError, UpstreamRequest, make_upstream
 
@@ -137,6 +138,11 @@ class Sluice:
         self.snapshot = Snapshot(new, classifier, classifier.trusted, self.snapshot.generation + 1)
         self.metrics.config_info.set(self.snapshot.generation)
         set_level(new.logging.level)
+
+    def calm(self) -> bool:
+        """No surge in hand: NORMAL (or no mode controller) and not draining."""
+        modes = getattr(self.gate, "modes", None)
+        return not self.draining and (modes is None or modes.state is Mode.NORMAL)
 
     def status(self) -> dict[str, Any]:
         """The JSON document behind the admin `/status`."""

@@ -313,6 +313,17 @@ class LoggingConfig(Strict):
 class LifecycleConfig(Strict):
     drain_timeout: Duration = 20.0
     raise_nofile: bool = True
+    gc_pacing: bool = Field(
+        True, description="full garbage collections only when calm (restart to change)"
+    )
+    gc_full_interval: Duration = Field(60.0, gt=0)
+    gc_full_max_deferral: Duration = Field(600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> LifecycleConfig:
+        if self.gc_full_interval > self.gc_full_max_deferral:
+            raise ValueError("need gc_full_interval <= gc_full_max_deferral")
+        return self
 
 
 class Config(Strict):
@@ -357,6 +368,7 @@ RESTART_ONLY: tuple[tuple[str, str], ...] = (
     ("listen", "backlog"),
     ("admin", "host"),
     ("admin", "port"),
+    ("lifecycle", "gc_pacing"),
 )
 
 

@@ -22,6 +22,7 @@ from aiohttp import web
 from .admin import Admin, build_admin_app, load_admin_token
 from .app import ReloadRefused, Sluice, build_proxy_server
 from .config import Config, ConfigError, load_config
+from .gcpacing import give_back_full_collections, run_full_collections, take_over_full_collections
 from .guard import Guard, GuardedServer
 from .logs import set_level
 
@@ -211,9 +212,24 @@ async def run(config: Config, config_path: Path | None) -> int:
     set_level(config.logging.level)
     server = await start_server(config, config_path)
     remove = install_signals(server)
+    gc_task: asyncio.Task[None] | None = None
+    thresholds = None
+    if config.lifecycle.gc_pacing:
+        # After start-up, so what start-up built is frozen with it (see proxy.gcpacing).
+        thresholds = take_over_full_collections()
+        sluice = server.sluice
+
+        def gc_settings() -> tuple[float, float]:
+            lc = sluice.snapshot.config.lifecycle
+            return lc.gc_full_interval, lc.gc_full_max_deferral
+
+        gc_task = asyncio.create_task(run_full_collections(sluice.calm, gc_settings))
     try:
         await server.stop_event.wait()
     finally:
         remove()
+        if gc_task is not None and thresholds is not None:
+            gc_task.cancel()
+            give_back_full_collections(thresholds)
         await server.shutdown()
     return 0

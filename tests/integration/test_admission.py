@@ -78,6 +78,18 @@ async def test_spare_spillover_refused_outside_normal(
             assert resp.headers["x-sluice-reason"] == "spillover"
 
 
+async def test_calm_only_in_normal_and_not_draining(backend: EchoBackend) -> None:
+    # What paces the full garbage collections (proxy.gcpacing): never inside a surge.
+    async with running_sluice(protected(backend)) as server:
+        assert server.sluice.calm()
+        gate(server).command("recovery")
+        assert not server.sluice.calm()
+        gate(server).command("normal")
+        assert server.sluice.calm()
+        await server.sluice.drain()
+        assert not server.sluice.calm()
+
+
 async def test_zero_cap_caller_gets_an_explicit_429(
     backend: EchoBackend, client: aiohttp.ClientSession
 ) -> None:
