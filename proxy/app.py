@@ -20,6 +20,7 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
+from .arrival import ArrivalClock
 from .classify import Classifier
 from .config import Config, restart_only_changes
 from .contracts import Gate, Outcome, Refusal, Ticket
@@ -75,6 +76,8 @@ class Sluice:
         self.forwarder: Forwarder | None = None
         self.draining = False
         self.in_flight = 0
+        # Requests are stamped with when they may have arrived, not when the loop got to them.
+        self.arrivals = ArrivalClock()
         # The gauge reads the plain counter at scrape time: no locked inc/dec per request.
         self.metrics.in_flight.set_function(lambda: self.in_flight)
 
@@ -82,6 +85,7 @@ class Sluice:
     async def start(self) -> None:
         """Open the upstream pool and start the gate's background work (inside the loop)."""
         self.client = make_upstream(self.snapshot.config.upstream)
+        self.arrivals.start()
         # The gate's mode controller, if it has one (fast `503 outage` for 5xx in OUTAGE).
         self.forwarder = Forwarder(self.client, self.metrics, getattr(self.gate, "modes", None))
         await self.gate.start(self.probe)
@@ -93,6 +97,7 @@ class Sluice:
 
     async def close(self) -> None:
         """Stop the gate and close the upstream pool."""
+        self.arrivals.stop()
         await self.gate.stop()
         if self.client is not None:
             await self.client.close()
@@ -172,13 +177,15 @@ class Sluice:
         if limit and (request.content_length or 0) > limit:
             self.metrics.refused["bad-request"].inc()
             return refusal_response(Refusal("bad-request", 413, 0), None)
+        now = time.monotonic()
+        arrived = self.arrivals.earliest(now)
         ticket = snap.classifier.classify(
             peer,
             request.method,
             request.raw_path,
             request.headers,
-            time.monotonic(),
-            time.time() * 1000.0,
+            arrived,
+            (time.time() - (now - arrived)) * 1000.0,  # the wall clock at `arrived`
         )
         decision = self.gate.admit(ticket)
         if decision is not None and not isinstance(decision, Refusal):
