@@ -18,7 +18,10 @@ orchestrator's backlog cannot starve another caller. The tiers of a priority cla
    keeps its share whatever happens to the backlog and whatever the pacing error;
 2. solicited returns (the request came back in the slot we booked for it): ahead of every
    other arrival of their caller, and never pushed out of a full queue;
-3. the rest: arrivals beyond the baseline (a reopening backlog), in-budget retries.
+3. first tries beyond the baseline (a reopening backlog, and the fresh traffic read behind it);
+4. in-budget retries (unsolicited). Apart from 3, a retry storm served newest-first would push
+   every first try read before it past its expiry (hostile clients at x2 of the reopen replay:
+   fresh requests read 100-230 ms after the wave were refused behind the retries).
 Entries live in OrderedDicts: removing a cancelled waiter is O(1) and it is never forwarded.
 
 Waits: a waiter is answered before its deadline (`x-request-timeout-ms`, minus the margin and
@@ -41,7 +44,7 @@ pace minus the baseline (`pacing.Pacer`), and wait estimates use it. While it is
 guessed, both are optimistic (x2): an early return costs the backend nothing, a late one
 leaves capacity idle.
 
-Adaptive LIFO: on (`queue.lifo_when_older_than: 100ms`) for the fresh and rest tiers, off for
+Adaptive LIFO: on (`queue.lifo_when_older_than: 100ms`) for the fresh, rest and retry tiers, off for
 solicited returns. Meta serves newest-first under congestion because the oldest waiters are
 the likeliest to time out before they are served. That holds here too: a waiter's patience
 is short (a client timeout of about a second), so under a reopening wave FIFO spends the
@@ -98,12 +101,12 @@ modes_log = logging.getLogger("sluice.modes")
 
 NO_CAP = 1 << 62
 _N_PRIO = len(PRIORITY_CLASSES)
-# Each priority class has three tiers, served in order: fresh arrivals within the arrival
+# Each priority class has four tiers, served in order: fresh arrivals within the arrival
 # baseline (fresh traffic keeps its share), solicited returns (ahead of any other fresh
-# arrival of their caller), then everything else (fresh beyond the baseline, in-budget
-# retries). Queue levels are priority x tier.
-_TIERS = 3
-_TIER_FRESH, _TIER_SOLICITED, _TIER_REST = 0, 1, 2
+# arrival of their caller), first tries beyond the baseline, then in-budget retries.
+# Queue levels are priority x tier.
+_TIERS = 4
+_TIER_FRESH, _TIER_SOLICITED, _TIER_REST, _TIER_RETRY = 0, 1, 2, 3
 _N_LEVELS = _N_PRIO * _TIERS
 # Waiter states.
 WAITING, ADMITTED, REFUSED, CANCELLED = 0, 1, 2, 3
@@ -882,7 +885,9 @@ class AdmissionGate:
         spends the token)."""
         if t.solicited:
             tier = _TIER_SOLICITED
-        elif not t.is_retry and (self._fresh_tokens >= 1.0 or self._refill(now) >= 1.0):
+        elif t.is_retry:
+            tier = _TIER_RETRY
+        elif self._fresh_tokens >= 1.0 or self._refill(now) >= 1.0:
             tier = _TIER_FRESH
             if take:
                 self._fresh_tokens -= 1.0
@@ -1537,7 +1542,7 @@ class AdmissionGate:
                 "by_priority": dict(zip(PRIORITY_CLASSES, self._queued_by_priority(), strict=True)),
                 "by_tier": {
                     name: sum(self._queued_level[tier::_TIERS])
-                    for tier, name in enumerate(("fresh", "solicited", "rest"))
+                    for tier, name in enumerate(("fresh", "solicited", "rest", "retry"))
                 },
                 "by_caller": by_caller,
             },

@@ -22,7 +22,12 @@ from aiohttp import web
 from .admin import Admin, build_admin_app, load_admin_token
 from .app import ReloadRefused, Sluice, build_proxy_server
 from .config import Config, ConfigError, load_config
-from .gcpacing import give_back_full_collections, run_full_collections, take_over_full_collections
+from .gcpacing import (
+    INCREMENTAL_GC,
+    give_back_full_collections,
+    run_full_collections,
+    take_over_full_collections,
+)
 from .guard import Guard, GuardedServer
 from .logs import set_level
 
@@ -223,13 +228,15 @@ async def run(config: Config, config_path: Path | None) -> int:
             lc = sluice.snapshot.config.lifecycle
             return lc.gc_full_interval, lc.gc_full_max_deferral
 
-        gc_task = asyncio.create_task(run_full_collections(sluice.calm, gc_settings))
+        if not INCREMENTAL_GC:  # 3.14+ collects in bounded increments on its own
+            gc_task = asyncio.create_task(run_full_collections(sluice.calm, gc_settings))
     try:
         await server.stop_event.wait()
     finally:
         remove()
-        if gc_task is not None and thresholds is not None:
+        if gc_task is not None:
             gc_task.cancel()
+        if thresholds is not None:
             give_back_full_collections(thresholds)
         await server.shutdown()
     return 0

@@ -792,6 +792,26 @@ def _wave_harness() -> Harness:
     return h
 
 
+def test_first_tries_beyond_the_allowance_go_before_retries_read_after_them() -> None:
+    # Under a retry storm served newest-first, a first try read before the retries would be
+    # pushed back until it expired; first tries rank above unsolicited retries.
+    from proxy.gate import _TIER_REST, _TIER_RETRY
+
+    h = _wave_harness()
+    g = h.gate
+    g._fresh_tokens = 0.0
+    h.clock.advance(0.001)
+    first = waiter(g.admit(h.ticket()))
+    assert _tier(first) == _TIER_REST
+    h.clock.advance(0.2)  # past lifo_when_older_than: the lanes serve newest first
+    retries = [waiter(g.admit(h.ticket(retry=True))) for _ in range(3)]
+    assert {_tier(w) for w in retries} == {_TIER_RETRY}
+    g._eff += 1
+    g._pump(h.clock())
+    assert first.state == ADMITTED
+    assert all(w.state == WAITING for w in retries)
+
+
 def test_first_tier_allowance_accrues_between_ticks() -> None:
     from proxy.gate import _TIER_FRESH, _TIER_REST
 
