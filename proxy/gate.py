@@ -635,7 +635,10 @@ class AdmissionGate:
         now = self._clock()
         if self._draining:
             return self._refuse(t, c, "draining", now)
-        if c.bookings and self.pacer.redeem(c.index, t.fingerprint, now):
+        # A request its client marks as a first try (attempt 0) is not a return, even when a
+        # booking of the same client and path is open: that booking belongs to an earlier
+        # request that was served outside its slot (a VM asking for its next token).
+        if t.attempt != 0 and c.bookings and self.pacer.redeem(c.index, t.fingerprint, now):
             t.solicited = True
             self.metrics.slots_redeemed.inc()
         elif t.is_retry:

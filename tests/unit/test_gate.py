@@ -265,6 +265,23 @@ def test_retry_outside_its_slot_is_unsolicited() -> None:
     assert not back.solicited
 
 
+def test_a_first_try_does_not_take_an_open_slot_of_its_caller() -> None:
+    # The client says attempt 0: new demand, not the return the slot was booked for (that
+    # request was served some other way, and this is the same client's next one).
+    h = Harness(NO_FLOOR)
+    fill(h, 4)
+    shed = refusal(h.gate.admit(h.ticket(retry=True)))
+    h.clock.advance(shed.retry_after_ms / 1000)
+    first = h.ticket()
+    first.attempt = 0
+    waiter(h.gate.admit(first))
+    assert not first.solicited
+    assert h.metric("sluice_retry_slots_redeemed_total") == 0
+    back = h.ticket(retry=True)
+    waiter(h.gate.admit(back))  # the slot is still there for the return itself
+    assert back.solicited
+
+
 # --- SHIELD ------------------------------------------------------------------------------------
 def test_shield_forwards_only_the_allow_list_and_expires_into_recovery() -> None:
     h = Harness()
