@@ -19,9 +19,9 @@ orchestrator's backlog cannot starve another caller. The tiers of a priority cla
 2. solicited returns (the request came back in the slot we booked for it): ahead of every
    other arrival of their caller, and never pushed out of a full queue;
 3. first tries beyond the baseline (a reopening backlog, and the fresh traffic read behind it);
-4. in-budget retries (unsolicited). Apart from 3, a retry storm served newest-first would push
-   every first try read before it past its expiry (hostile clients at x2 of the reopen replay:
-   fresh requests read 100-230 ms after the wave were refused behind the retries).
+4. in-budget retries (unsolicited). In one tier with 3, a retry storm served newest-first would
+   push every first try read before it past its expiry (hostile clients at x2 of the reopen
+   replay: fresh requests read 100-230 ms after the wave were refused behind the retries).
 Entries live in OrderedDicts: removing a cancelled waiter is O(1) and it is never forwarded.
 
 Waits: a waiter is answered before its deadline (`x-request-timeout-ms`, minus the margin and
@@ -44,12 +44,12 @@ pace minus the baseline (`pacing.Pacer`), and wait estimates use it. While it is
 guessed, both are optimistic (x2): an early return costs the backend nothing, a late one
 leaves capacity idle.
 
-Adaptive LIFO: on (`queue.lifo_when_older_than: 100ms`) for the fresh, rest and retry tiers, off for
-solicited returns. Meta serves newest-first under congestion because the oldest waiters are
-the likeliest to time out before they are served. That holds here too: a waiter's patience
-is short (a client timeout of about a second), so under a reopening wave FIFO spends the
-backend on requests with the least time left, some of which time out while forwarded (wasted
-work), while the newest finish in time; the oldest are answered with a paced Retry-After
+Adaptive LIFO: on (`queue.lifo_when_older_than: 100ms`) for the fresh, rest and retry tiers,
+off for solicited returns. Meta serves newest-first under congestion because the oldest
+waiters are the likeliest to time out before they are served. That holds here too: a waiter's
+patience is short (a client timeout of about a second), so under a reopening wave FIFO spends
+the backend on requests with the least time left, some of which time out while forwarded
+(wasted work), while the newest finish in time; the oldest are answered with a paced Retry-After
 before they expire, so LIFO costs them a return trip, not a failure. Solicited returns keep
 FIFO: they were given a time, and their order is the schedule.
 
