@@ -192,11 +192,8 @@ def figures_plan(
     ):
         unknown = [v for v in given or () if v not in known]
         if unknown:
-            have = ", ".join(f"{k:g}" if isinstance(k, float) else str(k) for k in known)
             raise ValueError(
-                f"{label}: not in the figures matrix: "
-                + ", ".join(f"{u:g}" if isinstance(u, float) else str(u) for u in unknown)
-                + f" (it has {have})"
+                f"{label}: not in the figures matrix: {_listed(unknown)} (it has {_listed(known)})"
             )
     return [
         (name, scale, profile)
@@ -207,6 +204,10 @@ def figures_plan(
         for profile in ps
         if profiles is None or profile in profiles
     ]
+
+
+def _listed(values: Sequence[str | float]) -> str:
+    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
 
 def expected_seconds(

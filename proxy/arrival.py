@@ -1,11 +1,12 @@
 """When a request handled now may have arrived: before our own event loop got to it.
 
 A reopening wave is thousands of requests on as many sockets. The loop reads them in a few
-long iterations (48, 30 and 23 ms in the reopen replay at x2), and a request read in the last
-one has sat in its socket since before the one before it: up to 100 ms that its client has
-counted against its timeout and a clock read in the handler has not. Deadlines anchored at the
-handler's clock were then met by our clock and missed by the client's (client timeouts at
-t0 + 1 s for requests sent at t0 + 21 ms and read at t0 + 121 ms).
+long iterations, and a request read in the last one has sat in its socket since before the one
+before it: up to 100 ms that its client has counted against its timeout and a clock read in the
+handler has not. Deadlines anchored at the handler's clock were then met by our clock and
+missed by the client's. (One reopen replay at x2, traced with a temporary request-id log and a
+loop heartbeat: iterations of 49, 30 and 23 ms; client timeouts at t0 + 1 s for requests sent
+at t0 + 21 ms and read at t0 + 121 ms.)
 
 `ArrivalClock` keeps a heartbeat on the loop: a timer every `period` that notes when it ran.
 Timers run once per iteration, before its poll. A handler runs in the iteration after the poll

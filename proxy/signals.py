@@ -208,9 +208,9 @@ class ArrivalRate:
         """Move the baseline toward the current rate (only while `learning`, i.e. NORMAL).
 
         The first full window seeds it; after that it is an exponential average with the
-        configured half-life, so a sudden 3x step stands out for a long time. For about its first
-        half-life it is the plain mean since the seed: a seed taken while traffic
-        was still starting (a first request well before the rest) would otherwise hold the
+        configured half-life, so a sudden 3x step stands out for a long time. For about its
+        first half-life it is the plain mean since the seed: a seed taken while traffic was
+        still starting (a first request well before the rest) would otherwise hold the
         baseline far too low for minutes, and fresh traffic above it would lose its share.
         """
         dt = now - self._last
