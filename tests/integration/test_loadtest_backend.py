@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -116,3 +117,19 @@ async def test_pool_reuses_connections_and_reports_refusals(
     with pytest.raises(ConnectError):
         await dead.request("GET", "/", timeout=1.0)
     dead.close()
+
+
+async def test_queued_work_starts_when_a_worker_came_free_not_when_its_timer_ran() -> None:
+    # The simulator's capacity is workers / service_time: a completion timer that fires late
+    # (our own loop busy) must not delay the next queued job, or C shrinks under load.
+    sim = Simulator(BackendConfig(workers=1, service_time=0.02, jitter=0.0, thrash=0.0))
+    begin = sim.clock()
+    futures = [sim.admit(False) for _ in range(4)]
+    queued = list(sim.queue)
+    assert len(queued) == 3
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.005, time.sleep, 0.03)  # stall across the first job's end
+    done = await asyncio.gather(*(f for f in futures if not isinstance(f, str)))
+    assert len(done) == 4
+    dues = [j.due - begin for j in queued]
+    assert dues == pytest.approx([0.04, 0.06, 0.08], abs=0.004)
