@@ -270,11 +270,15 @@ class Limiter:
             and floor_now is not None
             and self._lag > (cfg.latency_tolerance - 1.0) * floor_now
             and mean > cfg.latency_tolerance * floor_now
+            and mean - self._lag <= cfg.latency_tolerance * floor_now
         ):
             # Our own loop stalled longer than the queueing we tolerate (a wave of arrivals
-            # being read) and the window looks slow: its latency may measure us, not the
-            # backend. Skip it. (A window within tolerance is judged as usual: what we
-            # measure is the backend's latency plus our delay, an upper bound.)
+            # being read) and the window looks slow by no more than the stall: its latency
+            # may measure us, not the backend. Skip it. (A window within tolerance is judged
+            # as usual: what we measure is the backend's latency plus our delay, an upper
+            # bound. So is one slower than the stall explains: no answer was read later
+            # than the stall made it, so the backend queued. A slow start that overshot is
+            # cut then, not held for the windows in which our loop has a few ms stalls.)
             self.last_change = "own-lag"
             self._reset_window(now)
             return

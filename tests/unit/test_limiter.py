@@ -216,6 +216,15 @@ def test_own_loop_lag_does_not_cut_the_limit() -> None:
     assert lim.limit == before and lim.last_change == "own-lag"
 
 
+def test_a_window_slower_than_our_stall_explains_cuts() -> None:
+    # 80 % slow with a 10 ms stall: no answer was read more than 10 ms late, so the backend
+    # queued (a slow start that overshot must be cut, whatever stalls our loop had).
+    lim, t = _ramping()
+    before = lim.limit
+    _window(lim, t, 0.09, lag=0.01)
+    assert lim.limit < before and lim.last_change == "latency"
+
+
 def test_the_same_slow_window_without_a_stall_cuts() -> None:
     lim, t = _ramping()
     before = lim.limit
