@@ -365,7 +365,8 @@ async def run_fleet(spec: FleetSpec) -> dict[str, Any]:
     )
     state = FleetState(spec, profile)
     # A load generator must not stall: a full collection walks every workflow and connection
-    # (31 ms, seen once 3 s into a reopen at x2) and would be counted as the proxy's latency.
+    # (31 ms, seen once 3 s into a reopen at x2 with a temporary gc.callbacks logger) and
+    # would be counted as the proxy's latency.
     # The run is bounded, so full collections are simply off for its length.
     gc_thresholds = gc.get_threshold()
     gc.set_threshold(gc_thresholds[0], gc_thresholds[1], 2**31 - 1)
