@@ -133,6 +133,9 @@ _SAMPLES_KNOWN = 3  # capacity samples before the pace counts as measured
 # Between ticks the ticker wakes (at most this often) to answer waiters whose wait ran out: a
 # wait ends at the client's deadline minus the margin, and a whole tick late is past it.
 _EXPIRY_STEP = 0.01
+# Timers may fire this much early (uvloop rounds them to the millisecond): a probe due at a
+# tick must not slip to the next one, which doubled `upstream.probe_interval` at 100 ms.
+_TIMER_SLACK = 0.002
 # Refused waiters woken per event-loop iteration (see _Wakeups).
 _WAKE_CHUNK = 64
 
@@ -1362,8 +1365,12 @@ class AdmissionGate:
                 self.tick(now)
             except Exception:  # the ticker must survive a bug in one round
                 log.exception("gate tick failed")
-            if self._probe is not None and self._probe_task is None and now >= self._next_probe:
-                self._probe_task = asyncio.create_task(self._run_probe(self._probe))
+            if (
+                self._probe is not None
+                and self._probe_task is None
+                and now + _TIMER_SLACK >= self._next_probe
+            ):
+                self._probe_task = asyncio.create_task(self._run_probe(self._probe, now))
 
     async def _sleep_expiring(self, interval: float) -> None:
         """Sleep one tick's `interval`, answering on the way the waiters whose wait runs out
@@ -1381,7 +1388,7 @@ class AdmissionGate:
                 except Exception:  # as for a tick: the ticker must survive
                     log.exception("gate expiry failed")
 
-    async def _run_probe(self, probe: Probe) -> None:
+    async def _run_probe(self, probe: Probe, started: float) -> None:
         up = self.config.upstream
         try:
             try:
@@ -1394,7 +1401,9 @@ class AdmissionGate:
             now = self._clock()
             self.on_probe(ok, now)
             slow = self.modes.state is Mode.NORMAL and ok
-            self._next_probe = now + (up.probe_interval_normal if slow else up.probe_interval)
+            # From the probe's start, not its answer: ticks come every batch_interval, and a
+            # period counted from the answer missed the tick after it (half the probes).
+            self._next_probe = started + (up.probe_interval_normal if slow else up.probe_interval)
         finally:
             self._probe_task = None
 

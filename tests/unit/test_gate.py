@@ -753,12 +753,26 @@ async def test_ticker_probes_and_stops() -> None:
         calls.append(1)
         return False
 
-    await h.gate._run_probe(probe)
+    await h.gate._run_probe(probe, h.clock())
     assert calls == [1] and h.gate.health.probe_fail_streak == 1
     await h.gate.start(probe)
     assert h.gate._task is not None
     await h.gate.stop()
     assert h.gate._task is None and h.gate._probe_task is None
+
+
+async def test_probes_keep_their_period_whatever_the_answer_takes() -> None:
+    # Counted from the answer, a 100 ms period missed the 100 ms tick after it: half the
+    # probes were skipped, and the end of an outage was seen up to 200 ms late.
+    h = Harness({"upstream": {"probe_interval": "100ms"}})
+
+    async def probe() -> bool:
+        h.clock.advance(0.005)
+        return False
+
+    started = h.clock()
+    await h.gate._run_probe(probe, started)
+    assert h.gate._next_probe == pytest.approx(started + 0.1)
 
 
 async def test_a_raising_probe_is_a_failed_probe() -> None:
@@ -767,7 +781,7 @@ async def test_a_raising_probe_is_a_failed_probe() -> None:
     async def probe() -> bool:
         raise OSError("boom")
 
-    await h.gate._run_probe(probe)
+    await h.gate._run_probe(probe, h.clock())
     assert h.gate.health.probe_fail_streak == 1
 
 
