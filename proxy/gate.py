@@ -12,8 +12,7 @@ per-caller caps on top. `admit` is synchronous and O(1):
 
 Queues: one lane per (caller, level), configured callers plus the hashed fair buckets, so
 memory is bounded whatever callers arrive. A level is a priority class and a tier; levels are
-served in order, and within a level deficit round-robin runs over callers by weight, so one
-orchestrator's backlog cannot starve another caller. The tiers of a priority class:
+served in order. The tiers of a priority class:
 1. fresh arrivals while they stay within the arrival baseline's rate (x1.2): fresh traffic
    keeps its share whatever happens to the backlog and whatever the pacing error;
 2. solicited returns (the request came back in the slot we booked for it): ahead of every
@@ -22,6 +21,14 @@ orchestrator's backlog cannot starve another caller. The tiers of a priority cla
 4. in-budget retries (unsolicited). In one tier with 3, a retry storm served newest-first would
    push every first try read before it past its expiry (hostile clients at x2 of the reopen
    replay: fresh requests read 100-230 ms after the wave were refused behind the retries).
+In tiers 3 and 4, where a backlog can pile up, deficit round-robin runs over callers by
+weight, so one orchestrator's backlog cannot starve another caller. Tiers 1 and 2 are one
+queue across callers, in arrival order (newest first under adaptive LIFO): what enters them is
+already bounded (the first tier by its allowance, returns by the calendar that gave them their
+times), and round-robin there served a caller with 40 % of the traffic at a quarter of the
+pace. After an outage that bounced the busiest caller's returns that came on time, and buried
+its newest fresh requests under the older ones held through the outage (backend-outage x2:
+caller a's fresh requests read just after recovery waited 0.5-0.6 s).
 Entries live in OrderedDicts: removing a cancelled waiter is O(1) and it is never forwarded.
 
 Waits: a waiter is answered before its deadline (`x-request-timeout-ms`, minus the margin and
@@ -107,6 +114,8 @@ _N_PRIO = len(PRIORITY_CLASSES)
 # Queue levels are priority x tier.
 _TIERS = 4
 _TIER_FRESH, _TIER_SOLICITED, _TIER_REST, _TIER_RETRY = 0, 1, 2, 3
+# By tier: served as one queue across callers (see the module docstring), not round-robin.
+_IN_ORDER = (True, True, False, False)
 _N_LEVELS = _N_PRIO * _TIERS
 # Waiter states.
 WAITING, ADMITTED, REFUSED, CANCELLED = 0, 1, 2, 3
@@ -184,6 +193,10 @@ class _Caller:
         self.queued = 0
         self.allowed = False  # on the SHIELD allow-list
         self.bookings = bookings  # the pacer's deque for this caller (truthy = slots booked)
+
+
+def _by_key(w: Waiter) -> int:
+    return w.key
 
 
 class _Lane:
@@ -749,6 +762,15 @@ class AdmissionGate:
         LIFO), after every level above."""
         pace = self._level_pace(level)
         lane = self._lanes[level].get(c.index)
+        above = sum(self._queued_level[:level])
+        if _IN_ORDER[level % _TIERS]:  # one queue across callers
+            ahead = 0 if self._newest_first(level, now) else self._queued_level[level]
+            wait = (ahead + 1) / pace
+            if c.cap < NO_CAP:
+                latency = max(self.limiter.latency or self._expected_latency, 1e-3)
+                mine = 1 if ahead == 0 or lane is None else len(lane) + 1
+                wait = max(wait, mine * latency / max(c.cap, 1e-3))
+            return wait + above / pace
         # Under adaptive LIFO a newcomer is served first: it pushes the oldest waiters past
         # their expiry instead, and `_rejudge` answers those at the next tick.
         ahead = 0
@@ -763,7 +785,6 @@ class AdmissionGate:
         if c.cap < NO_CAP:
             latency = max(self.limiter.latency or self._expected_latency, 1e-3)
             rate = min(rate, c.cap / latency)
-        above = sum(self._queued_level[:level])
         return (ahead + 1) / max(rate, 1e-3) + above / pace
 
     def _level_pace(self, level: int) -> float:
@@ -796,6 +817,10 @@ class AdmissionGate:
             if not n_level:
                 continue
             pace = self._level_pace(level)
+            if _IN_ORDER[level % _TIERS]:
+                self._judge_in_order(level, pace, above / max(self._pace, 1e-3), now, doomed)
+                above += n_level
+                continue
             weights = max(self._active_weight[level], 1)
             for lane in self._lanes[level].values():
                 if not lane.waiters:
@@ -823,6 +848,33 @@ class AdmissionGate:
             c = w.caller
             reason = "caller-cap" if c.in_flight >= c.cap else "overload"
             self._finish(w, REFUSED, self._refuse(w.ticket, c, reason, now), now, spread=True)
+
+    def _judge_in_order(
+        self, level: int, pace: float, base: float, now: float, doomed: list[Waiter]
+    ) -> None:
+        """`_rejudge` for a level served as one queue across callers: a waiter's wait is its
+        place in that order at the level's pace (and its caller's cap), counting only those
+        in front that will not be answered now."""
+        waiters = sorted(
+            (w for lane in self._lanes[level].values() for w in lane.waiters.values()),
+            key=_by_key,
+            reverse=self._newest_first(level, now),
+        )
+        latency = max(self.limiter.latency or self._expected_latency, 1e-3)
+        placed = 0
+        per_caller: dict[int, int] = {}
+        for w in waiters:
+            c = w.caller
+            wait = (placed + 1) / pace
+            if c.cap < NO_CAP:
+                mine = per_caller.get(c.index, 0) + 1
+                wait = max(wait, mine * latency / max(c.cap, 1e-3))
+            if now + base + wait > w.expiry - self._stall:
+                doomed.append(w)
+                continue
+            placed += 1
+            if c.cap < NO_CAP:
+                per_caller[c.index] = per_caller.get(c.index, 0) + 1
 
     def _take(self, t: Ticket, c: _Caller) -> None:
         self.in_flight += 1
@@ -994,12 +1046,18 @@ class AdmissionGate:
         w._resolve(state, result, spread)
 
     def _pick(self, now: float) -> Waiter | None:
-        """Deficit round-robin: highest priority first, callers by weight, skipping callers
-        at their cap. O(1) amortised; O(active lanes) when every waiter is capped."""
+        """Highest priority first; within a level, one queue across callers (`_IN_ORDER`) or
+        deficit round-robin by weight, skipping callers at their cap. Round-robin is O(1)
+        amortised, O(active lanes) when every waiter is capped; one queue is O(active lanes)."""
         for p in range(_N_LEVELS):
             if not self._queued_level[p]:
                 continue
             active = self._active[p]
+            if _IN_ORDER[p % _TIERS]:
+                w = self._pick_in_order(active, p, now)
+                if w is None:
+                    continue
+                return w
             skipped = 0
             while active and skipped < len(active):
                 lane = active[0]
@@ -1022,6 +1080,47 @@ class AdmissionGate:
                 self._unqueue(w)
                 return w
         return None
+
+    def _newest_first(self, level: int, now: float) -> bool:
+        """Adaptive LIFO for a level served as one queue: on once its oldest waiter has
+        waited `lifo_after` (never for solicited returns: their order is the schedule)."""
+        if level % _TIERS == _TIER_SOLICITED or self._lifo_after <= 0:
+            return False
+        oldest = min(
+            (next(iter(lane.waiters.values())) for lane in self._active[level] if lane),
+            key=_by_key,
+            default=None,
+        )
+        return oldest is not None and now - oldest.enqueued > self._lifo_after
+
+    def _pick_in_order(self, active: deque[_Lane], p: int, now: float) -> Waiter | None:
+        """The next waiter of a level served as one queue across callers (skipping callers
+        at their cap): the oldest, or the newest under adaptive LIFO. O(active lanes)."""
+        oldest: _Lane | None = None
+        newest: _Lane | None = None
+        for lane in list(active):
+            if not lane:
+                active.remove(lane)
+                lane.active = False
+                lane.deficit = 0
+                self._active_weight[p] -= lane.caller.weight
+                continue
+            c = lane.caller
+            if c.in_flight >= c.cap:
+                continue
+            if oldest is None or next(iter(lane.waiters)) < next(iter(oldest.waiters)):
+                oldest = lane
+            if newest is None or next(reversed(lane.waiters)) > next(reversed(newest.waiters)):
+                newest = lane
+        if oldest is None or newest is None:
+            return None
+        head = next(iter(oldest.waiters.values()))
+        if oldest.lifo and 0 < self._lifo_after < now - head.enqueued:
+            w = newest.waiters.popitem(last=True)[1]
+        else:
+            w = oldest.waiters.popitem(last=False)[1]
+        self._unqueue(w)
+        return w
 
     def _deactivate(self, active: deque[_Lane], lane: _Lane, p: int) -> None:
         active.popleft()

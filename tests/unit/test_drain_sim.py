@@ -10,36 +10,48 @@ kept whole, the limit never exceeded.
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
 
 from .drain_model import run
+
+# Drain / ideal over seeds 1-5: the median and the worst. Over 30 seeds the model lands at
+# about 1.1 (20 workers) and 1.25 (40), single seeds up to 1.2 and 1.3 (DESIGN.md §6's 1.2 is
+# the harness's figure). One seed was a coin toss at 40 workers: its bound of 1.25 failed on
+# 10 of 30 seeds with round-robin returns and on 17 of 30 served in arrival order.
+_DRAIN_BOUNDS = {20: (1.2, 1.25), 40: (1.3, 1.4)}
 
 
 @pytest.mark.parametrize("workers", [20, 40])
 def test_backlog_drains_at_the_learned_pace_without_thrashing(workers: int) -> None:
     service, backlog, fresh_rate = 0.05, 3000, 100.0
-    f = run(
-        workers=workers,
-        service=service,
-        jitter=0.2,
-        thrash=0.0,
-        fresh_rate=fresh_rate,
-        backlog=backlog,
-        client_timeout=None,  # patient clients that honour Retry-After
-        shared_callers=False,
-        warmup=20.0,
-        observe=60.0,
-        seed=7,
-    )
     ideal = backlog / (workers / service - fresh_rate)
-    assert f.drain is not None and f.backlog_failed == 0  # every backlog request succeeded
-    # DESIGN.md §6's figure is 1.2; this model lands at 1.0 (20 workers) and ~1.2 (40).
-    assert f.drain <= 1.25 * ideal
-    assert f.max_backend_queue <= workers  # within one round of its workers
-    assert f.fresh_ok / (f.fresh_ok + f.fresh_failed) >= 0.995
-    assert f.over_limit == 0
-    assert f.client_timeouts == 0 and f.wasted == 0
-    assert set(f.refusals) <= {"overload", "retry-budget", "deadline"}
+    drains = []
+    for seed in range(1, 6):
+        f = run(
+            workers=workers,
+            service=service,
+            jitter=0.2,
+            thrash=0.0,
+            fresh_rate=fresh_rate,
+            backlog=backlog,
+            client_timeout=None,  # patient clients that honour Retry-After
+            shared_callers=False,
+            warmup=20.0,
+            observe=60.0,
+            seed=seed,
+        )
+        assert f.drain is not None and f.backlog_failed == 0  # every backlog request succeeded
+        assert f.max_backend_queue <= workers  # within one round of its workers
+        assert f.fresh_ok / (f.fresh_ok + f.fresh_failed) >= 0.995
+        assert f.over_limit == 0
+        assert f.client_timeouts == 0 and f.wasted == 0
+        assert set(f.refusals) <= {"overload", "retry-budget", "deadline"}
+        drains.append(f.drain / ideal)
+    median, worst = _DRAIN_BOUNDS[workers]
+    assert statistics.median(drains) <= median, drains
+    assert max(drains) <= worst, drains
 
 
 def test_reopen_with_impatient_clients_stays_explicit_and_safe() -> None:

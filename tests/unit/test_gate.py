@@ -892,3 +892,71 @@ async def test_a_mass_refusal_wakes_its_waiters_a_chunk_per_loop_iteration(
     assert done[-1] == len(tasks)
     assert max(b - a for a, b in itertools.pairwise(done)) <= 4
     assert {refusal(t.result()).reason for t in tasks} == {"draining"}
+
+
+# --- tiers served as one queue across callers ------------------------------------------------
+def _returns(h: Harness, caller: str, n: int) -> list[Waiter]:
+    """`n` returns of `caller` inside their booked slots (marked as `Pacer.redeem` marks them)."""
+    out = []
+    for _ in range(n):
+        t = h.ticket(caller, retry=True)
+        t.solicited = True
+        out.append(waiter(h.gate.admit(t)))
+    return out
+
+
+def _grant_order(h: Harness, waiters: list[Waiter]) -> list[Waiter]:
+    """Free one slot at a time; the order in which `waiters` are admitted."""
+    g = h.gate
+    order: list[Waiter] = []
+    for _ in waiters:
+        g._eff += 1
+        g._pump(h.clock())
+        order += [w for w in waiters if w.state == ADMITTED and w not in order]
+    return order
+
+
+def test_solicited_returns_are_served_in_arrival_order_across_callers() -> None:
+    # One calendar gave them their times, so their order is the schedule: round-robin by
+    # caller would serve the caller with most of the returns at its share of the pace.
+    from proxy.gate import _TIER_SOLICITED
+
+    h = _wave_harness()
+    a = _returns(h, "orch", 3)
+    h.clock.advance(0.2)  # past lifo_when_older_than: returns keep their order regardless
+    b = _returns(h, "fresh", 1)
+    assert {_tier(w) for w in [*a, *b]} == {_TIER_SOLICITED}
+    assert _grant_order(h, [*a, *b]) == [*a, *b]
+
+
+def test_the_first_tier_is_served_newest_first_across_callers() -> None:
+    # After an outage every caller's first-tier lane holds requests from before it; served
+    # round-robin, a caller with 40 % of the fresh traffic got a quarter of the pace and its
+    # newest requests were buried under older ones for half a second.
+    from proxy.gate import _TIER_FRESH
+
+    h = _wave_harness()
+    old = waiter(h.gate.admit(h.ticket("fresh")))
+    h.clock.advance(0.2)  # the oldest has waited past lifo_when_older_than
+    new = [waiter(h.gate.admit(h.ticket("orch"))) for _ in range(3)]
+    assert {_tier(w) for w in [old, *new]} == {_TIER_FRESH}
+    assert _grant_order(h, [old, *new]) == [new[2], new[1], new[0], old]
+
+
+def test_returns_are_judged_by_their_place_in_arrival_order() -> None:
+    # The bounce-out after an outage: the busiest caller's lane was judged at its round-robin
+    # share of the pace, and the tail of returns that came on time was bounced again.
+    h = _wave_harness()
+    g = h.gate
+    g._capacity, g._n_samples = 30.0, 3  # measured: 30/s, 10/s of it fresh (the baseline)
+    g._refresh_estimates(h.clock())
+    assert g._pace_known and g._pace == 30.0  # returns get 20/s: one per 50 ms
+    a = _returns(h, "orch", 6)
+    h.clock.advance(0.01)
+    b = _returns(h, "fresh", 1)
+    now = h.clock()
+    for w in [*a, *b]:
+        w.expiry = now + 0.32  # room for six returns at 20/s, not for seven
+    g._rejudge(now)
+    assert [w.state for w in a] == [WAITING] * 6
+    assert b[0].state == REFUSED  # the latest to arrive, whichever its caller
