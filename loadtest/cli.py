@@ -151,7 +151,7 @@ def demo(out_dir: Path | None = None, seed: int = 1) -> int:
     print(
         f"\nThrough Sluice with '{DEMO_DRAIN_PROFILE}' clients (they honour Retry-After), both "
         "replays at the scenario's capacity and at twice it: every backlog workflow should "
-        "drain within the bound.\n",
+        f"drain within the bound. Their files: {out_dir / DEMO_DRAIN_PROFILE}\n",
         flush=True,
     )
     drained: list[dict[str, Any]] = []
@@ -162,7 +162,9 @@ def demo(out_dir: Path | None = None, seed: int = 1) -> int:
             seed=seed,
             capacity_scale=scale,
             profile=DEMO_DRAIN_PROFILE,
-            out_dir=out_dir,
+            # Their own folder: the runner names raw records, logs and CSVs by scenario, scale
+            # and arm, so reopen x1's sluice arm would overwrite the three-arm run's.
+            out_dir=out_dir / DEMO_DRAIN_PROFILE,
         )
     summary = render_checks(drained)
     (out_dir / "figures.txt").write_text(summary + "\n", encoding="utf-8")
