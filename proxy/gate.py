@@ -28,7 +28,8 @@ already bounded (the first tier by its allowance, returns by the calendar that g
 times), and round-robin there served a caller with 40 % of the traffic at a quarter of the
 pace. After an outage that bounced the busiest caller's returns that came on time, and buried
 its newest fresh requests under the older ones held through the outage (backend-outage x2:
-caller a's fresh requests read just after recovery waited 0.5-0.6 s).
+caller a's fresh requests read just after recovery waited 0.5-0.6 s, seen with a temporary
+per-request trace).
 Entries live in OrderedDicts: removing a cancelled waiter is O(1) and it is never forwarded.
 
 Waits: a waiter is answered before its deadline (`x-request-timeout-ms`, minus the margin and
@@ -767,7 +768,7 @@ class AdmissionGate:
             ahead = 0 if self._newest_first(level, now) else self._queued_level[level]
             wait = (ahead + 1) / pace
             if c.cap < NO_CAP:
-                latency = max(self.limiter.latency or self._expected_latency, 1e-3)
+                latency = self._cap_latency()
                 mine = 1 if ahead == 0 or lane is None else len(lane) + 1
                 wait = max(wait, mine * latency / max(c.cap, 1e-3))
             return wait + above / pace
@@ -783,9 +784,13 @@ class AdmissionGate:
             weights += c.weight
         rate = pace * c.weight / max(weights, c.weight)
         if c.cap < NO_CAP:
-            latency = max(self.limiter.latency or self._expected_latency, 1e-3)
+            latency = self._cap_latency()
             rate = min(rate, c.cap / latency)
         return (ahead + 1) / max(rate, 1e-3) + above / pace
+
+    def _cap_latency(self) -> float:
+        """The latency a capped caller's slots turn over at (its cap / this = its rate)."""
+        return max(self.limiter.latency or self._expected_latency, 1e-3)
 
     def _level_pace(self, level: int) -> float:
         """Requests/s the waiters of `level` can expect: the learned pace (unboosted, also
@@ -828,7 +833,7 @@ class AdmissionGate:
                 c = lane.caller
                 rate = pace * c.weight / weights
                 if c.cap < NO_CAP:
-                    latency = max(self.limiter.latency or self._expected_latency, 1e-3)
+                    latency = self._cap_latency()
                     rate = min(rate, c.cap / latency)
                 rate = max(rate, 1e-3)
                 base = above / max(self._pace, 1e-3)
@@ -860,7 +865,7 @@ class AdmissionGate:
             key=_by_key,
             reverse=self._newest_first(level, now),
         )
-        latency = max(self.limiter.latency or self._expected_latency, 1e-3)
+        latency = self._cap_latency()
         placed = 0
         per_caller: dict[int, int] = {}
         for w in waiters:
@@ -1100,10 +1105,7 @@ class AdmissionGate:
         newest: _Lane | None = None
         for lane in list(active):
             if not lane:
-                active.remove(lane)
-                lane.active = False
-                lane.deficit = 0
-                self._active_weight[p] -= lane.caller.weight
+                self._deactivate(active, lane, p)
                 continue
             c = lane.caller
             if c.in_flight >= c.cap:
@@ -1123,7 +1125,11 @@ class AdmissionGate:
         return w
 
     def _deactivate(self, active: deque[_Lane], lane: _Lane, p: int) -> None:
-        active.popleft()
+        """Take an emptied lane out of its level's round (O(1) at the head, as in `_pick`)."""
+        if active[0] is lane:
+            active.popleft()
+        else:
+            active.remove(lane)
         lane.active = False
         lane.deficit = 0
         self._active_weight[p] -= lane.caller.weight
