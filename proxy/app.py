@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -76,10 +77,12 @@ class Sluice:
         self.forwarder: Forwarder | None = None
         self.draining = False
         self.in_flight = 0
+        self.holding = 0  # refusals held before they are sent (`_hold`)
         # Requests are stamped with when they may have arrived, not when the loop got to them.
         self.arrivals = ArrivalClock()
         # The gauge reads the plain counter at scrape time: no locked inc/dec per request.
         self.metrics.in_flight.set_function(lambda: self.in_flight)
+        self.metrics.holding.set_function(lambda: self.holding)
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -191,6 +194,8 @@ class Sluice:
         if decision is not None and not isinstance(decision, Refusal):
             decision = await decision.wait()
         if decision is not None:
+            if decision.hold > 0.0:
+                decision = await self._hold(decision, config)
             self.metrics.refused[decision.reason].inc()
             return refusal_response(decision, ticket.request_id)
 
@@ -207,6 +212,21 @@ class Sluice:
         if config.logging.access_log and random.random() < config.logging.access_log_sample:
             _log_access(request, ticket, outcome, resp.status)
         return resp
+
+    async def _hold(self, refusal: Refusal, config: Config) -> Refusal:
+        """Hold a refusal for `refusal.hold` seconds, then answer it. Past
+        `queue.max_size` refusals held at once, or while draining, it is answered now, with
+        the hold added to its Retry-After (memory stays bounded whatever the storm)."""
+        if self.holding >= config.queue.max_size or self.draining:
+            ms = refusal.retry_after_ms + math.ceil(refusal.hold * 1000.0)
+            return Refusal(refusal.reason, refusal.status, ms)
+        self.holding += 1
+        self.metrics.held.inc()
+        try:
+            await asyncio.sleep(refusal.hold)
+        finally:
+            self.holding -= 1
+        return refusal
 
 
 async def _expect(request: web.BaseRequest) -> None:

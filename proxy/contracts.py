@@ -60,7 +60,10 @@ class Refusal:
 
     reason: str
     status: int
-    retry_after_ms: int  # 0 = send no Retry-After
+    retry_after_ms: int  # 0 = send no Retry-After; counted from the end of `hold`
+    # Seconds to hold the answer before sending it (a paced answer, see
+    # `shedding.retry_hold_max`); 0 = answer at once.
+    hold: float = 0.0
 
 
 @dataclass(slots=True)

@@ -23,7 +23,7 @@ served in order. The tiers of a priority class:
    replay: fresh requests read 100-230 ms after the wave were refused behind the retries).
 In tiers 3 and 4, where a backlog can pile up, deficit round-robin runs over callers by
 weight, so one orchestrator's backlog cannot starve another caller. Tiers 1 and 2 are one
-queue across callers, in arrival order (newest first under adaptive LIFO): what enters them is
+queue across callers, in arrival order (under adaptive LIFO, see below): what enters them is
 already bounded (the first tier by its allowance, returns by the calendar that gave them their
 times), and round-robin there served a caller with 40 % of the traffic at a quarter of the
 pace. After an outage that bounced the busiest caller's returns that came on time, and buried
@@ -59,7 +59,14 @@ patience is short (a client timeout of about a second), so under a reopening wav
 the backend on requests with the least time left, some of which time out while forwarded
 (wasted work), while the newest finish in time; the oldest are answered with a paced Retry-After
 before they expire, so LIFO costs them a return trip, not a failure. Solicited returns keep
-FIFO: they were given a time, and their order is the schedule.
+FIFO: they were given a time, and their order is the schedule. In the first tier, "newest"
+spares the waiters still on time, read within one unloaded latency (at least
+`lifo_when_older_than`): they keep their order, and only the late ones go after newer
+arrivals. Plain newest-first passed over every request read in a burst (our loop busy with a
+storm reads them together, up to 100 ms late) by each one read after it, for 0.3-0.6 s.
+
+Paced refusals (overload, outage, caller-cap, retry-budget) are answered after a hold
+(`Refusal.hold`, see `_held`): a client that ignores Retry-After cannot storm us.
 
 The budgets, caps and mode sit behind small interfaces (`budgets.RetryBudgets`, `CallerCaps`,
 the `ModeController`) with in-process defaults, so a fleet-wide store can slot in (§9).
@@ -146,6 +153,17 @@ _EXPIRY_STEP = 0.01
 # Timers may fire this much early (uvloop rounds them to the millisecond): a probe due at a
 # tick must not slip to the next one, which doubled `upstream.probe_interval` at 100 ms.
 _TIMER_SLACK = 0.002
+# Held answers (`_held`): at most this share of the time their client has left, shortened
+# by up to this share of that, evenly (the golden ratio's low-discrepancy sequence:
+# deterministic, and no two answers of a wave held alike).
+_HOLD_SHARE = 0.75
+_HOLD_MIN = 0.01  # shorter is not worth a timer
+# Booked answers that are held: the request cannot be served now, the client has nowhere
+# else to go, and its return is booked (not `deadline`: there is no time left to hold; not
+# `shield`: an operator's action is answered at once).
+_HELD = frozenset({"retry-budget", "overload", "outage", "caller-cap"})
+_HOLD_SPREAD = 2.0 / 3.0
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 # Refused waiters woken per event-loop iteration (see _Wakeups).
 _WAKE_CHUNK = 64
 
@@ -198,6 +216,16 @@ class _Caller:
 
 def _by_key(w: Waiter) -> int:
     return w.key
+
+
+def _n_read_since(lane: _Lane, cutoff: float) -> int:
+    """How many of `lane`'s waiters were read at or after `cutoff` (walks from the newest)."""
+    n = 0
+    for w in reversed(lane.waiters.values()):
+        if w.enqueued < cutoff:
+            break
+        n += 1
+    return n
 
 
 class _Lane:
@@ -418,6 +446,7 @@ class AdmissionGate:
         self._samples: deque[tuple[float, float]] = deque()  # (at, goodput/s) while saturated
         self._n_samples = 0  # capacity samples since the capacity was last forgotten
         self._mode_backlog = 0  # requests held or shed since the mode began
+        self._hold_phase = 0.0  # the spread of held answers (`_held`)
         self._last_prune = now
         self._released_this_tick = 0
         self._task: asyncio.Task[None] | None = None
@@ -467,6 +496,7 @@ class AdmissionGate:
         self._spare = config.region.spare_utilisation
         self._budget_on = config.retry_budget.enabled
         self._lifo_after = config.queue.lifo_when_older_than
+        self._hold_max = sh.retry_hold_max
         self._expected_latency = 0.0
         self._min_budget = self._margin
         self._refresh_estimates(self._clock())
@@ -476,6 +506,9 @@ class AdmissionGate:
         floor = lim.floor.value or 0.0
         # What a request forwarded now should take: recent latency (queueing included).
         self._expected_latency = max(floor, lim.latency or 0.0)
+        # Under adaptive LIFO, a waiter of a level served as one queue keeps its place
+        # in arrival order for this long after it was read: one unloaded latency.
+        self._on_time_for = max(self._lifo_after, floor)
         # The fast path sends a request with a deadline only if it can be met with margin.
         self._min_budget = self._margin + self._expected_latency
         # The backend's pace: its best goodput over recent runs of ticks spent saturated
@@ -765,7 +798,11 @@ class AdmissionGate:
         lane = self._lanes[level].get(c.index)
         above = sum(self._queued_level[:level])
         if _IN_ORDER[level % _TIERS]:  # one queue across callers
-            ahead = 0 if self._newest_first(level, now) else self._queued_level[level]
+            ahead = self._queued_level[level]
+            if self._newest_first(level, now):
+                # Under adaptive LIFO a newcomer goes behind the waiters still on time.
+                cutoff = now - self._on_time_for
+                ahead = sum(_n_read_since(lane, cutoff) for lane in self._lanes[level].values())
             wait = (ahead + 1) / pace
             if c.cap < NO_CAP:
                 latency = self._cap_latency()
@@ -860,11 +897,7 @@ class AdmissionGate:
         """`_rejudge` for a level served as one queue across callers: a waiter's wait is its
         place in that order at the level's pace (and its caller's cap), counting only those
         in front that will not be answered now."""
-        waiters = sorted(
-            (w for lane in self._lanes[level].values() for w in lane.waiters.values()),
-            key=_by_key,
-            reverse=self._newest_first(level, now),
-        )
+        waiters = self._serve_order(level, now)
         latency = self._cap_latency()
         placed = 0
         per_caller: dict[int, int] = {}
@@ -936,7 +969,33 @@ class AdmissionGate:
                     # one that queues: judge it now, not at the next tick.
                     self._evaluate(now)
                     self._pump(now)
+            if reason in _HELD and self._hold_max > 0:
+                return self._held(t, reason, ms, now)
         return Refusal(reason, self._status_for(reason), ms)
+
+    def _held(self, t: Ticket, reason: str, ms: int, now: float) -> Refusal:
+        """A paced answer, sent after a hold (HAProxy's tarpit). A client that retries
+        without waiting (the naive profile: 50 ms after an error, whatever Retry-After says)
+        comes back once per hold instead of once per round trip, and its storm no longer
+        takes our loop from the traffic we serve: in naive reopen x1, 6,000 refusals a
+        second held the backend's answers unread until it idled with our slots all taken,
+        and fresh requests waited 0.3-0.7 s. A client that honours Retry-After loses
+        nothing: it counts from the end of the hold, so it returns at the booked time.
+
+        The hold is 1/4 to 3/4 of the time the client has left (before its deadline, less
+        the margin and our last stall), at most `shedding.retry_hold_max` and the booked
+        return, spread evenly: a wave read together and held alike would be answered, and
+        come back, together (bursts of 2,000 answers and retries every half second at
+        naive reopen x2, and answers sent late meanwhile)."""
+        left = t.deadline if t.deadline is not None else t.arrived + self._patience
+        room = left - now - self._margin - self._stall
+        longest = min(self._hold_max, ms / 1000.0, room * _HOLD_SHARE)
+        status = self._status_for(reason)
+        if longest < _HOLD_MIN:
+            return Refusal(reason, status, ms)
+        self._hold_phase = (self._hold_phase + _GOLDEN) % 1.0  # evenly spread, no RNG
+        hold = longest * (1.0 - _HOLD_SPREAD * self._hold_phase)
+        return Refusal(reason, status, max(1, ms - int(hold * 1000.0)), hold)
 
     def _refusal_for_cancelled(self) -> Refusal:
         return Refusal("overload", self._overload_status, 0)
@@ -1098,11 +1157,38 @@ class AdmissionGate:
         )
         return oldest is not None and now - oldest.enqueued > self._lifo_after
 
+    def _on_time(self, lane: _Lane, cutoff: float) -> Waiter | None:
+        """The oldest waiter of `lane` read at or after `cutoff` (None: all older). Walks
+        from the newest: O(waiters on time), which the first tier's allowance bounds."""
+        found = None
+        for w in reversed(lane.waiters.values()):
+            if w.enqueued < cutoff:
+                break
+            found = w
+        return found
+
+    def _serve_order(self, level: int, now: float) -> list[Waiter]:
+        """The waiters of a level served as one queue, in the order `_pick_in_order` takes
+        them (callers' caps aside): oldest first; under adaptive LIFO, those still on time
+        oldest first, then the late ones newest first. O(waiters log waiters), per tick."""
+        waiters = sorted(
+            (w for lane in self._lanes[level].values() for w in lane.waiters.values()),
+            key=_by_key,
+        )
+        if not self._newest_first(level, now):
+            return waiters
+        cutoff = now - self._on_time_for
+        late = [w for w in waiters if w.enqueued < cutoff]
+        late.reverse()
+        return [w for w in waiters if w.enqueued >= cutoff] + late
+
     def _pick_in_order(self, active: deque[_Lane], p: int, now: float) -> Waiter | None:
         """The next waiter of a level served as one queue across callers (skipping callers
-        at their cap): the oldest, or the newest under adaptive LIFO. O(active lanes)."""
+        at their cap): the oldest; under adaptive LIFO the oldest still on time (read
+        within `_on_time_for`), else the newest. O(active lanes + waiters on time)."""
         oldest: _Lane | None = None
         newest: _Lane | None = None
+        lanes: list[_Lane] = []
         for lane in list(active):
             if not lane:
                 self._deactivate(active, lane, p)
@@ -1110,6 +1196,7 @@ class AdmissionGate:
             c = lane.caller
             if c.in_flight >= c.cap:
                 continue
+            lanes.append(lane)
             if oldest is None or next(iter(lane.waiters)) < next(iter(oldest.waiters)):
                 oldest = lane
             if newest is None or next(reversed(lane.waiters)) > next(reversed(newest.waiters)):
@@ -1118,7 +1205,19 @@ class AdmissionGate:
             return None
         head = next(iter(oldest.waiters.values()))
         if oldest.lifo and 0 < self._lifo_after < now - head.enqueued:
-            w = newest.waiters.popitem(last=True)[1]
+            # A request read late (our loop was busy reading a wave) is not passed over
+            # by every newer one: while it is on time it keeps its place.
+            cutoff = now - self._on_time_for
+            first: Waiter | None = None
+            for lane in lanes:
+                w = self._on_time(lane, cutoff)
+                if w is not None and (first is None or w.key < first.key):
+                    first = w
+            if first is not None:
+                del first.lane.waiters[first.key]
+                w = first
+            else:
+                w = newest.waiters.popitem(last=True)[1]
         else:
             w = oldest.waiters.popitem(last=False)[1]
         self._unqueue(w)

@@ -77,6 +77,9 @@ class Limiter:
         # backend has been seen to take without queueing.
         self.proven = 0
         self.grown = 0.0  # the limit before a ramp restarted it lower (0: none)
+        # The limit a ramp restarted below while the backend stayed up (RECOVERY entry on a
+        # surge): the ramp may climb back to it through our own stalls (0: none).
+        self.resume = 0.0
         self._cooldown = False  # the window after a latency cut judges no second cut
         self._reset_window(now)
         self.knee_value = 0.0  # where the last cut put the limit (its estimate of the knee)
@@ -188,6 +191,7 @@ class Limiter:
         outage or repair, or we started while it was loaded, and its capacity is unknown.
         """
         self._end_probe(restore=True)
+        self.resume = 0.0
         if from_floor:
             # The backend's capacity is unknown again; what the limit was before stays a
             # hint for optimistic pacing until the ramp finds a knee.
@@ -201,6 +205,7 @@ class Limiter:
             # backend: start the ramp from what was seen to cause no queueing. (What it
             # had grown to stays a hint for optimistic pacing until a knee is found.)
             self.grown = self.value
+            self.resume = self.value
             self.value = max(float(self.config.floor), min(self.value, float(self.proven)))
         self.slow_start = True
         self._cooldown = False  # a cut before this ramp says nothing about its first window
@@ -280,6 +285,20 @@ class Limiter:
             # than the stall made it, so the backend queued. A slow start that overshot is
             # cut then, not held for the windows in which our loop has a few ms stalls.)
             self.last_change = "own-lag"
+            if self.slow_start and self._peak >= _USED * self.value and self.value < self.resume:
+                # A ramp full of work, with nothing against it but our own stall, climbs
+                # back towards the limit it restarted below (which the backend took without
+                # queueing), no further: skipped, it stayed below the backend's workers for
+                # the whole retry storm that stalled us (naive reopen x2: 17 of 20 workers
+                # busy, 120 waiting, for 0.8 s). Past it, a window that looked healthy net
+                # of the stall was seen while the backend queued 17.
+                ratio = (mean - self._lag) / floor_now
+                factor = cfg.slow_start_factor
+                if ratio > LatencyFloor.CONFIRM:
+                    factor = min(factor, max(1.0, cfg.latency_tolerance / ratio))
+                self.value = min(self.resume, self.value * factor)
+                self.last_change = "growth"
+                self._history.append(self.value)
             self._reset_window(now)
             return
 

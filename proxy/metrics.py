@@ -43,6 +43,14 @@ class Metrics:
         self.in_flight = Gauge(
             "sluice_in_flight", "Requests currently forwarded upstream.", registry=r
         )
+        self.held = Counter(
+            "sluice_held_refusals",
+            "Paced refusals held before they were sent (shedding.retry_hold_max), all reasons.",
+            registry=r,
+        )
+        self.holding = Gauge(
+            "sluice_holding", "Refusals being held now, before they are sent.", registry=r
+        )
         self.upstream_latency = Histogram(
             "sluice_upstream_latency_seconds",
             "Time from forwarding to the upstream's response headers.",

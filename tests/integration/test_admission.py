@@ -118,11 +118,14 @@ async def test_at_the_limit_requests_wait_then_are_shed_with_a_paced_retry_after
                 break
             await asyncio.sleep(0.01)
         assert g.in_flight == 2
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
         async with client.get(url(server, "/echo/late")) as resp:
             body = await resp.read()
             assert resp.status == 503, body
             assert resp.headers["x-sluice-reason"] == "overload"
-            assert int(resp.headers["retry-after-ms"]) >= 1000
+            # Held, then told when to come back, counted from the answer.
+            assert loop.time() - sent + int(resp.headers["retry-after-ms"]) / 1000 >= 1.0
         backend.release_slow.set()
         for task in held:
             resp = await task
@@ -133,3 +136,54 @@ async def test_at_the_limit_requests_wait_then_are_shed_with_a_paced_retry_after
                 break
             await asyncio.sleep(0.01)
         assert g.in_flight == 0 and g.status()["queue"]["total"] == 0
+
+
+async def _fill_the_limit(server: Server, client: aiohttp.ClientSession) -> list[Any]:
+    held = [asyncio.create_task(client.get(url(server, "/hold"))) for _ in range(2)]
+    g = gate(server)
+    for _ in range(200):
+        if g.in_flight == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert g.in_flight == 2
+    return held
+
+
+@pytest.mark.parametrize("max_size", [20000, 0])
+async def test_a_retry_over_its_budget_is_answered_after_a_hold(
+    backend: EchoBackend, client: aiohttp.ClientSession, max_size: int
+) -> None:
+    # The tarpit: the answer comes after the hold, with a Retry-After counted from its end;
+    # past `queue.max_size` answers held at once, it comes now, with the hold added back.
+    config = protected(
+        backend,
+        limiter={"initial": 2, "floor": 1, "ceiling": 2},
+        retry_budget={"floor_per_s": 0, "global_floor_per_s": 0},
+        queue={"max_size": max_size},
+    )
+    async with running_sluice(config) as server:
+        held = await _fill_the_limit(server, client)
+        headers = {"x-caller-id": "orch", "x-retry-attempt": "1", "x-request-timeout-ms": "600"}
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        async with client.get(url(server, "/echo/again"), headers=headers) as resp:
+            await resp.read()
+            took = loop.time() - sent
+            assert resp.status == 429
+            assert resp.headers["x-sluice-reason"] == "retry-budget"
+            retry_after = int(resp.headers["retry-after-ms"]) / 1000
+        metrics = server.sluice.metrics.registry
+        n_held = metrics.get_sample_value("sluice_held_refusals_total")
+        hold = (0.6 - 0.05) / 2  # at most half of what the client has left, less the margin
+        if max_size:
+            assert n_held == 1
+            assert took >= 0.1  # held (less than `hold` if our loop stalled meanwhile)
+            assert retry_after + took >= 1.0  # the return time is the one booked
+        else:
+            assert n_held == 0
+            assert retry_after >= 1.0 + hold / 3 - 0.002  # the shortest hold of the spread
+        assert server.sluice.holding == 0
+        backend.release_slow.set()
+        for task in held:
+            (await task).release()
+        assert not [r for r in backend.requests if r["path_qs"] == "/echo/again"]

@@ -193,7 +193,8 @@ def run(
     def refused(a: Attempt, d: Refusal) -> None:
         a.state = "done"
         fig.refusals[d.reason] += 1
-        retry(a.wf, d.retry_after_ms / 1000.0 + rnd.uniform(0.0, 0.1))
+        # The answer comes after its hold; Retry-After counts from then.
+        retry(a.wf, d.hold + d.retry_after_ms / 1000.0 + rnd.uniform(0.0, 0.1))
 
     def forward(a: Attempt) -> None:
         nonlocal busy, arrivals

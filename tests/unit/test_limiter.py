@@ -211,9 +211,23 @@ def _ramping() -> tuple[Limiter, float]:
 def test_own_loop_lag_does_not_cut_the_limit() -> None:
     # Answers look 60 % slow while our own loop stalled 80 ms: the stall, not the backend.
     lim, t = _ramping()
+    lim.slow_start = False
     before = lim.limit
     _window(lim, t, 0.08, lag=0.08)
     assert lim.limit == before and lim.last_change == "own-lag"
+
+
+def test_a_full_ramp_goes_on_through_our_own_stall() -> None:
+    # Skipped, the ramp stayed below the backend's workers for a whole retry storm (naive
+    # reopen x2: 17 of 20 workers busy, 120 requests waiting, for 0.8 s).
+    lim, t = _ramping()
+    before = lim.limit
+    assert before < lim.resume  # restarted below what the backend took before the surge
+    t = _window(lim, t, 0.08, lag=0.08)
+    assert lim.limit > before and lim.last_change == "growth" and lim.slow_start
+    for _ in range(5):  # back to where it was, no further: past it, only the backend counts
+        t = _window(lim, t, 0.08, lag=0.08)
+    assert lim.limit == int(lim.resume)
 
 
 def test_a_window_slower_than_our_stall_explains_cuts() -> None:
