@@ -66,7 +66,8 @@ arrivals. Plain newest-first passed over every request read in a burst (our loop
 storm reads them together, up to 100 ms late) by each one read after it, for 0.3-0.6 s.
 
 Paced refusals (overload, outage, caller-cap, retry-budget) are answered after a hold
-(`Refusal.hold`, see `_held`): a client that ignores Retry-After cannot storm us.
+(`Refusal.hold`, see `_held`): a client that ignores Retry-After comes back once per hold,
+not once per round trip.
 
 The budgets, caps and mode sit behind small interfaces (`budgets.RetryBudgets`, `CallerCaps`,
 the `ModeController`) with in-process defaults, so a fleet-wide store can slot in (§9).
@@ -157,13 +158,13 @@ _TIMER_SLACK = 0.002
 # by up to this share of that, evenly (the golden ratio's low-discrepancy sequence:
 # deterministic, and no two answers of a wave held alike).
 _HOLD_SHARE = 0.75
+_HOLD_SPREAD = 2.0 / 3.0
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 _HOLD_MIN = 0.01  # shorter is not worth a timer
 # Booked answers that are held: the request cannot be served now, the client has nowhere
 # else to go, and its return is booked (not `deadline`: there is no time left to hold; not
 # `shield`: an operator's action is answered at once).
 _HELD = frozenset({"retry-budget", "overload", "outage", "caller-cap"})
-_HOLD_SPREAD = 2.0 / 3.0
-_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 # Refused waiters woken per event-loop iteration (see _Wakeups).
 _WAKE_CHUNK = 64
 
@@ -226,6 +227,17 @@ def _n_read_since(lane: _Lane, cutoff: float) -> int:
             break
         n += 1
     return n
+
+
+def _first_read_since(lane: _Lane, cutoff: float) -> Waiter | None:
+    """The oldest of `lane`'s waiters read at or after `cutoff` (None: all older). Walks from
+    the newest: O(waiters read since), which the first tier's allowance bounds."""
+    found = None
+    for w in reversed(lane.waiters.values()):
+        if w.enqueued < cutoff:
+            break
+        found = w
+    return found
 
 
 class _Lane:
@@ -1157,16 +1169,6 @@ class AdmissionGate:
         )
         return oldest is not None and now - oldest.enqueued > self._lifo_after
 
-    def _on_time(self, lane: _Lane, cutoff: float) -> Waiter | None:
-        """The oldest waiter of `lane` read at or after `cutoff` (None: all older). Walks
-        from the newest: O(waiters on time), which the first tier's allowance bounds."""
-        found = None
-        for w in reversed(lane.waiters.values()):
-            if w.enqueued < cutoff:
-                break
-            found = w
-        return found
-
     def _serve_order(self, level: int, now: float) -> list[Waiter]:
         """The waiters of a level served as one queue, in the order `_pick_in_order` takes
         them (callers' caps aside): oldest first; under adaptive LIFO, those still on time
@@ -1210,7 +1212,7 @@ class AdmissionGate:
             cutoff = now - self._on_time_for
             first: Waiter | None = None
             for lane in lanes:
-                w = self._on_time(lane, cutoff)
+                w = _first_read_since(lane, cutoff)
                 if w is not None and (first is None or w.key < first.key):
                     first = w
             if first is not None:
