@@ -273,7 +273,7 @@ class SheddingConfig(Strict):
         0.25, gt=0, le=1, description="least share of the learned pace booked for returns"
     )
     max_bookings: int = Field(100000, ge=0, description="booked slots remembered, all callers")
-    retry_hold_max: Duration = Field(
+    hold_max: Duration = Field(
         1.0,
         description="hold a paced answer (overload, outage, caller-cap, retry-budget) up to "
         "this long before sending it (at most 3/4 of the time its client has left, never "

@@ -62,7 +62,7 @@ class Refusal:
     status: int
     retry_after_ms: int  # 0 = send no Retry-After; counted from the end of `hold`
     # Seconds to hold the answer before sending it (a paced answer, see
-    # `shedding.retry_hold_max`); 0 = answer at once.
+    # `shedding.hold_max`); 0 = answer at once.
     hold: float = 0.0
 
 

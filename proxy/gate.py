@@ -508,7 +508,7 @@ class AdmissionGate:
         self._spare = config.region.spare_utilisation
         self._budget_on = config.retry_budget.enabled
         self._lifo_after = config.queue.lifo_when_older_than
-        self._hold_max = sh.retry_hold_max
+        self._hold_max = sh.hold_max
         self._expected_latency = 0.0
         self._min_budget = self._margin
         self._refresh_estimates(self._clock())
@@ -995,7 +995,7 @@ class AdmissionGate:
         nothing: it counts from the end of the hold, so it returns at the booked time.
 
         The hold is 1/4 to 3/4 of the time the client has left (before its deadline, less
-        the margin and our last stall), at most `shedding.retry_hold_max` and the booked
+        the margin and our last stall), at most `shedding.hold_max` and the booked
         return, spread evenly: a wave read together and held alike would be answered, and
         come back, together (bursts of 2,000 answers and retries every half second at
         naive reopen x2, and answers sent late meanwhile)."""

@@ -45,7 +45,7 @@ class Metrics:
         )
         self.held = Counter(
             "sluice_held_refusals",
-            "Paced refusals held before they were sent (shedding.retry_hold_max), all reasons.",
+            "Paced refusals held before they were sent (shedding.hold_max), all reasons.",
             registry=r,
         )
         self.holding = Gauge(

@@ -236,7 +236,7 @@ def test_a_retry_over_budget_is_held_a_quarter_to_three_quarters_of_its_clients_
 
 
 def test_a_retry_without_a_deadline_is_held_within_its_clients_patience() -> None:
-    h = Harness({**NO_FLOOR, "shedding": {"retry_hold_max": "200ms"}})
+    h = Harness({**NO_FLOOR, "shedding": {"hold_max": "200ms"}})
     fill(h, 4)
     r = refusal(h.gate.admit(h.ticket(retry=True)))
     assert 0.2 / 3 - 1e-9 <= r.hold <= 0.2  # patience 1 s: the cap is shorter
@@ -247,7 +247,7 @@ def test_a_retry_without_a_deadline_is_held_within_its_clients_patience() -> Non
 
 
 def test_every_booked_answer_is_held_the_others_are_not() -> None:
-    h = Harness({**NO_FLOOR, "shedding": {"retry_hold_max": "0s"}})
+    h = Harness({**NO_FLOOR, "shedding": {"hold_max": "0s"}})
     fill(h, 4)
     assert refusal(h.gate.admit(h.ticket(retry=True))).hold == 0.0
     h2 = Harness(NO_FLOOR)
