@@ -103,6 +103,18 @@ async def test_zero_cap_caller_gets_an_explicit_429(
         assert not backend.requests
 
 
+async def _fill_the_limit(server: Server, client: aiohttp.ClientSession) -> list[Any]:
+    """Two requests the backend holds: the limit (2) is full until `release_slow`."""
+    held = [asyncio.create_task(client.get(url(server, "/hold"))) for _ in range(2)]
+    g = gate(server)
+    for _ in range(200):
+        if g.in_flight == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert g.in_flight == 2
+    return held
+
+
 async def test_at_the_limit_requests_wait_then_are_shed_with_a_paced_retry_after(
     backend: EchoBackend, client: aiohttp.ClientSession
 ) -> None:
@@ -112,13 +124,8 @@ async def test_at_the_limit_requests_wait_then_are_shed_with_a_paced_retry_after
         queue={"normal_max_wait": "200ms"},
     )
     async with running_sluice(config) as server:
-        held = [asyncio.create_task(client.get(url(server, "/hold"))) for _ in range(2)]
+        held = await _fill_the_limit(server, client)
         g = gate(server)
-        for _ in range(200):
-            if g.in_flight == 2:
-                break
-            await asyncio.sleep(0.01)
-        assert g.in_flight == 2
         loop = asyncio.get_running_loop()
         sent = loop.time()
         async with client.get(url(server, "/echo/late")) as resp:
@@ -137,17 +144,6 @@ async def test_at_the_limit_requests_wait_then_are_shed_with_a_paced_retry_after
                 break
             await asyncio.sleep(0.01)
         assert g.in_flight == 0 and g.status()["queue"]["total"] == 0
-
-
-async def _fill_the_limit(server: Server, client: aiohttp.ClientSession) -> list[Any]:
-    held = [asyncio.create_task(client.get(url(server, "/hold"))) for _ in range(2)]
-    g = gate(server)
-    for _ in range(200):
-        if g.in_flight == 2:
-            break
-        await asyncio.sleep(0.01)
-    assert g.in_flight == 2
-    return held
 
 
 @pytest.mark.parametrize("max_size", [20000, 0])
