@@ -814,7 +814,7 @@ class AdmissionGate:
             if self._newest_first(level, now):
                 # Under adaptive LIFO a newcomer goes behind the waiters still on time.
                 cutoff = now - self._on_time_for
-                ahead = sum(_n_read_since(lane, cutoff) for lane in self._lanes[level].values())
+                ahead = sum(_n_read_since(other, cutoff) for other in self._lanes[level].values())
             wait = (ahead + 1) / pace
             if c.cap < NO_CAP:
                 latency = self._cap_latency()
