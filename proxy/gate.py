@@ -78,11 +78,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import itertools
 import logging
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from .budgets import LocalRetryBudgets, RetryBudgets
@@ -219,25 +220,10 @@ def _by_key(w: Waiter) -> int:
     return w.key
 
 
-def _n_read_since(lane: _Lane, cutoff: float) -> int:
-    """How many of `lane`'s waiters were read at or after `cutoff` (walks from the newest)."""
-    n = 0
-    for w in reversed(lane.waiters.values()):
-        if w.enqueued < cutoff:
-            break
-        n += 1
-    return n
-
-
-def _first_read_since(lane: _Lane, cutoff: float) -> Waiter | None:
-    """The oldest of `lane`'s waiters read at or after `cutoff` (None: all older). Walks from
-    the newest: O(waiters read since), which the first tier's allowance bounds."""
-    found = None
-    for w in reversed(lane.waiters.values()):
-        if w.enqueued < cutoff:
-            break
-        found = w
-    return found
+def _read_since(lane: _Lane, cutoff: float) -> Iterator[Waiter]:
+    """`lane`'s waiters read at or after `cutoff`, newest first: O(those), which the first
+    tier's allowance bounds."""
+    return itertools.takewhile(lambda w: w.enqueued >= cutoff, reversed(lane.waiters.values()))
 
 
 class _Lane:
@@ -814,7 +800,8 @@ class AdmissionGate:
             if self._newest_first(level, now):
                 # Under adaptive LIFO a newcomer goes behind the waiters still on time.
                 cutoff = now - self._on_time_for
-                ahead = sum(_n_read_since(other, cutoff) for other in self._lanes[level].values())
+                lanes = self._lanes[level].values()
+                ahead = sum(1 for other in lanes for _ in _read_since(other, cutoff))
             wait = (ahead + 1) / pace
             if c.cap < NO_CAP:
                 latency = self._cap_latency()
@@ -989,9 +976,11 @@ class AdmissionGate:
         """A paced answer, sent after a hold (HAProxy's tarpit). A client that retries
         without waiting (the naive profile: 50 ms after an error, whatever Retry-After says)
         comes back once per hold instead of once per round trip, and its storm no longer
-        takes our loop from the traffic we serve: in naive reopen x1, 6,000 refusals a
-        second held the backend's answers unread until it idled with our slots all taken,
-        and fresh requests waited 0.3-0.7 s. A client that honours Retry-After loses
+        takes our loop from the traffic we serve: in naive reopen x1 (seen with a temporary
+        trace and a CPU monitor), ~6,000 refusals a second left the backend's answers unread
+        until it idled with our slots all taken, and fresh requests waited 0.3-0.7 s
+        (`hold_max: 0` in the scenario's config brings it back). A client that honours
+        Retry-After loses
         nothing: it counts from the end of the hold, so it returns at the booked time.
 
         The hold is 1/4 to 3/4 of the time the client has left (before its deadline, less
@@ -1212,9 +1201,9 @@ class AdmissionGate:
             cutoff = now - self._on_time_for
             first: Waiter | None = None
             for lane in lanes:
-                w = _first_read_since(lane, cutoff)
-                if w is not None and (first is None or w.key < first.key):
-                    first = w
+                for w in _read_since(lane, cutoff):  # newest first: the last is its oldest
+                    if first is None or w.key < first.key:
+                        first = w
             if first is not None:
                 del first.lane.waiters[first.key]
                 w = first
