@@ -28,6 +28,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.contracts import REASONS
+
 PROTECTED_ARM = "sluice"
 DRAIN_PROFILES: tuple[str, ...] = ("sdk", "sdk-noheader")
 
@@ -38,22 +40,6 @@ FRESH_SUCCESS_MIN = 0.995
 P99_FACTOR_MAX = 2.0  # p99 after (during) ≤ 2 · before
 ISOLATION_CHANGE_MAX = 0.05  # |other region's local goodput change| strictly under 5 %
 
-# DESIGN.md §4 (and README's `upstream-error`): the answers Sluice makes itself
-# (`x-sluice-reason`, the names of proxy.contracts.REASONS) and their statuses.
-REASON_STATUSES: Mapping[str, frozenset[int]] = {
-    "overload": frozenset({503, 429}),
-    "caller-cap": frozenset({429}),
-    "retry-budget": frozenset({429}),
-    "spillover": frozenset({503}),
-    "shield": frozenset({503}),
-    "outage": frozenset({503}),
-    "deadline": frozenset({504}),
-    "draining": frozenset({503}),
-    "upstream-connect": frozenset({502}),
-    "upstream-timeout": frozenset({504}),
-    "upstream-error": frozenset({502}),
-    "bad-request": frozenset({400, 413, 414, 431}),
-}
 MEASURED_W = 32  # widest measured text that sets render_checks' column
 TIMEOUT = "timeout"
 CONNECTION_ERROR = "connection-error"
@@ -78,7 +64,7 @@ def is_explicit_answer(code: str) -> bool:
     status, _, reason = code.partition(" ")
     if not status.isdigit():
         return False
-    allowed = REASON_STATUSES.get(reason)
+    allowed = REASONS.get(reason)
     return allowed is not None and int(status) in allowed
 
 

@@ -7,26 +7,32 @@ here, so the gate stays pure and testable without sockets.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from .config import Config
 
-# The closed table of reasons for answers Sluice makes itself (DESIGN.md §4).
-REASONS: tuple[str, ...] = (
-    "overload",
-    "caller-cap",
-    "retry-budget",
-    "spillover",
-    "shield",
-    "outage",
-    "deadline",
-    "draining",
-    "upstream-connect",
-    "upstream-timeout",
-    "upstream-error",
-    "bad-request",
+# The closed table of reasons for answers Sluice makes itself (DESIGN.md §4), each with the
+# statuses it may be sent with: `overload` is 429 under `shedding.overload_status: 429`, and
+# `bad-request` covers malformed (400), too-slow (408) and oversized (413/414/431) input.
+# Tests and the load-test harness judge answers against this one table.
+REASONS: Mapping[str, frozenset[int]] = MappingProxyType(
+    {
+        "overload": frozenset({503, 429}),
+        "caller-cap": frozenset({429}),
+        "retry-budget": frozenset({429}),
+        "spillover": frozenset({503}),
+        "shield": frozenset({503}),
+        "outage": frozenset({503}),
+        "deadline": frozenset({504}),
+        "draining": frozenset({503}),
+        "upstream-connect": frozenset({502}),
+        "upstream-timeout": frozenset({504}),
+        "upstream-error": frozenset({502}),
+        "bad-request": frozenset({400, 408, 413, 414, 431}),
+    }
 )
 
 # Upstream error kinds reported in an Outcome (bounded: they are metric labels).

@@ -407,9 +407,14 @@ def test_a_table_with_a_sluice_arm_gets_its_figures(
     assert "FAIL  client timeouts" in text
 
 
-def test_the_reason_table_is_the_proxys() -> None:
-    from loadtest.figures import REASON_STATUSES
+def test_the_harness_judges_answers_by_the_proxys_table() -> None:
+    # One table (proxy.contracts.REASONS): every status it allows is explicit, any other is not.
     from proxy.contracts import REASONS
 
-    assert set(REASON_STATUSES) == set(REASONS)
-    assert is_explicit_answer("502 upstream-error")
+    for reason, statuses in REASONS.items():
+        for status in (400, 408, 429, 500, 502, 503, 504):
+            assert is_explicit_answer(f"{status} {reason}") is (status in statuses), (
+                status,
+                reason,
+            )
+    assert is_explicit_answer("408 bad-request")
