@@ -26,7 +26,7 @@ from .classify import Classifier
 from .config import Config, restart_only_changes
 from .contracts import Gate, Outcome, Refusal, Ticket
 from .forward import Forwarder, refusal_response
-from .guard import CountingInvalidHeaders
+from .guard import CountingInvalidHeaders, CountingRetrySignals
 from .headers import TrustedSources
 from .logs import set_level
 from .metrics import Metrics
@@ -68,8 +68,10 @@ class Sluice:
         self.metrics = metrics or Metrics(c.name for c in config.callers.known)
         # One counter for every classifier, so `sluice_invalid_headers` survives reloads.
         self.invalid_headers = CountingInvalidHeaders(self.metrics)
+        self.retry_signals = CountingRetrySignals(self.metrics)
         classifier = Classifier(config)
         classifier.invalid_headers = self.invalid_headers
+        classifier.retry_signals = self.retry_signals
         self.snapshot = Snapshot(config, classifier, classifier.trusted, 1)
         self.metrics.config_info.set(1)
         self.gate: Gate = make_gate(config, self.metrics, classifier.caller_names())
@@ -140,8 +142,9 @@ class Sluice:
             raise ReloadRefused("changing callers.known names or fair_buckets needs a restart")
         if old.upstream.url != new.upstream.url or old.upstream.client != new.upstream.client:
             raise ReloadRefused("changing upstream.url or upstream.client needs a restart")
-        classifier = Classifier(new, self.snapshot.classifier.recent)
+        classifier = Classifier(new, self.snapshot.classifier.memory)
         classifier.invalid_headers = self.invalid_headers
+        classifier.retry_signals = self.retry_signals
         self.gate.reconfigure(new)
         self.snapshot = Snapshot(new, classifier, classifier.trusted, self.snapshot.generation + 1)
         self.metrics.config_info.set(self.snapshot.generation)
@@ -192,8 +195,13 @@ class Sluice:
         )
         decision = self.gate.admit(ticket)
         if decision is not None and not isinstance(decision, Refusal):
-            decision = await decision.wait()
+            try:
+                decision = await decision.wait()
+            except asyncio.CancelledError:  # its client left while it waited
+                snap.classifier.note_failure(ticket, ticket.arrived)
+                raise
         if decision is not None:
+            snap.classifier.note_failure(ticket, ticket.arrived)
             if decision.hold > 0.0:
                 decision = await self._hold(decision, config)
             self.metrics.refused[decision.reason].inc()
@@ -209,6 +217,9 @@ class Sluice:
         finally:
             self.in_flight -= 1
             self.gate.release(ticket, outcome)
+            status = outcome.status
+            if outcome.error is not None or status is None or status >= 500 or status == 429:
+                snap.classifier.note_failure(ticket, ticket.arrived)
         if config.logging.access_log and random.random() < config.logging.access_log_sample:
             _log_access(request, ticket, outcome, resp.status)
         return resp

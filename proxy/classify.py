@@ -1,4 +1,4 @@
-"""Request headers → `Ticket` (DESIGN.md §4): pure apart from the retry-fingerprint cache.
+"""Request headers → `Ticket` (DESIGN.md §4): pure apart from the bounded retry memory.
 
 Callers, priority and origin region are believed only from trusted peers (configured CIDRs);
 anyone else is identified by its address. Unknown callers hash into a fixed number of fair-queue
@@ -10,12 +10,17 @@ from __future__ import annotations
 import os
 import random
 import zlib
-from collections import OrderedDict
 from collections.abc import Mapping
 
 from .config import PRIORITY_CLASSES, Config
 from .contracts import Ticket
 from .headers import TrustedSources
+from .retries import (
+    MAX_CALL_ID,
+    RetryMemory,
+    RetrySignalCounter,
+    parse_amz_sdk_request,
+)
 
 _NORMAL_PRIORITY = PRIORITY_CLASSES.index("normal")
 _PRIORITY_INDEX = {name: i for i, name in enumerate(PRIORITY_CLASSES)}
@@ -57,40 +62,14 @@ def parse_nonneg_int(text: str | None) -> int | None:
     return int(text)
 
 
-class RecentRequests:
-    """A bounded, time-limited set of request fingerprints: a repeat inside `ttl` is a retry.
-
-    Most real clients send no attempt header, so this is how their retries are recognised.
-    Memory is bounded by `capacity`; the oldest entries are evicted first.
-    """
-
-    def __init__(self, capacity: int, ttl: float) -> None:
-        self.capacity = capacity
-        self.ttl = ttl
-        self._seen: OrderedDict[int, float] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-    def check_and_add(self, fingerprint: int, now: float) -> bool:
-        """True when the same fingerprint was seen within `ttl`; records this sighting."""
-        if self.capacity <= 0:
-            return False
-        seen = self._seen
-        last = seen.pop(fingerprint, None)
-        seen[fingerprint] = now
-        if len(seen) > self.capacity:
-            seen.popitem(last=False)
-        return last is not None and now - last <= self.ttl
-
-
 class Classifier:
     """Turns a request's peer, method, target and headers into a `Ticket`.
 
-    Built once per config snapshot; holds only bounded state (the fingerprint cache).
+    Built once per config snapshot; holds only bounded state (`RetryMemory`, handed on to
+    the next snapshot on reload).
     """
 
-    def __init__(self, config: Config, recent: RecentRequests | None = None) -> None:
+    def __init__(self, config: Config, memory: RetryMemory | None = None) -> None:
         self.config = config
         h = config.headers
         self._h_caller = h.caller_id
@@ -108,13 +87,15 @@ class Classifier:
         self._n_known = len(known)
         self._n_buckets = config.callers.fair_buckets
         self._bucket_names = [f"bucket-{i}" for i in range(self._n_buckets)]
+        self._h_call_ids = tuple(h.call_ids)
         ttl = config.retry_detect.fingerprint_ttl
         size = config.retry_detect.fingerprint_cache_size
-        if recent is None or recent.capacity != size:
-            recent = RecentRequests(size, ttl)
-        recent.ttl = ttl
-        self.recent = recent
+        if memory is None or memory.capacity != size:
+            memory = RetryMemory(size, ttl)
+        memory.set_ttl(ttl)
+        self.memory = memory
         self.invalid_headers = InvalidHeaderCounter()
+        self.retry_signals = RetrySignalCounter()
 
     @property
     def caller_slots(self) -> int:
@@ -153,18 +134,7 @@ class Classifier:
             if p is not None:
                 priority = _PRIORITY_INDEX.get(p.strip().lower(), priority)
 
-        attempt = None
-        for name in self._h_attempt:
-            raw = headers.get(name)
-            if raw is not None:
-                attempt = parse_nonneg_int(raw)
-                if attempt is None:
-                    self.invalid_headers.hit()
-                elif name != self._h_attempt[0]:
-                    # Envoy counts the first try as attempt 1; gRPC counts previous attempts.
-                    attempt = max(0, attempt - 1) if name == "x-envoy-attempt-count" else attempt
-                break
-
+        attempt = self._attempt(headers)
         region = headers.get(self._h_region) if trusted else None
         origin = None
         if region:
@@ -190,8 +160,12 @@ class Classifier:
                     deadline = now + (epoch_ms - wall_ms) / 1000.0
 
         fingerprint = hash((caller_id or peer, method, path_qs))
-        seen_recently = self.recent.check_and_add(fingerprint, now)
-        is_retry = attempt > 0 if attempt is not None else seen_recently
+        if attempt is not None:
+            is_retry = attempt > 0
+            if is_retry:
+                self.retry_signals.hit(0)
+        else:
+            attempt, is_retry = self._recognise(headers, fingerprint, now)
 
         request_id = headers.get(self._h_request_id) or new_request_id()
         return Ticket(
@@ -207,3 +181,52 @@ class Classifier:
             request_id=request_id,
             fingerprint=fingerprint,
         )
+
+    def _attempt(self, headers: Mapping[str, str]) -> int | None:
+        """The zero-based attempt from the first attempt header present, or None."""
+        for name in self._h_attempt:
+            raw = headers.get(name)
+            if raw is None:
+                continue
+            if name == "amz-sdk-request":
+                attempt = parse_amz_sdk_request(raw)
+            else:
+                attempt = parse_nonneg_int(raw)
+                # Envoy counts the first try as attempt 1; gRPC counts previous attempts.
+                if attempt is not None and name == "x-envoy-attempt-count":
+                    attempt = max(0, attempt - 1)
+            if attempt is None:
+                self.invalid_headers.hit()
+            return attempt
+        return None
+
+    def _recognise(
+        self, headers: Mapping[str, str], fingerprint: int, now: float
+    ) -> tuple[int | None, bool]:
+        """Without an attempt header: (attempt, is_retry). A call id seen before gives the
+        attempt; otherwise an unspent failure of the same fingerprint makes this a retry of
+        unknown attempt. A first sighting proves nothing either way: attempt stays None.
+        """
+        memory = self.memory
+        for name in self._h_call_ids:
+            raw = headers.get(name)
+            if raw is None:
+                continue
+            if not raw or len(raw) > MAX_CALL_ID:
+                self.invalid_headers.hit()
+                break
+            earlier = memory.call_ids.sighting(hash((name, raw)), now)
+            if earlier:
+                memory.failures.redeem(fingerprint, now)  # the failure it answers is spent
+                self.retry_signals.hit(1)
+                return earlier, True
+            break
+        if memory.failures.redeem(fingerprint, now):
+            self.retry_signals.hit(2)
+            return None, True
+        return None, False
+
+    def note_failure(self, ticket: Ticket, now: float) -> None:
+        """A request failed (refused, 5xx/429, timed out, or its client left): one later
+        repeat of it may count as a retry."""
+        self.memory.failures.failed(ticket.fingerprint, now)

@@ -102,7 +102,13 @@ class UpstreamConfig(Strict):
 class HeadersConfig(Strict):
     caller_id: HeaderName = "x-caller-id"
     retry_attempt: HeaderName = "x-retry-attempt"
-    attempt_aliases: list[HeaderName] = ["x-envoy-attempt-count", "grpc-previous-rpc-attempts"]
+    attempt_aliases: list[HeaderName] = [
+        "x-envoy-attempt-count",
+        "grpc-previous-rpc-attempts",
+        "amz-sdk-request",
+    ]
+    # Per-call ids that SDKs keep across their own retries: a second sighting is a retry.
+    call_ids: list[HeaderName] = ["x-ms-client-request-id", "amz-sdk-invocation-id"]
     origin_region: HeaderName = "x-origin-region"
     priority: HeaderName = "x-priority"
     request_timeout_ms: HeaderName = "x-request-timeout-ms"

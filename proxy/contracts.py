@@ -47,8 +47,10 @@ class Ticket:
     caller_label: str  # metric label: a configured name or "other"
     caller_index: int  # 0..K-1 configured callers, K..K+B-1 fair buckets
     priority: int  # index into PRIORITY_CLASSES, 0 = highest
-    attempt: int | None  # from attempt headers; None when the client sent none
-    is_retry: bool  # attempt > 0, or a recent identical request from the same caller
+    # Zero-based, from an attempt header or the sightings of a per-call id; None when nothing
+    # tells (proxy/retries.py).
+    attempt: int | None
+    is_retry: bool  # attempt > 0, or a repeat after an unspent failure of the same request
     origin_region: str | None  # None = local traffic
     arrived: float  # monotonic seconds
     deadline: float | None  # monotonic seconds by which the client needs an answer

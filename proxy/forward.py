@@ -13,6 +13,7 @@ import time
 
 import orjson
 from aiohttp import web
+from aiohttp.http_writer import HttpVersion11
 from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 
@@ -289,8 +290,10 @@ class Forwarder:
             )
 
         resp = web.StreamResponse(status=up.status, reason=up.reason, headers=out_headers)
-        if length is None:
+        if length is None and request.version >= HttpVersion11:
             resp.enable_chunked_encoding()
+        # An HTTP/1.0 client cannot take chunked framing: without a length the body is
+        # close-delimited (aiohttp turns keep-alive off for it).
         await resp.prepare(request)
         try:
             while chunk := await up.read_chunk():

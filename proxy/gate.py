@@ -747,11 +747,14 @@ class AdmissionGate:
             if t.is_retry and not t.solicited:
                 if self.budgets.try_withdraw(c.index, now):
                     self.metrics.retry_admitted[c.label].inc()
-                elif free and mode in (Mode.NORMAL, Mode.RECOVERY):
-                    # Work-conserving: capacity nothing else wants (no eligible waiter, a
-                    # free slot). Over budget, it may use it, but never queue.
-                    self.metrics.retry_admitted[c.label].inc()
-                    return _ADMIT, "", 0.0, False
+                elif (free or not self._queued) and mode in (Mode.NORMAL, Mode.RECOVERY):
+                    # Work-conserving: refused only when it would take a slot another
+                    # request waits for. Over budget, it may take a free slot, or wait
+                    # while nothing else does (in the last tier: whatever arrives next
+                    # goes first).
+                    if free:
+                        self.metrics.retry_admitted[c.label].inc()
+                        return _ADMIT, "", 0.0, False
                 else:
                     self.metrics.retry_refused[c.label].inc()
                     return _REFUSE, "retry-budget", 0.0, False

@@ -55,6 +55,7 @@ from .config import ListenConfig
 from .contracts import Refusal
 from .forward import BrokenRequestBody, refusal_response
 from .metrics import Metrics
+from .retries import RetrySignalCounter
 
 log = logging.getLogger("sluice.guard")
 
@@ -409,3 +410,16 @@ class CountingInvalidHeaders(InvalidHeaderCounter):
     def hit(self) -> None:
         self.count += 1
         self._inc()
+
+
+class CountingRetrySignals(RetrySignalCounter):
+    """The classifier's retry-signal counter, also feeding `sluice_retries_recognised`;
+    shared across reloads like `CountingInvalidHeaders`."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self._incs = [c.inc for c in metrics.retry_signal]
+
+    def hit(self, signal: int) -> None:
+        self.counts[signal] += 1
+        self._incs[signal]()

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from .contracts import REASONS, UPSTREAM_ERRORS
+from .retries import SIGNALS
 
 MODES: tuple[str, ...] = ("NORMAL", "OUTAGE", "RECOVERY", "SHIELD")
 OUTCOMES: tuple[str, ...] = ("forwarded", "refused", "error", "cancelled")
@@ -66,6 +67,13 @@ class Metrics:
             "Attempt/deadline headers present but unusable (treated as absent).",
             registry=r,
         )
+        self.retries_recognised = Counter(
+            "sluice_retries_recognised",
+            "Requests taken for retries, by the signal that recognised them.",
+            ["signal"],
+            registry=r,
+        )
+        self.retry_signal = [self.retries_recognised.labels(s) for s in SIGNALS]
         self.config_reloads = Counter(
             "sluice_config_reloads", "Config reloads by result.", ["result"], registry=r
         )

@@ -491,7 +491,8 @@ async def test_random_caller_ids_leave_labels_and_caches_bounded(
         for table in ("queue", "slots"):  # the gate's per-caller views, when it has them
             assert set(status.get(table, {}).get("by_caller", {})) <= names
         assert len(names) == 1 + 8
-        assert len(sluice.snapshot.classifier.recent) <= 1000
+        memory = sluice.snapshot.classifier.memory
+        assert len(memory.failures) <= 1000 and len(memory.call_ids) <= 1000
     # Every request got an answer: forwarded, or refused with a reason from the table.
     assert sum(statuses.values()) == 5000
     assert set(statuses) <= {"200", "overload", "caller-cap", "retry-budget", "deadline"}

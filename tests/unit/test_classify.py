@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from proxy.classify import Classifier, RecentRequests, parse_nonneg_int
+from proxy.classify import Classifier, parse_nonneg_int
 from proxy.config import load_config_data
+from proxy.retries import SIGNALS, CallIds, FailureCredits, parse_amz_sdk_request
 
 TRUSTED = "127.0.0.1"
 UNTRUSTED = "198.51.100.9"
@@ -66,20 +67,110 @@ def test_retry_from_attempt_header() -> None:
     assert classify(c, grpc_previous_rpc_attempts="1", path="/g").is_retry is True
 
 
+def signal_counts(c: Classifier) -> dict[str, int]:
+    return dict(zip(SIGNALS, c.retry_signals.counts, strict=True))
+
+
 def test_attempt_header_wins_over_fingerprint() -> None:
     c = classifier()
-    classify(c, x_retry_attempt="0")
+    first = classify(c, x_retry_attempt="0")
+    c.note_failure(first, 100.1)
+    # Its client says first try: the failure on record does not make it a retry.
     assert classify(c, x_retry_attempt="0", now=100.5).is_retry is False
+    assert classify(c, x_retry_attempt="1", now=100.6).is_retry is True
+    assert signal_counts(c) == {"attempt-header": 1, "call-id": 0, "fingerprint": 0}
+
+
+def test_aws_sdk_attempt_header() -> None:
+    c = classifier()
+    first = classify(c, amz_sdk_request="attempt=1; max=3")
+    assert (first.attempt, first.is_retry) == (0, False)  # AWS counts the first try as 1
+    again = classify(c, amz_sdk_request="attempt=3; max=3", now=101.0)
+    assert (again.attempt, again.is_retry) == (2, True)
+    assert signal_counts(c)["attempt-header"] == 1
+
+
+@pytest.mark.parametrize("bad", ["attempt=0; max=3", "max=3", "attempt=x", "attempt=" + "9" * 40])
+def test_malformed_aws_sdk_request_ignored_and_counted(bad: str) -> None:
+    c = classifier()
+    t = classify(c, amz_sdk_request=bad)
+    assert (t.attempt, t.is_retry) == (None, False)
+    assert c.invalid_headers.count == 1
+
+
+@pytest.mark.parametrize("header", ["x_ms_client_request_id", "amz_sdk_invocation_id"])
+def test_retry_from_per_call_id(header: str) -> None:
+    c = classifier()
+    first = classify(c, x_caller_id="orch-a", **{header: "call-1"})
+    assert (first.attempt, first.is_retry) == (None, False)
+    second = classify(c, x_caller_id="orch-a", now=100.5, **{header: "call-1"})
+    third = classify(c, x_caller_id="orch-a", now=101.0, **{header: "call-1"})
+    assert (second.attempt, second.is_retry) == (1, True)
+    assert (third.attempt, third.is_retry) == (2, True)
+    # Another call of the same identity (a new id) after a success is a first try.
+    other = classify(c, x_caller_id="orch-a", now=101.5, **{header: "call-2"})
+    assert other.is_retry is False
+    assert signal_counts(c) == {"attempt-header": 0, "call-id": 2, "fingerprint": 0}
+
+
+def test_call_id_headers_are_configurable() -> None:
+    c = classifier(headers={"call_ids": ["x-my-call"]})
+    classify(c, x_my_call="a")
+    assert classify(c, x_my_call="a", now=100.5).is_retry is True
+    classify(c, x_ms_client_request_id="b")
+    assert classify(c, x_ms_client_request_id="b", now=100.5).is_retry is False
+
+
+def test_overlong_call_id_ignored_and_counted() -> None:
+    c = classifier()
+    long_id = "x" * 129
+    classify(c, x_ms_client_request_id=long_id)
+    assert classify(c, x_ms_client_request_id=long_id, now=100.5).is_retry is False
+    assert c.invalid_headers.count == 2
+
+
+def test_loop_around_the_sdk_caught_by_fingerprint() -> None:
+    # An application retrying around the SDK sends a new call id per loop.
+    c = classifier()
+    first = classify(c, x_caller_id="orch-a", x_ms_client_request_id="loop-1")
+    c.note_failure(first, 100.2)
+    again = classify(c, x_caller_id="orch-a", now=101.0, x_ms_client_request_id="loop-2")
+    assert again.is_retry is True
+    assert signal_counts(c) == {"attempt-header": 0, "call-id": 0, "fingerprint": 1}
+
+
+def test_identical_requests_after_success_are_first_tries() -> None:
+    # Every pod of one identity sends the same token URL, again and again.
+    c = classifier()
+    for i in range(50):
+        assert classify(c, x_caller_id="orch-a", now=100.0 + i * 0.01).is_retry is False
+    assert signal_counts(c)["fingerprint"] == 0
 
 
 def test_retry_without_headers_from_fingerprint() -> None:
     c = classifier()
-    assert classify(c, x_caller_id="orch-a", now=100.0).is_retry is False
+    t = classify(c, x_caller_id="orch-a", now=100.0)
+    assert t.is_retry is False
+    c.note_failure(t, 100.2)
     assert classify(c, x_caller_id="orch-a", now=101.0).is_retry is True
+    # one failure, one retry: the next repeat is a first try again
+    assert classify(c, x_caller_id="orch-a", now=101.1).is_retry is False
+    assert signal_counts(c)["fingerprint"] == 1
+
+
+def test_fingerprint_retries_never_exceed_failures() -> None:
+    c = classifier()
+    pods = [classify(c, x_caller_id="orch-a", now=100.0) for _ in range(10)]
+    for t in pods[:3]:
+        c.note_failure(t, 100.1)
+    again = [classify(c, x_caller_id="orch-a", now=101.0).is_retry for _ in range(10)]
+    assert sum(again) == 3
     # a different caller with the same path is not a retry
-    assert classify(c, x_caller_id="orch-b", now=101.0).is_retry is False
-    # outside the TTL (30 s default) the same request is a new first try
-    assert classify(c, x_caller_id="orch-a", now=140.0).is_retry is False
+    t = classify(c, x_caller_id="orch-b", now=101.0)
+    c.note_failure(t, 101.0)
+    assert classify(c, x_caller_id="orch-a", now=101.5).is_retry is False
+    # outside the TTL (30 s default) a failure no longer makes a repeat a retry
+    assert classify(c, x_caller_id="orch-b", now=140.0).is_retry is False
 
 
 @pytest.mark.parametrize("bad", ["-1", "abc", "1.5", "", "99999999999999999", "٣"])
@@ -113,13 +204,28 @@ def test_request_id_passed_or_generated() -> None:
     assert len(classify(classifier()).request_id) == 32
 
 
-def test_recent_requests_bounded() -> None:
-    r = RecentRequests(capacity=3, ttl=10)
+def test_retry_memories_bounded() -> None:
+    ids = CallIds(capacity=3, ttl=10)
     for i in range(10):
-        r.check_and_add(i, 0.0)
-    assert len(r) == 3
-    assert r.check_and_add(9, 1.0) is True
-    assert r.check_and_add(0, 1.0) is False  # evicted
+        assert ids.sighting(i, 0.0) == 0
+    assert len(ids) == 3
+    assert ids.sighting(9, 1.0) == 1
+    assert ids.sighting(0, 1.0) == 0  # evicted
+    credits = FailureCredits(capacity=3, ttl=10)
+    for i in range(10):
+        credits.failed(i, 0.0)
+    assert len(credits) == 3
+    assert credits.redeem(9, 1.0) is True
+    assert credits.redeem(9, 1.0) is False  # one failure, one redemption
+    assert credits.redeem(0, 1.0) is False  # evicted
+
+
+def test_parse_amz_sdk_request() -> None:
+    assert parse_amz_sdk_request("attempt=1; max=3") == 0
+    assert parse_amz_sdk_request("max=3;attempt=2") == 1
+    assert parse_amz_sdk_request("ttl=20250101T000000Z; attempt=4; max=5") == 3
+    assert parse_amz_sdk_request("attempt=0") is None
+    assert parse_amz_sdk_request("attempt") is None
 
 
 def test_parse_nonneg_int() -> None:

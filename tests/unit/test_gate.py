@@ -38,6 +38,13 @@ def fill(h: Harness, n: int, caller: str = "orch") -> list[Ticket]:
     return out
 
 
+def congest(h: Harness, n: int = 4) -> list[Ticket]:
+    """Fill n slots and queue one first try behind them: a request is waiting for a slot."""
+    tickets = fill(h, n)
+    waiter(h.gate.admit(h.ticket("fresh")))
+    return tickets
+
+
 def no_lanes(h: Harness) -> bool:
     return all(not lanes for lanes in h.gate._lanes)
 
@@ -201,15 +208,22 @@ def test_spillover_allow_is_treated_as_local() -> None:
 NO_FLOOR = {"retry_budget": {"floor_per_s": 0, "global_floor_per_s": 0}}
 
 
-def test_retry_over_budget_uses_spare_capacity_but_never_queues() -> None:
+def test_retry_over_budget_is_refused_only_when_another_request_waits() -> None:
+    # Work-conserving: a free slot, or a queue nobody else waits in, is capacity the retry
+    # budget must not throw away.
     h = Harness(NO_FLOOR)
-    assert h.gate.admit(h.ticket(retry=True)) is None  # work-conserving: free slot
+    first = h.ticket(retry=True)
+    assert h.gate.admit(first) is None  # a free slot
     fill(h, 3)
-    r = refusal(h.gate.admit(h.ticket(retry=True)))
+    idle = waiter(h.gate.admit(h.ticket(retry=True)))  # at the limit, nobody waiting: it waits
+    fresh = waiter(h.gate.admit(h.ticket("fresh")))
+    r = refusal(h.gate.admit(h.ticket(retry=True)))  # now it would take fresh's slot
     assert (r.reason, r.status) == ("retry-budget", 429)
     assert r.retry_after_ms + r.hold * 1000 >= 1000  # Retry-After counts from the hold's end
-    assert h.gate._queued == 0
     assert h.metric("sluice_retries_total", {"caller": "orch", "decision": "refused"}) == 1
+    # The waiting retry is served after the first try that arrived behind it.
+    h.gate.release(first, ok())
+    assert (fresh.state, idle.state) == (ADMITTED, WAITING)
 
 
 def test_a_retry_over_budget_is_held_a_quarter_to_three_quarters_of_its_clients_time() -> None:
@@ -217,7 +231,7 @@ def test_a_retry_over_budget_is_held_a_quarter_to_three_quarters_of_its_clients_
     # once per round trip; the Retry-After counts from the end of the hold, so a client
     # that honours it comes back at the same instant as without one.
     h = Harness(NO_FLOOR)
-    fill(h, 4)
+    congest(h)
     room = 0.8 - h.config.shedding.deadline_margin
     holds = []
     for _ in range(20):
@@ -237,21 +251,21 @@ def test_a_retry_over_budget_is_held_a_quarter_to_three_quarters_of_its_clients_
 
 def test_a_retry_without_a_deadline_is_held_within_its_clients_patience() -> None:
     h = Harness({**NO_FLOOR, "shedding": {"hold_max": "200ms"}})
-    fill(h, 4)
+    congest(h)
     r = refusal(h.gate.admit(h.ticket(retry=True)))
     assert 0.2 / 3 - 1e-9 <= r.hold <= 0.2  # patience 1 s: the cap is shorter
     h2 = Harness({**NO_FLOOR, "queue": {"patience": "200ms", "learn_patience": False}})
-    fill(h2, 4)
+    congest(h2)
     r2 = refusal(h2.gate.admit(h2.ticket(retry=True)))
     assert 0 < r2.hold <= (0.2 - h2.config.shedding.deadline_margin) * 0.75
 
 
 def test_every_booked_answer_is_held_the_others_are_not() -> None:
     h = Harness({**NO_FLOOR, "shedding": {"hold_max": "0s"}})
-    fill(h, 4)
+    congest(h)
     assert refusal(h.gate.admit(h.ticket(retry=True))).hold == 0.0
     h2 = Harness(NO_FLOOR)
-    fill(h2, 4)
+    congest(h2)
     assert refusal(h2.gate.admit(h2.ticket("banned"))).hold == 0.0  # caller-cap
     assert refusal(h2.gate.admit(h2.ticket(origin="west"))).hold == 0.0  # spillover
     short = refusal(h2.gate.admit(h2.ticket(retry=True, timeout=0.04)))
@@ -270,7 +284,8 @@ def test_retry_over_budget_does_not_jump_a_queue() -> None:
     h = Harness(NO_FLOOR)
     tickets = fill(h, 4)
     waiter(h.gate.admit(h.ticket("fresh")))
-    h.gate.release(tickets[0], ok())  # the slot goes to the waiter
+    waiter(h.gate.admit(h.ticket("fresh")))
+    h.gate.release(tickets[0], ok())  # the slot goes to the first waiter; one still waits
     assert refusal(h.gate.admit(h.ticket(retry=True))).reason == "retry-budget"
 
 
@@ -295,7 +310,7 @@ def test_budget_is_per_caller() -> None:
 
 def test_solicited_return_is_not_charged_and_goes_first() -> None:
     h = Harness(NO_FLOOR)
-    tickets = fill(h, 4)
+    tickets = congest(h)
     shed = refusal(h.gate.admit(h.ticket(retry=True)))  # over budget: told when to return
     assert shed.reason == "retry-budget"
     fresh_waiter = waiter(h.gate.admit(h.ticket()))  # a fresh request of the same caller
@@ -311,7 +326,7 @@ def test_solicited_return_is_not_charged_and_goes_first() -> None:
 
 def test_retry_outside_its_slot_is_unsolicited() -> None:
     h = Harness(NO_FLOOR)
-    fill(h, 4)
+    congest(h)
     shed = refusal(h.gate.admit(h.ticket(retry=True)))
     h.clock.advance(shed.retry_after_ms / 1000 / 4)  # too early
     back = h.ticket(retry=True)
@@ -323,7 +338,7 @@ def test_a_first_try_does_not_take_an_open_slot_of_its_caller() -> None:
     # The client says attempt 0: new demand, not the return the slot was booked for (that
     # request was served some other way, and this is the same client's next one).
     h = Harness(NO_FLOOR)
-    fill(h, 4)
+    congest(h)
     shed = refusal(h.gate.admit(h.ticket(retry=True)))
     h.clock.advance(shed.hold + shed.retry_after_ms / 1000)  # as a client that honours it
     first = h.ticket()
