@@ -21,9 +21,12 @@ processes) divided by the requests it served.
 - Memory: resident size of a Sluice holding 10,000 clients waiting (RECOVERY, backend that
   sleeps), sampled when the `sluice_queue_depth` gauges sum to 10,000.
 
-Every request carries `x-retry-attempt: 0`: a load generator repeats one request line from one
-address, which Sluice's classifier would otherwise (rightly) take for a retry storm. Loopback
-only; every child process is stopped on exit, error or Ctrl-C.
+Every request is the same request line from one address and carries no attempt header: identical
+requests, as every pod of one identity sends them. Sluice must take them for first tries (a
+repeat after a success is not a retry), so a Sluice row in NORMAL against this healthy backend
+may not answer a single request itself: the table shows Sluice's own answers, and the run exits
+1 if a NORMAL row has any. Loopback only; every child process is stopped on exit, error or
+Ctrl-C.
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ ROOT = Path(__file__).resolve().parent.parent  # children run `-m loadtest...` f
 LOAD_CORE = 0  # backend + load generators
 PROXY_CORE = 1  # the proxy under test, alone
 PATH = "/token?resource=bench"
-BENCH_HEADERS = (("x-retry-attempt", "0"),)
+BENCH_HEADERS: tuple[tuple[str, str], ...] = ()  # identical requests, no attempt header
+NORMAL_ROWS = ("sluice-lean", "sluice-aiohttp")  # forwarding rows that must not refuse
 ADMIN_TOKEN = "bench-admin-token"
 INSTALL_HINT = "apt-get install wrk nginx-light haproxy"
 BODY = (
@@ -366,6 +370,9 @@ def start_forwarder(procs: Procs, port: int, backend: int) -> Proc:
     return procs.start("forwarder", argv, PROXY_CORE)
 
 
+_REFUSED = re.compile(r'sluice_requests_total\{outcome="refused",reason="([^"]*)"\} (\S+)')
+
+
 @dataclass
 class SluiceProc:
     """A Sluice child with its ports."""
@@ -393,6 +400,17 @@ class SluiceProc:
         _, body = http_call(self.admin, "GET", "/status")
         result: dict[str, Any] = orjson.loads(body)
         return result
+
+    def own_answers(self) -> dict[str, int]:
+        """Answers Sluice made itself so far, by reason (`sluice_requests_total{outcome=
+        "refused"}`)."""
+        _, body = http_call(self.admin, "GET", "/metrics")
+        out: dict[str, int] = {}
+        for line in body.decode().splitlines():
+            m = _REFUSED.match(line)
+            if m and float(m.group(2)):
+                out[m.group(1)] = int(float(m.group(2)))
+        return out
 
     def queue_depth(self) -> float:
         """Sum of the `sluice_queue_depth` gauges (all priorities)."""
@@ -674,7 +692,7 @@ async def _hold_clients(port: int, sluice: SluiceProc, target: int, timeout: flo
         # A distinct target per client and an explicit first attempt: never a retry.
         writer.write(
             f"GET /token?client={i} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"x-retry-attempt: 0\r\nx-request-timeout-ms: {MEMORY_TIMEOUT_MS}\r\n\r\n".encode()
+            f"x-request-timeout-ms: {MEMORY_TIMEOUT_MS}\r\n\r\n".encode()
         )
         with contextlib.suppress(OSError):
             line = await reader.readline()  # only an answer (or a close) ends the wait
@@ -1057,12 +1075,13 @@ def _bench_body(
                 kept.ol_added += again.ol_added
         print(f"round {rnd + 1}/{args.rounds} done at {time.monotonic() - t0:.0f}s")
 
+    own: dict[str, dict[str, int]] = {}
     for name, sp in sluices.items():
         if sp.proc.alive():
-            st = sp.status()
-            refused = st.get("mode")
-            rows_by = next(r for r in rows if r.name == name)
-            rows_by.notes.append(f"mode at the end: {refused}")
+            mode = sp.status().get("mode")
+            own[name] = sp.own_answers()
+            row = next(r for r in rows if r.name == name)
+            row.notes.append(f"mode at the end: {mode}")
 
     # Memory: 10,000 clients held waiting.
     memory = _memory_test(procs, args) if args.memory else None
@@ -1080,12 +1099,29 @@ def _bench_body(
         print(memory["text"])
         print()
     print_targets(rows, conns, memory)
+    failed = print_own_answers(own, checked=not args.default_config)
     load = os.getloadavg()
     print(
         f"\nload average {load[0]:.2f} at the end; whole run {time.monotonic() - t0:.0f}s; "
         "figures vary with what else runs on the two cores"
     )
-    return 0
+    return 1 if failed else 0
+
+
+def print_own_answers(own: dict[str, dict[str, int]], checked: bool) -> bool:
+    """Sluice's own answers per row (warm-up included); True when a NORMAL forwarding row
+    against this healthy backend has any (checked unless the default config was asked for)."""
+    print("\nSluice's own answers over the whole run (warm-up included), by reason:")
+    failed = False
+    for name, answers in own.items():
+        text = ", ".join(f"{r} {n}" for r, n in sorted(answers.items())) or "none"
+        verdict = ""
+        if checked and name in NORMAL_ROWS:
+            bad = sum(answers.values()) > 0
+            failed = failed or bad
+            verdict = "  FAIL (NORMAL, healthy backend: none allowed)" if bad else "  ok"
+        print(f"  {name:<20} {text}{verdict}")
+    return failed
 
 
 def _memory_test(procs: Procs, args: argparse.Namespace) -> dict[str, Any] | None:
