@@ -8,7 +8,7 @@ from typing import Any
 from proxy.classify import Classifier
 from proxy.config import PRIORITY_CLASSES, Config, load_config_data
 from proxy.contracts import Outcome, Ticket
-from proxy.gate import AdmissionGate
+from proxy.gate import ADMITTED, WAITING, AdmissionGate, Waiter
 from proxy.metrics import Metrics
 
 NORMAL_PRIORITY = PRIORITY_CLASSES.index("normal")
@@ -116,3 +116,37 @@ def status(code: int, latency: float = 0.01) -> Outcome:
 
 def error(kind: str, latency: float = 0.001) -> Outcome:
     return Outcome(None, latency, kind)
+
+
+def saturate(
+    h: Harness, per_tick: int, ticks: int = 16, dt: float = 0.1
+) -> tuple[list[Ticket], list[Waiter]]:
+    """Drive `h`'s gate as a backend that finishes `per_tick` requests every `dt` while its
+    limit is full and work waits: the oldest in flight finish (in `limit / per_tick` ticks,
+    the latency reported), new arrivals refill the limit, and one more always waits.
+    Goodput is `per_tick / dt`, which is what the gate can learn as the backend's pace (with
+    a limit pinned by floor = initial = ceiling, and no mode change meanwhile). Returns the
+    tickets still in flight (oldest first) and the waiter still waiting."""
+    gate = h.gate
+    limit = gate.limiter.limit
+    latency = limit / per_tick * dt
+    flying: list[Ticket] = []
+    waiting: list[Waiter] = []
+    for _ in range(ticks):
+        done, flying = flying[:per_tick], flying[per_tick:]
+        for t in done:
+            gate.release(t, ok(latency))
+        for w in [w for w in waiting if w.state != WAITING]:
+            assert w.state == ADMITTED, w.result  # served in the freed slot, never refused
+            waiting.remove(w)
+            flying.append(w.ticket)
+        while gate.in_flight < limit:
+            t = h.ticket()
+            assert gate.admit(t) is None
+            flying.append(t)
+        if not waiting:
+            w = gate.admit(h.ticket())
+            assert isinstance(w, Waiter), w
+            waiting.append(w)
+        h.tick(dt)
+    return flying, waiting

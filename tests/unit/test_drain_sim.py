@@ -4,53 +4,80 @@ clients that honour Retry-After. Deterministic (seeded), no sockets, no sleeping
 
 Not the harness's benchmark (that runs real processes); a guard for the mechanisms it depends
 on: the limit found without being told the capacity, the backend's own queue kept within one
-round of its workers, the backlog paced back and drained near N / (C - fresh), fresh traffic
-kept whole, the limit never exceeded.
+round of its workers, the backlog paced back and drained within the project's stated figure
+(1.20 x N / (C - fresh)), fresh traffic kept whole, the limit never exceeded.
 """
 
 from __future__ import annotations
 
-import statistics
+import functools
 
 import pytest
 
-from .drain_model import run
+from .drain_model import Figures, run
 
-# Drain / ideal over seeds 1-5: the median and the worst. The model lands at about 1.1
-# (20 workers) and 1.25 (40), a few seeds higher (DESIGN.md §6's 1.2 is the harness's
-# figure): one pinned seed against one bound was a coin toss, the median of five is not.
-_DRAIN_BOUNDS = {20: (1.2, 1.25), 40: (1.3, 1.4)}
+# The figure the project states (DESIGN.md §6; README: "within about 1.1-1.2 x N/(C - λ0)"):
+# every backlog request succeeds within 1.20 x N / (C - λ0), at a capacity the config does
+# not state and on a second one with the same config. Every seed is held to it: it is a
+# bound on each run, not on an average.
+DRAIN_FIGURE = 1.20
+SERVICE, BACKLOG, FRESH_RATE = 0.05, 3000, 100.0
+SEEDS = range(1, 6)
 
 
-@pytest.mark.parametrize("workers", [20, 40])
-def test_backlog_drains_at_the_learned_pace_without_thrashing(workers: int) -> None:
-    service, backlog, fresh_rate = 0.05, 3000, 100.0
-    ideal = backlog / (workers / service - fresh_rate)
-    drains = []
-    for seed in range(1, 6):
-        f = run(
+@functools.cache
+def _patient_runs(workers: int) -> tuple[Figures, ...]:
+    """The patient shape at `workers` workers, seeds 1-5 (run once, shared by the tests)."""
+    return tuple(
+        run(
             workers=workers,
-            service=service,
+            service=SERVICE,
             jitter=0.2,
             thrash=0.0,
-            fresh_rate=fresh_rate,
-            backlog=backlog,
+            fresh_rate=FRESH_RATE,
+            backlog=BACKLOG,
             client_timeout=None,  # patient clients that honour Retry-After
             shared_callers=False,
             warmup=20.0,
             observe=60.0,
             seed=seed,
         )
+        for seed in SEEDS
+    )
+
+
+@pytest.mark.parametrize("workers", [20, 40])
+def test_backlog_drains_at_the_learned_pace_without_thrashing(workers: int) -> None:
+    for f in _patient_runs(workers):
         assert f.drain is not None and f.backlog_failed == 0  # every backlog request succeeded
         assert f.max_backend_queue <= workers  # within one round of its workers
         assert f.fresh_ok / (f.fresh_ok + f.fresh_failed) >= 0.995
         assert f.over_limit == 0
         assert f.client_timeouts == 0 and f.wasted == 0
         assert set(f.refusals) <= {"overload", "retry-budget", "deadline"}
-        drains.append(f.drain / ideal)
-    median, worst = _DRAIN_BOUNDS[workers]
-    assert statistics.median(drains) <= median, drains
-    assert max(drains) <= worst, drains
+
+
+@pytest.mark.parametrize(
+    "workers",
+    [
+        20,
+        pytest.param(
+            40,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="the stated figure does not hold in the model at the second capacity: "
+                "drain / (N / (C - λ0)) was 1.25-1.29 over seeds 1-5 (issue 20)",
+            ),
+        ),
+    ],
+)
+def test_backlog_drains_within_the_stated_figure(workers: int) -> None:
+    ideal = BACKLOG / (workers / SERVICE - FRESH_RATE)  # N / (C - λ0)
+    drains = []
+    for f in _patient_runs(workers):
+        assert f.drain is not None
+        drains.append(round(f.drain / ideal, 3))
+    assert max(drains) <= DRAIN_FIGURE, drains
 
 
 def test_reopen_with_impatient_clients_stays_explicit_and_safe() -> None:

@@ -235,13 +235,16 @@ def test_a_retry_over_budget_is_held_a_quarter_to_three_quarters_of_its_clients_
     room = 0.8 - h.config.shedding.deadline_margin
     holds = []
     for _ in range(20):
-        t = h.ticket(retry=True, timeout=0.8)
-        r = refusal(h.gate.admit(t))
+        # Each refusal on a whole second of its own, 2 s after the last (past that return's
+        # window, so it is not taken for it): nothing is queued or booked ahead of it, and
+        # its return is the earliest there is, `retry_after_min` (1 s) from now.
+        h.clock.advance(2.0)
+        r = refusal(h.gate.admit(h.ticket(retry=True, timeout=0.8)))
         assert r.reason == "retry-budget"
         assert room / 4 - 1e-9 <= r.hold <= room * 0.75 + 1e-9
-        b = h.gate.pacer.bookings[t.caller_index][-1]  # the return slot booked for it
-        booked = b.start + h.config.shedding.slot_grace
-        assert h.clock() + r.hold + r.retry_after_ms / 1000 == pytest.approx(booked, abs=0.002)
+        # Held, then told to come back 1 s after it arrived all the same (the header's ms
+        # are whole: up to 1 ms of the hold is not taken off).
+        assert r.hold + r.retry_after_ms / 1000 == pytest.approx(1.0, abs=0.001)
         holds.append(r.hold)
     # Spread over the range, so a wave read together is not answered together: every
     # quarter of it has some of the 20.
@@ -673,6 +676,46 @@ def test_held_requests_are_answered_by_their_deadline_or_max_wait() -> None:
         h.tick(0.1)
     r = refusal(long.result)
     assert (r.reason, r.status) == ("outage", 503)
+
+
+def _outage_now(extra: dict[str, Any] | None = None) -> Harness:
+    """A gate that just went to OUTAGE (three connect failures in a row) at a whole second,
+    with no queue: every arrival it cannot forward is answered `outage` at once."""
+    h = Harness({"modes": {"outage_min_samples": 3}, "queue": {"max_size": 0}, **(extra or {})})
+    assert h.clock() == int(h.clock())
+    for t in fill(h, 3):
+        h.gate.release(t, error("connect"))
+    assert h.gate.modes.state is Mode.OUTAGE
+    return h
+
+
+def test_outage_refusals_come_back_after_the_outage_is_expected_to_end() -> None:
+    # Nobody knows when the backend comes back: it is expected to stay down about as long
+    # as it has been down so far, up to `outage_retry_after_max` (4 s). Told to come back
+    # sooner, a client burns its retries on a backend that is still down.
+    h = _outage_now({"shedding": {"hold_max": "0s"}})
+    max_s = h.config.modes.outage_retry_after_max
+    assert max_s == 4.0
+    down = 0.0
+    for age in (0.0, 3.0, 10.0):  # seconds since the backend went down
+        h.clock.advance(age - down)
+        down = age
+        r = refusal(h.gate.admit(h.ticket()))
+        assert (r.reason, r.status, r.hold) == ("outage", 503, 0.0)
+        # Nothing queued: at least `retry_after_min` (1 s), else the outage's expected rest.
+        assert r.retry_after_ms == 1000 * max(1.0, min(age, max_s)), age
+
+
+def test_outage_answers_are_held_and_their_return_stays_after_the_outage() -> None:
+    h = _outage_now()
+    h.clock.advance(3.0)  # down 3 s: expected 3 s more
+    r = refusal(h.gate.admit(h.ticket()))
+    assert (r.reason, r.status) == ("outage", 503)
+    # Held for 1/4 to 3/4 of the time its client has left (patience 1 s, less the margin),
+    room = h.config.queue.patience - h.config.shedding.deadline_margin
+    assert room / 4 - 1e-9 <= r.hold <= room * 0.75 + 1e-9
+    # and the Retry-After counts from the end of the hold: back 3 s after it arrived.
+    assert r.hold + r.retry_after_ms / 1000 == pytest.approx(3.0, abs=0.001)
 
 
 def test_requests_without_a_deadline_are_answered_before_the_clients_patience() -> None:

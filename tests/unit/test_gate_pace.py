@@ -2,35 +2,116 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import pytest
 
-from proxy.gate import _TIER_REST, _TIER_SOLICITED, _TIERS
+from proxy.contracts import Refusal
+from proxy.forward import refusal_response
+from proxy.gate import _TIER_REST, _TIER_SOLICITED, _TIERS, Waiter
+from proxy.modes import Mode
 
-from ._admission import NORMAL_PRIORITY, Harness
+from ._admission import NORMAL_PRIORITY, Harness, error, merge, saturate
+
+TICK = 0.1
 
 
-def _measured(h: Harness, capacity: float, baseline: float) -> None:
-    g = h.gate
-    g._capacity = capacity
-    g._n_samples = 3
-    g.rates.baseline = baseline
-    g._refresh_estimates(h.clock())
-    assert g._pace_known and g._pace == capacity
+def _harness(limit: int, extra: dict[str, Any] | None = None) -> Harness:
+    """A gate whose limit is pinned at `limit` and whose mode does not move (min_dwell), so
+    what it learns about the backend comes only from the outcomes a test feeds it."""
+    pinned = {
+        "limiter": {"floor": limit, "initial": limit, "ceiling": limit},
+        "modes": {"min_dwell": "60m"},
+    }
+    return Harness(merge(pinned, extra or {}))
+
+
+def _measured(h: Harness, per_tick: int, baseline: float) -> None:
+    """Saturate the backend at `per_tick` answers per tick until the gate has measured its
+    pace, then set the fresh baseline the test is about."""
+    saturate(h, per_tick)
+    status = h.gate.status()
+    assert status["pace_measured"] and status["pace_rps"] == pytest.approx(per_tick / TICK)
+    h.gate.rates.baseline = baseline
+    h.gate._refresh_estimates(h.clock())
+
+
+@pytest.mark.parametrize(("limit", "per_tick"), [(4, 2), (40, 20), (12, 12)])
+def test_the_pace_is_the_goodput_measured_while_the_limit_is_full(
+    limit: int, per_tick: int
+) -> None:
+    # A backend that finishes `per_tick` requests every 100 ms while the limit is full and
+    # work waits absorbs per_tick / 0.1 s: the pace, measured, whatever the limit is.
+    h = _harness(limit)
+    assert not h.gate.status()["pace_measured"]  # nothing learnt yet: a guess
+    saturate(h, per_tick)
+    status = h.gate.status()
+    assert status["pace_measured"]
+    assert status["pace_rps"] == pytest.approx(per_tick / TICK)
+    assert h.metric("sluice_pace") == pytest.approx(per_tick / TICK)
 
 
 def test_headroom_widens_the_returns_share_not_the_whole_pace() -> None:
     # 200 req/s, 120 of them fresh: returns get 80/s, and 1.1 x that, not 1.1 x 200 - 120
     # (= 100/s, a 25 % overbooking that bounces returns all drain long).
-    h = Harness({"shedding": {"pace_headroom": 1.1}})
-    _measured(h, 200.0, 120.0)
+    h = _harness(40, {"shedding": {"pace_headroom": 1.1}})
+    _measured(h, 20, 120.0)  # 20 answers per 100 ms: 200/s
     assert h.gate._book_pace - 120.0 == pytest.approx(88.0)
 
 
 def test_solicited_waits_are_judged_against_the_expected_fresh_traffic() -> None:
-    h = Harness()
-    _measured(h, 200.0, 100.0)
+    h = _harness(40)
+    _measured(h, 20, 100.0)  # 200/s
     g = h.gate
     solicited = NORMAL_PRIORITY * _TIERS + _TIER_SOLICITED
     rest = NORMAL_PRIORITY * _TIERS + _TIER_REST
     assert g._level_pace(solicited) == pytest.approx(100.0)  # 200 - the baseline
     assert g._level_pace(rest) == pytest.approx(80.0)  # 200 - the fresh tier's 1.2 x baseline
+
+
+@pytest.mark.parametrize(
+    ("queued", "retry_after_ms", "retry_after_s"),
+    [
+        (30, 1500, 2),  # 30 ahead at 20/s: 1.5 s; the header rounds up to whole seconds
+        (40, 2000, 2),
+        (70, 3500, 4),
+    ],
+)
+def test_a_return_is_booked_behind_the_work_queued_ahead_of_it(
+    queued: int, retry_after_ms: int, retry_after_s: int
+) -> None:
+    # The backend absorbs 20/s (2 answers per 100 ms, measured), no fresh traffic is expected
+    # yet and returns are booked at the plain pace (no headroom): a request refused behind
+    # `queued` waiters comes back after they are served, queued / 20 s from now (never
+    # before `retry_after_min`, 1 s), on the 100 ms slot grid.
+    h = _harness(
+        4,
+        {
+            "modes": {"outage_min_samples": 3},
+            "queue": {"max_size": queued, "patience": "20s", "learn_patience": False},
+            "shedding": {"hold_max": "0s", "pace_headroom": 1.0},
+            "recovery": {"rate_window": "60s"},  # no fresh baseline learnt meanwhile
+        },
+    )
+    flying, waiting = saturate(h, per_tick=2)
+    status = h.gate.status()
+    assert status["pace_measured"] and status["pace_rps"] == pytest.approx(20.0)
+    assert status["signals"]["arrival_baseline"] is None
+    for w in waiting:
+        w.cancel()
+    h.clock.now = float(math.ceil(h.clock.now))  # on a whole second: slots fall on the grid
+    # The backend goes down (3 connect failures in a row): OUTAGE, where arrivals wait
+    # (no waiter is judged against a pace while the backend is down) until the queue is full.
+    # Down for 0 s so far, the outage pushes no return later: only the queue does.
+    for t in flying[:3]:
+        h.gate.release(t, error("connect"))
+    assert h.gate.modes.state is Mode.OUTAGE
+    for _ in range(queued):
+        assert isinstance(h.gate.admit(h.ticket()), Waiter)
+    r = h.gate.admit(h.ticket())
+    assert isinstance(r, Refusal) and (r.reason, r.status) == ("outage", 503)
+    assert (r.retry_after_ms, r.hold) == (retry_after_ms, 0.0)
+    headers = refusal_response(r, None).headers
+    assert headers["Retry-After"] == str(retry_after_s)
+    assert headers["retry-after-ms"] == str(retry_after_ms)
