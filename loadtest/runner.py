@@ -136,6 +136,13 @@ def _python() -> list[str]:
     return [sys.executable]
 
 
+def arm_budget(scenario: Scenario) -> float:
+    """Seconds any child of one arm of `scenario` may live (its `--max-lifetime`): the run's
+    own length plus a minute for starting, collecting and stopping."""
+    t = scenario.timing
+    return FLEET_STARTUP + t.warmup + t.outage + t.observe + t.grace + 60.0
+
+
 async def run_arm(plan: ArmPlan) -> RunData:
     """Run one arm and return its raw data (children are always torn down)."""
     sc = plan.scenario
@@ -144,7 +151,7 @@ async def run_arm(plan: ArmPlan) -> RunData:
     raw_dir = plan.out_dir / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)
     t = sc.timing
-    budget = FLEET_STARTUP + t.warmup + t.outage + t.observe + t.grace + 60.0
+    budget = arm_budget(sc)
     wall0 = time.monotonic()
     group = ProcessGroup(plan.out_dir / "logs")
     pools: list[Pool] = []

@@ -108,6 +108,11 @@ class AiohttpUpstream:
             raise UpstreamTimeoutError("upstream did not answer in time") from None
         except UpstreamError:
             raise
+        if resp.status == 101:  # aiohttp hands an upgrade back as if it were the final answer
+            resp.close()  # the connection now speaks another protocol: never reuse it
+            raise UpstreamProtocolError(
+                "upstream switched protocols (101): upgrades are not forwarded"
+            )
         return AiohttpResponse(resp, request.timeout)
 
     async def close(self) -> None:

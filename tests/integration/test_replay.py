@@ -1,45 +1,67 @@
-"""The short incident replay: the harness must really produce a metastable failure.
+"""The short incident replay: without protection the storm collapses the backend for good; with
+Sluice it does not, and every client is answered.
 
-The `reopen` scenario on loopback (backend, fleet, and a proxy for the protected arms), shortened
-to fit in about 20 s. Without protection the backlog's release must collapse the backend, and the
-collapse must outlive the backlog itself (metastability): in the last window every backlog
-workflow has ended and none of its attempts arrive, yet goodput stays under 10 % of λ₀.
+The `reopen` scenario on loopback (backend, fleet, Sluice), shortened to about 20 s per arm:
+- naive clients (retry 50 ms after any error, ignore Retry-After), the same seed, twice: through
+  Sluice with `modes.protection: off` (`passthrough`) and through Sluice (`sluice`). Passthrough
+  must collapse and stay down after the backlog has gone (metastability); Sluice must keep the
+  backend's queue within a round of its workers and fresh traffic succeeding, refusing the
+  naive retries only explicitly (DESIGN.md §6, "naive and hostile clients").
+- SDK-like clients (honour Retry-After) through Sluice: the backlog drains at the backend's pace
+  without a workflow running out of retries.
 
-`run_replay_arm` returns an arm's results dict (see loadtest.analysis.analyze), so assertions
-for the protected arm can sit beside the direct one.
+Figures come from the harness (loadtest.analysis, loadtest.figures). A run whose load generator
+was itself starved (its event-loop lag p99 past 20 ms, or arrivals dropped: the run's
+`validity`) measures the generator, not Sluice, and one where other work on the machine took
+over a core of it measures the machine: their tests skip and say why. No assertion reads a
+wall clock; each test is bounded by the harness's own budget for its arms (runner.arm_budget).
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from loadtest.analysis import MACHINE_BUSY_WARN
 from loadtest.cli import run_scenario
-from proxy.contracts import REASONS
+from loadtest.figures import CONNECTION_ERROR, TIMEOUT, is_explicit_answer
+from loadtest.runner import arm_budget
+from loadtest.scenario import load_scenario
 
 pytestmark = pytest.mark.replay
 
+SCENARIO = "reopen"
 # warm-up 3 s (the backlog connects, then blocks), 12 s after the release, the last 3 s judged.
 REPLAY_TIMING = {"warmup": 3.0, "observe": 12.0, "last_window": 3.0}
-WALL_LIMIT_S = 30.0
+# The longest one arm may take: the harness's own bound on its processes' lifetime.
+ARM_BOUND_S = arm_budget(load_scenario(SCENARIO)[0].with_timing(**REPLAY_TIMING))
+
+# Cores of work outside the run (other processes on the machine) past which a run near saturation
+# does not measure Sluice: seen once, 1.5 cores of other work left a valid sdk run draining 508 of
+# the 1,000 workflows in 12 s (~880 alone).
+OUTSIDE_BUSY_MAX = 1.0
+
+# Fresh success after the release, protected. The figure (99.5 %, loadtest.figures) is measured
+# by `make figures`; here, a short run on a shared 2-core machine, a few dozen of the ~1,200 fresh
+# workflows can fail (explicitly) when other work takes the CPU from Sluice (97.97 % seen once in a
+# valid run). Unprotected, the same storm leaves them at ~0 %.
+FRESH_SUCCESS_MIN = 0.95
 
 
-def run_replay_arm(
-    arm: str,
+def run_replay_arms(
+    arms: list[str],
     out_dir: Path,
     *,
-    scenario: str = "reopen",
     seed: int = 1,
     profile: str | None = None,
     capacity_scale: float = 1.0,
-) -> dict[str, Any]:
-    """Run one arm of the short replay and return its results (fails the test if it cannot run)."""
-    [result] = run_scenario(
-        scenario,
-        [arm],
+) -> dict[str, dict[str, Any]]:
+    """Run `arms` of the short replay (same seed, one after another); their results by arm."""
+    results = run_scenario(
+        SCENARIO,
+        arms,
         seed=seed,
         capacity_scale=capacity_scale,
         profile=profile,
@@ -48,80 +70,140 @@ def run_replay_arm(
         write=False,
         echo=False,
     )
+    return {r["arm"]: r for r in results}
+
+
+def measured(result: dict[str, Any]) -> dict[str, Any]:
+    """An arm's results, if they measure the system: fails if the arm could not run; skips,
+    saying why, if the load generator was starved (the run's `validity`) or if work outside the
+    run took over a core of the machine while it was near saturation (the analysis's own
+    warning), since then the figures measure the machine, not Sluice. This run's processes,
+    Sluice included, never count as outside work: a Sluice that burns the CPU still fails."""
+    arm = result["arm"]
     if "unavailable" in result:
         pytest.fail(f"arm {arm} could not run: {result['unavailable']}")
+    validity = result["validity"]
+    why = ""
+    if not validity["valid"]:
+        why = "the load generator itself was starved: " + "; ".join(validity["invalid_reasons"])
+    busy = validity.get("machine_busy_cores")
+    own = sum((validity.get("cpu_share") or {}).values())
+    if busy is not None and busy > MACHINE_BUSY_WARN and busy - own > OUTSIDE_BUSY_MAX:
+        why = why or (
+            f"other work took {busy - own:.2f} cores of the machine "
+            f"({busy:.2f} busy, {own:.2f} of them this run's processes)"
+        )
+    if why:
+        message = f"arm {arm} ({result['profile']}) not measured: {why}"
+        print(message)
+        pytest.skip(message)
     return result
 
 
-@pytest.mark.timeout(90)
-def test_direct_arm_collapses_and_stays_down(tmp_path: Path) -> None:
-    started = time.monotonic()
-    r = run_replay_arm("direct", tmp_path)
-    wall = time.monotonic() - started
-    lam = r["params"]["fresh_rate_total"]
-    summary = {
+def summary(r: dict[str, Any]) -> dict[str, Any]:
+    backend = r["backends"]["east"]
+    return {
+        "arm": r["arm"],
+        "profile": r["profile"],
         "goodput_last_window": r["goodput_last_window"],
         "amplification": r["amplification"],
-        "backlog": {k: r["backlog"][k] for k in ("n", "succeeded", "open_at_last_window")},
+        "wasted_fraction": r["wasted_fraction"],
+        "fresh": {k: {f: v.get(f) for f in ("n", "ok", "success")} for k, v in r["fresh"].items()},
+        "backlog": {
+            k: r["backlog"][k]
+            for k in ("n", "succeeded", "failed", "open_at_last_window", "attempts_in_last_window")
+        },
+        "backend": {k: backend[k] for k in ("workers", "peak_queue", "wasted", "completed")},
+        "answers": r["answers"],
         "validity": r["validity"],
-        "wall_s": wall,
+        "wall_s": r["wall_s"],
     }
-    # The numbers measure the system, not the generator.
-    assert r["validity"]["valid"], summary
-    # The trigger is gone: every backlog workflow has ended and none of its attempts arrive.
-    assert r["backlog"]["n"] == r["params"]["backlog"]
-    assert r["backlog"]["open_at_last_window"] == 0, summary
-    assert r["backlog"]["attempts_in_last_window"] == 0, summary
-    # ...and yet the backend stays down (metastable), with retries amplifying the load.
-    assert r["goodput_last_window"] < 0.1 * lam, summary
-    assert r["amplification"] is not None and r["amplification"] > 2, summary
-    # Before the trigger the same backend served fresh traffic fine.
+
+
+def assert_every_answer_explicit(r: dict[str, Any], info: dict[str, Any]) -> None:
+    """Every attempt got a 200 or one of Sluice's own answers (status and reason from the §4
+    table): never a client timeout, a connection error, a backend's refusal passed through, a
+    reason without its status, or no reason."""
+    assert r["answers"].get("200", 0) > 0, info
+    assert r["answers"].get(TIMEOUT, 0) == 0, info
+    assert r["answers"].get(CONNECTION_ERROR, 0) == 0, info
+    not_explicit = {
+        c: n for c, n in r["answers"].items() if c != "200" and not is_explicit_answer(c)
+    }
+    assert not not_explicit, info
+
+
+@pytest.fixture(scope="module")
+def naive_arms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """The same storm of naive clients, without protection and with it."""
+    out = tmp_path_factory.mktemp("replay-naive")
+    return run_replay_arms(["passthrough", "sluice"], out, profile="naive")
+
+
+@pytest.mark.timeout(2 * ARM_BOUND_S)  # the first test to run starts both arms
+def test_passthrough_arm_collapses_and_stays_down(naive_arms: dict[str, dict[str, Any]]) -> None:
+    r = measured(naive_arms["passthrough"])
+    lam = r["params"]["fresh_rate_total"]
+    info = summary(r)
+    assert r["profile"] == "naive"
+    # Before the trigger the same backend, through the same proxy, served fresh traffic fine.
     assert r["fresh"]["before"]["success"] is not None
-    assert r["fresh"]["before"]["success"] > 0.99, summary
-    assert wall < WALL_LIMIT_S, summary
+    assert r["fresh"]["before"]["success"] > 0.99, info
+    # The trigger is gone: every backlog workflow has ended and none of its attempts arrive.
+    assert r["backlog"]["n"] == r["params"]["backlog"], info
+    assert r["backlog"]["open_at_last_window"] == 0, info
+    assert r["backlog"]["attempts_in_last_window"] == 0, info
+    # ...and yet the backend stays down (metastable), with retries amplifying the load, and
+    # fresh traffic after the release mostly fails.
+    assert r["goodput_last_window"] < 0.1 * lam, info
+    assert r["amplification"] is not None and r["amplification"] > 2, info
+    assert r["fresh"]["after"]["success"] is not None
+    assert r["fresh"]["after"]["success"] < 0.5, info
 
 
-# Every answer a client may see from the protected arm: a 200 or a reason of DESIGN.md §4's
-# table (Sluice's own explicit answers). Timeouts and connection errors are not among them.
-SLUICE_REASONS = frozenset(REASONS)  # the closed table Sluice answers from
-
-
-@pytest.mark.timeout(90)
-def test_protected_arm_drains_the_backlog_explicitly(tmp_path: Path) -> None:
-    # The same short `reopen` through Sluice (its scenario config, no capacity stated), with
-    # SDK-like clients that honour Retry-After. Margins are loose enough for a noisy 2-core
-    # machine; the benchmark figures (DESIGN.md §6) are measured by `make demo`, not here.
-    started = time.monotonic()
-    r = run_replay_arm("sluice", tmp_path, profile="sdk")
-    wall = time.monotonic() - started
+@pytest.mark.timeout(2 * ARM_BOUND_S)
+def test_sluice_arm_keeps_the_backend_safe_under_naive_clients(
+    naive_arms: dict[str, dict[str, Any]],
+) -> None:
+    # The storm the passthrough arm collapses under (same seed, same clients, same backend).
+    r = measured(naive_arms["sluice"])
     lam = r["params"]["fresh_rate_total"]
     backend = r["backends"]["east"]
-    summary = {
-        "goodput_last_window": r["goodput_last_window"],
-        "fresh": r["fresh"],
-        "backlog": {k: r["backlog"][k] for k in ("n", "succeeded", "failed", "last_success_s")},
-        "answers": r["answers"],
-        "backend": {k: backend[k] for k in ("workers", "peak_queue", "wasted", "completed")},
-        "validity": r["validity"],
-        "wall_s": wall,
-    }
-    assert r["validity"]["valid"], summary
-    # Protection holds goodput up (the unprotected arm falls under 10 % of λ0 here)...
-    assert r["goodput_last_window"] >= 0.8 * lam, summary
+    info = summary(r)
+    assert r["profile"] == "naive"
+    assert r["backlog"]["n"] == r["params"]["backlog"], info
+    # The backend's own queue stays within one round of its workers (DESIGN.md §6)...
+    assert backend["peak_queue"] <= backend["workers"], info
+    # ...so goodput holds (the passthrough arm falls under 10 % of λ₀ here)...
+    assert r["goodput_last_window"] >= 0.8 * lam, info
+    # ...and fresh traffic keeps its success.
+    assert r["fresh"]["after"]["success"] is not None
+    assert r["fresh"]["after"]["success"] >= FRESH_SUCCESS_MIN, info
+    # Naive retries may fail, but only explicitly.
+    assert_every_answer_explicit(r, info)
+
+
+@pytest.mark.timeout(ARM_BOUND_S)
+def test_sluice_arm_drains_the_backlog_of_sdk_clients(tmp_path: Path) -> None:
+    # The same short `reopen` through Sluice (its scenario config, no capacity stated), with
+    # SDK-like clients that honour Retry-After. Margins are loose enough for a noisy 2-core
+    # machine; the benchmark figures (DESIGN.md §6) are measured by `make figures`, not here.
+    r = measured(run_replay_arms(["sluice"], tmp_path, profile="sdk")["sluice"])
+    lam = r["params"]["fresh_rate_total"]
+    backend = r["backends"]["east"]
+    info = summary(r)
+    assert r["profile"] == "sdk"
+    # Protection holds goodput up...
+    assert r["goodput_last_window"] >= 0.8 * lam, info
     # ...keeps fresh traffic whole...
     assert r["fresh"]["after"]["success"] is not None
-    assert r["fresh"]["after"]["success"] >= 0.95, summary
+    assert r["fresh"]["after"]["success"] >= FRESH_SUCCESS_MIN, info
     # ...keeps the backend's own queue within about a round of its workers, wasting nothing...
-    assert backend["peak_queue"] <= 2 * backend["workers"], summary
-    assert backend["wasted"] <= 0.02 * max(1, backend["completed"]), summary
+    assert backend["peak_queue"] <= 2 * backend["workers"], info
+    assert backend["wasted"] <= 0.02 * max(1, backend["completed"]), info
     # ...drains the backlog at the backend's pace (12 s observed vs 12.5 s for an ideal drain
     # of all of it; no workflow runs out of retries)...
-    assert r["backlog"]["failed"] == 0, summary
-    assert r["backlog"]["succeeded"] >= 0.6 * r["backlog"]["n"], summary
-    # ...and answers every request: a 200 or an explicit refusal from the reason table,
-    # never a client timeout or a connection error.
-    for code in r["answers"]:
-        assert code == "200" or code.split(" ", 1)[-1] in SLUICE_REASONS, summary
-    assert r["answers"].get("timeout", 0) == 0, summary
-    assert r["answers"].get("connection-error", 0) == 0, summary
-    assert wall < WALL_LIMIT_S, summary
+    assert r["backlog"]["failed"] == 0, info
+    assert r["backlog"]["succeeded"] >= 0.6 * r["backlog"]["n"], info
+    # ...and answers every request: a 200 or an explicit answer from the reason table.
+    assert_every_answer_explicit(r, info)
