@@ -439,3 +439,23 @@ def test_the_harness_judges_answers_by_the_proxys_table() -> None:
                 reason,
             )
     assert is_explicit_answer("408 bad-request")
+
+
+def test_cold_runs_are_run_cold_and_named_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[dict[str, Any]] = []
+
+    def fake_run(name: str, arms: Sequence[str], **kw: Any) -> list[dict[str, Any]]:
+        calls.append(kw)
+        return [_result(kw["profile"]) | ({"variant": kw["variant"]} if kw["variant"] else {})]
+
+    monkeypatch.setattr(cli, "run_scenario", fake_run)
+    assert cli.figures(tmp_path, profiles=["azure-sdk"], scales=[1]) == 0
+    assert [(c["variant"], c["out_dir"]) for c in calls] == [
+        ("", tmp_path / "azure-sdk"),
+        ("cold", tmp_path / "azure-sdk-cold"),
+    ]
+    summary = (tmp_path / "figures.txt").read_text(encoding="utf-8")
+    assert "reopen \u00d71 azure-sdk cold: 11/11 met" in summary
+    assert cli.VARIANTS["cold"] == {"warmup": cli.COLD_WARMUP}
