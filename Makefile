@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 
 help:
 	@echo "make demo   incident replay: unprotected vs protected, table + plot"
-	@echo "make figures  acceptance figures (issues 4, 5): sluice arm, 18 runs, PASS/FAIL (~11 min)"
+	@echo "make figures  acceptance figures (issues 4, 5, 15): sluice arm, 22 runs, PASS/FAIL (~14 min)"
 	@echo "make test   lint, type-check and run the test suite"
 	@echo "make lint   ruff (format check + lint) and mypy only"
 	@echo "make run    run the proxy on config/sluice.yaml"

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .profiles import make_profile
 from .scenario import Scenario
 
 LAG_LIMIT_MS = 20.0  # a run whose generator lag p99 passes this measures the generator
@@ -184,7 +185,8 @@ def analyze(run: RunData) -> dict[str, Any]:
         last_success - t0 if last_success is not None and len(succeeded) == n_backlog else None
     )
     bound = n_backlog / (cap - lam) if cap > lam and n_backlog else None
-    first_sends = [a[3] - t0 for a in atts if a[1] == 0 and wfs[a[0]][1] == 1]
+    backlog_kind = {w[0] for w in wfs if w[1] == 1}  # ids are not positions with shards
+    first_sends = [a[3] - t0 for a in atts if a[1] == 0 and a[0] in backlog_kind]
     # Metastability: in the last window the trigger must be gone (no backlog work left).
     lw_start = t_end - sc.timing.last_window
     backlog_ids = {w[0] for w in backlog}
@@ -203,6 +205,18 @@ def analyze(run: RunData) -> dict[str, Any]:
         "attempts_in_last_window": sum(
             1 for a in atts if a[0] in backlog_ids and lw_start <= a[3] < t_end
         ),
+    }
+
+    # Workflows that used every attempt their profile allows and still failed.
+    retries = make_profile(
+        sc.clients.profile, sc.clients.naive_retries, sc.clients.hostile_retries
+    ).retries
+    exhausted = [w for w in wfs if w[5] is not None and not w[6] and w[7] > retries]
+    exhausted_doc = {
+        "retries": retries,
+        "backlog": sum(1 for w in exhausted if w[1] == 1),
+        "fresh": sum(1 for w in exhausted if w[1] == 0),
+        "max_attempts": max((w[7] for w in wfs), default=0),
     }
 
     # --- fresh traffic of the storm's region, before and after --------------------------------
@@ -300,7 +314,8 @@ def analyze(run: RunData) -> dict[str, Any]:
             f"machine near saturation: {run.machine_busy_cores:.2f} cores busy, "
             f"{own:.2f} of them this run's processes"
         )
-    fleet_cpu = run.cpu.get("fleet")
+    fleet_cpus = [v for k, v in run.cpu.items() if k == "fleet" or k.startswith("fleet-")]
+    fleet_cpu = max(fleet_cpus, default=None)  # per process: each has one core at most
     if fleet_cpu is not None and fleet_cpu > FLEET_CPU_WARN:
         notes.append(f"generator used {fleet_cpu:.0%} of a core (close to saturating)")
 
@@ -339,6 +354,7 @@ def analyze(run: RunData) -> dict[str, Any]:
         "goodput_last_window_fraction": goodput_last / lam_total if lam_total else None,
         "goodput_last_window_by_region": goodput_by_region,
         "backlog": backlog_doc,
+        "exhausted": exhausted_doc,
         "fresh": fresh,
         "amplification": amplification,
         "first_tries_after_t0": first_tries,

@@ -1,7 +1,7 @@
 """`python -m loadtest`: run a scenario's arms, print the table, write the PNG and JSON.
 
 python -m loadtest --scenario reopen [--arm direct|passthrough|sluice|all] [--seed S]
-                   [--out DIR] [--capacity-scale X] [--profile P]
+                   [--out DIR] [--capacity-scale X] [--profile P] [--cold | --warmup S]
 python -m loadtest demo        # what `make demo` runs
 python -m loadtest figures [--scenarios A,B] [--profiles P,Q] [--scales 1,2]
                                # the acceptance matrix, sluice arm only, PASS/FAIL per figure
@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -39,13 +39,38 @@ DEMO_DRAIN_RUNS: tuple[tuple[str, float], ...] = (
     ("backend-outage", 2.0),
 )
 
-# `python -m loadtest figures`: the runs whose sluice arm must reach the figures of issues 4 and 5
-# (scenario, capacity scales, client profiles), in the order they run.
-FIGURES_MATRIX: tuple[tuple[str, tuple[float, ...], tuple[str, ...]], ...] = (
-    ("reopen", (1.0, 2.0), ("sdk", "sdk-noheader", "naive", "hostile")),
-    ("backend-outage", (1.0, 2.0), ("sdk", "sdk-noheader", "naive", "hostile")),
-    ("two-region", (1.0,), ("naive", "sdk")),
+# Run variants: timing overrides with a name. `cold`: Sluice starts a few seconds before the
+# trigger (it is up ~1.5 s before the fleet's first arrival, then sees COLD_WARMUP s of fresh
+# traffic only), so the storm meets a limiter that has learned next to nothing.
+COLD_WARMUP = 3.0
+VARIANTS: dict[str, dict[str, float]] = {"": {}, "cold": {"warmup": COLD_WARMUP}}
+
+# `python -m loadtest figures`: the runs whose sluice arm must reach the figures of issues 4, 5
+# and 15 (scenario, capacity scales, client profiles, variant), in the order they run.
+FIGURES_MATRIX: tuple[tuple[str, tuple[float, ...], tuple[str, ...], str], ...] = (
+    ("reopen", (1.0, 2.0), ("sdk", "sdk-noheader", "naive", "hostile", "azure-sdk"), ""),
+    ("reopen", (1.0, 2.0), ("azure-sdk",), "cold"),
+    ("backend-outage", (1.0, 2.0), ("sdk", "sdk-noheader", "naive", "hostile"), ""),
+    ("two-region", (1.0,), ("naive", "sdk"), ""),
 )
+
+
+class FigureRun(NamedTuple):
+    """One run of the figures matrix."""
+
+    scenario: str
+    scale: float
+    profile: str
+    variant: str = ""
+
+    @property
+    def label(self) -> str:
+        """Like `reopen x2 azure-sdk cold` (the scale with a multiplication sign)."""
+        return f"{self.scenario} \u00d7{self.scale:g} {self.profile}" + (
+            f" {self.variant}" if self.variant else ""
+        )
+
+
 ARM_OVERHEAD_S = 3.0  # per arm beyond the scenario's own timing: start-up, analysis, plot
 
 
@@ -64,14 +89,18 @@ def run_scenario(
     timing: dict[str, float] | None = None,
     write: bool = True,
     echo: bool = True,
+    variant: str = "",
 ) -> list[dict[str, Any]]:
     """Run `arms` of scenario `name` one after another; returns each arm's results dict.
 
-    With `write`, the table, a PNG timeline and the JSON results go to `out_dir`.
+    `variant` (a key of VARIANTS, e.g. `cold`) applies its timing on top of `timing` and is
+    named in the results and file names. With `write`, the table, a PNG timeline and the JSON
+    results go to `out_dir`.
     """
     scenario, path = load_scenario(name)
     if profile:
         scenario = scenario.with_profile(profile)
+    timing = (timing or {}) | VARIANTS[variant]
     if timing:
         scenario = scenario.with_timing(**timing)
     scenario = scenario.scaled(capacity_scale)
@@ -83,6 +112,8 @@ def run_scenario(
             print(f"[{name}] running arm {arm} ...", flush=True)
         plan = ArmPlan(scenario, path, arm, seed, capacity_scale, out_dir)
         res = run_arm_sync(plan)
+        if variant:
+            res["variant"] = variant
         if "unavailable" in res:  # so its figures line can still name the run
             res.setdefault("capacity_scale", capacity_scale)
             res.setdefault("profile", scenario.clients.profile)
@@ -111,6 +142,8 @@ def write_outputs(results: list[dict[str, Any]], out_dir: Path, echo: bool = Tru
         stem += f"-x{ran[0]['capacity_scale']:g}"
     if ran and len({r["profile"] for r in ran}) == 1 and ran[0]["profile"] != "":
         stem += f"-{ran[0]['profile']}"
+    if ran and ran[0].get("variant"):
+        stem += f"-{ran[0]['variant']}"
     table = render_table(results)
     checks = render_checks(results) if any(r["arm"] == PROTECTED_ARM for r in results) else None
     paths = [out_dir / f"{stem}.txt", out_dir / f"{stem}.json"]
@@ -180,13 +213,13 @@ def figures_plan(
     scenarios: Sequence[str] | None = None,
     profiles: Sequence[str] | None = None,
     scales: Sequence[float] | None = None,
-) -> list[tuple[str, float, str]]:
-    """The runs of FIGURES_MATRIX as (scenario, capacity scale, profile), restricted to the
-    given scenarios, profiles and scales (None: no restriction). Unknown values raise
+) -> list[FigureRun]:
+    """The runs of FIGURES_MATRIX, restricted to the given scenarios, profiles and scales
+    (None: no restriction; a scenario's variants count as that scenario). Unknown values raise
     ValueError naming what the matrix has."""
-    known_s = [name for name, _, _ in FIGURES_MATRIX]
-    known_p = sorted({p for _, _, ps in FIGURES_MATRIX for p in ps})
-    known_x = sorted({x for _, xs, _ in FIGURES_MATRIX for x in xs})
+    known_s = list(dict.fromkeys(name for name, _, _, _ in FIGURES_MATRIX))
+    known_p = sorted({p for _, _, ps, _ in FIGURES_MATRIX for p in ps})
+    known_x = sorted({x for _, xs, _, _ in FIGURES_MATRIX for x in xs})
     for label, given, known in (
         ("--scenarios", scenarios, known_s),
         ("--profiles", profiles, known_p),
@@ -198,8 +231,8 @@ def figures_plan(
                 f"{label}: not in the figures matrix: {_listed(unknown)} (it has {_listed(known)})"
             )
     return [
-        (name, scale, profile)
-        for name, xs, ps in FIGURES_MATRIX
+        FigureRun(name, scale, profile, variant)
+        for name, xs, ps, variant in FIGURES_MATRIX
         if scenarios is None or name in scenarios
         for scale in xs
         if scales is None or scale in scales
@@ -212,13 +245,12 @@ def _listed(values: Sequence[str | float]) -> str:
     return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
 
-def expected_seconds(
-    plan: Sequence[tuple[str, float, str]], timing: dict[str, float] | None = None
-) -> float:
+def expected_seconds(plan: Sequence[FigureRun], timing: dict[str, float] | None = None) -> float:
     """Rough wall time of `plan`'s sluice arms: each scenario's timing plus start-up."""
     total = 0.0
-    for name, _, _ in plan:
-        t = load_scenario(name)[0].timing.model_dump() | (timing or {})
+    for run in plan:
+        t = load_scenario(run.scenario)[0].timing.model_dump() | (timing or {})
+        t |= VARIANTS[run.variant]
         total += t["warmup"] + t["outage"] + t["observe"] + t["grace"] + ARM_OVERHEAD_S
     return total
 
@@ -250,13 +282,13 @@ def figures(
         print(str(exc), file=sys.stderr)
         return 2
     print(
-        "Sluice acceptance figures (issues 4 and 5): the sluice arm only, "
+        "Sluice acceptance figures (issues 4, 5 and 15): the sluice arm only, "
         f"{len(plan)} run{'s' if len(plan) != 1 else ''}:\n"
-        + "\n".join(f"  {name} \u00d7{scale:g} {profile}" for name, scale, profile in plan)
+        + "\n".join(f"  {run.label}" for run in plan)
         + f"\nexpected duration: about {expected / 60:.0f} min "
         f"({expected:.0f} s, 35\u201345 s per run); do not load the machine meanwhile.\n"
         # The runner names raw records, logs and CSVs by scenario, scale and arm, not profile:
-        # one folder per profile keeps each run's.
+        # one folder per profile (and variant) keeps each run's.
         f"Output: {out_dir} (one folder per profile; summary in figures.txt)\n",
         flush=True,
     )
@@ -264,16 +296,18 @@ def figures(
     results: list[dict[str, Any]] = []
     interrupted = False
     try:
-        for i, (name, scale, profile) in enumerate(plan, 1):
-            print(f"\n=== run {i}/{len(plan)}: {name} \u00d7{scale:g} {profile} ===", flush=True)
+        for i, run in enumerate(plan, 1):
+            print(f"\n=== run {i}/{len(plan)}: {run.label} ===", flush=True)
+            folder = run.profile + (f"-{run.variant}" if run.variant else "")
             results += run_scenario(
-                name,
+                run.scenario,
                 (PROTECTED_ARM,),
                 seed=seed,
-                capacity_scale=scale,
-                profile=profile,
-                out_dir=out_dir / profile,
+                capacity_scale=run.scale,
+                profile=run.profile,
+                out_dir=out_dir / folder,
                 timing=timing,
+                variant=run.variant,
             )
     except KeyboardInterrupt:
         interrupted = True
@@ -319,6 +353,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--capacity-scale", type=float, default=1.0, help="\u00d7 the backend's workers")
     p.add_argument("--profile", choices=PROFILE_NAMES, default=None, help="override the clients")
     p.add_argument("--warmup", type=float, default=None, help="seconds before the trigger")
+    p.add_argument(
+        "--cold",
+        action="store_true",
+        help=f"cold start: Sluice up only a few seconds before the trigger (--warmup "
+        f"{COLD_WARMUP:g}; named 'cold' in the results)",
+    )
     p.add_argument("--observe", type=float, default=None, help="seconds observed after t0")
     g = p.add_argument_group("figures", "restrict `figures` to part of its matrix")
     g.add_argument("--scenarios", type=_comma_list, default=None, help="e.g. reopen,two-region")
@@ -363,6 +403,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.capacity_scale <= 0:
         print("--capacity-scale must be > 0", file=sys.stderr)
         return 2
+    if args.cold and args.warmup is not None:
+        print("give --cold or --warmup, not both", file=sys.stderr)
+        return 2
     arms = ARMS if args.arm == "all" else (args.arm,)
     try:
         results = run_scenario(
@@ -373,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             profile=args.profile,
             out_dir=args.out,
             timing=timing or None,
+            variant="cold" if args.cold else "",
         )
     except ScenarioError as exc:
         print(str(exc), file=sys.stderr)

@@ -1,15 +1,16 @@
-"""The figures Sluice must reach (issues 4 and 5, DESIGN.md §6), checked on results dicts.
+"""The figures Sluice must reach (issues 4, 5, 15; DESIGN.md §6), checked on results dicts.
 
 Pure functions, no I/O: each takes the results dict `analysis.analyze` produces for one arm
 and says, per figure, what was measured, what the target is and whether it was met.
 
-- `check_recovery`: the recovery figures (`reopen`, `backend-outage`). With `sdk` and
-  `sdk-noheader` clients: every backlog workflow succeeds, drain ≤ 1.20 · N/(C - λ₀),
-  amplification ≤ 1.1, wasted work < 1 %. With every profile: each backend's peak queue behind
-  its workers ≤ one round of its workers, fresh success after t0 ≥ 99.5 %, fresh p99 after t0
-  ≤ 2 · before, no client timeouts, no connection errors, every other non-200 an explicit
-  answer from the reason table of DESIGN.md §4 (`naive` and `hostile` may fail, but only
-  explicitly).
+- `check_recovery`: the recovery figures (`reopen`, `backend-outage`). With `sdk`,
+  `sdk-noheader` and `azure-sdk` clients: every backlog workflow succeeds, drain ≤ 1.20 · N/(C -
+  λ₀), amplification ≤ 1.1, wasted work < 1 %; with `azure-sdk` (the real SDK, whose retries
+  are its own) also no workflow exhausts its retries. With every profile: each backend's peak
+  queue behind its workers ≤ one round of its workers, fresh success after t0 ≥ 99.5 %, fresh
+  p99 after t0 ≤ 2 · before, no client timeouts, no connection errors, every other non-200 an
+  explicit answer from the reason table of DESIGN.md §4 (`naive` and `hostile` may fail, but
+  only explicitly).
 - `check_isolation`: `two-region`: the other region's local goodput changes by under 5 %, its
   local success stays ≥ 99.5 %, its p99 ≤ 2 · before; plus the storm region's recovery figures.
 - `checks_for` picks the set for an arm (only the `sluice` arm has figures to reach);
@@ -31,7 +32,10 @@ from typing import Any
 from proxy.contracts import REASONS
 
 PROTECTED_ARM = "sluice"
-DRAIN_PROFILES: tuple[str, ...] = ("sdk", "sdk-noheader")
+DRAIN_PROFILES: tuple[str, ...] = ("sdk", "sdk-noheader", "azure-sdk")
+# Profiles whose clients must never run out of retries (the real SDK: an application sees its
+# get_token fail only then).
+NO_EXHAUSTION_PROFILES: tuple[str, ...] = ("azure-sdk",)
 
 DRAIN_RATIO_MAX = 1.20  # drain ≤ 1.20 · N/(C - λ₀)
 AMPLIFICATION_MAX = 1.1  # attempts at the backend ÷ work owed
@@ -202,11 +206,27 @@ def _drain_checks(result: Mapping[str, Any]) -> list[Check]:
     return checks
 
 
+def _exhausted_check(result: Mapping[str, Any]) -> Check:
+    ex: Mapping[str, Any] = result.get("exhausted") or {}
+    if not ex:
+        return Check("clients out of retries", "not measured", "0", ok=False)
+    backlog, fresh = int(ex.get("backlog") or 0), int(ex.get("fresh") or 0)
+    return Check(
+        figure="clients out of retries",
+        measured=f"{backlog + fresh} (backlog {backlog}, fresh {fresh}; most attempts "
+        f"{ex.get('max_attempts', '—')} of {int(ex.get('retries') or 0) + 1})",
+        target="0",
+        ok=backlog + fresh == 0,
+    )
+
+
 def check_recovery(result: Mapping[str, Any]) -> list[Check]:
     """The recovery figures (issue 4) of a `sluice` arm's results dict."""
     checks: list[Check] = []
     if result.get("profile") in DRAIN_PROFILES:
         checks.extend(_drain_checks(result))
+    if result.get("profile") in NO_EXHAUSTION_PROFILES:
+        checks.append(_exhausted_check(result))
     params: Mapping[str, Any] = result.get("params") or {}
     backends: Mapping[str, Mapping[str, Any]] = result.get("backends") or {}
     regions = [r for r in params.get("regions", []) if r in backends]
@@ -281,14 +301,16 @@ def checks_for(result: Mapping[str, Any]) -> list[Check]:
 
 
 def run_label(result: Mapping[str, Any]) -> str:
-    """Scenario, capacity scale and client profile of a run, like `reopen` `x2` `sdk` (the scale
-    is printed with a multiplication sign)."""
+    """Scenario, capacity scale, client profile and variant of a run, like `reopen` `x2` `sdk`
+    (the scale is printed with a multiplication sign; `cold` follows for a cold start)."""
     parts = [str(result.get("scenario", "?"))]
     scale = result.get("capacity_scale")
     if isinstance(scale, int | float):
         parts.append(f"\u00d7{scale:g}")
     if result.get("profile"):
         parts.append(str(result["profile"]))
+    if result.get("variant"):
+        parts.append(str(result["variant"]))
     return " ".join(parts)
 
 

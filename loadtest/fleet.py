@@ -9,13 +9,24 @@ Built on the Locust-style API (`loadtest.users`):
 
 A workflow needs one token; each attempt carries the DESIGN.md §4 headers its profile sends.
 Backlog and fresh workflows draw callers from the same weighted list, so nothing can tell them
-apart by caller id. Each workflow has its own client id in the query string (a real VM's
-identity), so a proxy can recognise a retry by fingerprint. With `failover`, an attempt that
-failed sends the next one to the other region with `x-origin-region: <home>`, unless the answer
-said `x-sluice-no-failover: 1` (then the workflow stays home for good).
+apart by caller id. Token requests are identical per identity, as real ones are: each caller
+owns `identities_per_caller` managed identities (`loadtest.identities`, fixed by the seed), a
+workflow uses one of its caller's, and its URL (resource + client id) is that identity's, byte
+for byte the same as every other workflow of that identity. Only `x-request-id` differs (one
+per attempt: the analysis joins wasted work on it). With `failover`, an attempt that failed
+sends the next one to the other region with `x-origin-region: <home>`, unless the answer said
+`x-sluice-no-failover: 1` (then the workflow stays home for good).
+
+With the `azure-sdk` profile a workflow is Microsoft's own client instead
+(`loadtest.sdkclient`): a `ManagedIdentityCredential` of its identity whose `get_token` runs the
+SDK's IMDS request and retry policy, recorded attempt by attempt in the same records.
 
 Run by the harness: `python -m loadtest.fleet SPEC.json OUT.json` (all times in the spec are
-absolute `time.monotonic()` instants, which are shared by every process on Linux).
+absolute `time.monotonic()` instants, which are shared by every process on Linux). A fleet too
+heavy for one process (the real SDK costs ~1.5 ms of CPU per call) runs as `shards` processes,
+each with its share of the backlog and of λ₀ (Poisson traffic split K ways is still Poisson),
+workflow ids `shard + shards * n` (so ids and `x-request-id`s stay unique), releasing at the
+same instant; `merge_outputs` joins their records.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from typing import Any, ClassVar
 
 import orjson
 
+from .identities import IDENTITIES_PER_CALLER, Identity, make_identities
 from .profiles import Failure, Profile, is_retryable_status, make_profile, parse_retry_after
 from .users import (
     Environment,
@@ -49,12 +61,6 @@ from .users import (
     write_stats_csv,
 )
 
-TOKEN_PATH = "/metadata/identity/oauth2/token?api-version=2018-02-01"
-RESOURCES = (
-    "https://management.azure.com/",
-    "https://storage.azure.com/",
-    "https://vault.azure.net",
-)
 KIND_FRESH, KIND_BACKLOG = 0, 1
 LAG_INTERVAL = 0.01  # the event-loop lag sampler's period
 
@@ -83,6 +89,18 @@ class FleetSpec:
     retry_after_jitter: float = 0.1
     grace: float = 1.5
     csv_prefix: str = ""
+    identities_per_caller: int = IDENTITIES_PER_CALLER
+    shard: int = 0  # this process's index among `shards` fleet processes
+    shards: int = 1
+
+    @property
+    def seed_key(self) -> int | str:
+        """The seed of this process's random draws (the plain seed when it runs alone)."""
+        return self.seed if self.shards == 1 else f"{self.seed}/{self.shard}"
+
+    def backlog_share(self) -> int:
+        """This process's part of the backlog N (the first `N mod shards` take one more)."""
+        return self.backlog // self.shards + (1 if self.shard < self.backlog % self.shards else 0)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FleetSpec:
@@ -123,11 +141,15 @@ class FleetState:
     dropped_arrivals: int = 0
     prepared: list[Prepared] = field(default_factory=list)
     release_written: float | None = None
+    sdk: Any = None  # loadtest.sdkclient.SharedSession with the azure-sdk profile
 
     def __post_init__(self) -> None:
-        self.retry_rng = random.Random(f"{self.spec.seed}:retries")
+        self.retry_rng = random.Random(f"{self.spec.seed_key}:retries")
         self.caller_names = [c for c, _ in self.spec.callers]
         self.caller_weights = [w for _, w in self.spec.callers]
+        self.identities = make_identities(
+            self.spec.seed, self.caller_names, self.spec.identities_per_caller
+        )
         if self.profile.rate_capped:
             self.rate_cap = RateCap(self.spec.hostile_rate_cap)
 
@@ -157,12 +179,12 @@ class Workflow:
         rng = user.rng
         self.user = user
         self.state = state
-        self.id = len(state.workflows)
+        self.id = spec.shard + spec.shards * len(state.workflows)
         self.caller_idx = rng.choices(range(len(state.caller_names)), state.caller_weights)[0]
         self.caller = state.caller_names[self.caller_idx]
-        resource = RESOURCES[self.id % len(RESOURCES)]
-        client_id = f"{rng.getrandbits(64):016x}"
-        self.path = f"{TOKEN_PATH}&resource={resource}&client_id={client_id}"
+        own = state.identities[self.caller_idx]
+        self.identity: Identity = own[rng.randrange(len(own))]
+        self.path = self.identity.path
         self.home = region
         self.name = "token (backlog)" if kind == KIND_BACKLOG else "token (fresh)"
         home_idx = spec.regions.index(region)
@@ -182,6 +204,60 @@ class Workflow:
     def set_start(self, t0: float) -> None:
         """The intended start (a blocked workflow's is the release)."""
         self.record[4] = round(t0, 4)
+
+    # --- the azure-sdk profile: the SDK sends, this workflow records (loadtest.sdkclient) ------
+    def credential(self, hold: asyncio.Event | None = None) -> Any:
+        """This workflow's ManagedIdentityCredential (its identity's client id), whose
+        transport adds this workflow's headers and records each attempt here (the first one
+        held until `hold` is set, when given)."""
+        from .sdkclient import make_credential
+
+        spec = self.state.spec
+        base = None if self.home == sdk_region(spec) else spec.targets[self.home]
+        return make_credential(self.state.sdk, self, self.identity.client_id, base, hold)
+
+    def attempt_headers(self, attempt: int) -> list[tuple[str, str]]:
+        """What the harness adds to the SDK's request: who calls, and the attempt's own id."""
+        return [("x-caller-id", self.caller), ("x-request-id", f"{self.id:x}.{attempt}")]
+
+    def attempt_done(
+        self, attempt: int, started: float, finished: float, code: str, ra: float | None
+    ) -> None:
+        """One SDK attempt ended: the same record as the lean clients' attempts."""
+        state = self.state
+        state.attempts.append(
+            (
+                self.id,
+                attempt,
+                state.spec.regions.index(self.home),
+                round(started, 4),
+                round(finished, 4),
+                code,
+                None if ra is None else round(ra, 3),
+            )
+        )
+        self.record[7] = attempt + 1
+        self.user.environment.events.request.fire(
+            request_type="GET",
+            name=self.name,
+            response_time=(finished - started) * 1000.0,
+            response_length=0,
+            result=None,
+            exception=None if code == "200" else code,
+            context=None,
+        )
+
+    async def run_sdk(self, credential: Any = None) -> None:
+        """`get_token` through the real SDK (its own retries); ok when it returned a token."""
+        from .sdkclient import fetch_token
+
+        cred = credential if credential is not None else self.credential()
+        try:
+            token = await fetch_token(cred, self.identity.scope)
+            self.record[5] = round(time.monotonic(), 4)  # unfinished (None) if cancelled
+            self.record[6] = int(token is not None)
+        finally:
+            await cred.close()
 
     async def run(self, first: Prepared | None = None) -> None:
         """Attempts until a 200, a non-retryable answer or the profile's last retry.
@@ -265,7 +341,11 @@ class FreshTraffic(OpenLoopUser):
     async def get_token(self) -> None:
         """One fresh workflow, latency measured from its intended start."""
         t0 = intended_start.get() or time.monotonic()
-        await Workflow(self, self.state, KIND_FRESH, self.region, t0).run()
+        workflow = Workflow(self, self.state, KIND_FRESH, self.region, t0)
+        if self.state.profile.real_sdk:
+            await workflow.run_sdk()
+        else:
+            await workflow.run()
 
 
 class BlockedWorkflow(User):
@@ -277,13 +357,21 @@ class BlockedWorkflow(User):
 
     workflow: Workflow
     prepared: Prepared | None = None
+    sdk_credential: Any = None
 
     async def on_start(self) -> None:
         """Become a workflow and, with `prewarm`, open its connection and encode its first
-        request ahead of the release (so the release is a burst of writes, not of set-ups)."""
+        request ahead of the release (so the release is a burst of writes, not of set-ups).
+        An SDK workflow builds its credential ahead (the blocked VM exists) and, with `prewarm`,
+        calls `get_token` ahead too, its first attempt held at the transport until the release;
+        the SDK opens its connection then, as a real one does."""
         state = self.state
         self.workflow = Workflow(self, state, KIND_BACKLOG, self.region, state.spec.t_end)
-        if state.spec.prewarm:
+        if state.profile.real_sdk:
+            self.sdk_credential = self.workflow.credential(
+                state.release if state.spec.prewarm else None
+            )
+        elif state.spec.prewarm:
             self.prepared = await self.client.prepare(
                 "GET",
                 self.workflow.path,
@@ -296,6 +384,14 @@ class BlockedWorkflow(User):
     async def provision(self) -> None:
         """Wait for the dependency, get the token (with retries), done."""
         state = self.state
+        if state.profile.real_sdk:
+            if not state.spec.prewarm:
+                await state.release.wait()
+            try:
+                await self.workflow.run_sdk(self.sdk_credential)  # held until the release
+            finally:
+                self.workflow.set_start(state.t_release or self.workflow.record[4])
+            raise StopUser
         await state.release.wait()
         self.workflow.set_start(state.t_release or time.monotonic())
         first = self.prepared if self.prepared is not None and self.prepared.future else None
@@ -326,10 +422,19 @@ def build_users(state: FleetState) -> list[type[User]]:
     for region in spec.regions:
         rate = spec.fresh_rate.get(region, 0.0)
         if rate > 0:
-            attrs = {"rate": rate, "region": region, "state": state, "fixed_count": 1}
+            attrs = {
+                "rate": rate / spec.shards,
+                "region": region,
+                "state": state,
+                "fixed_count": 1,
+            }
             classes.append(type(f"FreshTraffic_{region}", (FreshTraffic,), attrs))
-    if spec.backlog > 0:
-        attrs = {"region": spec.backlog_region, "state": state, "fixed_count": spec.backlog}
+    if spec.backlog_share() > 0:
+        attrs = {
+            "region": spec.backlog_region,
+            "state": state,
+            "fixed_count": spec.backlog_share(),
+        }
         classes.append(type("BlockedWorkflow_backlog", (BlockedWorkflow,), attrs))
     return classes
 
@@ -352,6 +457,11 @@ class LagSampler:
                 return
 
 
+def sdk_region(spec: FleetSpec) -> str:
+    """The region `AZURE_POD_IDENTITY_AUTHORITY_HOST` points the SDK at: the storm's."""
+    return spec.backlog_region or spec.regions[0]
+
+
 async def _sleep_until(t: float) -> None:
     delay = t - time.monotonic()
     if delay > 0:
@@ -364,6 +474,11 @@ async def run_fleet(spec: FleetSpec) -> dict[str, Any]:
         spec.profile, spec.naive_retries, spec.hostile_retries, spec.retry_after_jitter
     )
     state = FleetState(spec, profile)
+    if profile.real_sdk:
+        from .sdkclient import SharedSession, point_sdk_at
+
+        point_sdk_at(spec.targets[sdk_region(spec)])
+        state.sdk = SharedSession()
     # A load generator must not stall: a full collection walks every workflow and connection
     # (31 ms, seen once 3 s into a reopen at x2 with a temporary gc.callbacks logger) and
     # would be counted as the proxy's latency.
@@ -372,11 +487,16 @@ async def run_fleet(spec: FleetSpec) -> dict[str, Any]:
     gc.set_threshold(gc_thresholds[0], gc_thresholds[1], 2**31 - 1)
     classes = build_users(state)
     n_users = sum(c.fixed_count for c in classes)
-    env = Environment(classes, seed=spec.seed)
+    env = Environment(classes, seed=spec.seed_key)
     await _sleep_until(spec.t_start)
     started = time.monotonic()
-    # Backlog users spawn within the first ~2 s of warm-up, then sit blocked until the release.
-    spawn_rate = max(200.0, spec.backlog / 2.0)
+    # Backlog users spawn within the first ~2 s of warm-up (the first half of a shorter one, so a
+    # cold run's backlog is in place too), then sit blocked until the release. SDK workflows
+    # (~1.5 ms of CPU each to build and run up to the held send) spread over 60 % of it: at
+    # 1,000/s they alone would saturate the process before the storm begins.
+    ahead = (spec.t_release or spec.t_end) - started
+    window = max(0.1, ahead * 0.6 if profile.real_sdk else min(2.0, ahead / 2.0))
+    spawn_rate = max(200.0, spec.backlog_share() / window)
     env.shape = IncidentShape(n_users, spawn_rate, run_time=spec.t_end - started)
     runner = HeadlessRunner(env, tick_interval=0.05)
     lag = LagSampler()
@@ -402,6 +522,8 @@ async def run_fleet(spec: FleetSpec) -> dict[str, Any]:
         with contextlib.suppress(asyncio.CancelledError):
             await lag_task
         env.close()
+        if state.sdk is not None:
+            await state.sdk.close()
         gc.set_threshold(*gc_thresholds)
     duration = (runner.stopped_at or time.monotonic()) - started
     csv_paths: list[str] = []
@@ -420,6 +542,35 @@ async def run_fleet(spec: FleetSpec) -> dict[str, Any]:
         "dropped_arrivals": state.dropped_arrivals,
         "csv": csv_paths,
         "pid": os.getpid(),
+    }
+
+
+def merge_outputs(outs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One fleet output from the outputs of its shards (one output is returned as is).
+
+    Records are joined (ids are disjoint by construction), counts summed; the release is the
+    earliest shard's (drain is measured from it), its writing done when the last shard's was;
+    lag samples of every shard count alike.
+    """
+    if len(outs) == 1:
+        return outs[0]
+    releases = [o["t_release"] for o in outs if o.get("t_release") is not None]
+    written = [o["t_release_written"] for o in outs if o.get("t_release_written") is not None]
+    stopped = [o["t_stopped"] for o in outs if o.get("t_stopped") is not None]
+    return {
+        "t_started": min(o["t_started"] for o in outs),
+        "t_release": min(releases) if releases else None,
+        "t_release_written": max(written) if written else None,
+        "release_prepared": sum(o.get("release_prepared", 0) for o in outs),
+        "t_stopped": max(stopped) if stopped else None,
+        "profile": outs[0]["profile"],
+        "workflows": sorted((w for o in outs for w in o["workflows"]), key=lambda w: w[0]),
+        "attempts": sorted((a for o in outs for a in o["attempts"]), key=lambda a: a[3]),
+        "lag": sorted((x for o in outs for x in o["lag"]), key=lambda x: x[0]),
+        "dropped_arrivals": sum(o.get("dropped_arrivals", 0) for o in outs),
+        "csv": [p for o in outs for p in o.get("csv", [])],
+        "pid": [o.get("pid") for o in outs],
+        "shards": len(outs),
     }
 
 

@@ -10,11 +10,18 @@ headers Sluice reads (`x-caller-id`, `x-retry-attempt`, `x-request-timeout-ms`, 
 Sluice's own answers are reported as failures named by their `x-sluice-reason`, so the failures
 table shows how every refusal was answered.
 
+Token requests are identical per identity, as real ones are: each caller owns a few managed
+identities (fixed by SLUICE_SEED), each with one resource and client id, and every token call of
+that caller uses one of them, so its URL repeats byte for byte. Only `x-request-id` is new on
+every attempt (a per-call id plus the attempt number).
+
 Knobs (environment variables):
     SLUICE_TOKEN_PATH   request path (default: the IMDS token path)
     SLUICE_CALLERS      comma-separated caller ids (default orchestrator-a..d)
     SLUICE_TIMEOUT      per-attempt timeout in seconds (default 1)
     SLUICE_RETRIES      retries per token (default 5; 0 = none)
+    SLUICE_IDENTITIES   managed identities per caller (default 4)
+    SLUICE_SEED         seed of the identities' client ids (default 1)
     SLUICE_SHAPE=reopen use ReopenShape: SLUICE_BASE_USERS steady users, then at
                         SLUICE_REOPEN_AT seconds SLUICE_BACKLOG_USERS more at once, for
                         SLUICE_RUN_TIME seconds in all
@@ -29,6 +36,7 @@ from __future__ import annotations
 import os
 import random
 import uuid
+from urllib.parse import quote
 
 import gevent
 from locust import FastHttpUser, LoadTestShape, between, task
@@ -45,7 +53,20 @@ CALLERS = [
 ]
 TIMEOUT = float(os.environ.get("SLUICE_TIMEOUT", "1"))
 RETRIES = int(os.environ.get("SLUICE_RETRIES", "5"))
+IDENTITIES = max(1, int(os.environ.get("SLUICE_IDENTITIES", "4")))
+SEED = os.environ.get("SLUICE_SEED", "1")
 RESOURCES = ("https://management.azure.com/", "https://storage.azure.com/")
+
+
+def identity_paths(caller: str) -> list[str]:
+    """The token paths of `caller`'s identities: each a fixed resource and client id (a GUID
+    drawn from the seed and the caller), the same on every run with the same seed."""
+    rng = random.Random(f"{SEED}:identity:{caller}")
+    return [
+        f"{TOKEN_PATH}&resource={quote(RESOURCES[k % len(RESOURCES)], safe='')}"
+        f"&client_id={uuid.UUID(int=rng.getrandbits(128), version=4)}"
+        for k in range(IDENTITIES)
+    ]
 
 
 def retry_after_seconds(headers: dict[str, str] | object) -> float | None:
@@ -71,18 +92,24 @@ class TokenClient(FastHttpUser):
     connection_timeout = TIMEOUT
 
     def on_start(self) -> None:
-        """Pick this orchestrator's caller id."""
+        """Pick this orchestrator's caller id; its identities' token paths come with it."""
         self.caller = random.choice(CALLERS)
+        paths = identity_paths(self.caller)
+        # Identities 0, 2, ... ask for the management plane, 1, 3, ... for storage.
+        self.paths = {
+            r: [p for k, p in enumerate(paths) if k % 2 == i] or paths
+            for i, r in enumerate(RESOURCES)
+        }
 
     def _get_token(self, resource: str) -> None:
-        client_id = uuid.uuid4().hex
-        path = f"{TOKEN_PATH}&resource={resource}&client_id={client_id}"
+        path = random.choice(self.paths[resource])
+        call_id = uuid.uuid4().hex  # the attempt ids' prefix: one token call
         for attempt in range(RETRIES + 1):
             headers = {
                 "x-caller-id": self.caller,
                 "x-retry-attempt": str(attempt),
                 "x-request-timeout-ms": str(int(TIMEOUT * 1000)),
-                "x-request-id": f"{client_id}.{attempt}",
+                "x-request-id": f"{call_id}.{attempt}",
             }
             name = "token" if attempt == 0 else "token (retry)"
             with self.client.get(path, headers=headers, name=name, catch_response=True) as resp:

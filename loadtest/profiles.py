@@ -7,6 +7,11 @@
   Azure's identity SDK), so a proxy must recognise its retries on its own.
 - `hostile`: no delay at all, many retries, hides its attempt count, ignores Retry-After; the
   fleet caps its total rate so it cannot just burn the generator's CPU.
+- `azure-sdk`: not a model but Microsoft's `azure-identity` itself (`loadtest.sdkclient`): each
+  workflow a `ManagedIdentityCredential`, whose own retry policy decides (5 retries on 404, 410,
+  429 and 5xx; the first at once, then 0.8·2ⁿ⁻¹ s without jitter; `Retry-After` honoured
+  before `retry-after-ms`); no attempt or timeout header, a per-call `x-ms-client-request-id`.
+  The fields below only describe it (`delay` is never asked); `real_sdk` tells the fleet.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import random
 from dataclasses import dataclass, replace
 from enum import Enum
 
-PROFILE_NAMES: tuple[str, ...] = ("naive", "sdk", "sdk-noheader", "hostile")
+PROFILE_NAMES: tuple[str, ...] = ("naive", "sdk", "sdk-noheader", "hostile", "azure-sdk")
 
 
 class Failure(Enum):
@@ -42,6 +47,7 @@ class Profile:
     after_error: float = 0.0  # fixed delay after an error (when there is no backoff)
     retry_after_jitter: float = 0.1  # s added on top of an honoured Retry-After, U(0, this)
     rate_capped: bool = False  # the fleet paces this profile's attempts with a global cap
+    real_sdk: bool = False  # the fleet runs azure-identity itself, which retries on its own
 
     def delay(
         self,
@@ -103,6 +109,18 @@ def make_profile(
             send_attempt_header=False,
             send_timeout_header=False,
             rate_capped=True,
+        )
+    if name == "azure-sdk":
+        # azure.identity's IMDS pipeline settings (retry_total 5, backoff factor 0.8).
+        return Profile(
+            "azure-sdk",
+            retries=5,
+            send_attempt_header=False,
+            send_timeout_header=False,
+            honour_retry_after=True,
+            backoff_base=0.8,
+            retry_after_jitter=0.0,
+            real_sdk=True,
         )
     raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILE_NAMES)}")
 

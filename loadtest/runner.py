@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import secrets
 import subprocess
@@ -23,9 +24,10 @@ import orjson
 import yaml
 
 from .analysis import RunData, analyze
-from .fleet import FleetSpec
+from .fleet import FleetSpec, merge_outputs
 from .httpclient import ConnectError, Pool
 from .procs import Child, ProcessGroup, free_port, machine_cpu
+from .profiles import make_profile
 from .scenario import Scenario, sluice_config_path
 
 ARMS: tuple[str, ...] = ("direct", "passthrough", "sluice")
@@ -33,6 +35,25 @@ FLEET_STARTUP = 1.5  # s between starting the fleet and its first arrival
 STATUS_EVERY = 0.25  # s between /status samples of each proxy
 PROBE_EVERY = 0.1  # s between the harness's own backend health probes after an outage
 READY_TIMEOUT = 15.0
+# What one fleet process drives of the real SDK (`azure-sdk`, ~1.5 ms of CPU per get_token)
+# with its loop lag p99 under the validity limit: measured in reopen, where one process at x2
+# (N = 2,000, λ₀ = 240/s) saturated its core before the release and lagged by seconds.
+SDK_BACKLOG_PER_FLEET = 1000
+SDK_FRESH_PER_FLEET = 150.0  # req/s
+
+
+def fleet_processes(real_sdk: bool, backlog: int, fresh_total: float, configured: int = 0) -> int:
+    """How many fleet processes share the clients: `configured` if set, else one, or for the
+    real SDK as many as its backlog and fresh traffic need."""
+    if configured:
+        return configured
+    if not real_sdk:
+        return 1
+    return max(
+        1,
+        math.ceil(backlog / SDK_BACKLOG_PER_FLEET),
+        math.ceil(fresh_total / SDK_FRESH_PER_FLEET),
+    )
 
 
 class ArmUnavailable(Exception):
@@ -221,6 +242,13 @@ async def run_arm(plan: ArmPlan) -> RunData:
         t_trigger = t_start + t.warmup
         t_end = t_trigger + t.outage + t.observe
         c = sc.clients
+        backlog = sc.traffic.backlog if sc.trigger == "reopen" else 0
+        shards = fleet_processes(
+            make_profile(c.profile).real_sdk,
+            backlog,
+            sum(sc.fresh_rate(r) for r in regions),
+            c.fleet_processes,
+        )
         spec = FleetSpec(
             seed=plan.seed,
             regions=regions,
@@ -231,7 +259,7 @@ async def run_arm(plan: ArmPlan) -> RunData:
             timeout=c.timeout,
             t_start=t_start,
             t_end=t_end,
-            backlog=sc.traffic.backlog if sc.trigger == "reopen" else 0,
+            backlog=backlog,
             backlog_region=sc.home,
             t_release=t_trigger if sc.trigger == "reopen" else None,
             prewarm=c.prewarm,
@@ -242,17 +270,33 @@ async def run_arm(plan: ArmPlan) -> RunData:
             retry_after_jitter=c.retry_after_jitter,
             grace=t.grace,
             csv_prefix=str(plan.out_dir / tag),
+            identities_per_caller=c.identities_per_caller,
+            shards=shards,
         )
-        spec_path = raw_dir / f"{tag}-fleet-spec.json"
-        fleet_out = raw_dir / f"{tag}-fleet.json"
-        spec_path.write_bytes(orjson.dumps(spec.__dict__))
-        fleet = group.start(
-            f"{tag}-fleet", ["-m", "loadtest.fleet", str(spec_path), str(fleet_out)]
-        )
+        fleets: list[tuple[Child, Path]] = []
+        for shard in range(shards):
+            part = "" if shards == 1 else f"-{shard}"
+            spec.shard = shard
+            if shards > 1:
+                spec.csv_prefix = str(plan.out_dir / f"{tag}{part}")
+            spec_path = raw_dir / f"{tag}-fleet{part}-spec.json"
+            fleet_out = raw_dir / f"{tag}-fleet{part}.json"
+            spec_path.write_bytes(orjson.dumps(spec.__dict__))
+            fleets.append(
+                (
+                    group.start(
+                        f"{tag}-fleet{part}",
+                        ["-m", "loadtest.fleet", str(spec_path), str(fleet_out)],
+                    ),
+                    fleet_out,
+                )
+            )
 
         # Until the end: CPU marks, the outage switch, /status samples, probes.
         measured = (
-            [fleet] + [ch for _, _, ch in backends.values()] + [ch for _, ch in proxies.values()]
+            [ch for ch, _ in fleets]
+            + [ch for _, _, ch in backends.values()]
+            + [ch for _, ch in proxies.values()]
         )
         samples: dict[str, list[tuple[float, dict[str, Any]]]] = {r: [] for r in proxies}
         await _sleep_until(t_start)
@@ -272,8 +316,9 @@ async def run_arm(plan: ArmPlan) -> RunData:
             await _post_outage(admin_pool, t.outage)
         try:
             while time.monotonic() < t_end:
-                if not fleet.alive():
-                    raise ArmUnavailable(f"the fleet exited early:\n{fleet.log_tail()}")
+                for fleet, _ in fleets:
+                    if not fleet.alive():
+                        raise ArmUnavailable(f"the fleet exited early:\n{fleet.log_tail()}")
                 await asyncio.sleep(min(0.2, max(0.0, t_end - time.monotonic())))
         finally:
             for task in background:
@@ -286,11 +331,14 @@ async def run_arm(plan: ArmPlan) -> RunData:
         span = time.monotonic() - t_start
 
         # Collect.
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            await asyncio.to_thread(fleet.popen.wait, t.grace + 20.0)
-        if fleet.alive() or not fleet_out.exists():
-            raise ArmUnavailable(f"the fleet did not finish:\n{fleet.log_tail()}")
-        fleet_data = orjson.loads(fleet_out.read_bytes())
+        outs: list[dict[str, Any]] = []
+        for fleet, fleet_out in fleets:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(fleet.popen.wait, t.grace + 20.0)
+            if fleet.alive() or not fleet_out.exists():
+                raise ArmUnavailable(f"the fleet did not finish:\n{fleet.log_tail()}")
+            outs.append(orjson.loads(fleet_out.read_bytes()))
+        fleet_data = merge_outputs(outs)
         backend_stats: dict[str, dict[str, Any]] = {}
         for region, (_, admin_pool, _) in backends.items():
             doc = await _get_json(admin_pool, "/stats", timeout=10.0)

@@ -71,6 +71,10 @@ class ClientSpec(_Strict):
     retry_after_jitter: Duration = 0.1
     failover: bool = False
     prewarm: bool = True
+    identities_per_caller: int = Field(4, ge=1)
+    fleet_processes: int = Field(
+        0, ge=0, description="client processes; 0: one, or as many as the azure-sdk profile needs"
+    )
     callers: list[CallerSpec] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -1,4 +1,4 @@
-"""The automatic check of the figures of issues 4 and 5 (loadtest/figures.py)."""
+"""The automatic check of the figures of issues 4, 5 and 15 (loadtest/figures.py)."""
 
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ def _result(profile: str = "sdk", /, **changes: Any) -> dict[str, Any]:
             "before": {"n": 600, "ok": 600, "success": 1.0, "p99_ms": 80.0},
             "after": {"n": 2600, "ok": 2599, "success": 2599 / 2600, "p99_ms": 150.0},
         },
+        "exhausted": {"retries": 5, "backlog": 0, "fresh": 0, "max_attempts": 3},
         "amplification": 1.05,
         "wasted_fraction": 0.002,
         "backends": {"east": {"workers": 10, "peak_queue": 9}},
@@ -144,6 +145,18 @@ def test_naive_and_hostile_get_only_the_every_profile_figures() -> None:
         assert _failed(check_recovery(r)) == {"client timeouts"}
     for profile in ("sdk", "sdk-noheader"):
         assert {c.figure for c in check_recovery(_result(profile))} >= DRAIN_FIGURES
+
+
+def test_the_real_sdk_gets_the_drain_figures_and_must_not_run_out_of_retries() -> None:
+    checks = check_recovery(_result("azure-sdk"))
+    assert {c.figure for c in checks} >= DRAIN_FIGURES | {"clients out of retries"}
+    assert _failed(checks) == set()
+    for changes in ({"exhausted.fresh": 1}, {"exhausted.backlog": 2}, {"exhausted": {}}):
+        assert _failed(check_recovery(_result("azure-sdk", **changes))) == {
+            "clients out of retries"
+        }
+    # The modelled SDKs do not get that figure (their backlog figure already says it).
+    assert "clients out of retries" not in {c.figure for c in check_recovery(_result("sdk"))}
 
 
 def test_every_backend_queue_is_checked() -> None:
@@ -321,23 +334,31 @@ def test_checks_do_not_mutate_the_result() -> None:
 
 def test_the_figures_matrix_and_its_restrictions() -> None:
     plan = figures_plan()
-    assert len(plan) == 18 and len(set(plan)) == 18
-    assert plan[0] == ("reopen", 1.0, "sdk") and plan[-1] == ("two-region", 1.0, "sdk")
-    assert {p for s, x, p in plan if s == "backend-outage" and x == 2.0} == {
+    assert len(plan) == 22 and len(set(plan)) == 22
+    assert plan[0] == ("reopen", 1.0, "sdk", "") and plan[-1] == ("two-region", 1.0, "sdk", "")
+    assert {r.profile for r in plan if r.scenario == "backend-outage" and r.scale == 2.0} == {
         "sdk",
         "sdk-noheader",
         "naive",
         "hostile",
     }
     assert figures_plan(profiles=["naive"]) == [
-        ("reopen", 1.0, "naive"),
-        ("reopen", 2.0, "naive"),
-        ("backend-outage", 1.0, "naive"),
-        ("backend-outage", 2.0, "naive"),
-        ("two-region", 1.0, "naive"),
+        ("reopen", 1.0, "naive", ""),
+        ("reopen", 2.0, "naive", ""),
+        ("backend-outage", 1.0, "naive", ""),
+        ("backend-outage", 2.0, "naive", ""),
+        ("two-region", 1.0, "naive", ""),
     ]
+    # The real SDK: reopen at both capacities, warm and cold.
+    assert [(r.scale, r.variant) for r in figures_plan(profiles=["azure-sdk"])] == [
+        (1.0, ""),
+        (2.0, ""),
+        (1.0, "cold"),
+        (2.0, "cold"),
+    ]
+    assert figures_plan(profiles=["azure-sdk"])[-1].label == "reopen \u00d72 azure-sdk cold"
     assert figures_plan(scenarios=["two-region"], scales=[2.0]) == []
-    assert len(figures_plan(scales=[2.0])) == 8
+    assert len(figures_plan(scales=[2.0])) == 10
     for kwargs in ({"scales": [3.0]}, {"profiles": ["sdk", "bogus"]}, {"scenarios": ["x"]}):
         with pytest.raises(ValueError, match="not in the figures matrix"):
             figures_plan(**kwargs)
@@ -418,3 +439,23 @@ def test_the_harness_judges_answers_by_the_proxys_table() -> None:
                 reason,
             )
     assert is_explicit_answer("408 bad-request")
+
+
+def test_cold_runs_are_run_cold_and_named_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[dict[str, Any]] = []
+
+    def fake_run(name: str, arms: Sequence[str], **kw: Any) -> list[dict[str, Any]]:
+        calls.append(kw)
+        return [_result(kw["profile"]) | ({"variant": kw["variant"]} if kw["variant"] else {})]
+
+    monkeypatch.setattr(cli, "run_scenario", fake_run)
+    assert cli.figures(tmp_path, profiles=["azure-sdk"], scales=[1]) == 0
+    assert [(c["variant"], c["out_dir"]) for c in calls] == [
+        ("", tmp_path / "azure-sdk"),
+        ("cold", tmp_path / "azure-sdk-cold"),
+    ]
+    summary = (tmp_path / "figures.txt").read_text(encoding="utf-8")
+    assert "reopen \u00d71 azure-sdk cold: 11/11 met" in summary
+    assert cli.VARIANTS["cold"] == {"warmup": cli.COLD_WARMUP}
