@@ -160,12 +160,13 @@ class Classifier:
                     deadline = now + (epoch_ms - wall_ms) / 1000.0
 
         fingerprint = hash((caller_id or peer, method, path_qs))
+        call_key = self._call_key(headers)
         if attempt is not None:
             is_retry = attempt > 0
             if is_retry:
                 self.retry_signals.hit(0)
         else:
-            attempt, is_retry = self._recognise(headers, fingerprint, now)
+            attempt, is_retry = self._recognise(call_key, fingerprint, now)
 
         request_id = headers.get(self._h_request_id) or new_request_id()
         return Ticket(
@@ -180,6 +181,7 @@ class Classifier:
             deadline=deadline,
             request_id=request_id,
             fingerprint=fingerprint,
+            call_key=call_key,
         )
 
     def _attempt(self, headers: Mapping[str, str]) -> int | None:
@@ -200,27 +202,32 @@ class Classifier:
             return attempt
         return None
 
-    def _recognise(
-        self, headers: Mapping[str, str], fingerprint: int, now: float
-    ) -> tuple[int | None, bool]:
-        """Without an attempt header: (attempt, is_retry). A call id seen before gives the
-        attempt; otherwise an unspent failure of the same fingerprint makes this a retry of
-        unknown attempt. A first sighting proves nothing either way: attempt stays None.
-        """
-        memory = self.memory
+    def _call_key(self, headers: Mapping[str, str]) -> int:
+        """The hashed per-call id of the first call-id header present (0: none, or unusable:
+        empty or over MAX_CALL_ID characters, counted as invalid)."""
         for name in self._h_call_ids:
             raw = headers.get(name)
             if raw is None:
                 continue
             if not raw or len(raw) > MAX_CALL_ID:
                 self.invalid_headers.hit()
-                break
-            earlier = memory.call_ids.sighting(hash((name, raw)), now)
+                return 0
+            return hash((name, raw)) or 1
+        return 0
+
+    def _recognise(self, call_key: int, fingerprint: int, now: float) -> tuple[int | None, bool]:
+        """Without an attempt header: (attempt, is_retry). A per-call id decides alone: seen
+        before, a retry (the count of sightings its attempt); new, a first try (a new call:
+        many pods of one identity call at once, and one pod's failure says nothing about
+        another's call). Without one, an unspent failure of the same fingerprint makes this
+        a retry of unknown attempt; else nothing tells (None).
+        """
+        memory = self.memory
+        if call_key:
+            earlier = memory.call_ids.sighting(call_key, now)
             if earlier:
-                memory.failures.redeem(fingerprint, now)  # the failure it answers is spent
                 self.retry_signals.hit(1)
-                return earlier, True
-            break
+            return earlier, earlier > 0
         if memory.failures.redeem(fingerprint, now):
             self.retry_signals.hit(2)
             return None, True
@@ -228,5 +235,6 @@ class Classifier:
 
     def note_failure(self, ticket: Ticket, now: float) -> None:
         """A request failed (refused, 5xx/429, timed out, or its client left): one later
-        repeat of it may count as a retry."""
-        self.memory.failures.failed(ticket.fingerprint, now)
+        repeat of it may count as a retry. Requests with a call id are recognised by it."""
+        if not ticket.call_key:
+            self.memory.failures.failed(ticket.fingerprint, now)

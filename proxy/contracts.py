@@ -55,7 +55,10 @@ class Ticket:
     arrived: float  # monotonic seconds
     deadline: float | None  # monotonic seconds by which the client needs an answer
     request_id: str
-    fingerprint: int = 0
+    fingerprint: int = 0  # (caller, method, path+query): identical for every pod of an identity
+    # The request's per-call id (hashed; 0 = none): what its own retries are recognised by,
+    # and what a return slot booked for it is redeemed by.
+    call_key: int = 0
     solicited: bool = False  # set by the gate: the caller came back in a slot we booked
     # Owned by the gate: its per-caller accounting for an admitted ticket (None otherwise),
     # so `release` finds it without a lookup and a second release is a no-op.

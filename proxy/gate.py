@@ -216,6 +216,11 @@ class _Caller:
         self.bookings = bookings  # the pacer's deque for this caller (truthy = slots booked)
 
 
+def _key(t: Ticket) -> int:
+    """What a return slot booked for `t` is matched by: its call id, else its fingerprint."""
+    return t.call_key or t.fingerprint
+
+
 def _by_key(w: Waiter) -> int:
     return w.key
 
@@ -686,7 +691,7 @@ class AdmissionGate:
         # A request its client marks as a first try (attempt 0) is not a return, even when a
         # booking of the same client and path is open: that booking belongs to an earlier
         # request that was served outside its slot (a VM asking for its next token).
-        if t.attempt != 0 and c.bookings and self.pacer.redeem(c.index, t.fingerprint, now):
+        if t.attempt != 0 and c.bookings and self.pacer.redeem(c.index, _key(t), now):
             t.solicited = True
             self.metrics.slots_redeemed.inc()
         elif t.is_retry:
@@ -958,7 +963,7 @@ class AdmissionGate:
             # within a client's patience (the rest of a wave being read will be answered too,
             # and must not push every return back by the time it would take to serve it).
             ahead = min(self._queued, int(self._pace * self._patience))
-            ms = self.pacer.book(c.index, now, pace, baseline, ahead, not_before, t.fingerprint)
+            ms = self.pacer.book(c.index, now, pace, baseline, ahead, not_before, _key(t))
             self.metrics.slots_booked.inc()
             self._mode_backlog += 1
             if reason == "overload" or reason == "outage":

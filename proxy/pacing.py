@@ -8,10 +8,15 @@ returns land spread over the expected drain time at the rate the backend can tak
 bucket left with room (its pace was underestimated, or it is near) is filled before later
 ones, so the schedule does not drift away from the present when the estimate changes.
 
-Each booking is remembered for its caller as a window [slot - grace, latest - grace] where
-`latest` is when a client reading only the whole-second `Retry-After` would come back. A
-request from that caller arriving inside the window is a *solicited* return: the gate admits
-it ahead of the caller's fresh arrivals and never charges it as a retry. Memory is bounded by
+Each booking is remembered for its caller and key as a window [slot - grace, latest + grace]
+where `latest` is when a client reading only the whole-second `Retry-After` would come back.
+The key is the request's per-call id when it has one, else its fingerprint (caller, method,
+path+query), else none. A request of that caller and key arriving inside the window is a
+*solicited* return: the gate admits it ahead of the caller's fresh arrivals and never charges
+it as a retry. A key may hold several open bookings: token requests are identical for every
+pod of an identity, and each refused pod is owed its own return (one booking per key let
+each new refusal cancel the previous pod's slot, and returns on time were taken for
+retries). A return takes the earliest open slot of its key. Memory is bounded by
 `max_bookings`; beyond it Retry-After is still paced, just not remembered.
 """
 
@@ -26,16 +31,15 @@ from .config import SheddingConfig
 
 
 class Booking:
-    """One booked return: its caller, the request's fingerprint and when it may come back."""
+    """One booked return: its caller and when it may come back."""
 
-    __slots__ = ("caller", "end", "fingerprint", "live", "start")
+    __slots__ = ("caller", "end", "live", "start")
 
-    def __init__(self, caller: int, fingerprint: int, start: float, end: float) -> None:
+    def __init__(self, caller: int, start: float, end: float) -> None:
         self.caller = caller
-        self.fingerprint = fingerprint
         self.start = start
         self.end = end
-        self.live = True  # False once redeemed or replaced
+        self.live = True  # False once redeemed or expired
 
 
 class Pacer:
@@ -43,11 +47,12 @@ class Pacer:
 
     def __init__(self, config: SheddingConfig, callers: int) -> None:
         self.config = config
-        # Per caller, in booking order (for expiry and for callers without fingerprints).
+        # Per caller, in booking order (for expiry).
         self.bookings: list[deque[Booking]] = [deque() for _ in range(callers)]
-        self._by_fp: dict[int, Booking] = {}  # the live booking of each request fingerprint
-        # Bookings of requests without a fingerprint, per caller, earliest slot first.
-        self._anon: list[list[tuple[float, int, Booking]]] = [[] for _ in range(callers)]
+        # Open bookings per (caller, key), earliest slot first (used or expired ones linger
+        # until popped or pruned: `_entries` counts them all).
+        self._open: dict[tuple[int, int], list[tuple[float, int, Booking]]] = {}
+        self._entries = 0
         self._seq = count()
         self._live = [0] * callers
         self.total = 0  # live bookings, all callers
@@ -75,14 +80,15 @@ class Pacer:
         fresh_rate: float,
         queued: int,
         not_before: float = 0.0,
-        fingerprint: int = 0,
+        key: int = 0,
         remember: bool = True,
     ) -> int:
         """Book a return for `caller`'s request; return the Retry-After in milliseconds.
 
         `pace` is the backend's learned requests/s, `fresh_rate` the arrivals we expect
         regardless (the frozen baseline), `queued` the work already waiting in front.
-        `not_before` pushes the return past a known instant (the end of a SHIELD).
+        `not_before` pushes the return past a known instant (the end of a SHIELD). `key`
+        (the request's call id or fingerprint, 0 = none) is what its return is matched by.
         """
         cfg = self.config
         return_pace = max(pace * cfg.min_return_share, pace - fresh_rate, 1e-3)
@@ -98,14 +104,9 @@ class Pacer:
         if remember and self.total < cfg.max_bookings:
             header_s = max(1, math.ceil(after_ms / 1000))  # what a Retry-After-only client reads
             grace = cfg.slot_grace
-            b = Booking(caller, fingerprint, at - grace, now + max(after, header_s) + grace)
-            if fingerprint:
-                old = self._by_fp.get(fingerprint)
-                if old is not None:
-                    self._kill(old)  # the request was told again: only the newest slot counts
-                self._by_fp[fingerprint] = b
-            else:
-                heapq.heappush(self._anon[caller], (b.start, next(self._seq), b))
+            b = Booking(caller, at - grace, now + max(after, header_s) + grace)
+            heapq.heappush(self._open.setdefault((caller, key), []), (b.start, next(self._seq), b))
+            self._entries += 1
             self.bookings[caller].append(b)
             self._live[caller] += 1
             self.total += 1
@@ -141,29 +142,27 @@ class Pacer:
             b.live = False
             self._live[b.caller] -= 1
             self.total -= 1
-            if b.fingerprint and self._by_fp.get(b.fingerprint) is b:
-                del self._by_fp[b.fingerprint]
 
-    def redeem(self, caller: int, fingerprint: int, now: float) -> bool:
-        """True (and the booking is used up) when this request is back inside its slot.
-
-        Matched by the request's fingerprint, so another request of the same caller cannot
-        take the slot; requests without a fingerprint match the caller's oldest open slot.
-        """
+    def redeem(self, caller: int, key: int, now: float) -> bool:
+        """True (and the booking is used up) when this request is back inside a slot booked
+        for its caller and key (its call id or fingerprint; 0 for requests with neither), so
+        another request of the same caller cannot take the slot. The earliest open slot of
+        the key is taken (gap filling means it need not be the oldest booking)."""
         self._expire(caller, now)
-        if fingerprint:
-            b = self._by_fp.get(fingerprint)
-            if b is None or b.caller != caller or not b.start <= now <= b.end:
-                return False
-        else:
-            # The caller's earliest open slot (gap filling means it need not be the oldest
-            # booking).
-            anon = self._anon[caller]
-            while anon and (not anon[0][2].live or anon[0][2].end < now):
-                heapq.heappop(anon)
-            if not anon or anon[0][0] > now:
-                return False
-            b = heapq.heappop(anon)[2]
+        heap = self._open.get((caller, key))
+        if not heap:
+            return False
+        while heap and (not heap[0][2].live or heap[0][2].end < now):
+            heapq.heappop(heap)
+            self._entries -= 1
+        if not heap or heap[0][0] > now:
+            if not heap:
+                del self._open[(caller, key)]
+            return False
+        b = heapq.heappop(heap)[2]
+        self._entries -= 1
+        if not heap:
+            del self._open[(caller, key)]
         self._kill(b)
         self.redeemed += 1
         return True
@@ -181,10 +180,15 @@ class Pacer:
         for caller, dq in enumerate(self.bookings):
             if dq:
                 self._expire(caller, now)
-            anon = self._anon[caller]
-            if len(anon) > 2 * self._live[caller] + 64:  # used or expired ones linger in it
-                self._anon[caller] = [e for e in anon if e[2].live]
-                heapq.heapify(self._anon[caller])
+        if self._entries > 2 * self.total + 64:  # used or expired ones linger in the heaps
+            kept: dict[tuple[int, int], list[tuple[float, int, Booking]]] = {}
+            for k, heap in self._open.items():
+                live = [e for e in heap if e[2].live]
+                if live:
+                    heapq.heapify(live)
+                    kept[k] = live
+            self._open = kept
+            self._entries = sum(map(len, kept.values()))
 
     def by_caller(self) -> dict[int, int]:
         """Live bookings per caller index (only callers with some)."""
@@ -200,5 +204,4 @@ class Pacer:
         if callers > len(self.bookings):
             extra = callers - len(self.bookings)
             self.bookings.extend(deque() for _ in range(extra))
-            self._anon.extend([] for _ in range(extra))
             self._live.extend([0] * extra)

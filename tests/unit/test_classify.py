@@ -102,7 +102,7 @@ def test_malformed_aws_sdk_request_ignored_and_counted(bad: str) -> None:
 def test_retry_from_per_call_id(header: str) -> None:
     c = classifier()
     first = classify(c, x_caller_id="orch-a", **{header: "call-1"})
-    assert (first.attempt, first.is_retry) == (None, False)
+    assert (first.attempt, first.is_retry) == (0, False)  # a new call: a first try
     second = classify(c, x_caller_id="orch-a", now=100.5, **{header: "call-1"})
     third = classify(c, x_caller_id="orch-a", now=101.0, **{header: "call-1"})
     assert (second.attempt, second.is_retry) == (1, True)
@@ -129,14 +129,28 @@ def test_overlong_call_id_ignored_and_counted() -> None:
     assert c.invalid_headers.count == 2
 
 
-def test_loop_around_the_sdk_caught_by_fingerprint() -> None:
-    # An application retrying around the SDK sends a new call id per loop.
+def test_a_new_call_is_a_first_try_whatever_other_calls_did() -> None:
+    # Pods of one identity send the same URL with their own call ids: a pod's failure lets
+    # its own call's retry count, not another pod's new call.
     c = classifier()
-    first = classify(c, x_caller_id="orch-a", x_ms_client_request_id="loop-1")
-    c.note_failure(first, 100.2)
-    again = classify(c, x_caller_id="orch-a", now=101.0, x_ms_client_request_id="loop-2")
-    assert again.is_retry is True
-    assert signal_counts(c) == {"attempt-header": 0, "call-id": 0, "fingerprint": 1}
+    pods = [classify(c, x_caller_id="orch-a", x_ms_client_request_id=f"pod-{i}") for i in range(5)]
+    assert len({t.call_key for t in pods}) == 5 and all(t.call_key for t in pods)
+    for t in pods:
+        c.note_failure(t, 100.2)
+    new = classify(c, x_caller_id="orch-a", now=101.0, x_ms_client_request_id="pod-9")
+    assert (new.attempt, new.is_retry) == (0, False)
+    back = classify(c, x_caller_id="orch-a", now=101.0, x_ms_client_request_id="pod-3")
+    assert (back.attempt, back.is_retry, back.call_key) == (1, True, pods[3].call_key)
+    # Their failures left nothing for header-less requests of the same fingerprint either.
+    assert classify(c, x_caller_id="orch-a", now=101.0).is_retry is False
+    assert signal_counts(c) == {"attempt-header": 0, "call-id": 1, "fingerprint": 0}
+
+
+def test_call_key_kept_beside_an_attempt_header() -> None:
+    # AWS SDKs send both: the attempt header decides, the call id keys the return slot.
+    c = classifier()
+    t = classify(c, amz_sdk_request="attempt=2; max=3", amz_sdk_invocation_id="inv-1")
+    assert (t.attempt, t.is_retry) == (1, True) and t.call_key != 0
 
 
 def test_identical_requests_after_success_are_first_tries() -> None:

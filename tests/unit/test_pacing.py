@@ -83,7 +83,7 @@ def test_the_calendar_moves_with_time_and_fills_gaps() -> None:
 
 def test_redeem_inside_the_booked_window_once() -> None:
     p = pacer()
-    ms = p.book(2, 0.0, pace=100.0, fresh_rate=0.0, queued=0, fingerprint=77)
+    ms = p.book(2, 0.0, pace=100.0, fresh_rate=0.0, queued=0, key=77)
     assert ms == 1000
     assert not p.redeem(2, 77, 0.5)  # too early
     assert not p.redeem(1, 77, 1.0)  # another caller
@@ -101,19 +101,23 @@ def test_without_fingerprints_the_callers_oldest_slot_counts() -> None:
     assert not p.redeem(2, 0, 1.1)
 
 
-def test_a_request_told_twice_keeps_only_its_newest_slot() -> None:
+def test_identical_requests_each_keep_their_slot() -> None:
+    # Every pod of one identity sends the same request: each refused pod is owed a return.
     p = pacer()
-    p.book(0, 0.0, pace=100.0, fresh_rate=0.0, queued=0, fingerprint=5)
-    p.book(0, 0.5, pace=100.0, fresh_rate=0.0, queued=0, fingerprint=5)
-    assert p.total == 1
-    assert not p.redeem(0, 5, 1.0)  # the first slot no longer holds
-    assert p.redeem(0, 5, 1.5)
+    first = p.book(0, 0.0, pace=2.0, fresh_rate=0.0, queued=0, key=5)
+    second = p.book(0, 0.0, pace=2.0, fresh_rate=0.0, queued=0, key=5)
+    assert (first, second) == (1000, 1500)  # two places, 1/pace apart
+    assert p.total == 2
+    assert p.redeem(0, 5, 1.0)  # the first pod, on time
+    assert p.redeem(0, 5, 1.5)  # the second, on time: its slot was not replaced
+    assert not p.redeem(0, 5, 1.5)  # both used
+    assert (p.redeemed, p.total) == (2, 0)
 
 
 def test_a_retry_after_only_client_is_recognised_at_the_whole_second() -> None:
     p = pacer()
     for i in range(150):
-        p.book(0, 0.0, pace=100.0, fresh_rate=0.0, queued=0, fingerprint=i + 1)
+        p.book(0, 0.0, pace=100.0, fresh_rate=0.0, queued=0, key=i + 1)
     # The last booking says 2.5 s: Retry-After says 3 s; a client reading only that comes at 3.
     assert p.redeem(0, 150, math.ceil(2.5) + 0.1)
 
@@ -121,7 +125,7 @@ def test_a_retry_after_only_client_is_recognised_at_the_whole_second() -> None:
 def test_expired_bookings_are_forgotten() -> None:
     p = pacer()
     for i in range(5):
-        p.book(0, 0.0, pace=100.0, fresh_rate=0.0, queued=0, fingerprint=i + 1)
+        p.book(0, 0.0, pace=100.0, fresh_rate=0.0, queued=0, key=i + 1)
     assert p.total == 5 and p.by_caller() == {0: 5}
     p.prune(10.0)
     assert p.total == 0 and p.expired == 5 and p.by_caller() == {}
@@ -131,5 +135,5 @@ def test_expired_bookings_are_forgotten() -> None:
 def test_bookings_are_bounded() -> None:
     p = pacer(max_bookings=10)
     for i in range(50):
-        assert p.book(0, 0.0, pace=100.0, fresh_rate=0.0, queued=0, fingerprint=i + 1) >= 1000
+        assert p.book(0, 0.0, pace=100.0, fresh_rate=0.0, queued=0, key=i + 1) >= 1000
     assert p.total == 10 and p.booked == 50
