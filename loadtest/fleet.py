@@ -78,11 +78,15 @@ class FleetSpec:
     prewarm: bool = True
     failover: bool = False
     naive_retries: int = 3
+    naive_retry_delay: float = 0.05
     hostile_retries: int = 50
     hostile_rate_cap: float = 600.0
     retry_after_jitter: float = 0.1
     grace: float = 1.5
     csv_prefix: str = ""
+    # When set (before t_start), the backlog's users are spawned from this instant, so a release
+    # at t_start (no warm-up: a cold start) finds every blocked workflow connected and prepared.
+    t_backlog_spawn: float | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FleetSpec:
@@ -361,7 +365,11 @@ async def _sleep_until(t: float) -> None:
 async def run_fleet(spec: FleetSpec) -> dict[str, Any]:
     """Run the whole fleet per `spec`; returns the raw records for the harness."""
     profile = make_profile(
-        spec.profile, spec.naive_retries, spec.hostile_retries, spec.retry_after_jitter
+        spec.profile,
+        spec.naive_retries,
+        spec.hostile_retries,
+        spec.retry_after_jitter,
+        naive_retry_delay=spec.naive_retry_delay,
     )
     state = FleetState(spec, profile)
     # A load generator must not stall: a full collection walks every workflow and connection
@@ -373,12 +381,18 @@ async def run_fleet(spec: FleetSpec) -> dict[str, Any]:
     classes = build_users(state)
     n_users = sum(c.fixed_count for c in classes)
     env = Environment(classes, seed=spec.seed)
-    await _sleep_until(spec.t_start)
-    started = time.monotonic()
     # Backlog users spawn within the first ~2 s of warm-up, then sit blocked until the release.
     spawn_rate = max(200.0, spec.backlog / 2.0)
-    env.shape = IncidentShape(n_users, spawn_rate, run_time=spec.t_end - started)
     runner = HeadlessRunner(env, tick_interval=0.05)
+    backlog_classes = [c for c in classes if issubclass(c, BlockedWorkflow)]
+    if spec.t_backlog_spawn is not None and backlog_classes:
+        # Ahead of t_start (a short or no warm-up): the shape's first tick then finds them
+        # spawned and only adds fresh traffic (any not yet spawned at t_start are added then).
+        await _sleep_until(spec.t_backlog_spawn)
+        await runner.start(spec.backlog, spawn_rate, backlog_classes)
+    await _sleep_until(spec.t_start)
+    started = time.monotonic()
+    env.shape = IncidentShape(n_users, spawn_rate, run_time=spec.t_end - started)
     lag = LagSampler()
     lag_task = asyncio.create_task(lag.run(spec.t_end))
 

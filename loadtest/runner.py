@@ -33,6 +33,10 @@ FLEET_STARTUP = 1.5  # s between starting the fleet and its first arrival
 STATUS_EVERY = 0.25  # s between /status samples of each proxy
 PROBE_EVERY = 0.1  # s between the harness's own backend health probes after an outage
 READY_TIMEOUT = 15.0
+# A warm-up shorter than the backlog's spawn (connect and prepare each blocked workflow) plus
+# this margin spawns the backlog before the fleet's start instead (a cold start's release then
+# still finds every workflow ready); the fleet starts that much earlier.
+BACKLOG_SPAWN_MARGIN = 1.0
 
 
 class ArmUnavailable(Exception):
@@ -49,6 +53,7 @@ class ArmPlan:
     seed: int
     capacity_scale: float
     out_dir: Path
+    sluice_config: Path | None = None  # None: the scenario's NAME.sluice.yaml
 
     @property
     def tag(self) -> str:
@@ -144,7 +149,8 @@ async def run_arm(plan: ArmPlan) -> RunData:
     raw_dir = plan.out_dir / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)
     t = sc.timing
-    budget = FLEET_STARTUP + t.warmup + t.outage + t.observe + t.grace + 60.0
+    lead = backlog_lead(sc)
+    budget = FLEET_STARTUP + lead + t.warmup + t.outage + t.observe + t.grace + 60.0
     wall0 = time.monotonic()
     group = ProcessGroup(plan.out_dir / "logs")
     pools: list[Pool] = []
@@ -183,7 +189,7 @@ async def run_arm(plan: ArmPlan) -> RunData:
                 targets[region] = f"http://127.0.0.1:{port}"
         else:
             protection = "on" if plan.arm == "sluice" else "off"
-            base = sluice_config_path(plan.scenario_file)
+            base = plan.sluice_config or sluice_config_path(plan.scenario_file)
             token = secrets.token_hex(16)
             for region, (bport, _, _) in backends.items():
                 lport, aport = free_port(), free_port()
@@ -210,7 +216,7 @@ async def run_arm(plan: ArmPlan) -> RunData:
 
         # The schedule, then the fleet.
         now = time.monotonic()
-        t_start = now + FLEET_STARTUP
+        t_start = now + FLEET_STARTUP + lead
         t_trigger = t_start + t.warmup
         t_end = t_trigger + t.outage + t.observe
         c = sc.clients
@@ -230,11 +236,13 @@ async def run_arm(plan: ArmPlan) -> RunData:
             prewarm=c.prewarm,
             failover=c.failover,
             naive_retries=c.naive_retries,
+            naive_retry_delay=c.naive_retry_delay,
             hostile_retries=c.hostile_retries,
             hostile_rate_cap=c.hostile_rate_cap,
             retry_after_jitter=c.retry_after_jitter,
             grace=t.grace,
             csv_prefix=str(plan.out_dir / tag),
+            t_backlog_spawn=now + FLEET_STARTUP if lead > 0 else None,
         )
         spec_path = raw_dir / f"{tag}-fleet-spec.json"
         fleet_out = raw_dir / f"{tag}-fleet.json"
@@ -248,6 +256,14 @@ async def run_arm(plan: ArmPlan) -> RunData:
             [fleet] + [ch for _, _, ch in backends.values()] + [ch for _, ch in proxies.values()]
         )
         samples: dict[str, list[tuple[float, dict[str, Any]]]] = {r: [] for r in proxies}
+        step = sc.backend.capacity_step
+        if step is not None:
+            for _, admin_pool, _ in backends.values():
+                await _post_admin(
+                    admin_pool,
+                    "/admin/workers",
+                    {"workers": step.workers, "at": t_trigger + t.outage + step.at},
+                )
         await _sleep_until(t_start)
         for ch in measured:
             ch.mark_cpu("start")
@@ -262,7 +278,7 @@ async def run_arm(plan: ArmPlan) -> RunData:
             probe_pool = pool(backends[sc.home][0])
             background.append(asyncio.create_task(_probe_after(probe_pool, t_trigger + t.outage)))
             await _sleep_until(t_trigger)
-            await _post_outage(admin_pool, t.outage)
+            await _post_admin(admin_pool, "/admin/outage", {"seconds": t.outage})
         try:
             while time.monotonic() < t_end:
                 if not fleet.alive():
@@ -358,20 +374,32 @@ async def _probe_after(probe_pool: Pool, outage_end: float) -> None:
         await asyncio.sleep(PROBE_EVERY)
 
 
-async def _post_outage(admin_pool: Pool, seconds: float) -> None:
-    """Flip the backend's outage switch (raw request: the lean client has no body support)."""
-    body = orjson.dumps({"seconds": seconds})
+def backlog_lead(sc: Scenario) -> float:
+    """Seconds the fleet starts early to spawn a `reopen` backlog before its start: 0 unless the
+    warm-up is shorter than the backlog's spawn (at the fleet's rate) plus a margin."""
+    n = sc.traffic.backlog if sc.trigger == "reopen" else 0
+    if n <= 0:
+        return 0.0
+    spawn = n / max(200.0, n / 2.0) + BACKLOG_SPAWN_MARGIN
+    return spawn if sc.timing.warmup < spawn else 0.0
+
+
+async def _post_admin(admin_pool: Pool, path: str, doc: dict[str, Any]) -> None:
+    """POST a JSON body to a backend's admin listener (the outage switch, a capacity step);
+    raw request: the lean client has no body support."""
+    body = orjson.dumps(doc)
     reader, writer = await asyncio.open_connection(admin_pool.host, admin_pool.port)
     try:
         writer.write(
-            b"POST /admin/outage HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"POST {path} HTTP/1.1\r\n".encode()
+            + b"Host: 127.0.0.1\r\nContent-Type: application/json\r\n"
             + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
             + body
         )
         await writer.drain()
         status_line = await asyncio.wait_for(reader.readline(), 5.0)
         if b" 200 " not in status_line:
-            raise ArmUnavailable(f"outage switch refused: {status_line!r}")
+            raise ArmUnavailable(f"backend {path} refused: {status_line!r}")
     finally:
         writer.close()
         with contextlib.suppress(OSError):
