@@ -201,6 +201,8 @@ def analyze(run: RunData) -> dict[str, Any]:
         "bound_s": bound,
         "drain_ratio": drain_s / bound if drain_s is not None and bound else None,
         "release_spread_ms": (max(first_sends) * 1000.0) if first_sends else None,
+        # First attempts written at the release on connections opened ahead (prewarm).
+        "release_prepared": run.fleet.get("release_prepared"),
         "open_at_last_window": sum(1 for w in backlog if w[5] is None or w[5] > lw_start),
         "attempts_in_last_window": sum(
             1 for a in atts if a[0] in backlog_ids and lw_start <= a[3] < t_end

@@ -84,8 +84,11 @@ class FleetSpec:
     retry_after_jitter: float = 0.1
     grace: float = 1.5
     csv_prefix: str = ""
-    # When set (before t_start), the backlog's users are spawned from this instant, so a release
-    # at t_start (no warm-up: a cold start) finds every blocked workflow connected and prepared.
+    # When set, the backlog's users are spawned from this instant instead of from t_start:
+    # before t_start, so a release at t_start (no warm-up: a cold start) finds every blocked
+    # workflow connected and prepared; or shortly before a late release, so their connections
+    # are not idle long enough for the proxy's header timeout to close them (Sluice's
+    # listen.header_read_timeout, 10 s by default).
     t_backlog_spawn: float | None = None
 
     @classmethod
@@ -308,18 +311,33 @@ class BlockedWorkflow(User):
 
 
 class IncidentShape(LoadTestShape):
-    """Every user from the start (backlog users spawned fast, then blocked); stop at the end."""
+    """Every user from the start (backlog users spawned fast, then blocked); stop at the end.
 
-    def __init__(self, users: int, spawn_rate: float, run_time: float) -> None:
+    With `backlog_after`, only the first `early_users` (the fresh traffic: `build_users` puts
+    its classes first, one user each) until that run time, then everyone."""
+
+    def __init__(
+        self,
+        users: int,
+        spawn_rate: float,
+        run_time: float,
+        backlog_after: float | None = None,
+        early_users: int = 0,
+    ) -> None:
         super().__init__()
         self.users = users
         self.spawn_rate = spawn_rate
         self.run_time = run_time
+        self.backlog_after = backlog_after
+        self.early_users = early_users
 
     def tick(self) -> tuple[int, float] | None:
         """(users, spawn rate) until `run_time`, then stop."""
-        if self.get_run_time() >= self.run_time:
+        now = self.get_run_time()
+        if now >= self.run_time:
             return None
+        if self.backlog_after is not None and now < self.backlog_after:
+            return (self.early_users, self.spawn_rate)
         return (self.users, self.spawn_rate)
 
 
@@ -385,14 +403,21 @@ async def run_fleet(spec: FleetSpec) -> dict[str, Any]:
     spawn_rate = max(200.0, spec.backlog / 2.0)
     runner = HeadlessRunner(env, tick_interval=0.05)
     backlog_classes = [c for c in classes if issubclass(c, BlockedWorkflow)]
-    if spec.t_backlog_spawn is not None and backlog_classes:
+    late_spawn = spec.t_backlog_spawn is not None and spec.t_backlog_spawn > spec.t_start
+    if spec.t_backlog_spawn is not None and not late_spawn and backlog_classes:
         # Ahead of t_start (a short or no warm-up): the shape's first tick then finds them
         # spawned and only adds fresh traffic (any not yet spawned at t_start are added then).
         await _sleep_until(spec.t_backlog_spawn)
         await runner.start(spec.backlog, spawn_rate, backlog_classes)
     await _sleep_until(spec.t_start)
     started = time.monotonic()
-    env.shape = IncidentShape(n_users, spawn_rate, run_time=spec.t_end - started)
+    env.shape = IncidentShape(
+        n_users,
+        spawn_rate,
+        run_time=spec.t_end - started,
+        backlog_after=(spec.t_backlog_spawn or 0.0) - started if late_spawn else None,
+        early_users=n_users - sum(c.fixed_count for c in backlog_classes),
+    )
     lag = LagSampler()
     lag_task = asyncio.create_task(lag.run(spec.t_end))
 

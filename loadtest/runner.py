@@ -37,6 +37,10 @@ READY_TIMEOUT = 15.0
 # this margin spawns the backlog before the fleet's start instead (a cold start's release then
 # still finds every workflow ready); the fleet starts that much earlier.
 BACKLOG_SPAWN_MARGIN = 1.0
+# A blocked workflow's prepared connection may sit idle this long before the release at most:
+# with a longer warm-up the backlog is spawned later (just before the release), because a proxy
+# closes a connection that sends no request (Sluice: listen.header_read_timeout, 10 s).
+BACKLOG_IDLE_MAX = 6.0
 
 
 class ArmUnavailable(Exception):
@@ -242,7 +246,7 @@ async def run_arm(plan: ArmPlan) -> RunData:
             retry_after_jitter=c.retry_after_jitter,
             grace=t.grace,
             csv_prefix=str(plan.out_dir / tag),
-            t_backlog_spawn=now + FLEET_STARTUP if lead > 0 else None,
+            t_backlog_spawn=backlog_spawn_at(sc, now + FLEET_STARTUP, t_trigger),
         )
         spec_path = raw_dir / f"{tag}-fleet-spec.json"
         fleet_out = raw_dir / f"{tag}-fleet.json"
@@ -382,6 +386,21 @@ def backlog_lead(sc: Scenario) -> float:
         return 0.0
     spawn = n / max(200.0, n / 2.0) + BACKLOG_SPAWN_MARGIN
     return spawn if sc.timing.warmup < spawn else 0.0
+
+
+def backlog_spawn_at(sc: Scenario, fleet_ready: float, t_release: float) -> float | None:
+    """When the fleet spawns a `reopen` backlog (None: from its start, during the warm-up):
+    before its start when the warm-up is short (`backlog_lead`); shortly before the release
+    when the warm-up is longer than BACKLOG_IDLE_MAX, so no prepared connection idles longer."""
+    n = sc.traffic.backlog if sc.trigger == "reopen" else 0
+    if n <= 0:
+        return None
+    if backlog_lead(sc) > 0:
+        return fleet_ready
+    if sc.timing.warmup > BACKLOG_IDLE_MAX:
+        spawn = n / max(200.0, n / 2.0) + BACKLOG_SPAWN_MARGIN
+        return t_release - spawn
+    return None
 
 
 async def _post_admin(admin_pool: Pool, path: str, doc: dict[str, Any]) -> None:
