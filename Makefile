@@ -4,11 +4,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv lint typecheck test demo figures run bench soak clean
+.PHONY: help venv lint typecheck test demo figures sweep run bench soak clean
 
 help:
 	@echo "make demo   incident replay: unprotected vs protected, table + plot"
 	@echo "make figures  acceptance figures (issues 4, 5, 15): sluice arm, 22 runs, PASS/FAIL (~14 min)"
+	@echo "make sweep  storm sweep (issue 16): seeds 1-40 drawn at random, sluice arm, PASS/FAIL (~37 min)"
 	@echo "make test   lint, type-check and run the test suite"
 	@echo "make lint   ruff (format check + lint) and mypy only"
 	@echo "make run    run the proxy on config/sluice.yaml"
@@ -41,6 +42,10 @@ demo: $(STAMP)
 
 figures: $(STAMP)
 	$(BIN)/python -m loadtest figures
+
+# Not part of `make test`: 40 runs of the sluice arm, seeds 1-40 fixed.
+sweep: $(STAMP)
+	$(BIN)/python -m loadtest sweep --runs 40
 
 run: $(STAMP)
 	$(BIN)/sluice --config config/sluice.yaml

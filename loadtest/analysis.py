@@ -16,6 +16,7 @@ workflows (settle lets late starters finish), [t0, end] for rates; the *last win
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -30,6 +31,7 @@ FLEET_CPU_WARN = 0.7  # share of one core above which the generator is close to 
 MACHINE_BUSY_WARN = 1.8  # cores (of 2) busy over the run: other work competes for the CPU
 SETTLE = 2.0  # fresh workflows starting this close to the end are left out of ratios
 TIMELINE_BIN = 0.5
+SERIES_BIN = 0.1  # the backlog series (successes per bin, open workflows) from t0
 
 
 @dataclass
@@ -201,10 +203,13 @@ def analyze(run: RunData) -> dict[str, Any]:
         "bound_s": bound,
         "drain_ratio": drain_s / bound if drain_s is not None and bound else None,
         "release_spread_ms": (max(first_sends) * 1000.0) if first_sends else None,
+        # First attempts written at the release on connections opened ahead (prewarm).
+        "release_prepared": run.fleet.get("release_prepared"),
         "open_at_last_window": sum(1 for w in backlog if w[5] is None or w[5] > lw_start),
         "attempts_in_last_window": sum(
             1 for a in atts if a[0] in backlog_ids and lw_start <= a[3] < t_end
         ),
+        "series": backlog_series(backlog, t0, t_end),
     }
 
     # Workflows that used every attempt their profile allows and still failed.
@@ -261,6 +266,12 @@ def analyze(run: RunData) -> dict[str, Any]:
             "peak_queue_after_t0_sampled": max((s[2] for s in window_samples), default=0),
             "peak_busy": st["peak_busy"],
             "first_good_probe": st.get("first_good_probe"),
+            # A capacity step (t from t0, old workers, new workers) and the busy/queue samples
+            # from t0 (t from t0): what the backend did when its capacity changed.
+            "steps": [(round(x[0] - t0, 4), x[1], x[2]) for x in st.get("steps", [])],
+            "samples_after_t0": [
+                (round(x[0] - t0, 3), x[1], x[2]) for x in st["samples"] if t0 <= x[0] < t_end
+            ],
         }
     # Work owed at t0 counts as a first try: after an outage the open workflows made theirs
     # before t0, yet each still needs one attempt (without this, a perfect drain of N would
@@ -378,6 +389,20 @@ def analyze(run: RunData) -> dict[str, Any]:
         "wall_s": run.wall_s,
         "timeline": timeline(run, t0),
     }
+
+
+def backlog_series(
+    backlog: Sequence[Sequence[Any]], t0: float, t_end: float, width: float = SERIES_BIN
+) -> dict[str, Any]:
+    """From t0 to the end in bins of `width`: the backlog workflows that succeeded in each bin
+    (`ok`) and those still open (not finished) at each bin's start (`open`)."""
+    n = max(0, math.ceil((t_end - t0) / width - 1e-9))
+    ok = bin_counts((w[5] for w in backlog if w[6] and w[5] is not None), t0, t0 + n * width, width)
+    ends = sorted(w[5] for w in backlog if w[5] is not None)
+    total = len(backlog)
+    # Open at a bin's start: not finished by then (a workflow ending exactly there is closed).
+    open_ = [total - bisect.bisect_right(ends, t0 + i * width) for i in range(n)]
+    return {"bin_s": width, "ok": ok, "open": open_}
 
 
 def timeline(run: RunData, t0: float) -> dict[str, Any]:

@@ -12,10 +12,16 @@
   refused connections: it is the "broken" half of "unreachable or broken" (the process is up,
   its own dependency is gone, as in the incident), it answers in well under a millisecond
   (DESIGN.md §3's fast 5xx), and it leaves the admin listener and stats reachable.
+- Capacity step (admin `POST /admin/workers {"workers": W, "at": T}`): from the monotonic
+  instant T (default: now) the backend has W workers, as when a node of it is lost (fewer) or
+  added (more). Requests in service finish where they are; with fewer workers, no new one starts
+  until the busy count is under W; with more, queued requests start at once. The step is
+  recorded in `/stats` (`steps`: (t, old workers, new workers)).
 
 Run: `python -m loadtest.backend --port P --admin-port Q [--workers 10 --service-time 0.05 ...]`.
 The admin listener serves `/ready`, `/stats` (`?raw=0`: counters, peaks and a per-second
-timeline without the raw per-request records) and `POST /admin/outage`; the main listener
+timeline without the raw per-request records), `POST /admin/outage` and `POST /admin/workers`;
+the main listener
 serves the token endpoint (any path) and `/healthz`.
 """
 
@@ -81,6 +87,8 @@ class Simulator:
         self.config = config
         self.clock = clock
         self.rng = random.Random(config.seed)
+        self.workers = config.workers  # changed by a capacity step (set_workers)
+        self.steps: list[tuple[float, int, int]] = []  # (t, old workers, new workers)
         self.busy = 0
         self.queue: deque[_Job] = deque()
         self.outage_until = 0.0
@@ -135,12 +143,12 @@ class Simulator:
             self.counts["outage_errors"] += 1
             self.rejections.append((round(now, 4), int(foreign), "outage"))
             return "outage"
-        if self.busy >= self.config.workers and len(self.queue) >= self.config.queue_limit:
+        if self.busy >= self.workers and len(self.queue) >= self.config.queue_limit:
             self.counts["rejected_full"] += 1
             self.rejections.append((round(now, 4), int(foreign), "queue-full"))
             return "queue-full"
         job = _Job(now, asyncio.get_running_loop().create_future())
-        if self.busy < self.config.workers:
+        if self.busy < self.workers:
             self._start(job)
         else:
             self.queue.append(job)
@@ -154,7 +162,7 @@ class Simulator:
         self.busy += 1
         if self.busy > self.peak_busy:
             self.peak_busy = self.busy
-        st = thrashed_service_time(cfg.service_time, cfg.thrash, len(self.queue), cfg.workers)
+        st = thrashed_service_time(cfg.service_time, cfg.thrash, len(self.queue), self.workers)
         if cfg.jitter:
             st *= self.rng.uniform(1.0 - cfg.jitter, 1.0 + cfg.jitter)
         now = self.clock()
@@ -171,8 +179,18 @@ class Simulator:
         # load. Timers fire a little late, and chaining from the late time lost that much
         # (`wrk -c24 -d6s` against `python -m loadtest.backend --workers 20 --thrash 0`:
         # 396 of 400 req/s before, 398 after).
-        while self.busy < self.config.workers and self.queue:
+        while self.busy < self.workers and self.queue:
             self._start(self.queue.popleft(), job.due)
+
+    def set_workers(self, workers: int) -> None:
+        """A capacity step: `workers` from now on. Work in service finishes where it is; with
+        more workers, queued requests start at once."""
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
+        self.steps.append((round(self.clock(), 4), self.workers, workers))
+        self.workers = workers
+        while self.busy < self.workers and self.queue:
+            self._start(self.queue.popleft())
 
     def record_completion(self, t: float, request_id: str, foreign: bool, gone: bool) -> None:
         """A request was served (gone: its client had already left, so the work was wasted)."""
@@ -217,6 +235,8 @@ class Simulator:
             "name": cfg.name,
             "config": asdict(cfg),
             "capacity": cfg.capacity,
+            "workers_now": self.workers,
+            "steps": self.steps,
             "started_at": self.started_at,
             "now": self.clock(),
             "counts": dict(self.counts),
@@ -310,6 +330,22 @@ def build_apps(sim: Simulator) -> tuple[web.Application, web.Application]:
             headers=_JSON,
         )
 
+    async def workers(request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read() or b"{}")
+        count = body.get("workers")
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 100_000:
+            return web.Response(status=400, text="workers must be an integer in [1, 100000]")
+        at = body.get("at")
+        delay = 0.0
+        if at is not None:
+            if not isinstance(at, int | float) or isinstance(at, bool):
+                return web.Response(status=400, text="at must be a monotonic instant (s)")
+            delay = max(0.0, float(at) - time.monotonic())
+        asyncio.get_running_loop().call_later(delay, sim.set_workers, count)
+        return web.Response(
+            body=orjson.dumps({"workers": count, "in_s": round(delay, 4)}), headers=_JSON
+        )
+
     main = web.Application()
     main.router.add_get("/healthz", healthz)
     main.router.add_route("*", "/{tail:.*}", token)
@@ -317,6 +353,7 @@ def build_apps(sim: Simulator) -> tuple[web.Application, web.Application]:
     admin.router.add_get("/ready", ready)
     admin.router.add_get("/stats", stats)
     admin.router.add_post("/admin/outage", outage)
+    admin.router.add_post("/admin/workers", workers)
     return main, admin
 
 

@@ -5,6 +5,8 @@ python -m loadtest --scenario reopen [--arm direct|passthrough|sluice|all] [--se
 python -m loadtest demo        # what `make demo` runs
 python -m loadtest figures [--scenarios A,B] [--profiles P,Q] [--scales 1,2]
                                # the acceptance matrix, sluice arm only, PASS/FAIL per figure
+python -m loadtest sweep [--runs 40 | --seeds 1-4] [--sluice-config FILE] [--draws-only]
+                               # the seeded storm sweep (issue 16; loadtest/sweep.py)
 python -m loadtest list        # the shipped scenarios
 """
 
@@ -343,7 +345,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m loadtest",
         description="Incident replay: run a scenario with and without Sluice, side by side.",
     )
-    p.add_argument("command", nargs="?", choices=("run", "demo", "figures", "list"), default="run")
+    p.add_argument(
+        "command", nargs="?", choices=("run", "demo", "figures", "sweep", "list"), default="run"
+    )
     p.add_argument("--scenario", "-s", help="scenario name (loadtest/scenarios/NAME.yaml)")
     p.add_argument("--arm", default="all", choices=(*ARMS, "all"))
     p.add_argument("--seed", type=int, default=1)
@@ -364,7 +368,51 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--scenarios", type=_comma_list, default=None, help="e.g. reopen,two-region")
     g.add_argument("--profiles", type=_comma_list, default=None, help="e.g. sdk,naive")
     g.add_argument("--scales", type=_scale_list, default=None, help="capacity scales, e.g. 1,2")
+    w = p.add_argument_group("sweep", "the seeded storm sweep (loadtest/sweep.py)")
+    w.add_argument(
+        "--runs", type=int, default=None, help="run seeds 1..RUNS (default 40, all of them)"
+    )
+    w.add_argument("--seeds", default=None, help="only these seeds, e.g. 1-4 or 3,7,9")
+    w.add_argument(
+        "--sluice-config",
+        type=Path,
+        default=None,
+        help="the Sluice config to run (default loadtest/scenarios/reopen.sluice.yaml)",
+    )
+    w.add_argument("--draws-only", action="store_true", help="print the draws, run nothing")
+    w.add_argument("--no-plots", action="store_true", help="no PNG per run")
     return p
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from . import sweep as sw
+
+    if args.runs is not None and args.seeds is not None:
+        print("give --runs or --seeds, not both", file=sys.stderr)
+        return 2
+    if args.seeds is not None:
+        try:
+            seeds = sw.parse_seeds(args.seeds)
+        except ValueError as exc:
+            print(f"--seeds: {exc}", file=sys.stderr)
+            return 2
+    else:
+        runs = sw.SWEEP_RUNS if args.runs is None else args.runs
+        if runs < 1:
+            print("--runs must be >= 1", file=sys.stderr)
+            return 2
+        seeds = list(range(1, runs + 1))
+    config = args.sluice_config or sw.DEFAULT_SLUICE_CONFIG
+    if not config.exists():
+        print(f"no Sluice config {config}", file=sys.stderr)
+        return 2
+    return sw.sweep(
+        seeds,
+        args.out or default_out_dir(),
+        sluice_config=config,
+        plots=not args.no_plots,
+        draws_only=args.draws_only,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -383,6 +431,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("\ninterrupted; every process started for the run was stopped", file=sys.stderr)
             return 130
+    if args.command == "sweep":
+        return _sweep(args)
     timing = {}
     if args.warmup is not None:
         timing["warmup"] = args.warmup

@@ -84,6 +84,7 @@ class FleetSpec:
     prewarm: bool = True
     failover: bool = False
     naive_retries: int = 3
+    naive_retry_delay: float = 0.05
     hostile_retries: int = 50
     hostile_rate_cap: float = 600.0
     retry_after_jitter: float = 0.1
@@ -101,6 +102,13 @@ class FleetSpec:
     def backlog_share(self) -> int:
         """This process's part of the backlog N (the first `N mod shards` take one more)."""
         return self.backlog // self.shards + (1 if self.shard < self.backlog % self.shards else 0)
+
+    # When set, the backlog's users are spawned from this instant instead of from t_start:
+    # before t_start, so a release at t_start (no warm-up: a cold start) finds every blocked
+    # workflow connected and prepared; or shortly before a late release, so their connections
+    # are not idle long enough for the proxy's header timeout to close them (Sluice's
+    # listen.header_read_timeout, 10 s by default).
+    t_backlog_spawn: float | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FleetSpec:
@@ -400,18 +408,33 @@ class BlockedWorkflow(User):
 
 
 class IncidentShape(LoadTestShape):
-    """Every user from the start (backlog users spawned fast, then blocked); stop at the end."""
+    """Every user from the start (backlog users spawned fast, then blocked); stop at the end.
 
-    def __init__(self, users: int, spawn_rate: float, run_time: float) -> None:
+    With `backlog_after`, only the first `early_users` (the fresh traffic: `build_users` puts
+    its classes first, one user each) until that run time, then everyone."""
+
+    def __init__(
+        self,
+        users: int,
+        spawn_rate: float,
+        run_time: float,
+        backlog_after: float | None = None,
+        early_users: int = 0,
+    ) -> None:
         super().__init__()
         self.users = users
         self.spawn_rate = spawn_rate
         self.run_time = run_time
+        self.backlog_after = backlog_after
+        self.early_users = early_users
 
     def tick(self) -> tuple[int, float] | None:
         """(users, spawn rate) until `run_time`, then stop."""
-        if self.get_run_time() >= self.run_time:
+        now = self.get_run_time()
+        if now >= self.run_time:
             return None
+        if self.backlog_after is not None and now < self.backlog_after:
+            return (self.early_users, self.spawn_rate)
         return (self.users, self.spawn_rate)
 
 
@@ -471,7 +494,11 @@ async def _sleep_until(t: float) -> None:
 async def run_fleet(spec: FleetSpec) -> dict[str, Any]:
     """Run the whole fleet per `spec`; returns the raw records for the harness."""
     profile = make_profile(
-        spec.profile, spec.naive_retries, spec.hostile_retries, spec.retry_after_jitter
+        spec.profile,
+        spec.naive_retries,
+        spec.hostile_retries,
+        spec.retry_after_jitter,
+        naive_retry_delay=spec.naive_retry_delay,
     )
     state = FleetState(spec, profile)
     if profile.real_sdk:
@@ -488,17 +515,31 @@ async def run_fleet(spec: FleetSpec) -> dict[str, Any]:
     classes = build_users(state)
     n_users = sum(c.fixed_count for c in classes)
     env = Environment(classes, seed=spec.seed_key)
-    await _sleep_until(spec.t_start)
-    started = time.monotonic()
-    # Backlog users spawn within the first ~2 s of warm-up (the first half of a shorter one, so a
-    # cold run's backlog is in place too), then sit blocked until the release. SDK workflows
-    # (~1.5 ms of CPU each to build and run up to the held send) spread over 60 % of it: at
-    # 1,000/s they alone would saturate the process before the storm begins.
-    ahead = (spec.t_release or spec.t_end) - started
+    # Backlog users spawn from t_start (or `t_backlog_spawn`, see FleetSpec), within ~2 s (the
+    # first half of a shorter time ahead of the release), then sit blocked until it. SDK
+    # workflows (~1.5 ms of CPU each to build and run up to the held send) spread over 60 % of
+    # it: at 1,000/s they alone would saturate the process before the storm begins.
+    spawn_from = spec.t_start if spec.t_backlog_spawn is None else spec.t_backlog_spawn
+    ahead = (spec.t_release or spec.t_end) - max(spawn_from, time.monotonic())
     window = max(0.1, ahead * 0.6 if profile.real_sdk else min(2.0, ahead / 2.0))
     spawn_rate = max(200.0, spec.backlog_share() / window)
-    env.shape = IncidentShape(n_users, spawn_rate, run_time=spec.t_end - started)
     runner = HeadlessRunner(env, tick_interval=0.05)
+    backlog_classes = [c for c in classes if issubclass(c, BlockedWorkflow)]
+    late_spawn = spec.t_backlog_spawn is not None and spec.t_backlog_spawn > spec.t_start
+    if spec.t_backlog_spawn is not None and not late_spawn and backlog_classes:
+        # Ahead of t_start (a short or no warm-up): the shape's first tick then finds them
+        # spawned and only adds fresh traffic (any not yet spawned at t_start are added then).
+        await _sleep_until(spec.t_backlog_spawn)
+        await runner.start(spec.backlog_share(), spawn_rate, backlog_classes)
+    await _sleep_until(spec.t_start)
+    started = time.monotonic()
+    env.shape = IncidentShape(
+        n_users,
+        spawn_rate,
+        run_time=spec.t_end - started,
+        backlog_after=(spec.t_backlog_spawn or 0.0) - started if late_spawn else None,
+        early_users=n_users - sum(c.fixed_count for c in backlog_classes),
+    )
     lag = LagSampler()
     lag_task = asyncio.create_task(lag.run(spec.t_end))
 

@@ -1,6 +1,7 @@
 """Client profiles: how an orchestrator's token call retries (pure arithmetic, no I/O).
 
-- `naive`: R retries, immediately after a timeout, 50 ms after an error, ignores Retry-After.
+- `naive`: R retries, immediately after a timeout, 50 ms (`naive_retry_delay`) after an error,
+  ignores Retry-After.
 - `sdk`: 5 retries, backoff 0.8·2ⁿ s ±20 %, honours `retry-after-ms` / `Retry-After` and adds its
   own jitter (up to `retry_after_jitter`, default 100 ms: one Retry-After slot).
 - `sdk-noheader`: as `sdk`, but sends neither the attempt header nor the timeout header (like
@@ -79,14 +80,15 @@ def make_profile(
     naive_retries: int = 3,
     hostile_retries: int = 50,
     retry_after_jitter: float = 0.1,
+    naive_retry_delay: float = 0.05,
 ) -> Profile:
-    """The named profile, with the scenario's retry counts."""
+    """The named profile, with the scenario's retry counts (and `naive`'s retry delay)."""
     if name == "naive":
         return Profile(
             "naive",
             retries=naive_retries,
             after_timeout=0.0,
-            after_error=0.05,
+            after_error=naive_retry_delay,
         )
     if name == "sdk":
         return Profile(

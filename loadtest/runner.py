@@ -56,6 +56,16 @@ def fleet_processes(real_sdk: bool, backlog: int, fresh_total: float, configured
     )
 
 
+# A warm-up shorter than the backlog's spawn (connect and prepare each blocked workflow) plus
+# this margin spawns the backlog before the fleet's start instead (a cold start's release then
+# still finds every workflow ready); the fleet starts that much earlier.
+BACKLOG_SPAWN_MARGIN = 1.0
+# A blocked workflow's prepared connection may sit idle this long before the release at most:
+# with a longer warm-up the backlog is spawned later (just before the release), because a proxy
+# closes a connection that sends no request (Sluice: listen.header_read_timeout, 10 s).
+BACKLOG_IDLE_MAX = 6.0
+
+
 class ArmUnavailable(Exception):
     """An arm could not run (e.g. the proxy did not start); the message says why."""
 
@@ -70,6 +80,7 @@ class ArmPlan:
     seed: int
     capacity_scale: float
     out_dir: Path
+    sluice_config: Path | None = None  # None: the scenario's NAME.sluice.yaml
 
     @property
     def tag(self) -> str:
@@ -159,9 +170,11 @@ def _python() -> list[str]:
 
 def arm_budget(scenario: Scenario) -> float:
     """Seconds any child of one arm of `scenario` may live (its `--max-lifetime`): the run's
-    own length plus a minute for starting, collecting and stopping."""
+    own length (with an early backlog spawn) plus a minute for starting, collecting and
+    stopping."""
     t = scenario.timing
-    return FLEET_STARTUP + t.warmup + t.outage + t.observe + t.grace + 60.0
+    lead = backlog_lead(scenario)
+    return FLEET_STARTUP + lead + t.warmup + t.outage + t.observe + t.grace + 60.0
 
 
 async def run_arm(plan: ArmPlan) -> RunData:
@@ -172,6 +185,7 @@ async def run_arm(plan: ArmPlan) -> RunData:
     raw_dir = plan.out_dir / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)
     t = sc.timing
+    lead = backlog_lead(sc)
     budget = arm_budget(sc)
     wall0 = time.monotonic()
     group = ProcessGroup(plan.out_dir / "logs")
@@ -211,7 +225,7 @@ async def run_arm(plan: ArmPlan) -> RunData:
                 targets[region] = f"http://127.0.0.1:{port}"
         else:
             protection = "on" if plan.arm == "sluice" else "off"
-            base = sluice_config_path(plan.scenario_file)
+            base = plan.sluice_config or sluice_config_path(plan.scenario_file)
             token = secrets.token_hex(16)
             for region, (bport, _, _) in backends.items():
                 lport, aport = free_port(), free_port()
@@ -238,7 +252,7 @@ async def run_arm(plan: ArmPlan) -> RunData:
 
         # The schedule, then the fleet.
         now = time.monotonic()
-        t_start = now + FLEET_STARTUP
+        t_start = now + FLEET_STARTUP + lead
         t_trigger = t_start + t.warmup
         t_end = t_trigger + t.outage + t.observe
         c = sc.clients
@@ -265,6 +279,7 @@ async def run_arm(plan: ArmPlan) -> RunData:
             prewarm=c.prewarm,
             failover=c.failover,
             naive_retries=c.naive_retries,
+            naive_retry_delay=c.naive_retry_delay,
             hostile_retries=c.hostile_retries,
             hostile_rate_cap=c.hostile_rate_cap,
             retry_after_jitter=c.retry_after_jitter,
@@ -272,6 +287,7 @@ async def run_arm(plan: ArmPlan) -> RunData:
             csv_prefix=str(plan.out_dir / tag),
             identities_per_caller=c.identities_per_caller,
             shards=shards,
+            t_backlog_spawn=backlog_spawn_at(sc, now + FLEET_STARTUP, t_trigger),
         )
         fleets: list[tuple[Child, Path]] = []
         for shard in range(shards):
@@ -299,6 +315,14 @@ async def run_arm(plan: ArmPlan) -> RunData:
             + [ch for _, ch in proxies.values()]
         )
         samples: dict[str, list[tuple[float, dict[str, Any]]]] = {r: [] for r in proxies}
+        step = sc.backend.capacity_step
+        if step is not None:
+            for _, admin_pool, _ in backends.values():
+                await _post_admin(
+                    admin_pool,
+                    "/admin/workers",
+                    {"workers": step.workers, "at": t_trigger + t.outage + step.at},
+                )
         await _sleep_until(t_start)
         for ch in measured:
             ch.mark_cpu("start")
@@ -313,7 +337,7 @@ async def run_arm(plan: ArmPlan) -> RunData:
             probe_pool = pool(backends[sc.home][0])
             background.append(asyncio.create_task(_probe_after(probe_pool, t_trigger + t.outage)))
             await _sleep_until(t_trigger)
-            await _post_outage(admin_pool, t.outage)
+            await _post_admin(admin_pool, "/admin/outage", {"seconds": t.outage})
         try:
             while time.monotonic() < t_end:
                 for fleet, _ in fleets:
@@ -413,20 +437,47 @@ async def _probe_after(probe_pool: Pool, outage_end: float) -> None:
         await asyncio.sleep(PROBE_EVERY)
 
 
-async def _post_outage(admin_pool: Pool, seconds: float) -> None:
-    """Flip the backend's outage switch (raw request: the lean client has no body support)."""
-    body = orjson.dumps({"seconds": seconds})
+def backlog_lead(sc: Scenario) -> float:
+    """Seconds the fleet starts early to spawn a `reopen` backlog before its start: 0 unless the
+    warm-up is shorter than the backlog's spawn (at the fleet's rate) plus a margin."""
+    n = sc.traffic.backlog if sc.trigger == "reopen" else 0
+    if n <= 0:
+        return 0.0
+    spawn = n / max(200.0, n / 2.0) + BACKLOG_SPAWN_MARGIN
+    return spawn if sc.timing.warmup < spawn else 0.0
+
+
+def backlog_spawn_at(sc: Scenario, fleet_ready: float, t_release: float) -> float | None:
+    """When the fleet spawns a `reopen` backlog (None: from its start, during the warm-up):
+    before its start when the warm-up is short (`backlog_lead`); shortly before the release
+    when the warm-up is longer than BACKLOG_IDLE_MAX, so no prepared connection idles longer."""
+    n = sc.traffic.backlog if sc.trigger == "reopen" else 0
+    if n <= 0:
+        return None
+    if backlog_lead(sc) > 0:
+        return fleet_ready
+    if sc.timing.warmup > BACKLOG_IDLE_MAX:
+        spawn = n / max(200.0, n / 2.0) + BACKLOG_SPAWN_MARGIN
+        return t_release - spawn
+    return None
+
+
+async def _post_admin(admin_pool: Pool, path: str, doc: dict[str, Any]) -> None:
+    """POST a JSON body to a backend's admin listener (the outage switch, a capacity step);
+    raw request: the lean client has no body support."""
+    body = orjson.dumps(doc)
     reader, writer = await asyncio.open_connection(admin_pool.host, admin_pool.port)
     try:
         writer.write(
-            b"POST /admin/outage HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"POST {path} HTTP/1.1\r\n".encode()
+            + b"Host: 127.0.0.1\r\nContent-Type: application/json\r\n"
             + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
             + body
         )
         await writer.drain()
         status_line = await asyncio.wait_for(reader.readline(), 5.0)
         if b" 200 " not in status_line:
-            raise ArmUnavailable(f"outage switch refused: {status_line!r}")
+            raise ArmUnavailable(f"backend {path} refused: {status_line!r}")
     finally:
         writer.close()
         with contextlib.suppress(OSError):

@@ -38,6 +38,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class CapacityStep(_Strict):
+    """A step in the backend's capacity: `workers` from `at` after t0's planned instant (the
+    release of `reopen`; the end of the outage of `outage`)."""
+
+    at: Duration
+    workers: int = Field(ge=1)
+
+
 class BackendSpec(_Strict):
     """The simulated backend of each region."""
 
@@ -46,6 +54,7 @@ class BackendSpec(_Strict):
     queue_limit: int = Field(1000, ge=0)
     thrash: float = Field(0.5, ge=0)
     jitter: float = Field(0.1, ge=0, lt=1)
+    capacity_step: CapacityStep | None = None
 
     @property
     def capacity(self) -> float:
@@ -66,6 +75,7 @@ class ClientSpec(_Strict):
     profile: str = "naive"
     timeout: Duration = 1.0
     naive_retries: int = Field(3, ge=0)
+    naive_retry_delay: Duration = 0.05  # `naive`: the wait before a retry after an error
     hostile_retries: int = Field(50, ge=0)
     hostile_rate_cap: float = Field(600.0, gt=0)
     retry_after_jitter: Duration = 0.1
@@ -151,6 +161,9 @@ class Scenario(_Strict):
         workers = max(1, round(self.backend.workers * factor))
         data = self.model_dump()
         data["backend"]["workers"] = workers
+        step = data["backend"]["capacity_step"]
+        if step is not None:
+            step["workers"] = max(1, round(step["workers"] * factor))
         if self.scale_load_with_capacity:
             real = workers / self.backend.workers
             rate = data["traffic"]["fresh_rate"]
@@ -179,11 +192,14 @@ def _durations_back(data: dict[str, Any]) -> dict[str, Any]:
     """model_dump gives float seconds; turn duration fields back into the file syntax."""
     for section, keys in (
         ("backend", ("service_time",)),
-        ("clients", ("timeout", "retry_after_jitter")),
+        ("clients", ("timeout", "retry_after_jitter", "naive_retry_delay")),
         ("timing", ("warmup", "outage", "observe", "last_window", "grace")),
     ):
         for key in keys:
             data[section][key] = f"{data[section][key] * 1000:.6f}ms"
+    step = data["backend"].get("capacity_step")
+    if step is not None:
+        step["at"] = f"{step['at'] * 1000:.6f}ms"
     return data
 
 
