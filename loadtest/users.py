@@ -87,14 +87,15 @@ def constant(seconds: float) -> WaitTime:
     return wait
 
 
-def constant_pacing(seconds: float) -> WaitTime:
-    """Start a task every `seconds` (the wait shrinks by the task's own duration)."""
+def constant_pacing(seconds: float, clock: Callable[[], float] = time.monotonic) -> WaitTime:
+    """Start a task every `seconds` (the wait shrinks by the task's own duration). `clock` must
+    be the one the user's task start is read with (`time.monotonic`; tests pass a fake)."""
 
     def wait(user: Any) -> float:
         started: float | None = getattr(user, "_task_started", None)
         if started is None:
             return seconds
-        return max(0.0, seconds - (time.monotonic() - started))
+        return max(0.0, seconds - (clock() - started))
 
     return wait
 

@@ -266,8 +266,10 @@ def process_config(upstream: str, **sections: Any) -> dict[str, Any]:
     return merge(data, sections)
 
 
-async def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> None:
-    """Poll `predicate()` until true; raise AssertionError after `timeout`."""
+async def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.02) -> None:
+    """Poll `predicate()` until true; raise AssertionError after `timeout`. The timeout only
+    guards against a hang (well inside pytest-timeout's 60 s): it is never the thing tested.
+    `interval=0` polls every event-loop iteration (to catch a state that lasts one)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

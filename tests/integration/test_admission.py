@@ -1,19 +1,26 @@
 """The admission gate behind real listeners on loopback: spillover policies, caps, a queue that
-sheds with a paced Retry-After, and every admitted request released."""
+sheds with a paced Retry-After, and every admitted request released.
+
+No test here reads the clock: a wait in the queue, a hold and a Retry-After are checked as
+states reached (metrics, `holding`) and against the decision the gate made (recorded by a spy),
+whose arithmetic against its booking the gate's unit tests check on a fake clock.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
+from proxy import app
+from proxy.contracts import Refusal
 from proxy.gate import AdmissionGate
 from proxy.lifecycle import Server
-from tests.support import EchoBackend, running_backend, running_sluice, sluice_config
+from tests.support import EchoBackend, running_backend, running_sluice, sluice_config, wait_for
 
 
 @pytest.fixture
@@ -46,6 +53,10 @@ def gate(server: Server) -> AdmissionGate:
     g = server.sluice.gate
     assert isinstance(g, AdmissionGate)
     return g
+
+
+def metric(server: Server, name: str) -> float:
+    return server.sluice.metrics.registry.get_sample_value(name) or 0.0
 
 
 @pytest.mark.parametrize(("policy", "expected"), [("refuse", 503), ("spare", 200), ("allow", 200)])
@@ -107,48 +118,57 @@ async def _fill_the_limit(server: Server, client: aiohttp.ClientSession) -> list
     """Two requests the backend holds: the limit (2) is full until `release_slow`."""
     held = [asyncio.create_task(client.get(url(server, "/hold"))) for _ in range(2)]
     g = gate(server)
-    for _ in range(200):
-        if g.in_flight == 2:
-            break
-        await asyncio.sleep(0.01)
-    assert g.in_flight == 2
+    await wait_for(lambda: g.in_flight == 2, timeout=20)
     return held
 
 
 async def test_at_the_limit_requests_wait_then_are_shed_with_a_paced_retry_after(
-    backend: EchoBackend, client: aiohttp.ClientSession
+    backend: EchoBackend, client: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = protected(
         backend,
         limiter={"initial": 2, "floor": 1, "ceiling": 2},
         queue={"normal_max_wait": "200ms"},
     )
+    answered: list[Refusal] = []  # every refusal the request path answers with
+    respond = app.refusal_response
+
+    def spy(refusal: Refusal, request_id: str | None) -> Any:
+        answered.append(refusal)
+        return respond(refusal, request_id)
+
+    monkeypatch.setattr(app, "refusal_response", spy)
     async with running_sluice(config) as server:
         held = await _fill_the_limit(server, client)
         g = gate(server)
-        loop = asyncio.get_running_loop()
-        sent = loop.time()
         async with client.get(url(server, "/echo/late")) as resp:
             body = await resp.read()
             assert resp.status == 503, body
             assert resp.headers["x-sluice-reason"] == "overload"
-            # Held, then told when to come back, counted from the answer.
-            assert loop.time() - sent + int(resp.headers["retry-after-ms"]) / 1000 >= 1.0
+            retry_after_ms = int(resp.headers["retry-after-ms"])
+        # It waited in the queue, was refused from there, and a return was booked for it.
+        assert metric(server, "sluice_queue_wait_seconds_count") == 1
+        assert metric(server, "sluice_retry_slots_booked_total") == 1
+        [refusal] = answered
+        assert (refusal.reason, refusal.retry_after_ms) == ("overload", retry_after_ms)
+        # Told when to come back, counted from the answer (the end of any hold): the booked
+        # return, at least `shedding.retry_after_min` (1 s) after the refusal.
+        assert retry_after_ms + refusal.hold * 1000 >= 1000
         backend.release_slow.set()
         for task in held:
             resp = await task
             assert resp.status == 200
             resp.release()
-        for _ in range(200):
-            if g.in_flight == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert g.in_flight == 0 and g.status()["queue"]["total"] == 0
+        await wait_for(lambda: g.in_flight == 0, timeout=20)
+        assert g.status()["queue"]["total"] == 0
 
 
 @pytest.mark.parametrize("max_size", [20000, 0])
 async def test_a_retry_over_its_budget_is_answered_after_a_hold(
-    backend: EchoBackend, client: aiohttp.ClientSession, max_size: int
+    backend: EchoBackend,
+    client: aiohttp.ClientSession,
+    max_size: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The tarpit: the answer comes after the hold, with a Retry-After counted from its end;
     # past `queue.max_size` answers held at once, it comes now, with the hold added back.
@@ -160,25 +180,47 @@ async def test_a_retry_over_its_budget_is_answered_after_a_hold(
     )
     async with running_sluice(config) as server:
         held = await _fill_the_limit(server, client)
+        g = gate(server)
+        decided: list[Any] = []  # the gate's decisions, as it made them
+        admit = g.admit
+
+        def spy(ticket: Any) -> Any:
+            decided.append(admit(ticket))
+            return decided[-1]
+
+        monkeypatch.setattr(g, "admit", spy)
         try:
             headers = {"x-caller-id": "orch", "x-retry-attempt": "1", "x-request-timeout-ms": "600"}
-            sent = time.monotonic()
-            async with client.get(url(server, "/echo/again"), headers=headers) as resp:
-                await resp.read()
-                received = time.monotonic()
-                assert resp.status == 429
-                assert resp.headers["x-sluice-reason"] == "retry-budget"
-                retry_after = int(resp.headers["retry-after-ms"]) / 1000
-            metrics = server.sluice.metrics.registry
-            assert metrics.get_sample_value("sluice_held_refusals_total") == (1 if max_size else 0)
+
+            async def again() -> tuple[int, Any]:
+                async with client.get(url(server, "/echo/again"), headers=headers) as resp:
+                    await resp.read()
+                    return resp.status, resp.headers
+
+            answer = asyncio.create_task(again())
+            # Checked every loop iteration: a hold lasts at least one.
+            sluice = server.sluice
+            await wait_for(lambda: sluice.holding == 1 or answer.done(), timeout=20, interval=0)
+            held_before_answered = sluice.holding == 1 and not answer.done()
+            status, resp_headers = await answer
+            assert status == 429
+            assert resp_headers["x-sluice-reason"] == "retry-budget"
+            retry_after_ms = int(resp_headers["retry-after-ms"])
+            [refusal] = decided
+            assert isinstance(refusal, Refusal)
+            assert refusal.reason == "retry-budget" and refusal.hold > 0
+            assert metric(server, "sluice_retry_slots_booked_total") == 1
             if max_size:
-                assert received - sent >= 0.05  # held (at least 1/4 of what the client had left)
-            # Held or not, a client that honours Retry-After comes back at the time booked for it.
-            orch = server.sluice.snapshot.classifier.caller_names().index("orch")
-            booking = gate(server).pacer.bookings[orch][-1]
-            booked = booking.start + server.sluice.snapshot.config.shedding.slot_grace
-            assert received + retry_after == pytest.approx(booked, abs=0.05)
-            assert server.sluice.holding == 0
+                # Held first, then answered with the Retry-After counted from the hold's end.
+                assert held_before_answered
+                assert metric(server, "sluice_held_refusals_total") == 1
+                assert retry_after_ms == refusal.retry_after_ms
+            else:
+                # Past `queue.max_size` held answers: answered at once, the hold added back.
+                assert not held_before_answered
+                assert metric(server, "sluice_held_refusals_total") == 0
+                assert retry_after_ms == refusal.retry_after_ms + math.ceil(refusal.hold * 1000)
+            assert sluice.holding == 0
         finally:
             backend.release_slow.set()
             for task in held:

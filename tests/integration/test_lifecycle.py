@@ -9,6 +9,7 @@ import os
 import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -49,6 +50,15 @@ def start(
     return proc
 
 
+async def wait_status(s: aiohttp.ClientSession, admin: str, check: Any) -> None:
+    """Poll admin /status until `check` holds (the timeout only guards against a hang)."""
+    async with asyncio.timeout(20):
+        while True:
+            if check(await get_json(s, admin + "/status")):
+                return
+            await asyncio.sleep(0.02)
+
+
 async def test_sighup_with_bad_file_keeps_serving_old_config(
     backend: EchoBackend, proc_factory: list[SluiceProcess], tmp_path: Path
 ) -> None:
@@ -86,14 +96,22 @@ async def test_sighup_with_bad_file_keeps_serving_old_config(
 async def test_sigterm_drains_in_flight_request_before_exit(
     backend: EchoBackend, proc_factory: list[SluiceProcess], tmp_path: Path
 ) -> None:
-    proc = start(proc_factory, tmp_path, backend.url)
+    # A drain timeout far longer than the test: the drain ends because the request finished.
+    proc = start(proc_factory, tmp_path, backend.url, lifecycle={"drain_timeout": "60s"})
+    admin = f"http://127.0.0.1:{proc.admin_port}"
     async with aiohttp.ClientSession() as s:
-        slow = asyncio.create_task(s.get(f"http://127.0.0.1:{proc.port}/slow?s=1.0"))
-        await asyncio.sleep(0.3)
+        # The backend holds the request until the test releases it.
+        held = asyncio.create_task(s.get(f"http://127.0.0.1:{proc.port}/hold"))
+        await wait_status(s, admin, lambda st: st["requests_in_progress"] == 1)
         proc.signal(signal.SIGTERM)
-        resp = await slow
+        await wait_for(lambda: '"msg":"draining"' in proc.log(), timeout=20)
+        # Draining: the request is still in flight, and the process waits for it.
+        assert not held.done()
+        assert proc.proc is not None and proc.proc.poll() is None
+        backend.release_slow.set()
+        resp = await asyncio.wait_for(held, 20)
         assert resp.status == 200
-        assert (await resp.json()) == {"slow": True}
+        assert (await resp.json()) == {"held": True}
         resp.release()
     code = await asyncio.get_running_loop().run_in_executor(None, proc.wait, 10.0)
     assert code == 0

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import itertools
 import random
-import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from loadtest.users import (
     task,
     write_stats_csv,
 )
+from tests.support import wait_for
 
 
 # --- pure parts ---------------------------------------------------------------------------------
@@ -85,10 +87,12 @@ def test_wait_time_helpers() -> None:
     waits = [user.wait_time() for _ in range(200)]
     assert all(1.0 <= w <= 2.0 for w in waits)
     assert constant(0.25)(user) == 0.25
-    pacing = constant_pacing(1.0)
-    user._task_started = time.monotonic() - 0.4
-    assert pacing(user) == pytest.approx(0.6, abs=0.05)
-    user._task_started = time.monotonic() - 3.0
+    now = 100.0
+    pacing = constant_pacing(1.0, clock=lambda: now)
+    assert pacing(user) == 1.0  # no task started yet
+    user._task_started = 99.6  # the task took 0.4 s: wait the rest of the second
+    assert pacing(user) == pytest.approx(0.6)
+    user._task_started = 97.0  # it took 3 s: start the next one at once
     assert pacing(user) == 0.0
 
 
@@ -155,34 +159,59 @@ def test_stats_csv_has_locusts_columns(tmp_path: Path) -> None:
 
 
 # --- the runner against a real server on loopback ------------------------------------------------
+# No test here reads the clock: runs end on a state reached (requests counted, users finished,
+# a shape's steps reached), and `wait_for`'s timeout only guards against a hang. The timings
+# (open-loop arrival rate, a burst's spread) are printed by `python -m loadtest.bench_timing`.
+class Server:
+    """A loopback server: `/ok`, `/busy` (a 503), and `/held`, which answers only once
+    `release` is set (`arrived` and `answered` count its requests)."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.release = asyncio.Event()
+        self.arrived = 0
+        self.answered = 0
+
+
 @pytest.fixture
-async def server() -> Any:
+async def server() -> AsyncIterator[Server]:
+    served = Server()
+
     async def ok(request: web.Request) -> web.Response:
-        delay = float(request.query.get("sleep", "0"))
-        if delay:
-            await asyncio.sleep(delay)
         return web.Response(text="ok")
 
     async def busy(request: web.Request) -> web.Response:
         return web.Response(status=503, headers={"x-sluice-reason": "overload"})
 
+    async def held(request: web.Request) -> web.Response:
+        served.arrived += 1
+        await served.release.wait()
+        served.answered += 1
+        return web.Response(text="held")
+
     app = web.Application()
     app.router.add_get("/ok", ok)
     app.router.add_get("/busy", busy)
+    app.router.add_get("/held", held)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = runner.addresses[0][1]
-    yield f"http://127.0.0.1:{port}"
+    served.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    yield served
+    served.release.set()
     await runner.cleanup()
 
 
-async def test_runner_fixed_users_with_weighted_tasks(server: str, tmp_path: Path) -> None:
+def requests_made(env: Environment) -> int:
+    return sum(entry.num_requests for entry in env.stats.entries.values())
+
+
+async def test_runner_fixed_users_with_weighted_tasks(server: Server) -> None:
     started: list[int] = []
 
     class Caller(User):
-        host = server
+        host = server.url
         wait_time = constant(0.01)
 
         async def on_start(self) -> None:
@@ -199,7 +228,9 @@ async def test_runner_fixed_users_with_weighted_tasks(server: str, tmp_path: Pat
     env = Environment([Caller], seed=1)
     runner = HeadlessRunner(env)
     try:
-        await runner.run(users=4, spawn_rate=100, run_time=0.4)
+        await runner.start(4, 100)
+        await wait_for(lambda: requests_made(env) >= 80, timeout=20)
+        await runner.stop()
     finally:
         env.close()
     assert sorted(started) == [0, 1, 2, 3]
@@ -211,69 +242,79 @@ async def test_runner_fixed_users_with_weighted_tasks(server: str, tmp_path: Pat
     assert runner.user_count == 0
 
 
-async def test_shape_ticks_drive_user_count_and_stop(server: str) -> None:
-    seen: list[int] = []
+async def test_shape_ticks_drive_user_count_and_stop(server: Server) -> None:
+    # The shape steps 2 -> 5 -> 1 users, each step once the runner has reached the one before
+    # (a state, not a time), then returns None: the run ends and every user is stopped.
+    steps = [2, 5, 1]
+    seen: list[int] = []  # the runner's user count at each tick
 
     class Idle(User):
-        host = server
-        wait_time = constant(0.02)
+        host = server.url
+        wait_time = constant(0.01)
 
         @task
         async def nothing(self) -> None:
             await asyncio.sleep(0)
 
     class Steps(LoadTestShape):
-        def tick(self) -> tuple[int, float] | None:
-            t = self.get_run_time()
-            if runner_ref:
-                seen.append(runner_ref[0].user_count)
-            if t < 0.2:
-                return (2, 1000.0)
-            if t < 0.4:
-                return (5, 1000.0)
-            if t < 0.6:
-                return (1, 1000.0)
-            return None
+        step = 0
 
-    runner_ref: list[HeadlessRunner] = []
+        def tick(self) -> tuple[int, float] | None:
+            count = runner.user_count
+            seen.append(count)
+            if self.step < len(steps) and count == steps[self.step]:
+                self.step += 1
+            if self.step == len(steps):
+                return None
+            return (steps[self.step], 1000.0)
+
     env = Environment([Idle], shape=Steps(), seed=1)
-    runner = HeadlessRunner(env, tick_interval=0.02)
-    runner_ref.append(runner)
-    t0 = time.monotonic()
-    await runner.run()
-    assert 0.55 < time.monotonic() - t0 < 2.0
-    assert max(seen) == 5
-    assert 1 in seen[-5:]
+    runner = HeadlessRunner(env, tick_interval=0.01)
+    await asyncio.wait_for(runner.run(), 30)  # the timeout only guards against a hang
+    assert seen[0] == 0 and seen[-1] == 1
+    first_two, first_five = seen.index(2), seen.index(5)
+    assert first_two < first_five
+    assert max(seen) == 5 and max(seen[:first_five]) == 2  # up to 2, then to 5
+    after = seen[first_five:]
+    assert all(a >= b for a, b in itertools.pairwise(after))  # then only down, to 1
     assert runner.user_count == 0
 
 
-async def test_open_loop_user_does_not_wait_for_slow_answers(server: str) -> None:
+async def test_open_loop_user_does_not_wait_for_slow_answers(server: Server) -> None:
     starts: list[float | None] = []
 
     class Arrivals(OpenLoopUser):
-        host = server
+        host = server.url
         rate = 200.0
 
         @task
         async def slow(self) -> None:
             starts.append(intended_start.get())
-            await self.client.get("/ok?sleep=0.3", name="slow", timeout=2.0)
+            await self.client.get("/held", name="slow", timeout=30.0)
 
     env = Environment([Arrivals], seed=7)
     runner = HeadlessRunner(env)
     try:
-        await runner.run(users=1, spawn_rate=1, run_time=0.5, stop_grace=1.0)
+        await runner.start(1, 1)
+        # Open loop: one user keeps sending although not one answer has come back.
+        await wait_for(lambda: server.arrived >= 20, timeout=20)
+        assert server.answered == 0
+        server.release.set()
+        await runner.stop(grace=20)
     finally:
+        server.release.set()
         env.close()
-    # Open loop: ~100 arrivals in 0.5 s although each answer takes 0.3 s.
-    assert 60 <= len(starts) <= 150
+    assert len(starts) >= 20
+    # Each arrival has its own intended start, on one schedule (Poisson gaps, so increasing).
     assert all(s is not None for s in starts)
-    assert env.stats.entries[("GET", "slow")].num_requests == len(starts)
+    assert all(a < b for a, b in itertools.pairwise(s for s in starts if s is not None))
+    assert env.stats.entries[("GET", "slow")].num_requests == len(starts) == server.answered
+    assert env.stats.entries[("GET", "slow")].num_failures == 0
 
 
-async def test_stop_user_is_not_respawned(server: str) -> None:
+async def test_stop_user_is_not_respawned(server: Server) -> None:
     class OneShot(User):
-        host = server
+        host = server.url
 
         @task
         async def once(self) -> None:
@@ -283,30 +324,43 @@ async def test_stop_user_is_not_respawned(server: str) -> None:
     env = Environment([OneShot], seed=1)
     runner = HeadlessRunner(env)
     try:
-        await runner.run(users=6, spawn_rate=1000, run_time=0.3)
+        await runner.start(6, 1000)
+        await wait_for(lambda: runner.finished_users >= 6, timeout=20)
+        assert runner.user_count == 0  # none came back in its place
+        await runner.stop()
     finally:
         env.close()
     assert env.stats.entries[("GET", "once")].num_requests == 6
     assert runner.finished_users == 6
 
 
-async def test_prepared_requests_fire_in_one_burst(server: str) -> None:
+async def test_prepared_requests_fire_in_one_burst(server: Server) -> None:
     class Burst(User):
-        host = server
+        host = server.url
 
     env = Environment([Burst], seed=1)
     user = Burst(env)
+    loop = asyncio.get_running_loop()
+    sent_by_next_step: list[int] = []
     try:
-        prepared = [await user.client.prepare("GET", "/ok?sleep=0.05") for _ in range(50)]
-        t0 = time.monotonic()
-        assert all(user.client.fire(p) for p in prepared)
-        written = time.monotonic() - t0
-        results = [await user.client.complete(p, name="burst", timeout=2.0) for p in prepared]
+        prepared = [await user.client.prepare("GET", "/held") for _ in range(50)]
+        # One loop of writes, no awaits in between: by the loop's next step all 50 are sent.
+        loop.call_soon(
+            lambda: sent_by_next_step.append(sum(p.future is not None for p in prepared))
+        )
+        fired = [user.client.fire(p) for p in prepared]
+        await asyncio.sleep(0)
+        # ...and on the wire: the server has every one of them before it answers any.
+        await wait_for(lambda: server.arrived == 50, timeout=20)
+        assert server.answered == 0
+        server.release.set()
+        results = [await user.client.complete(p, name="burst", timeout=30.0) for p in prepared]
     finally:
         env.close()
-    assert written < 0.05  # one loop of writes, no awaits in between
+    assert fired == [True] * 50
+    assert sent_by_next_step == [50]
+    assert all(p.started > 0 for p in prepared)  # each response time counts from its send
     assert all(r.ok for r in results)
-    assert max(p.started for p in prepared) - min(p.started for p in prepared) < 0.05
     assert env.stats.entries[("GET", "burst")].num_requests == 50
     # A prepared request whose connection could not open is reported as unusable, not sent.
     refused = await user.client.prepare("GET", "/", base_url="http://127.0.0.1:1")
