@@ -752,11 +752,13 @@ class AdmissionGate:
             if t.is_retry and not t.solicited:
                 if self.budgets.try_withdraw(c.index, now):
                     self.metrics.retry_admitted[c.label].inc()
-                elif (free or not self._queued) and mode in (Mode.NORMAL, Mode.RECOVERY):
+                elif mode in (Mode.NORMAL, Mode.RECOVERY) and (
+                    free or (not self._queued and self.config.queue.max_size > 0)
+                ):
                     # Work-conserving: refused only when it would take a slot another
                     # request waits for. Over budget, it may take a free slot, or wait
                     # while nothing else does (in the last tier: whatever arrives next
-                    # goes first).
+                    # goes first), where waiting is possible at all.
                     if free:
                         self.metrics.retry_admitted[c.label].inc()
                         return _ADMIT, "", 0.0, False

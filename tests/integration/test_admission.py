@@ -176,7 +176,7 @@ async def test_a_retry_over_its_budget_is_answered_after_a_hold(
         backend,
         limiter={"initial": 2, "floor": 1, "ceiling": 2},
         retry_budget={"floor_per_s": 0, "global_floor_per_s": 0},
-        queue={"max_size": max_size},
+        queue={"max_size": max_size, "normal_max_wait": "5s"},
     )
     async with running_sluice(config) as server:
         held = await _fill_the_limit(server, client)
@@ -188,6 +188,13 @@ async def test_a_retry_over_its_budget_is_answered_after_a_hold(
             decided.append(admit(ticket))
             return decided[-1]
 
+        waiting = None
+        if max_size:
+            # A first try waits for a slot: the retry over its budget would take it (with
+            # nobody waiting it would wait too: the budget is work-conserving).
+            first = {"x-caller-id": "orch", "x-retry-attempt": "0", "x-request-timeout-ms": "9000"}
+            waiting = asyncio.create_task(client.get(url(server, "/echo/first"), headers=first))
+            await wait_for(lambda: g.status()["queue"]["total"] == 1, timeout=20)
         monkeypatch.setattr(g, "admit", spy)
         try:
             headers = {"x-caller-id": "orch", "x-retry-attempt": "1", "x-request-timeout-ms": "600"}
@@ -225,4 +232,6 @@ async def test_a_retry_over_its_budget_is_answered_after_a_hold(
             backend.release_slow.set()
             for task in held:
                 (await task).release()
+            if waiting is not None:
+                (await waiting).release()
         assert not [r for r in backend.requests if r["path_qs"] == "/echo/again"]
