@@ -179,6 +179,12 @@ def outcome_code(result: Result) -> str:
     return f"{resp.status} {reason}"
 
 
+def client_address(n: int) -> str:
+    """The loopback address client machine `n` connects from (127.1.0.0 upwards: all of
+    127.0.0.0/8 is loopback on Linux, and 127.0.0.x is left to the servers)."""
+    return f"127.{1 + (n >> 16) % 254}.{(n >> 8) & 255}.{n & 255}"
+
+
 class Workflow:
     """One workflow: a token fetched with the profile's retries, recorded for the analysis."""
 
@@ -193,6 +199,8 @@ class Workflow:
         own = state.identities[self.caller_idx]
         self.identity: Identity = own[rng.randrange(len(own))]
         self.path = self.identity.path
+        # Each workflow is its own machine: it connects from an address of its own, as pods do.
+        self.source = client_address(self.id)
         self.home = region
         self.name = "token (backlog)" if kind == KIND_BACKLOG else "token (fresh)"
         home_idx = spec.regions.index(region)
@@ -271,7 +279,14 @@ class Workflow:
         """Attempts until a 200, a non-retryable answer or the profile's last retry.
 
         `first`, when given, is attempt 0 already written on its own connection (a release).
+        The workflow's connections are closed when it is done (its machine has its token).
         """
+        try:
+            await self._attempts(first)
+        finally:
+            self.user.client.release_source(self.source)
+
+    async def _attempts(self, first: Prepared | None) -> None:
         state = self.state
         spec = state.spec
         profile = state.profile
@@ -295,6 +310,7 @@ class Workflow:
                     headers=self.headers(attempt, target),
                     timeout=spec.timeout,
                     base_url=spec.targets[target],
+                    source=self.source,
                 )
             code = outcome_code(result)
             resp = result.response
@@ -385,6 +401,7 @@ class BlockedWorkflow(User):
                 self.workflow.path,
                 headers=self.workflow.headers(0, self.region),
                 base_url=state.spec.targets[self.region],
+                source=self.workflow.source,
             )
             state.prepared.append(self.prepared)
 

@@ -129,10 +129,19 @@ class _Conn(asyncio.Protocol):
 class Pool:
     """Keep-alive connections to one host:port, opened on demand, never limited in number."""
 
-    def __init__(self, host: str, port: int, loop: asyncio.AbstractEventLoop | None = None):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        loop: asyncio.AbstractEventLoop | None = None,
+        source: str | None = None,
+    ):
         self.host = host
         self.port = port
         self.loop = loop or asyncio.get_running_loop()
+        # The local address connections are made from (a loopback 127.x.y.z per client
+        # machine: a proxy tells clients apart by address, as it does pods).
+        self._local = None if source is None else (source, 0)
         self._idle: list[_Conn] = []
         self._all: set[_Conn] = set()
         self._host_header = f"Host: {host}:{port}\r\n".encode("latin-1")
@@ -149,7 +158,9 @@ class Pool:
 
     async def _connect(self) -> _Conn:
         try:
-            _, proto = await self.loop.create_connection(lambda: _Conn(self), self.host, self.port)
+            _, proto = await self.loop.create_connection(
+                lambda: _Conn(self), self.host, self.port, local_addr=self._local
+            )
         except OSError as exc:
             raise ConnectError(f"connect {self.host}:{self.port}: {exc}") from None
         self.opened += 1

@@ -327,11 +327,15 @@ class HttpClient:
         self.environment = environment
         self.base_url = base_url
 
-    def _pool(self, base_url: str | None) -> Pool:
+    def _pool(self, base_url: str | None, source: str | None = None) -> Pool:
         url = base_url or self.base_url
         if not url:
             raise ValueError("no host: set User.host or Environment(host=...)")
-        return self.environment.pool(url)
+        return self.environment.pool(url, source)
+
+    def release_source(self, source: str) -> None:
+        """Close the connections made from `source` (a client machine that is done)."""
+        self.environment.drop_pools(source)
 
     async def request(
         self,
@@ -343,9 +347,11 @@ class HttpClient:
         timeout: float | None = None,
         base_url: str | None = None,
         context: Any = None,
+        source: str | None = None,
     ) -> Result:
-        """Send one request; never raises for HTTP errors, timeouts or connection errors."""
-        pool = self._pool(base_url)
+        """Send one request; never raises for HTTP errors, timeouts or connection errors.
+        `source`: the local address to connect from (None: the system's choice)."""
+        pool = self._pool(base_url, source)
         started = time.monotonic()
         response: Response | None = None
         error: str | None = None
@@ -369,9 +375,10 @@ class HttpClient:
         *,
         headers: Sequence[tuple[str, str]] = (),
         base_url: str | None = None,
+        source: str | None = None,
     ) -> Prepared:
         """Encode a request and open a connection for it, to be sent later by `fire`."""
-        pool = self._pool(base_url)
+        pool = self._pool(base_url, source)
         prepared = Prepared(pool, method, path, pool.encode(method, path, headers))
         try:
             prepared.conn = await pool.connect()
@@ -653,18 +660,23 @@ class Environment:
         self.stats = RequestStats()
         self.events.request.add_listener(self.stats.on_request)
         self.runner: HeadlessRunner | None = None
-        self._pools: dict[tuple[str, int], Pool] = {}
+        self._pools: dict[tuple[str, int, str | None], Pool] = {}
 
-    def pool(self, base_url: str) -> Pool:
-        """The shared keep-alive pool for `http://host:port`."""
+    def pool(self, base_url: str, source: str | None = None) -> Pool:
+        """The shared keep-alive pool for `http://host:port` (from local address `source`)."""
         parts = urlsplit(base_url if "//" in base_url else f"http://{base_url}")
         if parts.scheme not in ("http", ""):
             raise ValueError(f"only plain http is supported: {base_url!r}")
-        key = (parts.hostname or "127.0.0.1", parts.port or 80)
+        key = (parts.hostname or "127.0.0.1", parts.port or 80, source)
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = Pool(*key)
+            pool = self._pools[key] = Pool(key[0], key[1], source=source)
         return pool
+
+    def drop_pools(self, source: str) -> None:
+        """Close and forget the pools of local address `source`."""
+        for key in [k for k in self._pools if k[2] == source]:
+            self._pools.pop(key).close()
 
     def close(self) -> None:
         """Close every pooled connection."""

@@ -159,7 +159,9 @@ class Classifier:
                 else:
                     deadline = now + (epoch_ms - wall_ms) / 1000.0
 
-        fingerprint = hash((caller_id or peer, method, path_qs))
+        # Who sent it as well as what: every pod of an identity sends the same request, and one
+        # pod's failure says nothing about another's (pods differ by address).
+        fingerprint = hash((caller_id, peer, method, path_qs))
         call_key = self._call_key(headers)
         if attempt is not None:
             is_retry = attempt > 0

@@ -172,6 +172,15 @@ def test_retry_without_headers_from_fingerprint() -> None:
     assert signal_counts(c)["fingerprint"] == 1
 
 
+def test_one_machines_failure_is_not_anothers_retry() -> None:
+    # Pods of one identity (same caller, same URL) on their own addresses.
+    c = classifier()
+    failed = classify(c, peer="127.1.0.1", x_caller_id="orch-a")
+    c.note_failure(failed, 100.1)
+    assert classify(c, peer="127.1.0.2", x_caller_id="orch-a", now=101.0).is_retry is False
+    assert classify(c, peer="127.1.0.1", x_caller_id="orch-a", now=101.0).is_retry is True
+
+
 def test_fingerprint_retries_never_exceed_failures() -> None:
     c = classifier()
     pods = [classify(c, x_caller_id="orch-a", now=100.0) for _ in range(10)]
