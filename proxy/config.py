@@ -164,6 +164,11 @@ class RetryBudgetConfig(Strict):
 
 
 class LimiterConfig(Strict):
+    algorithm: Literal["gradient", "delivery"] = Field(
+        "gradient",
+        description="gradient: latency gradient (limiter.py); delivery: delivery rate x "
+        "unloaded latency, BBR-style (delivery.py; issue 16, being proven)",
+    )
     initial: int = Field(16, ge=1)
     floor: int = Field(4, ge=1)
     ceiling: int = Field(1000, ge=1)
@@ -382,6 +387,7 @@ RESTART_ONLY: tuple[tuple[str, str], ...] = (
     ("admin", "host"),
     ("admin", "port"),
     ("lifecycle", "gc_pacing"),
+    ("limiter", "algorithm"),
 )
 
 

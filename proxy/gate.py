@@ -89,6 +89,7 @@ from typing import Any, Protocol
 from .budgets import LocalRetryBudgets, RetryBudgets
 from .config import PRIORITY_CLASSES, Config, parse_duration
 from .contracts import Outcome, Probe, Refusal, Ticket
+from .delivery import DeliveryLimiter
 from .limiter import Limiter
 from .metrics import Metrics
 from .modes import (
@@ -392,7 +393,11 @@ class AdmissionGate:
         self.started_at = now
         dry = config.modes.protection == "dry-run"
         self.modes = ModeController(config, now, dry_run=dry)
-        self.limiter = Limiter(config.limiter, now)
+        self.limiter: Limiter | DeliveryLimiter = (
+            DeliveryLimiter(config.limiter, now)
+            if config.limiter.algorithm == "delivery"
+            else Limiter(config.limiter, now)
+        )
         self.budgets: RetryBudgets = budgets or LocalRetryBudgets(
             config.retry_budget, len(caller_names), now
         )

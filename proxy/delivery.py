@@ -1,0 +1,313 @@
+"""A concurrency limit from the backend's delivery rate and unloaded latency (BBR-style).
+
+`limiter.algorithm: delivery` (issue 16). The latency-gradient limiter (`limiter.py`) reads
+its evidence from answer latencies, which our own event loop inflates when it is busy: a
+storm that keeps the loop busy looked like a slow backend, the limit fell to its floor, and
+every later window looked slow too, so it never climbed. This one keeps the limit at
+
+    limit = gain x (delivery rate) x (unloaded latency)          (the bandwidth-delay product)
+
+with estimates our own CPU cannot push down:
+- the delivery rate is a windowed *maximum* of answers per second over windows in which the
+  limit was in use (BBR's max filter): a busy loop can only lower a sample, and a lower sample
+  does not lower the maximum; samples from windows where our loop lagged count only when they
+  raise it (BBR's app-limited rule);
+- the unloaded latency is the `LatencyFloor` (lowest window mean, moves down quickly, never
+  drifts up), fed only by windows in which our loop did not lag.
+What lowers the limit is evidence the backend gives: pushback (429/503/timeouts) or broken
+answers (x `backoff`), or, in a window where our loop kept up, a mean latency that says the
+backend queues far past the tolerance (its capacity fell: the limit drops to the BDP of what
+it delivers now). Finding capacity: STARTUP multiplies the limit by `slow_start_factor` per
+window until the delivery rate stops growing (BBR's full-pipe test), then the limit follows
+the BDP with a probe cycle (one window x `_PROBE_GAIN`, one x `_DRAIN_GAIN`, one x 1); a probe
+that delivers more than the maximum so far restarts STARTUP (capacity grew). At the floor with
+work waiting and answers coming, a window never holds it there: it probes up.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+
+from .config import LimiterConfig
+from .signals import LatencyFloor
+
+# A window says something about capacity only when its mean concurrency (Little's law: the
+# latency of its answers over its span) used this share of the limit.
+_USED = 0.8
+# Delivery-rate samples the maximum (and the median pace) spans, in saturated windows.
+_BW_WINDOWS = 6
+# Probe cycle of the steady state, as gains over the BDP target, one per saturated window.
+_PROBE_GAIN = 1.25
+_DRAIN_GAIN = 0.9
+_CYCLE = (_PROBE_GAIN, _DRAIN_GAIN, 1.0)
+# A probe whose window delivered this much more than the maximum before it: capacity grew.
+_GREW = 1.1
+# STARTUP's full-pipe test: delivery must grow by this factor within this many windows.
+_FULL_PIPE = 1.25
+_FULL_PIPE_WINDOWS = 2
+# Our loop lagged past this share of the unloaded latency: latencies read in the window
+# measure us as much as the backend.
+_LAGGED = 0.5
+# Mean latency past tolerance x unloaded x this: the backend queues far more than we allow,
+# so it lost capacity (or something else loads it): drop to what it delivers now.
+_QUEUE_CUT = 1.25
+# A window short of answers is stretched to at most this many lengths, then discarded.
+_MAX_STRETCH = 4
+# Smoothing of the latency average (expected latency and caps).
+_LATENCY_ALPHA = 0.3
+# Windows at the floor with work waiting before the limit probes up regardless.
+_FLOOR_WINDOWS = 3
+# The limit counts as growing while its recent peak beats the earlier peak by this much.
+_GROWTH_MARGIN = 1.05
+
+
+class DeliveryLimiter:
+    """Adaptive concurrency limit from delivery rate x unloaded latency; same surface as
+    `limiter.Limiter` (feed answers with `add`, close windows with `tick`)."""
+
+    _window_start: float
+    _ok: int
+    _lat_sum: float
+    _pushback: int
+    _broken: int
+    _lag: float
+
+    def __init__(self, config: LimiterConfig, now: float) -> None:
+        self.config = config
+        self.value = float(config.initial)
+        self.slow_start = False
+        self.floor = LatencyFloor()
+        self.latency: float | None = None
+        self.last_change = "initial"
+        self.knee_at: float | None = None  # last time the BDP, not a ramp, set the limit
+        self._rates: deque[float] = deque(maxlen=_BW_WINDOWS)
+        self._best = 0.0  # STARTUP: the best delivery rate so far
+        self._stalled = 0  # STARTUP: windows without _FULL_PIPE growth
+        self._phase = 0  # position in _CYCLE
+        self._probe_base = 0.0  # the maximum before the current probe window
+        self._at_floor = 0
+        self._history: deque[float] = deque(maxlen=2 * config.stable_windows)
+        self._reset_window(now)
+
+    # --- inputs ----------------------------------------------------------------------------
+    def add(
+        self,
+        ok: int,
+        latency_sum: float,
+        pushback: int,
+        broken: int,
+        clean_ok: int = 0,
+        clean_latency_sum: float = 0.0,
+    ) -> None:
+        """Fold in answers since the last call (the `clean_*` counts are not used here)."""
+        self._ok += ok
+        self._lat_sum += latency_sum
+        self._pushback += pushback
+        self._broken += broken
+
+    def note_lag(self, lag: float) -> None:
+        """Our own event loop stalled this long (a tick came late)."""
+        if lag > self._lag:
+            self._lag = lag
+
+    def tick(self, now: float, in_flight: int, may_probe: bool = True) -> bool:
+        """Close the window when due; True when the limit changed."""
+        if now - self._window_start < self._window_length():
+            return False
+        before = self.limit
+        self._close(now)
+        return self.limit != before
+
+    # --- outputs ---------------------------------------------------------------------------
+    @property
+    def limit(self) -> int:
+        """The concurrency limit in force."""
+        return max(self.config.floor, min(self.config.ceiling, int(self.value)))
+
+    @property
+    def measuring_since(self) -> float | None:
+        """No separate floor re-measurement here (the floor only moves down)."""
+        return None
+
+    @property
+    def probing(self) -> bool:
+        """True while the limit is held low on purpose (never, here)."""
+        return False
+
+    def bandwidth(self) -> float | None:
+        """The windowed maximum delivery rate (answers/s), None before a saturated window."""
+        return max(self._rates) if self._rates else None
+
+    def growing(self) -> bool:
+        """True while the limit is still climbing (STARTUP, or a rising recent peak)."""
+        if self.slow_start:
+            return True
+        k = self.config.stable_windows
+        h = self._history
+        if len(h) < 2 * k:
+            return len(h) > 1 and h[-1] > h[0]
+        items = list(h)
+        return max(items[k:]) > _GROWTH_MARGIN * max(items[:k])
+
+    def at_knee(self, now: float) -> bool:
+        """True while the limit follows the BDP (not ramping), set lately."""
+        if self.knee_at is None or self.slow_start:
+            return False
+        return now - self.knee_at <= 10 * self._window_length()
+
+    def pace(self) -> float:
+        """Requests/s to pace returns at: the median of recent saturated windows' delivery
+        (conservative: not the maximum), else the limit over the latency (Little's law)."""
+        if self._rates:
+            return statistics.median(self._rates)
+        latency = self.latency or self.floor.value
+        if latency is None or latency <= 0:
+            return self.limit / 0.1  # nothing measured yet: assume 100 ms answers
+        return self.limit / latency
+
+    # --- control ---------------------------------------------------------------------------
+    def enter_slow_start(self, now: float, from_floor: bool) -> None:
+        """Find the backend's capacity again (RECOVERY entry). `from_floor`: it just came
+        back from an outage or repair: what was learned of it is stale."""
+        if from_floor:
+            self._rates.clear()
+            self.value = float(max(self.config.floor, min(self.limit, self.config.initial)))
+        self.slow_start = True
+        self._best = 0.0
+        self._stalled = 0
+        self.last_change = "slow-start"
+        self._reset_window(now)
+
+    def reconfigure(self, config: LimiterConfig) -> None:
+        """New bounds and gains; what was learned is kept (clamped)."""
+        self.config = config
+        self.value = min(float(config.ceiling), max(float(config.floor), self.value))
+        if self._history.maxlen != 2 * config.stable_windows:
+            self._history = deque(self._history, maxlen=2 * config.stable_windows)
+
+    # --- internals -------------------------------------------------------------------------
+    def _window_length(self) -> float:
+        window = self.config.window / 2 if self.slow_start else self.config.window
+        floor = self.floor.value
+        return window if floor is None else max(window, 2.0 * floor)
+
+    def _reset_window(self, now: float) -> None:
+        self._window_start = now
+        self._ok = 0
+        self._lat_sum = 0.0
+        self._pushback = 0
+        self._broken = 0
+        self._lag = 0.0
+
+    def _close(self, now: float) -> None:
+        cfg = self.config
+        n = self._ok + self._pushback + self._broken
+        span = max(now - self._window_start, 1e-9)
+        if n < cfg.min_samples:
+            if span >= _MAX_STRETCH * self._window_length():
+                self._reset_window(now)
+            return
+        if (
+            self._pushback >= cfg.backpressure_ratio * n
+            or self._broken >= cfg.backpressure_ratio * n
+        ):
+            self._back_off(now)
+        elif self._ok:
+            self._judge(now, span)
+        self._history.append(self.value)
+        self._reset_window(now)
+
+    def _back_off(self, now: float) -> None:
+        """Pushback or broken answers: the backend says so itself."""
+        cfg = self.config
+        self.value = max(float(cfg.floor), self.value * cfg.backoff)
+        self._rates = deque((r * cfg.backoff for r in self._rates), maxlen=_BW_WINDOWS)
+        self.slow_start = False
+        self.last_change = "backoff"
+        self.knee_at = now
+        self._restart_cycle()
+
+    def _judge(self, now: float, span: float) -> None:
+        cfg = self.config
+        mean = self._lat_sum / self._ok
+        floor = self.floor.value
+        lagged = floor is not None and self._lag > _LAGGED * floor
+        if not lagged:
+            self.floor.observe(now, mean)
+            floor = self.floor.value
+            self.latency = (
+                mean
+                if self.latency is None
+                else (self.latency + _LATENCY_ALPHA * (mean - self.latency))
+            )
+        assert floor is not None  # observed at least once: the first window cannot lag
+        used = self._lat_sum / span / max(self.value, 1.0)
+        if used < _USED:
+            self._at_floor = 0
+            if self.slow_start and used < _USED / 2:
+                self.slow_start = False  # the traffic does not fill what we have: ramp done
+            self.last_change = "idle"
+            return
+        rate = self._ok / span
+        best_before = self.bandwidth() or 0.0
+        if not lagged or rate > best_before:
+            self._rates.append(rate)
+        tol = cfg.latency_tolerance
+        if not lagged and mean > tol * _QUEUE_CUT * floor:
+            # The backend queues far past what we allow at this limit: it delivers less
+            # than it did. Only what it delivers now counts.
+            self._rates = deque([rate], maxlen=_BW_WINDOWS)
+            self._set(now, tol * rate * floor, "latency")
+            self.slow_start = False
+            self._restart_cycle()
+            return
+        if self.slow_start:
+            self._startup(now, rate, floor)
+            return
+        if self._phase == 0 and self._probe_base and rate > _GREW * self._probe_base:
+            self.slow_start = True  # the probe found more: capacity grew, find it
+            self._best, self._stalled = rate, 0
+            self.value = min(float(cfg.ceiling), self.value * cfg.slow_start_factor)
+            self.last_change = "growth"
+            return
+        self._phase = (self._phase + 1) % len(_CYCLE)
+        gain = _CYCLE[self._phase]
+        self._probe_base = (self.bandwidth() or rate) if self._phase == 0 else 0.0
+        target = tol * (self.bandwidth() or rate) * floor * gain
+        if self.value <= cfg.floor and target <= cfg.floor:
+            self._at_floor += 1
+            if self._at_floor >= _FLOOR_WINDOWS:
+                # Work waits, answers come, nothing says the backend is full: probe up.
+                self._at_floor = 0
+                target = cfg.floor * cfg.slow_start_factor
+        else:
+            self._at_floor = 0
+        self._set(now, target, "probe" if gain > 1.0 else "bdp")
+
+    def _startup(self, now: float, rate: float, floor: float) -> None:
+        cfg = self.config
+        if rate >= _FULL_PIPE * self._best:
+            self._best = rate
+            self._stalled = 0
+            self.value = min(float(cfg.ceiling), self.value * cfg.slow_start_factor)
+            self.last_change = "growth"
+            return
+        self._stalled += 1
+        if self._stalled >= _FULL_PIPE_WINDOWS:
+            # Delivery stopped growing with the limit: the pipe is full. Drain to the BDP.
+            self.slow_start = False
+            self._restart_cycle()
+            self._set(now, cfg.latency_tolerance * (self.bandwidth() or rate) * floor, "bdp")
+
+    def _set(self, now: float, value: float, why: str) -> None:
+        cfg = self.config
+        self.value = min(float(cfg.ceiling), max(float(cfg.floor), value))
+        self.last_change = why
+        self.knee_at = now
+
+    def _restart_cycle(self) -> None:
+        """After a cut or a ramp: the probe cycle starts over (a probe compares with the
+        maximum of the windows before it, at the limit before the cut)."""
+        self._phase = 1
+        self._probe_base = 0.0
