@@ -255,10 +255,16 @@ class DeliveryLimiter:
             self._rates.append(rate)
         tol = cfg.latency_tolerance
         if not lagged and mean > tol * _QUEUE_CUT * floor:
-            # The backend queues far past what we allow at this limit: it delivers less
-            # than it did. Only what it delivers now counts.
-            self._rates = deque([rate], maxlen=_BW_WINDOWS)
-            self._set(now, tol * rate * floor, "latency")
+            # The backend queues far past what we allow. Above the BDP of the best it
+            # delivered, drain to it (a queue that slows a thrashing backend depresses this
+            # window's rate: it is no measure of capacity). Already at it, the backend
+            # delivers less than it did: only what it delivers now counts.
+            bdp = tol * (self.bandwidth() or rate) * floor
+            if self.value > _QUEUE_CUT * bdp:
+                self._set(now, bdp, "latency")
+            else:
+                self._rates = deque([rate], maxlen=_BW_WINDOWS)
+                self._set(now, tol * rate * floor, "latency")
             self.slow_start = False
             self._restart_cycle()
             return
