@@ -447,6 +447,7 @@ class AdmissionGate:
         # client's clock is that far ahead of the `arrived` we measure.
         self._stall = 0.0
         self._stall_at = now
+        self._lag = 0.0  # how late the last tick ran
         self._capacity: float | None = None  # goodput/s measured while saturated
         self._capacity_at = now
         self._run_start: float | None = None  # the current run of saturated ticks
@@ -1336,6 +1337,7 @@ class AdmissionGate:
         dt = now - self._last_tick
         self._last_tick = now
         lag = max(0.0, dt - self.config.recovery.batch_interval)
+        self._lag = lag
         self.limiter.note_lag(lag)
         if lag >= self._stall or now - self._stall_at > self._patience:
             self._stall, self._stall_at = lag, now
@@ -1528,6 +1530,7 @@ class AdmissionGate:
         floor = self.limiter.floor.value
         m.latency_floor.set(floor if floor is not None else 0.0)
         m.pace.set(self._pace)
+        m.loop_lag.set(self._lag)
         m.arrival_rate.set(self.rates.rate(now))
         m.arrival_baseline.set(self.rates.baseline or 0.0)
         m.retry_share.set(self.rates.retry_share(now))
@@ -1752,6 +1755,9 @@ class AdmissionGate:
             "limit_in_force": min(self._eff, lim.limit),
             "limit_bounds": [self.config.limiter.floor, self.config.limiter.ceiling],
             "limit_last_change": lim.last_change,
+            "limit_algorithm": self.config.limiter.algorithm,
+            "loop_lag_ms": round(self._lag * 1000, 1),
+            "loop_stall_ms": round(self._stall * 1000, 1),
             "slow_start": lim.slow_start,
             "latency_floor_ms": round(floor * 1000, 2) if floor is not None else None,
             "pace_rps": round(self._pace, 1),

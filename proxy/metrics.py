@@ -164,6 +164,12 @@ class Metrics:
             "Requests per second the upstream absorbs at the learned limit (for pacing).",
             registry=r,
         )
+        self.loop_lag = Gauge(
+            "sluice_event_loop_lag_seconds",
+            "How late the last control tick ran: Sluice's own event loop was busy this long "
+            "(our saturation, not the backend's).",
+            registry=r,
+        )
         self.arrival_rate = Gauge(
             "sluice_arrival_rate", "Arrivals per second over the rate window.", registry=r
         )

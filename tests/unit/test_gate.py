@@ -1106,3 +1106,15 @@ def test_returns_are_judged_by_their_place_in_arrival_order() -> None:
     g._rejudge(now)
     assert [w.state for w in a] == [WAITING] * 6
     assert b[0].state == REFUSED  # the latest to arrive, whichever its caller
+
+
+def test_our_own_loop_lag_is_shown_in_status_and_a_gauge() -> None:
+    # Issue 16: operators tell our saturation from the backend's.
+    h = Harness()
+    interval = h.config.recovery.batch_interval
+    h.tick(interval)  # on time
+    assert h.gate.status()["loop_lag_ms"] == 0.0
+    h.tick(interval + 0.05)  # the loop was busy 50 ms past the tick's due time
+    assert h.gate.status()["loop_lag_ms"] == pytest.approx(50.0)
+    assert h.metric("sluice_event_loop_lag_seconds") == pytest.approx(0.05)
+    assert h.gate.status()["limit_algorithm"] == "gradient"
