@@ -30,6 +30,7 @@ import statistics
 from collections import deque
 
 from .config import LimiterConfig
+from .limiter import rising
 from .signals import LatencyFloor
 
 # A window says something about capacity only when its mean concurrency (Little's law: the
@@ -58,8 +59,6 @@ _MAX_STRETCH = 4
 _LATENCY_ALPHA = 0.3
 # Windows at the floor with work waiting before the limit probes up regardless.
 _FLOOR_WINDOWS = 3
-# The limit counts as growing while its recent peak beats the earlier peak by this much.
-_GROWTH_MARGIN = 1.05
 
 
 class DeliveryLimiter:
@@ -141,14 +140,7 @@ class DeliveryLimiter:
 
     def growing(self) -> bool:
         """True while the limit is still climbing (STARTUP, or a rising recent peak)."""
-        if self.slow_start:
-            return True
-        k = self.config.stable_windows
-        h = self._history
-        if len(h) < 2 * k:
-            return len(h) > 1 and h[-1] > h[0]
-        items = list(h)
-        return max(items[k:]) > _GROWTH_MARGIN * max(items[:k])
+        return self.slow_start or rising(self._history, self.config.stable_windows)
 
     def at_knee(self, now: float) -> bool:
         """True while the limit follows the BDP (not ramping), set lately."""

@@ -51,6 +51,15 @@ _KNEE_MEMORY = 10
 _GROWTH_MARGIN = 1.05
 
 
+def rising(history: deque[float], k: int) -> bool:
+    """Whether a limit's history (its last 2k windows) is still climbing: the peak of the
+    last k windows beats the peak of the k before by `_GROWTH_MARGIN`."""
+    if len(history) < 2 * k:
+        return len(history) > 1 and history[-1] > history[0]
+    items = list(history)
+    return max(items[k:]) > _GROWTH_MARGIN * max(items[:k])
+
+
 class Limiter:
     """Adaptive concurrency limit; feed it answers with `add`, close windows with `tick`."""
 
@@ -155,12 +164,7 @@ class Limiter:
         """True while the limit is still climbing (slow start, or a rising recent peak)."""
         if self.slow_start or self._stage != _IDLE:
             return True
-        k = self.config.stable_windows
-        h = self._history
-        if len(h) < 2 * k:
-            return len(h) > 1 and h[-1] > h[0]
-        items = list(h)
-        return max(items[k:]) > _GROWTH_MARGIN * max(items[:k])
+        return rising(self._history, self.config.stable_windows)
 
     def at_knee(self, now: float) -> bool:
         """True while the limit sits where the backend starts to queue (it was cut for
