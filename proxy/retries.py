@@ -4,12 +4,12 @@ Signals, most trusted first:
 1. an attempt header (`x-retry-attempt` and its aliases, `amz-sdk-request: attempt=N`): the
    classifier parses it, and it decides alone, either way;
 2. a per-call id that SDKs keep across their own retries (`x-ms-client-request-id`,
-   `amz-sdk-invocation-id`): the same id seen again is a retry, the count of sightings its
-   attempt number (`CallIds`);
-3. only where neither decides, the request's fingerprint (caller, method, path and query):
-   each failure of a request with that fingerprint (refused by Sluice, a 5xx/429 or timeout
-   from the backend, a client that left before its answer) lets at most one later repeat count
-   as a retry (`FailureCredits`).
+   `amz-sdk-invocation-id`): it decides alone. Seen again, a retry, the count of sightings its
+   attempt number (`CallIds`); new, a new call (a first try);
+3. only where neither exists, the request's fingerprint (caller, client address, method, path
+   and query): each failure of a request with that fingerprint (refused by Sluice, a 5xx/429
+   or timeout from the backend, a client that left before its answer) lets at most one later
+   repeat count as a retry (`FailureCredits`).
 
 Identical requests are normal for token services (every pod of one identity sends the same
 URL), so a repeat after a success, or two identical requests in flight at once, prove
