@@ -19,6 +19,7 @@ wall clock; each test is bounded by the harness's own budget for its arms (runne
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ from loadtest.analysis import MACHINE_BUSY_WARN
 from loadtest.cli import run_scenario
 from loadtest.figures import CONNECTION_ERROR, TIMEOUT, is_explicit_answer
 from loadtest.runner import arm_budget
-from loadtest.scenario import load_scenario
+from loadtest.scenario import SCENARIO_DIR, load_scenario, sluice_config_path
+from proxy.config import load_config
 
 pytestmark = pytest.mark.replay
 
@@ -48,6 +50,13 @@ OUTSIDE_BUSY_MAX = 1.0
 # workflows can fail (explicitly) when other work takes the CPU from Sluice (97.97 % seen once in a
 # valid run). Unprotected, the same storm leaves them at ~0 %.
 FRESH_SUCCESS_MIN = 0.95
+
+# Sluice answers a queued request by its client's deadline less this margin: a client times out
+# only if Sluice's own event loop stalled longer than that (the machine took its CPU).
+MARGIN_MS = (
+    1000
+    * load_config(sluice_config_path(SCENARIO_DIR / f"{SCENARIO}.yaml")).shedding.deadline_margin
+)
 
 
 def run_replay_arms(
@@ -70,7 +79,17 @@ def run_replay_arms(
         write=False,
         echo=False,
     )
+    for r in results:
+        r["out_dir"] = out_dir
     return {r["arm"]: r for r in results}
+
+
+def sluice_stall_ms(r: dict[str, Any]) -> float:
+    """The longest stall of Sluice's own event loop its /status samples saw (`loop_stall_ms`:
+    the worst tick lateness within the client patience), in the arm `r`."""
+    path = Path(r["out_dir"]) / "raw" / f"{SCENARIO}-{r['arm']}-sluice-east-status.json"
+    samples = json.loads(path.read_text(encoding="utf-8"))["samples"]
+    return max((float(doc.get("loop_stall_ms", 0.0)) for _, doc in samples), default=0.0)
 
 
 def measured(result: dict[str, Any]) -> dict[str, Any]:
@@ -122,10 +141,15 @@ def summary(r: dict[str, Any]) -> dict[str, Any]:
 
 def assert_every_answer_explicit(r: dict[str, Any], info: dict[str, Any]) -> None:
     """Every attempt got a 200 or one of Sluice's own answers (status and reason from the §4
-    table): never a client timeout, a connection error, a backend's refusal passed through, a
-    reason without its status, or no reason."""
+    table): never a connection error, a backend's refusal passed through, a reason without its
+    status, or no reason; and no client timeout unless Sluice's own loop was stalled past its
+    deadline margin (the machine, not Sluice, broke that promise)."""
     assert r["answers"].get("200", 0) > 0, info
-    assert r["answers"].get(TIMEOUT, 0) == 0, info
+    if r["answers"].get(TIMEOUT, 0):
+        # Answered by the deadline less the margin, unless the machine stalled Sluice's loop
+        # past that margin: only then may a client time out.
+        stall = sluice_stall_ms(r)
+        assert stall > MARGIN_MS, {"loop_stall_ms": stall, **info}
     assert r["answers"].get(CONNECTION_ERROR, 0) == 0, info
     not_explicit = {
         c: n for c, n in r["answers"].items() if c != "200" and not is_explicit_answer(c)
