@@ -13,7 +13,9 @@ The `reopen` scenario on loopback (backend, fleet, Sluice), shortened to about 2
 Figures come from the harness (loadtest.analysis, loadtest.figures). A run whose load generator
 was itself starved (its event-loop lag p99 past 20 ms, or arrivals dropped: the run's
 `validity`) measures the generator, not Sluice, and one where other work on the machine took
-over a core of it measures the machine: their tests skip and say why. No assertion reads a
+over a core of it measures the machine: their tests skip and say why (the passthrough arm
+only when its collapse does not show: a starved generator sends less of the storm, so a
+collapse it shows anyway is measured). No assertion reads a
 wall clock; each test is bounded by the harness's own budget for its arms (runner.arm_budget).
 """
 
@@ -92,12 +94,12 @@ def sluice_stall_ms(r: dict[str, Any]) -> float:
     return max((float(doc.get("loop_stall_ms", 0.0)) for _, doc in samples), default=0.0)
 
 
-def measured(result: dict[str, Any]) -> dict[str, Any]:
-    """An arm's results, if they measure the system: fails if the arm could not run; skips,
-    saying why, if the load generator was starved (the run's `validity`) or if work outside the
+def not_measured(result: dict[str, Any]) -> str:
+    """Why an arm's results do not measure the system ("" when they do): fails if the arm
+    could not run; the load generator was starved (the run's `validity`), or work outside the
     run took over a core of the machine while it was near saturation (the analysis's own
-    warning), since then the figures measure the machine, not Sluice. This run's processes,
-    Sluice included, never count as outside work: a Sluice that burns the CPU still fails."""
+    warning): then the figures measure the machine, not Sluice. This run's processes, Sluice
+    included, never count as outside work: a Sluice that burns the CPU still fails."""
     arm = result["arm"]
     if "unavailable" in result:
         pytest.fail(f"arm {arm} could not run: {result['unavailable']}")
@@ -112,10 +114,15 @@ def measured(result: dict[str, Any]) -> dict[str, Any]:
             f"other work took {busy - own:.2f} cores of the machine "
             f"({busy:.2f} busy, {own:.2f} of them this run's processes)"
         )
+    return f"arm {arm} ({result['profile']}) not measured: {why}" if why else ""
+
+
+def measured(result: dict[str, Any]) -> dict[str, Any]:
+    """An arm's results, if they measure the system; else the test skips, saying why."""
+    why = not_measured(result)
     if why:
-        message = f"arm {arm} ({result['profile']}) not measured: {why}"
-        print(message)
-        pytest.skip(message)
+        print(why)
+        pytest.skip(why)
     return result
 
 
@@ -166,7 +173,22 @@ def naive_arms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, 
 
 @pytest.mark.timeout(2 * ARM_BOUND_S)  # the first test to run starts both arms
 def test_passthrough_arm_collapses_and_stays_down(naive_arms: dict[str, dict[str, Any]]) -> None:
-    r = measured(naive_arms["passthrough"])
+    # The unprotected storm often starves the generator itself (naive clients retrying every
+    # 50 ms against a collapsed backend). A starved generator sends less of the storm, so a
+    # collapse it still shows is real; only a missing collapse is then not measured.
+    r = naive_arms["passthrough"]
+    why = not_measured(r)
+    try:
+        check_collapse(r)
+    except AssertionError:
+        if why:
+            print(why)
+            pytest.skip(why)
+        raise
+
+
+def check_collapse(r: dict[str, Any]) -> None:
+    """The passthrough arm collapsed under the storm and stayed down after it."""
     lam = r["params"]["fresh_rate_total"]
     info = summary(r)
     assert r["profile"] == "naive"
