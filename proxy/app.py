@@ -217,8 +217,7 @@ class Sluice:
         finally:
             self.in_flight -= 1
             self.gate.release(ticket, outcome)
-            status = outcome.status
-            if outcome.error is not None or status is None or status >= 500 or status == 429:
+            if not outcome.good:
                 snap.classifier.note_failure(ticket, ticket.arrived)
         if config.logging.access_log and random.random() < config.logging.access_log_sample:
             _log_access(request, ticket, outcome, resp.status)

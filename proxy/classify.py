@@ -16,6 +16,9 @@ from .config import PRIORITY_CLASSES, Config
 from .contracts import Ticket
 from .headers import TrustedSources
 from .retries import (
+    BY_ATTEMPT,
+    BY_CALL_ID,
+    BY_FINGERPRINT,
     MAX_CALL_ID,
     RetryMemory,
     RetrySignalCounter,
@@ -166,7 +169,7 @@ class Classifier:
         if attempt is not None:
             is_retry = attempt > 0
             if is_retry:
-                self.retry_signals.hit(0)
+                self.retry_signals.hit(BY_ATTEMPT)
         else:
             attempt, is_retry = self._recognise(call_key, fingerprint, now)
 
@@ -228,10 +231,10 @@ class Classifier:
         if call_key:
             earlier = memory.call_ids.sighting(call_key, now)
             if earlier:
-                self.retry_signals.hit(1)
+                self.retry_signals.hit(BY_CALL_ID)
             return earlier, earlier > 0
         if memory.failures.redeem(fingerprint, now):
-            self.retry_signals.hit(2)
+            self.retry_signals.hit(BY_FINGERPRINT)
             return None, True
         return None, False
 

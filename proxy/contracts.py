@@ -85,6 +85,12 @@ class Outcome:
     latency: float  # seconds from forwarding to response headers (or failure)
     error: str | None = None  # one of UPSTREAM_ERRORS, "cancelled", or None
 
+    @property
+    def good(self) -> bool:
+        """An answer below 500 and not 429: neither an error, pushback nor a backend fault."""
+        status = self.status
+        return self.error is None and status is not None and status < 500 and status != 429
+
 
 class Deferred(Protocol):
     """A queued decision: await `wait()` for admission (None) or a Refusal."""

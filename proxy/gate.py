@@ -632,7 +632,7 @@ class AdmissionGate:
         c.in_flight -= 1
         status = outcome.status
         kind_ok = False
-        if outcome.error is None and status is not None and status < 500 and status != 429:
+        if outcome.good:
             kind_ok = True
             self._n_ok += 1
             self._lat_sum += outcome.latency

@@ -10,8 +10,8 @@ ones, so the schedule does not drift away from the present when the estimate cha
 
 Each booking is remembered for its caller and key as a window [slot - grace, latest + grace]
 where `latest` is when a client reading only the whole-second `Retry-After` would come back.
-The key is the request's per-call id when it has one, else its fingerprint (caller, method,
-path+query), else none. A request of that caller and key arriving inside the window is a
+The key is the request's per-call id when it has one, else its fingerprint (caller, client
+address, method, path+query). A request of that caller and key arriving inside the window is a
 *solicited* return: the gate admits it ahead of the caller's fresh arrivals and never charges
 it as a retry. A key may hold several open bookings: token requests are identical for every
 pod of an identity, and each refused pod is owed its own return (one booking per key let

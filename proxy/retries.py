@@ -26,6 +26,7 @@ SIGNAL_ATTEMPT = "attempt-header"
 SIGNAL_CALL_ID = "call-id"
 SIGNAL_FINGERPRINT = "fingerprint"
 SIGNALS: tuple[str, ...] = (SIGNAL_ATTEMPT, SIGNAL_CALL_ID, SIGNAL_FINGERPRINT)
+BY_ATTEMPT, BY_CALL_ID, BY_FINGERPRINT = range(len(SIGNALS))  # indexes for the counters
 
 MAX_CALL_ID = 128  # longer ids are garbage: ignored and counted as invalid
 _MAX_CREDITS = 255  # failures remembered per fingerprint (bounded, far above any real burst)
