@@ -26,7 +26,6 @@ work waiting and answers coming, a window never holds it there: it probes up.
 
 from __future__ import annotations
 
-import statistics
 from collections import deque
 
 from .config import LimiterConfig
@@ -39,9 +38,10 @@ _USED = 0.8
 # Delivery-rate samples the maximum (and the median pace) spans, in saturated windows.
 _BW_WINDOWS = 6
 # Probe cycle of the steady state, as gains over the BDP target, one per saturated window.
+# No drain phase (BBR's 0.75): a concurrency limit brought back to the BDP bounds the queue
+# within one round trip by itself, and a window below the BDP idles workers for all of it.
 _PROBE_GAIN = 1.25
-_DRAIN_GAIN = 0.9
-_CYCLE = (_PROBE_GAIN, _DRAIN_GAIN, 1.0)
+_CYCLE = (_PROBE_GAIN, 1.0, 1.0, 1.0)
 # A probe whose window delivered this much more than the maximum before it: capacity grew.
 _GREW = 1.1
 # STARTUP's full-pipe test: delivery must grow by this factor within this many windows.
@@ -53,6 +53,8 @@ _LAGGED = 0.5
 # Mean latency past tolerance x unloaded x this: the backend queues far more than we allow,
 # so it lost capacity (or something else loads it): drop to what it delivers now.
 _QUEUE_CUT = 1.25
+# What a STARTUP window's latency says about the backend's queue (see `_judge`).
+_CLEAR, _UNSURE, _QUEUED = 0, 1, 2
 # A window short of answers is stretched to at most this many lengths, then discarded.
 _MAX_STRETCH = 4
 # Smoothing of the latency average (expected latency and caps).
@@ -71,6 +73,8 @@ class DeliveryLimiter:
     _pushback: int
     _broken: int
     _lag: float
+    _ticks: int
+    _waited: int
 
     def __init__(self, config: LimiterConfig, now: float) -> None:
         self.config = config
@@ -83,9 +87,11 @@ class DeliveryLimiter:
         self._rates: deque[float] = deque(maxlen=_BW_WINDOWS)
         self._best = 0.0  # STARTUP: the best delivery rate so far
         self._stalled = 0  # STARTUP: windows without _FULL_PIPE growth
-        self._phase = 0  # position in _CYCLE
+        self._phase = len(_CYCLE) - 1  # position in _CYCLE: the first full window probes
         self._probe_base = 0.0  # the maximum before the current probe window
         self._at_floor = 0
+        self._queued = False  # the last window queued while the limit was at the BDP
+        self._full = False  # the backend was seen full since its capacity was last in doubt
         self._history: deque[float] = deque(maxlen=2 * config.stable_windows)
         self._reset_window(now)
 
@@ -110,8 +116,13 @@ class DeliveryLimiter:
         if lag > self._lag:
             self._lag = lag
 
-    def tick(self, now: float, in_flight: int, may_probe: bool = True) -> bool:
-        """Close the window when due; True when the limit changed."""
+    def tick(
+        self, now: float, in_flight: int, may_probe: bool = True, waiting: bool = True
+    ) -> bool:
+        """Close the window when due; True when the limit changed. `waiting`: work waited
+        for the limit since the last tick (queued or refused for it)."""
+        self._ticks += 1
+        self._waited += waiting
         if now - self._window_start < self._window_length():
             return False
         before = self.limit
@@ -148,21 +159,30 @@ class DeliveryLimiter:
             return False
         return now - self.knee_at <= 10 * self._window_length()
 
+    def pace_known(self) -> bool:
+        """Whether the pace is the backend's capacity: it was seen full (a queue, pushback,
+        or delivery that stopped growing with the limit) since its capacity was last in
+        doubt, over a few windows. Before that, delivery only measured our own limit."""
+        return self._full and len(self._rates) >= 3
+
     def pace(self) -> float:
-        """Requests/s to pace returns at: the median of recent saturated windows' delivery
-        (conservative: not the maximum), else the limit over the latency (Little's law)."""
-        if self._rates:
-            return statistics.median(self._rates)
-        latency = self.latency or self.floor.value
+        """Requests/s the backend delivers, to pace returns at: the best recent window
+        (BBR's bottleneck bandwidth); until the backend was seen full, at least what the
+        limit would deliver at the unloaded latency (the limit, not the backend, held it)."""
+        best = max(self._rates) if self._rates else 0.0
+        if self.pace_known():
+            return best
+        latency = self.floor.value or self.latency
         if latency is None or latency <= 0:
-            return self.limit / 0.1  # nothing measured yet: assume 100 ms answers
-        return self.limit / latency
+            latency = 0.1  # nothing measured yet: assume 100 ms answers
+        return max(best, self.limit / latency)
 
     # --- control ---------------------------------------------------------------------------
     def enter_slow_start(self, now: float, from_floor: bool) -> None:
         """Find the backend's capacity again (RECOVERY entry). `from_floor`: it just came
         back from an outage or repair: what was learned of it is stale."""
         if from_floor:
+            self._full = False
             self._rates.clear()
             self.value = float(max(self.config.floor, min(self.limit, self.config.initial)))
         self.slow_start = True
@@ -191,6 +211,8 @@ class DeliveryLimiter:
         self._pushback = 0
         self._broken = 0
         self._lag = 0.0
+        self._ticks = 0
+        self._waited = 0
 
     def _close(self, now: float) -> None:
         cfg = self.config
@@ -216,6 +238,7 @@ class DeliveryLimiter:
         self.value = max(float(cfg.floor), self.value * cfg.backoff)
         self._rates = deque((r * cfg.backoff for r in self._rates), maxlen=_BW_WINDOWS)
         self.slow_start = False
+        self._full = True
         self.last_change = "backoff"
         self.knee_at = now
         self._restart_cycle()
@@ -235,7 +258,9 @@ class DeliveryLimiter:
             )
         assert floor is not None  # observed at least once: the first window cannot lag
         used = self._lat_sum / span / max(self.value, 1.0)
-        if used < _USED:
+        if used < _USED or 2 * self._waited < self._ticks:
+            # The traffic, not the limit, set this window's delivery (BBR's app-limited
+            # sample): it says nothing about what the backend could do.
             self._at_floor = 0
             if self.slow_start and used < _USED / 2:
                 self.slow_start = False  # the traffic does not fill what we have: ramp done
@@ -246,25 +271,50 @@ class DeliveryLimiter:
         if not lagged or rate > best_before:
             self._rates.append(rate)
         tol = cfg.latency_tolerance
-        if not lagged and mean > tol * _QUEUE_CUT * floor:
+        # No answer was read later than our worst stall in the window: the backend's own
+        # latency was at least `low`, at most `mean`. Queueing counts only when `low` shows
+        # it, its absence only when `mean` does; our stalls alone can neither cut nor grow.
+        low = mean - self._lag
+        if low > tol * _QUEUE_CUT * floor:
+            self._full = True
             # The backend queues far past what we allow. Above the BDP of the best it
             # delivered, drain to it (a queue that slows a thrashing backend depresses this
             # window's rate: it is no measure of capacity). Already at it, the backend
             # delivers less than it did: only what it delivers now counts.
             bdp = tol * (self.bandwidth() or rate) * floor
-            if self.value > _QUEUE_CUT * bdp:
+            if self._phase == 0 and not self.slow_start:
+                # A probe that found a queue: the cycle goes on at the BDP (a restart would
+                # probe again after one window, and a probe every other window thrashes).
+                self._phase = 1
+                self._probe_base = 0.0
+                self._set(now, bdp, "latency")
+                return
+            if self.value > _QUEUE_CUT * bdp or not self._queued:
+                # Above the BDP, or the first slow window at it (its answers were mostly
+                # sent before the limit came down): drain to the BDP; the maximum stands.
+                self._queued = self.value <= _QUEUE_CUT * bdp
                 self._set(now, bdp, "latency")
             else:
+                # A second window that queues at the BDP: the backend delivers less than
+                # it did, and only what it delivers now counts.
+                self._queued = False
                 self._rates = deque([rate], maxlen=_BW_WINDOWS)
                 self._set(now, tol * rate * floor, "latency")
             self.slow_start = False
             self._restart_cycle()
             return
+        self._queued = False
         if self.slow_start:
-            self._startup(now, rate, floor)
+            # HyStart's delay test: a queue at the backend means the pipe is full, whatever
+            # the rate says (the first window has nothing to compare its rate with).
+            if low > tol * floor:
+                self._startup(now, rate, floor, _QUEUED)
+            else:
+                self._startup(now, rate, floor, _CLEAR if mean <= tol * floor else _UNSURE)
             return
         if self._phase == 0 and self._probe_base and rate > _GREW * self._probe_base:
             self.slow_start = True  # the probe found more: capacity grew, find it
+            self._full = False
             self._best, self._stalled = rate, 0
             self.value = min(float(cfg.ceiling), self.value * cfg.slow_start_factor)
             self.last_change = "growth"
@@ -272,7 +322,9 @@ class DeliveryLimiter:
         self._phase = (self._phase + 1) % len(_CYCLE)
         gain = _CYCLE[self._phase]
         self._probe_base = (self.bandwidth() or rate) if self._phase == 0 else 0.0
-        target = tol * (self.bandwidth() or rate) * floor * gain
+        # Answers our loop has not read yet hold their slots too: on top of the BDP, what
+        # the backend delivers during our worst stall (BBR's allowance for ACK aggregation).
+        target = (self.bandwidth() or rate) * (tol * floor * gain + self._lag)
         if self.value <= cfg.floor and target <= cfg.floor:
             self._at_floor += 1
             if self._at_floor >= _FLOOR_WINDOWS:
@@ -283,16 +335,23 @@ class DeliveryLimiter:
             self._at_floor = 0
         self._set(now, target, "probe" if gain > 1.0 else "bdp")
 
-    def _startup(self, now: float, rate: float, floor: float) -> None:
+    def _startup(self, now: float, rate: float, floor: float, delay: int) -> None:
         cfg = self.config
-        if rate >= _FULL_PIPE * self._best:
+        grew = rate >= _FULL_PIPE * self._best
+        if (delay == _CLEAR and grew) or (delay == _UNSURE and grew and self._best > 0):
             self._best = rate
             self._stalled = 0
             self.value = min(float(cfg.ceiling), self.value * cfg.slow_start_factor)
             self.last_change = "growth"
             return
+        if delay == _UNSURE and self._best == 0:
+            # Our stall hides the delay and there is no rate to compare with: hold a window.
+            self._best = rate
+            self.last_change = "own-lag"
+            return
         self._stalled += 1
-        if self._stalled >= _FULL_PIPE_WINDOWS:
+        if delay == _QUEUED or self._stalled >= _FULL_PIPE_WINDOWS:
+            self._full = True
             # Delivery stopped growing with the limit: the pipe is full. Drain to the BDP.
             self.slow_start = False
             self._restart_cycle()
@@ -305,7 +364,8 @@ class DeliveryLimiter:
         self.knee_at = now
 
     def _restart_cycle(self) -> None:
-        """After a cut or a ramp: the probe cycle starts over (a probe compares with the
-        maximum of the windows before it, at the limit before the cut)."""
-        self._phase = 1
+        """After a cut or a ramp: one window at the BDP, then a probe (a cut from a window
+        whose delivery the queue itself slowed lands below the backend's workers, and only
+        a probe finds them again)."""
+        self._phase = len(_CYCLE) - 1
         self._probe_base = 0.0

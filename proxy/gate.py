@@ -137,9 +137,11 @@ _ADMIT, _QUEUE, _REFUSE = 0, 1, 2
 _UNBOOKED = frozenset({"spillover", "draining"})
 _CANCELLED_OUTCOME = Outcome(None, 0.0, "cancelled")
 # Fresh arrivals in the first tier: up to this multiple of the baseline rate, with a burst
-# allowance of this many seconds of it.
+# allowance of this many seconds of it (Poisson arrivals at the baseline rate overflow a
+# quarter-second allowance often enough to queue more than 0.5 % of fresh requests behind
+# booked returns; a whole wave of first tries overflows one second's at once).
 _FRESH_HEADROOM = 1.2
-_FRESH_BURST = 0.25
+_FRESH_BURST = 1.0
 # Smoothing of the measured throughput, per tick (about half a second at 100 ms ticks).
 _THROUGHPUT_ALPHA = 0.2
 # Capacity samples: one per second in which the limiter was saturated >= 70 % of ticks,
@@ -525,7 +527,10 @@ class AdmissionGate:
         # the limit would allow, Little's law at the knee, at least what we measure and
         # what the first runs showed), which is booked optimistically.
         at_knee = lim.at_knee(now)
-        if self._capacity is not None and self._n_samples >= _SAMPLES_KNOWN:
+        if isinstance(lim, DeliveryLimiter):
+            self._pace_known = lim.pace_known()
+            self._pace = lim.pace() if self._pace_known else max(lim.pace(), self._throughput)
+        elif self._capacity is not None and self._n_samples >= _SAMPLES_KNOWN:
             self._pace = self._capacity
             self._pace_known = True
         else:
@@ -1353,6 +1358,7 @@ class AdmissionGate:
         self._clean_sum = 0.0
         self.rates.record(now, self._arrivals, self._retries)
         self._arrivals = self._retries = 0
+        waiting = bool(self._overloaded or self._queued)
         if self._overloaded or (self._queued and self.in_flight >= self._eff):
             self._saturated_ticks += 1
             self._measure_capacity(now, ok)
@@ -1377,7 +1383,7 @@ class AdmissionGate:
 
         self._expire(now)
         mode = self.modes.state
-        if self.limiter.tick(now, self.in_flight, mode in (Mode.NORMAL, Mode.RECOVERY)):
+        if self.limiter.tick(now, self.in_flight, mode in (Mode.NORMAL, Mode.RECOVERY), waiting):
             self.metrics.limit.set(self.limiter.limit)
         self._refresh_estimates(now)
         if self._queued and mode is not Mode.OUTAGE:
@@ -1388,7 +1394,12 @@ class AdmissionGate:
             self._last_prune = now
             self.pacer.prune(now)
             self._refresh_caps()
-        self.rates.update_baseline(now, learning=mode is Mode.NORMAL)
+        # Traffic served with nothing held or refused for capacity is normal traffic, in
+        # RECOVERY too: a start under load (RECOVERY from the first seconds) learns it, or
+        # fresh traffic would have no first tier when a wave comes. (Not in OUTAGE or
+        # SHIELD, where what arrives is refused for other reasons.)
+        calm_recovery = mode is Mode.RECOVERY and not waiting
+        self.rates.update_baseline(now, learning=mode is Mode.NORMAL or calm_recovery)
 
         transition = self.modes.evaluate(self._snapshot(now), now)
         if transition is not None:

@@ -126,7 +126,9 @@ class Limiter:
         if lag > self._lag:
             self._lag = lag
 
-    def tick(self, now: float, in_flight: int, may_probe: bool = True) -> bool:
+    def tick(
+        self, now: float, in_flight: int, may_probe: bool = True, waiting: bool = True
+    ) -> bool:
         """Sample concurrency; close the window when due. True when the limit changed.
 
         `may_probe` allows starting a floor re-measurement (the gate passes False outside
