@@ -184,7 +184,12 @@ class DeliveryLimiter:
         if from_floor:
             self._full = False
             self._rates.clear()
-            self.value = float(max(self.config.floor, min(self.limit, self.config.initial)))
+            if self.floor.value is None:
+                # Never seen unloaded (started under load): only a low concurrency shows the
+                # unloaded latency the BDP is made of, so the ramp starts at the floor.
+                self.value = float(self.config.floor)
+            else:
+                self.value = float(max(self.config.floor, min(self.limit, self.config.initial)))
         self.slow_start = True
         self._best = 0.0
         self._stalled = 0
@@ -276,15 +281,16 @@ class DeliveryLimiter:
         # it, its absence only when `mean` does; our stalls alone can neither cut nor grow.
         low = mean - self._lag
         if low > tol * _QUEUE_CUT * floor:
-            self._full = True
             # The backend queues far past what we allow. Above the BDP of the best it
             # delivered, drain to it (a queue that slows a thrashing backend depresses this
             # window's rate: it is no measure of capacity). Already at it, the backend
             # delivers less than it did: only what it delivers now counts.
             bdp = tol * (self.bandwidth() or rate) * floor
             if self._phase == 0 and not self.slow_start:
-                # A probe that found a queue: the cycle goes on at the BDP (a restart would
-                # probe again after one window, and a probe every other window thrashes).
+                # A probe that found a queue, not more delivery: the pipe is full at the
+                # maximum. The cycle goes on at the BDP (a restart would probe again after
+                # one window, and a probe every other window thrashes).
+                self._full = True
                 self._phase = 1
                 self._probe_base = 0.0
                 self._set(now, bdp, "latency")
@@ -319,6 +325,8 @@ class DeliveryLimiter:
             self.value = min(float(cfg.ceiling), self.value * cfg.slow_start_factor)
             self.last_change = "growth"
             return
+        if self._phase == 0 and self._probe_base:
+            self._full = True  # a probe that found no more delivery: the pipe is full
         self._phase = (self._phase + 1) % len(_CYCLE)
         gain = _CYCLE[self._phase]
         self._probe_base = (self.bandwidth() or rate) if self._phase == 0 else 0.0
@@ -351,7 +359,10 @@ class DeliveryLimiter:
             return
         self._stalled += 1
         if delay == _QUEUED or self._stalled >= _FULL_PIPE_WINDOWS:
-            self._full = True
+            # A queue ends the ramp, but a queue that slows a thrashing backend also lowers
+            # what it delivers: only delivery that stopped growing measures the pipe (the
+            # probe after a queue's exit does the rest).
+            self._full = self._stalled >= _FULL_PIPE_WINDOWS
             # Delivery stopped growing with the limit: the pipe is full. Drain to the BDP.
             self.slow_start = False
             self._restart_cycle()

@@ -137,11 +137,10 @@ _ADMIT, _QUEUE, _REFUSE = 0, 1, 2
 _UNBOOKED = frozenset({"spillover", "draining"})
 _CANCELLED_OUTCOME = Outcome(None, 0.0, "cancelled")
 # Fresh arrivals in the first tier: up to this multiple of the baseline rate, with a burst
-# allowance of this many seconds of it (Poisson arrivals at the baseline rate overflow a
-# quarter-second allowance often enough to queue more than 0.5 % of fresh requests behind
-# booked returns; a whole wave of first tries overflows one second's at once).
+# allowance of this many seconds of it (a wave of first tries takes the whole allowance
+# at once, ahead of the fresh arrivals that follow it: keep it short).
 _FRESH_HEADROOM = 1.2
-_FRESH_BURST = 1.0
+_FRESH_BURST = 0.25
 # Smoothing of the measured throughput, per tick (about half a second at 100 ms ticks).
 _THROUGHPUT_ALPHA = 0.2
 # Capacity samples: one per second in which the limiter was saturated >= 70 % of ticks,
@@ -1394,12 +1393,12 @@ class AdmissionGate:
             self._last_prune = now
             self.pacer.prune(now)
             self._refresh_caps()
-        # Traffic served with nothing held or refused for capacity is normal traffic, in
-        # RECOVERY too: a start under load (RECOVERY from the first seconds) learns it, or
-        # fresh traffic would have no first tier when a wave comes. (Not in OUTAGE or
-        # SHIELD, where what arrives is refused for other reasons.)
-        calm_recovery = mode is Mode.RECOVERY and not waiting
-        self.rates.update_baseline(now, learning=mode is Mode.NORMAL or calm_recovery)
+        # A start under load (RECOVERY from the first seconds) never saw NORMAL: it seeds
+        # the baseline from traffic served with nothing held or refused for capacity, or
+        # fresh traffic would have no first tier when a wave comes. Only seeds: later in a
+        # RECOVERY, what arrives includes booked returns, which are not a baseline.
+        seed = self.rates.baseline is None and mode is Mode.RECOVERY and not waiting
+        self.rates.update_baseline(now, learning=mode is Mode.NORMAL or seed)
 
         transition = self.modes.evaluate(self._snapshot(now), now)
         if transition is not None:
