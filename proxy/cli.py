@@ -78,6 +78,8 @@ def check_config(path: Path) -> int:
     except ConfigError as exc:
         _print_config_error(exc)
         return 1
+    for note in config.deprecations:
+        print(f"sluice: warning: {path}: {note}", file=sys.stderr)
     print(
         f"sluice: config {path} is valid (upstream {config.upstream.url}, "
         f"listen {config.listen.host}:{config.listen.port}, protection {config.modes.protection})"
@@ -112,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_config_error(exc)
         return 2
     setup_logging(config.logging.level)
+    for note in config.deprecations:
+        logging.getLogger("sluice").warning(note, extra={"file": str(path)})
     from .lifecycle import run
 
     try:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -21,6 +22,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     model_validator,
 )
@@ -291,6 +293,12 @@ class SheddingConfig(Strict):
         "past its booked return, which the Retry-After counts from the end of the hold); "
         "0 = answer at once",
     )
+    busy_lag: Duration = Field(
+        0.25,
+        description="our own event loop ran this late (two ticks in a row): until it "
+        "catches up, a request that would wait in the queue is answered 503 `busy` at once, "
+        "unbooked, instead (Sluice, not the backend, is saturated); 0 = never",
+    )
     pace_headroom: float = Field(
         1.1,
         ge=1.0,
@@ -363,6 +371,12 @@ class Config(Strict):
     admin: AdminConfig = AdminConfig()
     logging: LoggingConfig = LoggingConfig()
     lifecycle: LifecycleConfig = LifecycleConfig()
+    _deprecations: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def deprecations(self) -> tuple[str, ...]:
+        """Warnings for deprecated keys the file set (they were ignored)."""
+        return self._deprecations
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
@@ -429,16 +443,40 @@ def _from_validation_error(source: str, exc: ValidationError) -> ConfigError:
     return ConfigError(source, errors)
 
 
+# Keys a release removed, still accepted for one more release and ignored, with a warning:
+# unknown keys are errors, and an upgrade must not stop a running config from reloading.
+# "section.key" -> what to do instead.
+DEPRECATED: Mapping[str, str] = MappingProxyType({})
+
+
+def _without_deprecated(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """`data` without the deprecated keys it sets (copied where changed), and a warning
+    for each."""
+    notes = []
+    out = dict(data)
+    for dotted, instead in DEPRECATED.items():
+        section, key = dotted.split(".", 1)
+        body = out.get(section)
+        if isinstance(body, dict) and key in body:
+            out[section] = {k: v for k, v in body.items() if k != key}
+            notes.append(f"{dotted} is deprecated and ignored: {instead}")
+    return out, notes
+
+
 def load_config_data(data: Any, source: str = "<data>") -> Config:
-    """Validate already-parsed YAML data into a `Config`, or raise `ConfigError`."""
+    """Validate already-parsed YAML data into a `Config`, or raise `ConfigError`.
+    Deprecated keys are dropped; `Config.deprecations` says which."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(source, [FieldError("", "the top level must be a mapping")])
+    data, notes = _without_deprecated(data)
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
         raise _from_validation_error(source, exc) from None
+    config._deprecations = tuple(notes)
+    return config
 
 
 def load_config(path: str | Path) -> Config:

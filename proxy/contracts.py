@@ -28,6 +28,7 @@ REASONS: Mapping[str, frozenset[int]] = MappingProxyType(
         "outage": frozenset({503}),
         "deadline": frozenset({504}),
         "draining": frozenset({503}),
+        "busy": frozenset({503}),
         "upstream-connect": frozenset({502}),
         "upstream-timeout": frozenset({504}),
         "upstream-error": frozenset({502}),

@@ -134,7 +134,7 @@ WAITING, ADMITTED, REFUSED, CANCELLED = 0, 1, 2, 3
 _ADMIT, _QUEUE, _REFUSE = 0, 1, 2
 # Reasons whose Retry-After is a plain minimum (no slot booked): the client should go
 # elsewhere (spillover, draining) or cannot be served here at all (a cap of 0).
-_UNBOOKED = frozenset({"spillover", "draining"})
+_UNBOOKED = frozenset({"spillover", "draining", "busy"})
 _CANCELLED_OUTCOME = Outcome(None, 0.0, "cancelled")
 # Fresh arrivals in the first tier: up to this multiple of the baseline rate, with a burst
 # allowance of this many seconds of it (a wave of first tries takes the whole allowance
@@ -449,6 +449,7 @@ class AdmissionGate:
         self._stall = 0.0
         self._stall_at = now
         self._lag = 0.0  # how late the last tick ran
+        self._busy = False  # the last tick ran `shedding.busy_lag` late: we are saturated
         self._capacity: float | None = None  # goodput/s measured while saturated
         self._capacity_at = now
         self._run_start: float | None = None  # the current run of saturated ticks
@@ -507,6 +508,7 @@ class AdmissionGate:
         self._budget_on = config.retry_budget.enabled
         self._lifo_after = config.queue.lifo_when_older_than
         self._hold_max = sh.hold_max
+        self._busy_lag = sh.busy_lag
         self._expected_latency = 0.0
         self._min_budget = self._margin
         self._refresh_estimates(self._clock())
@@ -710,6 +712,11 @@ class AdmissionGate:
         if not 0 <= t.priority < _N_PRIO:
             t.priority = _N_PRIO - 1
         decision, reason, expiry, by_deadline = self._decide(t, c, now, mode)
+        if decision == _QUEUE and self._busy:
+            # Our own loop is what is saturated: a waiter (its timer, its wake-up, a booked
+            # answer if it expires) costs the CPU we lack, and answers read late would teach
+            # the limiter a slow backend. Refuse at once, unbooked, with our own reason.
+            decision, reason = _REFUSE, "busy"
         if self.modes.dry_run:
             if decision == _REFUSE:
                 self.metrics.dry_run_decision[reason].inc()
@@ -1341,6 +1348,9 @@ class AdmissionGate:
         dt = now - self._last_tick
         self._last_tick = now
         lag = max(0.0, dt - self.config.recovery.batch_interval)
+        # Saturated, not stalled once (a collection, a wave being read): two late ticks
+        # in a row.
+        self._busy = 0 < self._busy_lag <= min(lag, self._lag)
         self._lag = lag
         self.limiter.note_lag(lag)
         if lag >= self._stall or now - self._stall_at > self._patience:

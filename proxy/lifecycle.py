@@ -101,6 +101,10 @@ class Server:
             metrics.reload_ok.inc()
             generation = self.sluice.snapshot.generation
             log.info("config reloaded", extra={"generation": generation})
+            for note in new.deprecations:
+                log.warning(note, extra={"file": str(self.config_path)})
+            if new.deprecations:
+                return {"ok": True, "generation": generation, "warnings": list(new.deprecations)}
             return {"ok": True, "generation": generation}
 
     def request_stop(self) -> None:

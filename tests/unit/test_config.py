@@ -51,6 +51,31 @@ def test_missing_upstream_named() -> None:
     assert errors_of({}) == {"upstream": "required field is missing"}
 
 
+def test_a_deprecated_key_is_ignored_with_a_warning_not_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import proxy.config as config_module
+
+    monkeypatch.setattr(
+        config_module, "DEPRECATED", {"limiter.growth": "the limit grows by probing now"}
+    )
+    data = {**BASE, "limiter": {"growth": 3.0, "initial": 8}}
+    config = load_config_data(data)
+    assert config.limiter.initial == 8  # the rest of the section still applies
+    assert config.deprecations == (
+        "limiter.growth is deprecated and ignored: the limit grows by probing now",
+    )
+    assert data["limiter"] == {"growth": 3.0, "initial": 8}  # the caller's data untouched
+    assert load_config_data(BASE).deprecations == ()
+    # check-config passes, and says so on stderr
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["check-config", str(path)]) == 0
+    assert "limiter.growth is deprecated" in capsys.readouterr().err
+    # a key not in the table is still an error
+    assert "limiter.grwoth" in errors_of({**BASE, "limiter": {"grwoth": 3.0}})
+
+
 def test_unknown_key_named_with_its_path() -> None:
     errs = errors_of({**BASE, "listen": {"prot": 80}})
     assert errs == {"listen.prot": "unknown key"}

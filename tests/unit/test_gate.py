@@ -130,6 +130,33 @@ def test_normal_sheds_at_once_when_the_wait_would_be_too_long() -> None:
     assert results.index(shed[0]) == len(queued)  # the queue filled first, then shedding
 
 
+def test_while_our_loop_lags_what_would_wait_is_answered_busy_at_once() -> None:
+    h = Harness({"shedding": {"busy_lag": "200ms"}})
+    fill(h, 4)
+    h.tick(0.1 + 0.3)  # the ticker ran 300 ms late once: a stall, not saturation
+    waiter(h.gate.admit(h.ticket("fresh")))
+    h.tick(0.1 + 0.3)  # and again: our own loop is saturated
+    booked, queued = h.gate.pacer.total, h.gate._queued
+    r = refusal(h.gate.admit(h.ticket("fresh")))
+    assert (r.reason, r.status) == ("busy", 503)
+    assert r.retry_after_ms == 1000  # shedding.retry_after_min, not a booked slot
+    assert (h.gate.pacer.total, h.gate._queued) == (booked, queued)  # no slot, no waiter
+    h.tick()  # on time again: it waits as usual
+    waiter(h.gate.admit(h.ticket("fresh")))
+
+
+def test_busy_is_off_at_zero_and_never_refuses_what_can_go_at_once() -> None:
+    h = Harness({"shedding": {"busy_lag": "200ms"}})
+    h.tick(0.1 + 0.3)
+    h.tick(0.1 + 0.3)
+    assert h.gate.admit(h.ticket("fresh")) is None  # a free slot: forwarded, not refused
+    off = Harness({"shedding": {"busy_lag": "0s"}})
+    fill(off, 4)
+    off.tick(0.1 + 5.0)
+    off.tick(0.1 + 5.0)
+    waiter(off.gate.admit(off.ticket("fresh")))
+
+
 def test_caller_with_zero_cap_is_refused() -> None:
     h = Harness()
     r = refusal(h.gate.admit(h.ticket("banned")))
