@@ -276,7 +276,17 @@ class ModesConfig(Strict):
 class SheddingConfig(Strict):
     overload_status: Literal[429, 503] = 503
     deadline_margin: Duration = 0.05
-    retry_after_min: Duration = 1.0
+    retry_after_min: Duration = Field(
+        0.1,
+        description="the least Retry-After of any answer; a booked return is due when the "
+        "work queued in front of it is done (a second-long minimum left the backend idle "
+        "between the last queued request and the first return)",
+    )
+    retry_after_unbooked: Duration = Field(
+        1.0,
+        description="Retry-After of an answer that books no slot (busy, draining, "
+        "spillover): it cannot say when there will be room; at least retry_after_min",
+    )
     retry_after_max: Duration = 60.0
     slot: Duration = Field(0.1, gt=0)
     slot_grace: Duration = Field(
@@ -310,8 +320,8 @@ class SheddingConfig(Strict):
 
     @model_validator(mode="after")
     def _order(self) -> SheddingConfig:
-        if self.retry_after_min > self.retry_after_max:
-            raise ValueError("need retry_after_min <= retry_after_max")
+        if not self.retry_after_min <= self.retry_after_unbooked <= self.retry_after_max:
+            raise ValueError("need retry_after_min <= retry_after_unbooked <= retry_after_max")
         return self
 
 

@@ -248,7 +248,7 @@ class Forwarder:
         assert self.modes is not None
         sh = config.shedding
         left = self.modes.expected_outage_left(time.monotonic())
-        return math.ceil(min(max(sh.retry_after_min, left), sh.retry_after_max) * 1000)
+        return math.ceil(min(max(sh.retry_after_unbooked, left), sh.retry_after_max) * 1000)
 
     async def _respond(
         self,

@@ -957,7 +957,7 @@ class AdmissionGate:
     def _refuse(self, t: Ticket, c: _Caller, reason: str, now: float) -> Refusal:
         sh = self.config.shedding
         if reason in _UNBOOKED:
-            ms = math.ceil(sh.retry_after_min * 1000)
+            ms = math.ceil(sh.retry_after_unbooked * 1000)
             if reason == "spillover":
                 self.metrics.spillover_refused.inc()
         elif reason == "caller-cap" and c.cap == 0:
@@ -965,7 +965,10 @@ class AdmissionGate:
         else:
             not_before = self.modes.shield_until if reason == "shield" else 0.0
             if self.modes.state is Mode.OUTAGE:
-                not_before = max(not_before, now + self.modes.expected_outage_left(now))
+                # No room is known to come: not before the outage is expected to end, nor
+                # sooner than an answer that books nothing.
+                left = max(self.modes.expected_outage_left(now), sh.retry_after_unbooked)
+                not_before = max(not_before, now + left)
             baseline = self.rates.baseline or 0.0
             pace = self._book_pace
             if t.solicited:

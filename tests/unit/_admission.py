@@ -56,6 +56,9 @@ def make_config(extra: dict[str, Any] | None = None) -> Config:
         },
         "limiter": {"initial": 4, "floor": 2, "ceiling": 64},
         "modes": {"startup_window": "0s"},
+        # Returns at least a second out: the tests reason about holds and slots on that
+        # scale (the default, 100 ms, has its own tests in test_gate_pace.py).
+        "shedding": {"retry_after_min": "1s"},
     }
     return load_config_data(merge(base, extra or {}))
 

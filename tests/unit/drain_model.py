@@ -129,6 +129,7 @@ def run(
         "callers": {"known": [{"name": n} for n in [*names, "fresh"]], "fair_buckets": 4},
         "limiter": {"initial": 16, "floor": 4, "ceiling": 1000},
         "modes": {"startup_window": "10s"},
+        "shedding": {"retry_after_min": "100ms"},  # the shipped default (the harness sets 1 s)
     }
     h = Harness(base | (config or {}), start=0.0)
     gate = h.gate

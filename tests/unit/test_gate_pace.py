@@ -115,3 +115,31 @@ def test_a_return_is_booked_behind_the_work_queued_ahead_of_it(
     headers = refusal_response(r, None).headers
     assert headers["Retry-After"] == str(retry_after_s)
     assert headers["retry-after-ms"] == str(retry_after_ms)
+
+
+@pytest.mark.parametrize(("queued", "retry_after_ms"), [(1, 100), (2, 100), (3, 200), (4, 200)])
+def test_the_first_return_is_due_when_the_work_ahead_of_it_is_done(
+    queued: int, retry_after_ms: int
+) -> None:
+    # The shipped retry_after_min (100 ms): a request refused behind `queued` waiters at a
+    # measured 20/s comes back as the last of them is served, not a fixed second later (the
+    # backend idled between the two at every reopening: drains of 1.25-1.29x in the model).
+    h = _harness(
+        4,
+        {
+            "queue": {"max_size": queued, "patience": "20s", "learn_patience": False},
+            "shedding": {"hold_max": "0s", "pace_headroom": 1.0, "retry_after_min": "100ms"},
+            "recovery": {"rate_window": "60s"},  # no fresh baseline learnt meanwhile
+        },
+    )
+    _flying, waiting = saturate(h, per_tick=2)
+    for w in waiting:
+        w.cancel()
+    assert h.gate.pacer.total == 0
+    h.clock.now = float(math.ceil(h.clock.now))  # on a whole second: slots fall on the grid
+    for _ in range(queued):
+        assert isinstance(h.gate.admit(h.ticket()), Waiter)
+    r = h.gate.admit(h.ticket())
+    assert isinstance(r, Refusal) and r.reason == "overload"
+    assert (r.retry_after_ms, r.hold) == (retry_after_ms, 0.0)
+    assert refusal_response(r, None).headers["Retry-After"] == "1"  # whole seconds, rounded up
