@@ -132,8 +132,9 @@ _N_LEVELS = _N_PRIO * _TIERS
 WAITING, ADMITTED, REFUSED, CANCELLED = 0, 1, 2, 3
 # Decisions of the slow path.
 _ADMIT, _QUEUE, _REFUSE = 0, 1, 2
-# Reasons whose Retry-After is a plain minimum (no slot booked): the client should go
-# elsewhere (spillover, draining) or cannot be served here at all (a cap of 0).
+# Reasons whose Retry-After books no slot (`shedding.retry_after_unbooked`): the client
+# should go elsewhere (spillover, draining), or we cannot say when there will be room
+# (busy: our own loop, not the backend, is saturated).
 _UNBOOKED = frozenset({"spillover", "draining", "busy"})
 _CANCELLED_OUTCOME = Outcome(None, 0.0, "cancelled")
 # Fresh arrivals in the first tier: up to this multiple of the baseline rate, with a burst
@@ -449,7 +450,7 @@ class AdmissionGate:
         self._stall = 0.0
         self._stall_at = now
         self._lag = 0.0  # how late the last tick ran
-        self._busy = False  # the last tick ran `shedding.busy_lag` late: we are saturated
+        self._busy = False  # two ticks in a row ran `shedding.busy_lag` late: we are saturated
         self._capacity: float | None = None  # goodput/s measured while saturated
         self._capacity_at = now
         self._run_start: float | None = None  # the current run of saturated ticks
@@ -1781,6 +1782,7 @@ class AdmissionGate:
             "limit_algorithm": self.config.limiter.algorithm,
             "loop_lag_ms": round(self._lag * 1000, 1),
             "loop_stall_ms": round(self._stall * 1000, 1),
+            "busy": self._busy,
             "slow_start": lim.slow_start,
             "latency_floor_ms": round(floor * 1000, 2) if floor is not None else None,
             "pace_rps": round(self._pace, 1),

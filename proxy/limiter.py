@@ -131,8 +131,10 @@ class Limiter:
     ) -> bool:
         """Sample concurrency; close the window when due. True when the limit changed.
 
-        `may_probe` allows starting a floor re-measurement (the gate passes False outside
-        NORMAL and RECOVERY, where the limit is not what holds traffic back).
+        `waiting` (work waited for the limit) is not read here: this limiter judges use by
+        its peak concurrency. `may_probe` allows starting a floor re-measurement (the gate
+        passes False outside NORMAL and RECOVERY, where the limit is not what holds traffic
+        back).
         """
         if in_flight > self._peak:
             self._peak = in_flight

@@ -135,7 +135,9 @@ def test_while_our_loop_lags_what_would_wait_is_answered_busy_at_once() -> None:
     fill(h, 4)
     h.tick(0.1 + 0.3)  # the ticker ran 300 ms late once: a stall, not saturation
     waiter(h.gate.admit(h.ticket("fresh")))
+    assert not h.gate.status()["busy"]
     h.tick(0.1 + 0.3)  # and again: our own loop is saturated
+    assert h.gate.status()["busy"]
     booked, queued = h.gate.pacer.total, h.gate._queued
     r = refusal(h.gate.admit(h.ticket("fresh")))
     assert (r.reason, r.status) == ("busy", 503)
