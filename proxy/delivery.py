@@ -15,13 +15,14 @@ with estimates our own CPU cannot push down:
 - the unloaded latency is the `LatencyFloor` (lowest window mean, moves down quickly, never
   drifts up), fed only by windows in which our loop did not lag.
 What lowers the limit is evidence the backend gives: pushback (429/503/timeouts) or broken
-answers (x `backoff`), or, in a window where our loop kept up, a mean latency that says the
-backend queues far past the tolerance (its capacity fell: the limit drops to the BDP of what
-it delivers now). Finding capacity: STARTUP multiplies the limit by `slow_start_factor` per
-window until the delivery rate stops growing (BBR's full-pipe test), then the limit follows
-the BDP with a probe cycle (one window x `_PROBE_GAIN`, one x `_DRAIN_GAIN`, one x 1); a probe
-that delivers more than the maximum so far restarts STARTUP (capacity grew). At the floor with
-work waiting and answers coming, a window never holds it there: it probes up.
+answers (x `backoff`), or a mean latency that, less our own worst stall, says the backend
+queues far past the tolerance (the limit drains to the BDP; a second such window at the BDP
+means its capacity fell, and only what it delivers now counts). Finding capacity: STARTUP
+multiplies the limit by `slow_start_factor` per window until the delivery rate stops growing
+(BBR's full-pipe test) or a queue shows (HyStart's delay test), then the limit follows the
+BDP with a probe cycle (one window x `_PROBE_GAIN`, three at the BDP); a probe that delivers
+more than the maximum so far restarts STARTUP (capacity grew). At the floor with work waiting
+and answers coming, a window never holds it there: it probes up.
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ from __future__ import annotations
 from collections import deque
 
 from .config import LimiterConfig
-from .limiter import rising
+from .limiter import Window, rising
 from .signals import LatencyFloor
 
 # A window says something about capacity only when its mean concurrency (Little's law: the
 # latency of its answers over its span) used this share of the limit.
 _USED = 0.8
-# Delivery-rate samples the maximum (and the median pace) spans, in saturated windows.
+# Delivery-rate samples the maximum spans, in saturated windows.
 _BW_WINDOWS = 6
 # Probe cycle of the steady state, as gains over the BDP target, one per saturated window.
 # No drain phase (BBR's 0.75): a concurrency limit brought back to the BDP bounds the queue
@@ -63,16 +64,11 @@ _LATENCY_ALPHA = 0.3
 _FLOOR_WINDOWS = 3
 
 
-class DeliveryLimiter:
+class DeliveryLimiter(Window):
     """Adaptive concurrency limit from delivery rate x unloaded latency; same surface as
     `limiter.Limiter` (feed answers with `add`, close windows with `tick`)."""
 
-    _window_start: float
-    _ok: int
-    _lat_sum: float
-    _pushback: int
-    _broken: int
-    _lag: float
+    # The current window's tallies beyond `Window`'s, zeroed by `_reset_window`.
     _ticks: int
     _waited: int
 
@@ -92,30 +88,10 @@ class DeliveryLimiter:
         self._at_floor = 0
         self._queued = False  # the last window queued while the limit was at the BDP
         self._full = False  # the backend was seen full since its capacity was last in doubt
-        self._history: deque[float] = deque(maxlen=2 * config.stable_windows)
+        self._history = deque(maxlen=2 * config.stable_windows)
         self._reset_window(now)
 
-    # --- inputs ----------------------------------------------------------------------------
-    def add(
-        self,
-        ok: int,
-        latency_sum: float,
-        pushback: int,
-        broken: int,
-        clean_ok: int = 0,
-        clean_latency_sum: float = 0.0,
-    ) -> None:
-        """Fold in answers since the last call (the `clean_*` counts are not used here)."""
-        self._ok += ok
-        self._lat_sum += latency_sum
-        self._pushback += pushback
-        self._broken += broken
-
-    def note_lag(self, lag: float) -> None:
-        """Our own event loop stalled this long (a tick came late)."""
-        if lag > self._lag:
-            self._lag = lag
-
+    # --- inputs (`add` and `note_lag` are `Window`'s) -------------------------------------
     def tick(
         self, now: float, in_flight: int, may_probe: bool = True, waiting: bool = True
     ) -> bool:
@@ -160,9 +136,10 @@ class DeliveryLimiter:
         return now - self.knee_at <= 10 * self._window_length()
 
     def pace_known(self) -> bool:
-        """Whether the pace is the backend's capacity: it was seen full (a queue, pushback,
-        or delivery that stopped growing with the limit) since its capacity was last in
-        doubt, over a few windows. Before that, delivery only measured our own limit."""
+        """Whether the pace is the backend's capacity: it was seen full (a probe that found
+        no more delivery, a ramp whose delivery stopped growing, or pushback) since its
+        capacity was last in doubt, over a few windows. Before that, delivery only measured
+        our own limit (or a queue that slowed it)."""
         return self._full and len(self._rates) >= 3
 
     def pace(self) -> float:
@@ -196,26 +173,9 @@ class DeliveryLimiter:
         self.last_change = "slow-start"
         self._reset_window(now)
 
-    def reconfigure(self, config: LimiterConfig) -> None:
-        """New bounds and gains; what was learned is kept (clamped)."""
-        self.config = config
-        self.value = min(float(config.ceiling), max(float(config.floor), self.value))
-        if self._history.maxlen != 2 * config.stable_windows:
-            self._history = deque(self._history, maxlen=2 * config.stable_windows)
-
     # --- internals -------------------------------------------------------------------------
-    def _window_length(self) -> float:
-        window = self.config.window / 2 if self.slow_start else self.config.window
-        floor = self.floor.value
-        return window if floor is None else max(window, 2.0 * floor)
-
     def _reset_window(self, now: float) -> None:
-        self._window_start = now
-        self._ok = 0
-        self._lat_sum = 0.0
-        self._pushback = 0
-        self._broken = 0
-        self._lag = 0.0
+        self._reset_tallies(now)
         self._ticks = 0
         self._waited = 0
 
@@ -227,10 +187,7 @@ class DeliveryLimiter:
             if span >= _MAX_STRETCH * self._window_length():
                 self._reset_window(now)
             return
-        if (
-            self._pushback >= cfg.backpressure_ratio * n
-            or self._broken >= cfg.backpressure_ratio * n
-        ):
+        if self._pushed_back(n):
             self._back_off(now)
         elif self._ok:
             self._judge(now, span)
@@ -281,33 +238,7 @@ class DeliveryLimiter:
         # it, its absence only when `mean` does; our stalls alone can neither cut nor grow.
         low = mean - self._lag
         if low > tol * _QUEUE_CUT * floor:
-            # The backend queues far past what we allow. Above the BDP of the best it
-            # delivered, drain to it (a queue that slows a thrashing backend depresses this
-            # window's rate: it is no measure of capacity). Already at it, the backend
-            # delivers less than it did: only what it delivers now counts.
-            bdp = tol * (self.bandwidth() or rate) * floor
-            if self._phase == 0 and not self.slow_start:
-                # A probe that found a queue, not more delivery: the pipe is full at the
-                # maximum. The cycle goes on at the BDP (a restart would probe again after
-                # one window, and a probe every other window thrashes).
-                self._full = True
-                self._phase = 1
-                self._probe_base = 0.0
-                self._set(now, bdp, "latency")
-                return
-            if self.value > _QUEUE_CUT * bdp or not self._queued:
-                # Above the BDP, or the first slow window at it (its answers were mostly
-                # sent before the limit came down): drain to the BDP; the maximum stands.
-                self._queued = self.value <= _QUEUE_CUT * bdp
-                self._set(now, bdp, "latency")
-            else:
-                # A second window that queues at the BDP: the backend delivers less than
-                # it did, and only what it delivers now counts.
-                self._queued = False
-                self._rates = deque([rate], maxlen=_BW_WINDOWS)
-                self._set(now, tol * rate * floor, "latency")
-            self.slow_start = False
-            self._restart_cycle()
+            self._queue_cut(now, rate, floor)
             return
         self._queued = False
         if self.slow_start:
@@ -318,6 +249,42 @@ class DeliveryLimiter:
             else:
                 self._startup(now, rate, floor, _CLEAR if mean <= tol * floor else _UNSURE)
             return
+        self._cruise(now, rate, floor)
+
+    def _queue_cut(self, now: float, rate: float, floor: float) -> None:
+        """The backend queues far past what we allow. Above the BDP of the best it delivered,
+        drain to it (a queue that slows a thrashing backend depresses this window's rate: it
+        is no measure of capacity). Already at it, the backend delivers less than it did:
+        only what it delivers now counts."""
+        tol = self.config.latency_tolerance
+        bdp = tol * (self.bandwidth() or rate) * floor
+        if self._phase == 0 and not self.slow_start:
+            # A probe that found a queue, not more delivery: the pipe is full at the
+            # maximum. The cycle goes on at the BDP (a restart would probe again after one
+            # window, and a probe every other window thrashes).
+            self._full = True
+            self._phase = 1
+            self._probe_base = 0.0
+            self._set(now, bdp, "latency")
+            return
+        if self.value > _QUEUE_CUT * bdp or not self._queued:
+            # Above the BDP, or the first slow window at it (its answers were mostly sent
+            # before the limit came down): drain to the BDP; the maximum stands.
+            self._queued = self.value <= _QUEUE_CUT * bdp
+            self._set(now, bdp, "latency")
+        else:
+            # A second window that queues at the BDP: the backend delivers less than it
+            # did, and only what it delivers now counts.
+            self._queued = False
+            self._rates = deque([rate], maxlen=_BW_WINDOWS)
+            self._set(now, tol * rate * floor, "latency")
+        self.slow_start = False
+        self._restart_cycle()
+
+    def _cruise(self, now: float, rate: float, floor: float) -> None:
+        """The steady state: the BDP with a probe cycle; a probe that found more restarts
+        STARTUP."""
+        cfg = self.config
         if self._phase == 0 and self._probe_base and rate > _GREW * self._probe_base:
             self.slow_start = True  # the probe found more: capacity grew, find it
             self._full = False
@@ -332,7 +299,7 @@ class DeliveryLimiter:
         self._probe_base = (self.bandwidth() or rate) if self._phase == 0 else 0.0
         # Answers our loop has not read yet hold their slots too: on top of the BDP, what
         # the backend delivers during our worst stall (BBR's allowance for ACK aggregation).
-        target = (self.bandwidth() or rate) * (tol * floor * gain + self._lag)
+        target = (self.bandwidth() or rate) * (cfg.latency_tolerance * floor * gain + self._lag)
         if self.value <= cfg.floor and target <= cfg.floor:
             self._at_floor += 1
             if self._at_floor >= _FLOOR_WINDOWS:
@@ -346,7 +313,7 @@ class DeliveryLimiter:
     def _startup(self, now: float, rate: float, floor: float, delay: int) -> None:
         cfg = self.config
         grew = rate >= _FULL_PIPE * self._best
-        if (delay == _CLEAR and grew) or (delay == _UNSURE and grew and self._best > 0):
+        if grew and (delay == _CLEAR or (delay == _UNSURE and self._best > 0)):
             self._best = rate
             self._stalled = 0
             self.value = min(float(cfg.ceiling), self.value * cfg.slow_start_factor)
@@ -363,8 +330,7 @@ class DeliveryLimiter:
             # what it delivers: only delivery that stopped growing measures the pipe (the
             # probe after a queue's exit does the rest).
             self._full = self._stalled >= _FULL_PIPE_WINDOWS
-            # Delivery stopped growing with the limit: the pipe is full. Drain to the BDP.
-            self.slow_start = False
+            self.slow_start = False  # the ramp ends: drain to the BDP
             self._restart_cycle()
             self._set(now, cfg.latency_tolerance * (self.bandwidth() or rate) * floor, "bdp")
 

@@ -60,19 +60,88 @@ def rising(history: deque[float], k: int) -> bool:
     return max(items[k:]) > _GROWTH_MARGIN * max(items[:k])
 
 
-class Limiter:
-    """Adaptive concurrency limit; feed it answers with `add`, close windows with `tick`."""
+class Window:
+    """What both limiters (this one and `delivery.DeliveryLimiter`) tally per window and
+    how long a window lasts. The tallies are zeroed by `_reset_tallies`."""
 
-    # The current window's tallies, zeroed by `_reset_window`.
+    config: LimiterConfig
+    value: float
+    slow_start: bool
+    floor: LatencyFloor
+    _history: deque[float]
     _window_start: float
     _ok: int
     _lat_sum: float
     _pushback: int
     _broken: int
-    _peak: int
     _clean_ok: int
     _clean_lat: float
     _lag: float
+
+    def add(
+        self,
+        ok: int,
+        latency_sum: float,
+        pushback: int,
+        broken: int,
+        clean_ok: int = 0,
+        clean_latency_sum: float = 0.0,
+    ) -> None:
+        """Fold in answers since the last call: good ones with their summed latency, pushback
+        (429/503/timeouts/slow 5xx) and broken ones (connect failures, fast 5xx).
+
+        `clean_*` are the good answers to requests *sent* after `measuring_since` (the gate
+        counts them only while the gradient limiter re-measures its floor): requests sent
+        earlier queued behind our old concurrency and would bias the measurement up.
+        """
+        self._ok += ok
+        self._lat_sum += latency_sum
+        self._pushback += pushback
+        self._broken += broken
+        self._clean_ok += clean_ok
+        self._clean_lat += clean_latency_sum
+
+    def note_lag(self, lag: float) -> None:
+        """Our own event loop stalled this long (a tick came late): answers read during the
+        stall look slower than the backend was."""
+        if lag > self._lag:
+            self._lag = lag
+
+    def _window_length(self) -> float:
+        # Slow start judges half windows: it starts a RECOVERY, where a limit far off the
+        # backend's knee costs most (it thrashes, or it idles while a backlog waits).
+        window = self.config.window / 2 if self.slow_start else self.config.window
+        floor = self.floor.value
+        return window if floor is None else max(window, 2.0 * floor)
+
+    def _reset_tallies(self, now: float) -> None:
+        self._window_start = now
+        self._ok = 0
+        self._lat_sum = 0.0
+        self._pushback = 0
+        self._broken = 0
+        self._clean_ok = 0
+        self._clean_lat = 0.0
+        self._lag = 0.0  # the worst stall of our own event loop in this window
+
+    def reconfigure(self, config: LimiterConfig) -> None:
+        """New bounds and gains; what was learned is kept (the limit clamped)."""
+        self.config = config
+        self.value = min(float(config.ceiling), max(float(config.floor), self.value))
+        if self._history.maxlen != 2 * config.stable_windows:
+            self._history = deque(self._history, maxlen=2 * config.stable_windows)
+
+    def _pushed_back(self, n: int) -> bool:
+        """The backend said it is full, or broke, in enough of the window's `n` answers."""
+        ratio = self.config.backpressure_ratio
+        return self._pushback >= ratio * n or self._broken >= ratio * n
+
+
+class Limiter(Window):
+    """Adaptive concurrency limit; feed it answers with `add`, close windows with `tick`."""
+
+    # The current window's tallies beyond `Window`'s, zeroed by `_reset_window`.
+    _peak: int
 
     def __init__(self, config: LimiterConfig, now: float) -> None:
         self.config = config
@@ -94,38 +163,9 @@ class Limiter:
         self.knee_value = 0.0  # where the last cut put the limit (its estimate of the knee)
         self._stage = _IDLE
         self._saved = self.value
-        self._history: deque[float] = deque(maxlen=2 * config.stable_windows)
+        self._history = deque(maxlen=2 * config.stable_windows)
 
-    # --- inputs ----------------------------------------------------------------------------
-    def add(
-        self,
-        ok: int,
-        latency_sum: float,
-        pushback: int,
-        broken: int,
-        clean_ok: int = 0,
-        clean_latency_sum: float = 0.0,
-    ) -> None:
-        """Fold in answers since the last call: good ones with their summed latency, pushback
-        (429/503/timeouts/slow 5xx) and broken ones (connect failures, fast 5xx).
-
-        `clean_*` are the good answers to requests *sent* after `measuring_since` (the gate
-        counts them only while a floor re-measurement runs): requests sent earlier queued
-        behind our old concurrency and would bias the measurement up.
-        """
-        self._ok += ok
-        self._lat_sum += latency_sum
-        self._pushback += pushback
-        self._broken += broken
-        self._clean_ok += clean_ok
-        self._clean_lat += clean_latency_sum
-
-    def note_lag(self, lag: float) -> None:
-        """Our own event loop stalled this long (a tick came late): answers read during the
-        stall look slower than the backend was."""
-        if lag > self._lag:
-            self._lag = lag
-
+    # --- inputs (`add` and `note_lag` are `Window`'s) -------------------------------------
     def tick(
         self, now: float, in_flight: int, may_probe: bool = True, waiting: bool = True
     ) -> bool:
@@ -221,33 +261,14 @@ class Limiter:
         self._reset_window(now)
 
     def reconfigure(self, config: LimiterConfig) -> None:
-        """New bounds and gains; the learned limit and latency floor are kept (clamped)."""
-        self.config = config
-        self.value = min(float(config.ceiling), max(float(config.floor), self.value))
+        """`Window.reconfigure`; the limit saved for a floor re-measurement is clamped too."""
+        super().reconfigure(config)
         self._saved = min(float(config.ceiling), max(float(config.floor), self._saved))
-        if self._history.maxlen != 2 * config.stable_windows:
-            self._history = deque(self._history, maxlen=2 * config.stable_windows)
 
     # --- internals -------------------------------------------------------------------------
-    def _window_length(self) -> float:
-        # Slow start judges half windows: it starts a RECOVERY, where a limit far off the
-        # backend's knee costs most (it thrashes, or it idles while a backlog waits).
-        window = self.config.window / 2 if self.slow_start else self.config.window
-        floor = self.floor.value
-        if floor is None:
-            return window
-        return max(window, 2.0 * floor)
-
     def _reset_window(self, now: float) -> None:
-        self._window_start = now
-        self._ok = 0
-        self._lat_sum = 0.0
-        self._pushback = 0
-        self._broken = 0
+        self._reset_tallies(now)
         self._peak = 0
-        self._clean_ok = 0
-        self._clean_lat = 0.0
-        self._lag = 0.0  # the worst stall of our own event loop in this window
 
     def _close(self, now: float, in_flight: int, may_probe: bool) -> None:
         cfg = self.config
@@ -310,10 +331,7 @@ class Limiter:
             self._reset_window(now)
             return
 
-        if (
-            self._pushback >= cfg.backpressure_ratio * n
-            or self._broken >= cfg.backpressure_ratio * n
-        ):
+        if self._pushed_back(n):
             self.value = max(float(cfg.floor), self.value * cfg.backoff)
             self.knee_value = self.value
             self.grown = 0.0
