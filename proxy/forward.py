@@ -40,6 +40,7 @@ _MESSAGES = {
     "outage": "the backend is down; come back after Retry-After",
     "deadline": "the request's deadline passed before it could be served",
     "draining": "this proxy is shutting down",
+    "busy": "this proxy is saturated; come back after Retry-After",
     "upstream-connect": "could not connect to the backend",
     "upstream-timeout": "the backend did not answer in time",
     "upstream-error": "the backend answered with an invalid or broken response",
