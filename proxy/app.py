@@ -24,7 +24,7 @@ from multidict import CIMultiDict
 from .arrival import ArrivalClock
 from .classify import Classifier
 from .config import Config, restart_only_changes
-from .contracts import Gate, Outcome, Refusal, Ticket
+from .contracts import Gate, Outcome, Reason, Refusal, Ticket
 from .forward import Forwarder, refusal_response
 from .guard import CountingInvalidHeaders, CountingRetrySignals
 from .headers import TrustedSources
@@ -181,8 +181,8 @@ class Sluice:
             return metrics_response(self.metrics)
         limit = config.listen.max_body_size
         if limit and (request.content_length or 0) > limit:
-            self.metrics.refused["bad-request"].inc()
-            return refusal_response(Refusal("bad-request", 413, 0), None)
+            self.metrics.refused[Reason.BAD_REQUEST].inc()
+            return refusal_response(Refusal(Reason.BAD_REQUEST, 413, 0), None)
         now = time.monotonic()
         arrived = self.arrivals.earliest(now)
         ticket = snap.classifier.classify(

@@ -7,6 +7,7 @@ here, so the gate stays pure and testable without sockets.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -14,27 +15,49 @@ from typing import Any, Protocol
 
 from .config import Config
 
-# The closed table of reasons for answers Sluice makes itself (DESIGN.md §4), each with the
-# statuses it may be sent with: `overload` is 429 under `shedding.overload_status: 429`, and
-# `bad-request` covers malformed (400), too-slow (408) and oversized (413/414/431) input.
-# Tests and the load-test harness judge answers against this one table.
-REASONS: Mapping[str, frozenset[int]] = MappingProxyType(
+
+class Reason(enum.StrEnum):
+    """Why Sluice answered a request itself (DESIGN.md §4): the closed set of `x-sluice-reason`
+    values. A StrEnum, so a member equals, hashes and formats as its plain string: metric
+    labels, headers and JSON carry the value (`"caller-cap"`), never the member's name."""
+
+    OVERLOAD = "overload"
+    CALLER_CAP = "caller-cap"
+    RETRY_BUDGET = "retry-budget"
+    SPILLOVER = "spillover"
+    SHIELD = "shield"
+    OUTAGE = "outage"
+    DEADLINE = "deadline"
+    DRAINING = "draining"
+    BUSY = "busy"
+    UPSTREAM_CONNECT = "upstream-connect"
+    UPSTREAM_TIMEOUT = "upstream-timeout"
+    UPSTREAM_ERROR = "upstream-error"
+    BAD_REQUEST = "bad-request"
+
+
+# The statuses each reason may be sent with: `overload` is 429 under
+# `shedding.overload_status: 429`, and `bad-request` covers malformed (400), too-slow (408) and
+# oversized (413/414/431) input. Tests and the load-test harness judge answers against this one
+# table.
+REASONS: Mapping[Reason, frozenset[int]] = MappingProxyType(
     {
-        "overload": frozenset({503, 429}),
-        "caller-cap": frozenset({429}),
-        "retry-budget": frozenset({429}),
-        "spillover": frozenset({503}),
-        "shield": frozenset({503}),
-        "outage": frozenset({503}),
-        "deadline": frozenset({504}),
-        "draining": frozenset({503}),
-        "busy": frozenset({503}),
-        "upstream-connect": frozenset({502}),
-        "upstream-timeout": frozenset({504}),
-        "upstream-error": frozenset({502}),
-        "bad-request": frozenset({400, 408, 413, 414, 431}),
+        Reason.OVERLOAD: frozenset({503, 429}),
+        Reason.CALLER_CAP: frozenset({429}),
+        Reason.RETRY_BUDGET: frozenset({429}),
+        Reason.SPILLOVER: frozenset({503}),
+        Reason.SHIELD: frozenset({503}),
+        Reason.OUTAGE: frozenset({503}),
+        Reason.DEADLINE: frozenset({504}),
+        Reason.DRAINING: frozenset({503}),
+        Reason.BUSY: frozenset({503}),
+        Reason.UPSTREAM_CONNECT: frozenset({502}),
+        Reason.UPSTREAM_TIMEOUT: frozenset({504}),
+        Reason.UPSTREAM_ERROR: frozenset({502}),
+        Reason.BAD_REQUEST: frozenset({400, 408, 413, 414, 431}),
     }
 )
+
 
 # Upstream error kinds reported in an Outcome (bounded: they are metric labels).
 UPSTREAM_ERRORS: tuple[str, ...] = ("connect", "timeout", "reset", "protocol")
@@ -70,7 +93,7 @@ class Ticket:
 class Refusal:
     """An explicit answer instead of forwarding: status, reason and when to come back."""
 
-    reason: str
+    reason: Reason
     status: int
     retry_after_ms: int  # 0 = send no Retry-After; counted from the end of `hold`
     # Seconds to hold the answer before sending it (a paced answer, see

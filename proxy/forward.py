@@ -18,7 +18,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 
 from .config import Config
-from .contracts import Outcome, Refusal, Ticket
+from .contracts import Outcome, Reason, Refusal, Ticket
 from .headers import TrustedSources, set_forwarded, strip_hop_by_hop
 from .metrics import Metrics
 from .modes import Mode, ModeController
@@ -31,29 +31,31 @@ _NO_BODY_STATUS = frozenset({204, 304})
 # leave the upstream call waiting for a 100 that never comes.
 _DROP_UPSTREAM = frozenset({"expect"})
 
-_MESSAGES = {
-    "overload": "the backend is at its limit; come back after Retry-After",
-    "caller-cap": "this caller is over its concurrency cap",
-    "retry-budget": "retry budget exhausted for this caller; come back after Retry-After",
-    "spillover": "traffic from another region is not served here; retry in your own region",
-    "shield": "traffic is removed while the backend is repaired",
-    "outage": "the backend is down; come back after Retry-After",
-    "deadline": "the request's deadline passed before it could be served",
-    "draining": "this proxy is shutting down",
-    "busy": "this proxy is saturated; come back after Retry-After",
-    "upstream-connect": "could not connect to the backend",
-    "upstream-timeout": "the backend did not answer in time",
-    "upstream-error": "the backend answered with an invalid or broken response",
-    "bad-request": "malformed or oversized request",
+# One message per reason: every reason Sluice can answer with has its body and headers here.
+_MESSAGES: dict[Reason, str] = {
+    Reason.OVERLOAD: "the backend is at its limit; come back after Retry-After",
+    Reason.CALLER_CAP: "this caller is over its concurrency cap",
+    Reason.RETRY_BUDGET: "retry budget exhausted for this caller; come back after Retry-After",
+    Reason.SPILLOVER: "traffic from another region is not served here; retry in your own region",
+    Reason.SHIELD: "traffic is removed while the backend is repaired",
+    Reason.OUTAGE: "the backend is down; come back after Retry-After",
+    Reason.DEADLINE: "the request's deadline passed before it could be served",
+    Reason.DRAINING: "this proxy is shutting down",
+    Reason.BUSY: "this proxy is saturated; come back after Retry-After",
+    Reason.UPSTREAM_CONNECT: "could not connect to the backend",
+    Reason.UPSTREAM_TIMEOUT: "the backend did not answer in time",
+    Reason.UPSTREAM_ERROR: "the backend answered with an invalid or broken response",
+    Reason.BAD_REQUEST: "malformed or oversized request",
 }
 _BODIES = {
-    reason: orjson.dumps({"reason": reason, "message": msg}) for reason, msg in _MESSAGES.items()
+    reason: orjson.dumps({"reason": reason.value, "message": msg})
+    for reason, msg in _MESSAGES.items()
 }
-_ERROR_REFUSALS = {
-    "connect": (502, "upstream-connect"),
-    "timeout": (504, "upstream-timeout"),
-    "reset": (502, "upstream-error"),
-    "protocol": (502, "upstream-error"),
+_ERROR_REFUSALS: dict[str, tuple[int, Reason]] = {
+    "connect": (502, Reason.UPSTREAM_CONNECT),
+    "timeout": (504, Reason.UPSTREAM_TIMEOUT),
+    "reset": (502, Reason.UPSTREAM_ERROR),
+    "protocol": (502, Reason.UPSTREAM_ERROR),
 }
 
 
@@ -83,7 +85,7 @@ class BrokenRequestBody(RequestPayloadError):
 # Per reason, the headers every refusal for it carries, built once: a refusal copies its
 # template (one C-level copy) instead of building a dict that aiohttp then converts.
 _TEMPLATES = {
-    reason: CIMultiDict({"x-sluice-reason": reason, "Content-Type": "application/json"})
+    reason: CIMultiDict({"x-sluice-reason": reason.value, "Content-Type": "application/json"})
     for reason in _MESSAGES
 }
 
@@ -98,7 +100,7 @@ def refusal_response(refusal: Refusal, request_id: str | None) -> web.Response:
     if ms > 0:
         headers["Retry-After"] = str(max(1, math.ceil(ms / 1000)))
         headers["retry-after-ms"] = str(ms)
-    if reason == "spillover":
+    if reason == Reason.SPILLOVER:
         headers["x-sluice-no-failover"] = "1"
     if request_id:
         headers["x-request-id"] = request_id
@@ -207,9 +209,9 @@ class Forwarder:
             outcome.latency = time.monotonic() - started
             if body is not None and body.failed is not None:
                 outcome.error = "cancelled"  # the client's fault, not the upstream's
-                metrics.refused["bad-request"].inc()
+                metrics.refused[Reason.BAD_REQUEST].inc()
                 resp = refusal_response(
-                    Refusal("bad-request", body.failed.status, 0), ticket.request_id
+                    Refusal(Reason.BAD_REQUEST, body.failed.status, 0), ticket.request_id
                 )
                 resp.force_close()  # the rest of the body is not worth reading
                 return resp
@@ -229,9 +231,9 @@ class Forwarder:
             # the client gets the reason table's `outage` (with when to come back), not the
             # backend's error. Nothing was sent yet; the gate still learns the 5xx.
             upstream.release()
-            metrics.refused["outage"].inc()
+            metrics.refused[Reason.OUTAGE].inc()
             return refusal_response(
-                Refusal("outage", 503, self._outage_retry_after_ms(config)), ticket.request_id
+                Refusal(Reason.OUTAGE, 503, self._outage_retry_after_ms(config)), ticket.request_id
             )
         metrics.forwarded.inc()
         try:

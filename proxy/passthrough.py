@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config import Config
-from .contracts import Deferred, Outcome, Probe, Refusal, Ticket
+from .contracts import Deferred, Outcome, Probe, Reason, Refusal, Ticket
 from .metrics import Metrics
 
 
@@ -25,7 +25,7 @@ class PassThroughGate:
 
     def admit(self, ticket: Ticket) -> Refusal | Deferred | None:
         if self.draining:
-            return Refusal("draining", 503, 1000)
+            return Refusal(Reason.DRAINING, 503, 1000)
         self.in_flight += 1
         return None
 
