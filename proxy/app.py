@@ -30,7 +30,6 @@ from .guard import CountingInvalidHeaders, CountingRetrySignals
 from .headers import TrustedSources
 from .logs import set_level
 from .metrics import Metrics
-from .modes import Mode
 from .passthrough import PassThroughGate
 from .upstream import UpstreamClient, UpstreamError, UpstreamRequest, make_upstream
 
@@ -91,8 +90,7 @@ class Sluice:
         """Open the upstream pool and start the gate's background work (inside the loop)."""
         self.client = make_upstream(self.snapshot.config.upstream)
         self.arrivals.start()
-        # The gate's mode controller, if it has one (fast `503 outage` for 5xx in OUTAGE).
-        self.forwarder = Forwarder(self.client, self.metrics, getattr(self.gate, "modes", None))
+        self.forwarder = Forwarder(self.client, self.metrics, self.gate)
         await self.gate.start(self.probe)
 
     async def drain(self) -> None:
@@ -151,9 +149,8 @@ class Sluice:
         set_level(new.logging.level)
 
     def calm(self) -> bool:
-        """No surge in hand: NORMAL (or no mode controller) and not draining."""
-        modes = getattr(self.gate, "modes", None)
-        return not self.draining and (modes is None or modes.state is Mode.NORMAL)
+        """No surge in hand: the gate is calm (NORMAL, not draining) and so is this process."""
+        return not self.draining and self.gate.calm()
 
     def status(self) -> dict[str, Any]:
         """The JSON document behind the admin `/status`."""

@@ -136,6 +136,16 @@ class Gate(Protocol):
 
     def release(self, ticket: Ticket, outcome: Outcome) -> None: ...
 
+    def upstream_refusal(self, ticket: Ticket, status: int) -> Refusal | None:
+        """The answer to send instead of the upstream's answer `status` to an admitted
+        `ticket` (say, `503 outage` for a 5xx while the backend is known to be down), or None
+        to relay the upstream's answer. Asked before any byte of it is sent."""
+        ...
+
+    def calm(self) -> bool:
+        """No surge in hand (NORMAL, not draining): background work may take the CPU."""
+        ...
+
     def reconfigure(self, config: Config) -> None: ...
 
     async def start(self, probe: Probe) -> None: ...

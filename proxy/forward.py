@@ -18,10 +18,9 @@ from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 
 from .config import Config
-from .contracts import Outcome, Reason, Refusal, Ticket
+from .contracts import Gate, Outcome, Reason, Refusal, Ticket
 from .headers import TrustedSources, set_forwarded, strip_hop_by_hop
 from .metrics import Metrics
-from .modes import Mode, ModeController
 from .upstream import UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse
 
 # Bodies up to this size are read whole and sent with one write (cheaper than streaming).
@@ -154,16 +153,14 @@ class BodyStream:
 class Forwarder:
     """Sends admitted requests upstream through the shared client and streams the answer.
 
-    `modes` is the gate's mode controller (None without one, e.g. protection off): while it
-    says OUTAGE (and not dry-run), an upstream 5xx is answered `503 outage` instead.
+    Before relaying an upstream answer it asks the `gate` whether to send an answer of its
+    own instead (`Gate.upstream_refusal`: `503 outage` for a 5xx while the backend is down).
     """
 
-    def __init__(
-        self, client: UpstreamClient, metrics: Metrics, modes: ModeController | None = None
-    ) -> None:
+    def __init__(self, client: UpstreamClient, metrics: Metrics, gate: Gate) -> None:
         self.client = client
         self.metrics = metrics
-        self.modes = modes
+        self.gate = gate
 
     async def forward(
         self,
@@ -226,32 +223,19 @@ class Forwarder:
         outcome.status = upstream.status
         outcome.error = None  # answered: the gate learns from it (not "cancelled")
         metrics.upstream_latency.observe(outcome.latency)
-        if upstream.status >= 500 and self._in_outage():
+        instead = self.gate.upstream_refusal(ticket, upstream.status)
+        if instead is not None:
             # A canary, or a request admitted just before the switch, met the broken backend:
-            # the client gets the reason table's `outage` (with when to come back), not the
-            # backend's error. Nothing was sent yet; the gate still learns the 5xx.
+            # the client gets the gate's answer (with when to come back), not the backend's
+            # error. Nothing was sent yet; the gate still learns the 5xx from the outcome.
             upstream.release()
-            metrics.refused[Reason.OUTAGE].inc()
-            return refusal_response(
-                Refusal(Reason.OUTAGE, 503, self._outage_retry_after_ms(config)), ticket.request_id
-            )
+            metrics.refused[instead.reason].inc()
+            return refusal_response(instead, ticket.request_id)
         metrics.forwarded.inc()
         try:
             return await self._respond(request, upstream, ticket.request_id, timeout, outcome)
         finally:
             upstream.release()
-
-    def _in_outage(self) -> bool:
-        modes = self.modes
-        return modes is not None and modes.state is Mode.OUTAGE and not modes.dry_run
-
-    def _outage_retry_after_ms(self, config: Config) -> int:
-        """The gate's rule for outage refusals, without a booked slot, within the
-        Retry-After bounds."""
-        assert self.modes is not None
-        sh = config.shedding
-        left = self.modes.expected_outage_left(time.monotonic())
-        return math.ceil(min(max(sh.retry_after_unbooked, left), sh.retry_after_max) * 1000)
 
     async def _respond(
         self,

@@ -88,7 +88,7 @@ from typing import Any, Protocol
 
 from .budgets import LocalRetryBudgets, RetryBudgets
 from .config import PRIORITY_CLASSES, Config, parse_duration
-from .contracts import Outcome, Probe, Refusal, Ticket
+from .contracts import Outcome, Probe, Reason, Refusal, Ticket
 from .delivery import DeliveryLimiter
 from .limiter import Limiter
 from .metrics import Metrics
@@ -1761,6 +1761,21 @@ class AdmissionGate:
         return ttl, frozenset(raw_allow)
 
     # --- status ----------------------------------------------------------------------------------
+    def upstream_refusal(self, ticket: Ticket, status: int) -> Refusal | None:
+        """In OUTAGE (not dry run), a 5xx met by a canary or a request admitted before the
+        switch is answered `503 outage` instead: not before the outage is expected to end,
+        within the Retry-After bounds, no slot booked. None otherwise (relay the answer)."""
+        if status < 500 or self.modes.state is not Mode.OUTAGE or self.modes.dry_run:
+            return None
+        sh = self.config.shedding
+        left = self.modes.expected_outage_left(self._clock())
+        ms = math.ceil(min(max(sh.retry_after_unbooked, left), sh.retry_after_max) * 1000)
+        return Refusal(Reason.OUTAGE, 503, ms)
+
+    def calm(self) -> bool:
+        """NORMAL and not draining: no surge in hand."""
+        return self.modes.state is Mode.NORMAL and not self._draining
+
     def status(self) -> dict[str, Any]:
         """JSON-able state for the admin /status endpoint."""
         now = self._clock()

@@ -32,6 +32,12 @@ class PassThroughGate:
     def release(self, ticket: Ticket, outcome: Outcome) -> None:
         self.in_flight -= 1
 
+    def upstream_refusal(self, ticket: Ticket, status: int) -> Refusal | None:
+        return None  # without protection, every upstream answer is relayed
+
+    def calm(self) -> bool:
+        return not self.draining
+
     def reconfigure(self, config: Config) -> None:
         self.config = config
 
