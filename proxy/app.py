@@ -23,7 +23,7 @@ from multidict import CIMultiDict
 
 from .arrival import ArrivalClock
 from .classify import Classifier
-from .config import Config, restart_only_changes
+from .config import Config
 from .contracts import Gate, Outcome, Reason, Refusal, Ticket
 from .forward import Forwarder, refusal_response
 from .guard import CountingInvalidHeaders, CountingRetrySignals
@@ -31,6 +31,7 @@ from .headers import TrustedSources
 from .logs import set_level
 from .metrics import Metrics
 from .passthrough import PassThroughGate
+from .reload_rules import reload_refusal
 from .upstream import UpstreamClient, UpstreamError, UpstreamRequest, make_upstream
 
 log = logging.getLogger("sluice.app")
@@ -127,19 +128,11 @@ class Sluice:
         return ok
 
     def reload(self, new: Config) -> None:
-        """Swap in a validated config; raise ReloadRefused if it needs a restart."""
-        old = self.snapshot.config
-        restart = restart_only_changes(old, new)
-        if restart:
-            raise ReloadRefused(f"these fields need a restart: {', '.join(restart)}")
-        if (old.modes.protection == "off") != (new.modes.protection == "off"):
-            raise ReloadRefused("switching modes.protection to or from 'off' needs a restart")
-        if [c.name for c in old.callers.known] != [c.name for c in new.callers.known] or (
-            old.callers.fair_buckets != new.callers.fair_buckets
-        ):
-            raise ReloadRefused("changing callers.known names or fair_buckets needs a restart")
-        if old.upstream.url != new.upstream.url or old.upstream.client != new.upstream.client:
-            raise ReloadRefused("changing upstream.url or upstream.client needs a restart")
+        """Swap in a validated config; raise ReloadRefused if it needs a restart
+        (proxy/reload_rules.py)."""
+        why = reload_refusal(self.snapshot.config, new)
+        if why is not None:
+            raise ReloadRefused(why)
         classifier = Classifier(new, self.snapshot.classifier.memory)
         classifier.invalid_headers = self.invalid_headers
         classifier.retry_signals = self.retry_signals

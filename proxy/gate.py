@@ -579,8 +579,6 @@ class AdmissionGate:
         if isinstance(self._caps, ConfiguredCaps):
             self._caps = ConfiguredCaps(config)
         self._build_callers(names)
-        if names != self._names:
-            self._rekey_lanes()
         self._names = names
         self.limiter.reconfigure(config.limiter)
         self.budgets.reconfigure(config.retry_budget, len(names), now)
@@ -677,18 +675,6 @@ class AdmissionGate:
         n = self._broken_streak
         tr = self.modes.apply(Event.BROKEN, now, REASON_ERRORS, f"{n} broken answers in a row")
         self._on_transition(tr, now)
-
-    def _rekey_lanes(self) -> None:
-        """After the caller index space changed: key lanes by their caller's new index
-        (lanes of callers that no longer exist keep draining under negative keys)."""
-        current = set(map(id, self._callers))
-        for p, lanes in enumerate(self._lanes):
-            rekeyed: dict[int, _Lane] = {}
-            for old_key, lane in lanes.items():
-                c = lane.caller
-                key = c.index if id(c) in current else -1 - abs(old_key)
-                rekeyed[key] = lane
-            self._lanes[p] = rekeyed
 
     def _queued_by_priority(self) -> list[int]:
         q = self._queued_level
