@@ -172,31 +172,11 @@ class Forwarder:
         peer: str,
     ) -> web.StreamResponse:
         """Forward `request`; fills `outcome` as soon as the upstream's fate is known."""
-        headers = strip_hop_by_hop(request.headers, _DROP_UPSTREAM)
-        set_forwarded(
-            headers,
-            request.headers,
-            peer,
-            request.scheme,
-            request.headers.get("host"),
-            trusted.contains(peer),
-        )
-        rid_header = config.headers.request_id
-        if rid_header not in request.headers:
-            headers[rid_header] = ticket.request_id
-        timeout = config.upstream.read_timeout
-        if ticket.deadline is not None:
-            remaining = ticket.deadline - time.monotonic() - config.shedding.deadline_margin
-            timeout = max(0.001, min(timeout, remaining))
-            headers[config.headers.request_timeout_ms] = str(max(1, int(remaining * 1000)))
-        else:  # absent, or unusable and so treated as absent: the upstream must not see it
-            headers.popall(config.headers.request_timeout_ms, None)
-
+        headers, timeout = _upstream_headers(request, ticket, config, trusted, peer)
         body = None
         if request.body_exists:
             body = BodyStream(request, config.listen.max_body_size, timeout)
 
-        metrics = self.metrics
         started = time.monotonic()
         try:
             upstream = await self.client.send(
@@ -204,24 +184,12 @@ class Forwarder:
             )
         except (UpstreamError, RequestBodyError) as exc:
             outcome.latency = time.monotonic() - started
-            if body is not None and body.failed is not None:
-                outcome.error = "cancelled"  # the client's fault, not the upstream's
-                metrics.refused[Reason.BAD_REQUEST].inc()
-                resp = refusal_response(
-                    Refusal(Reason.BAD_REQUEST, body.failed.status, 0), ticket.request_id
-                )
-                resp.force_close()  # the rest of the body is not worth reading
-                return resp
-            assert isinstance(exc, UpstreamError)
-            outcome.error = exc.kind
-            metrics.upstream_error[exc.kind].inc()
-            status, reason = _ERROR_REFUSALS[exc.kind]
-            metrics.refused[reason].inc()
-            return refusal_response(Refusal(reason, status, 1000), ticket.request_id)
+            return self._send_failed(exc, body, outcome, ticket.request_id)
 
         outcome.latency = time.monotonic() - started
         outcome.status = upstream.status
         outcome.error = None  # answered: the gate learns from it (not "cancelled")
+        metrics = self.metrics
         metrics.upstream_latency.observe(outcome.latency)
         instead = self.gate.upstream_refusal(ticket, upstream.status)
         if instead is not None:
@@ -237,6 +205,35 @@ class Forwarder:
         finally:
             upstream.release()
 
+    def _send_failed(
+        self,
+        exc: UpstreamError | RequestBodyError,
+        body: BodyStream | None,
+        outcome: Outcome,
+        request_id: str,
+    ) -> web.Response:
+        """The answer when the upstream call failed before its response headers: the
+        client's body failed (`bad-request`, connection closed), or the upstream did."""
+        if body is not None and body.failed is not None:
+            outcome.error = "cancelled"  # the client's fault, not the upstream's
+            self.metrics.refused[Reason.BAD_REQUEST].inc()
+            resp = refusal_response(Refusal(Reason.BAD_REQUEST, body.failed.status, 0), request_id)
+            resp.force_close()  # the rest of the body is not worth reading
+            return resp
+        assert isinstance(exc, UpstreamError)
+        return self._upstream_failed(exc, outcome, request_id)
+
+    def _upstream_failed(
+        self, exc: UpstreamError, outcome: Outcome, request_id: str
+    ) -> web.Response:
+        """The explicit answer for an upstream failure before anything was sent: 504 when
+        it timed out, else 502. The gate must not learn a success from it."""
+        outcome.error = exc.kind
+        self.metrics.upstream_error[exc.kind].inc()
+        status, reason = _ERROR_REFUSALS[exc.kind]
+        self.metrics.refused[reason].inc()
+        return refusal_response(Refusal(reason, status, 1000), request_id)
+
     async def _respond(
         self,
         request: web.BaseRequest,
@@ -245,37 +242,47 @@ class Forwarder:
         gap: float,
         outcome: Outcome,
     ) -> web.StreamResponse:
+        """Relay the upstream's answer: headers only, a small body whole, or streamed."""
         out_headers = strip_hop_by_hop(up.headers)
         length_text = out_headers.get("content-length")
         length = int(length_text) if length_text and length_text.isdigit() else None
-        no_body = request.method == "HEAD" or up.status in _NO_BODY_STATUS or up.status < 200
-
-        if no_body:
-            resp = web.StreamResponse(status=up.status, reason=up.reason, headers=out_headers)
-            if length is not None and request.method == "HEAD":
-                resp.content_length = length
-            await resp.prepare(request)
-            await resp.write_eof()
-            return resp
-
+        if request.method == "HEAD" or up.status in _NO_BODY_STATUS or up.status < 200:
+            return await _relay_headers(request, up, out_headers, length)
         if length is not None and length <= _SMALL_BODY:
-            parts = []
-            try:
-                while chunk := await up.read_chunk():
-                    parts.append(chunk)
-            except UpstreamError as exc:
-                # Nothing was sent yet, so the client can still get an explicit answer:
-                # 504 when the body stalled past the read timeout, else 502.
-                outcome.error = exc.kind  # the gate must not learn a success from this
-                self.metrics.upstream_error[exc.kind].inc()
-                status, reason = _ERROR_REFUSALS[exc.kind]
-                self.metrics.refused[reason].inc()
-                return refusal_response(Refusal(reason, status, 1000), request_id)
-            del out_headers["content-length"]
-            return web.Response(
-                status=up.status, reason=up.reason, body=b"".join(parts), headers=out_headers
-            )
+            return await self._relay_small(up, out_headers, request_id, outcome)
+        return await self._relay_streamed(request, up, out_headers, length, gap, outcome)
 
+    async def _relay_small(
+        self,
+        up: UpstreamResponse,
+        out_headers: CIMultiDict[str],
+        request_id: str,
+        outcome: Outcome,
+    ) -> web.Response:
+        """A body of known, small length: read whole, then sent with one write."""
+        parts = []
+        try:
+            while chunk := await up.read_chunk():
+                parts.append(chunk)
+        except UpstreamError as exc:
+            # Nothing was sent yet, so the client can still get an explicit answer.
+            return self._upstream_failed(exc, outcome, request_id)
+        del out_headers["content-length"]
+        return web.Response(
+            status=up.status, reason=up.reason, body=b"".join(parts), headers=out_headers
+        )
+
+    async def _relay_streamed(
+        self,
+        request: web.BaseRequest,
+        up: UpstreamResponse,
+        out_headers: CIMultiDict[str],
+        length: int | None,
+        gap: float,
+        outcome: Outcome,
+    ) -> web.StreamResponse:
+        """A large or unknown-length body, chunk by chunk; a failure once the headers are
+        sent aborts the client connection, so a truncated body never looks complete."""
         resp = web.StreamResponse(status=up.status, reason=up.reason, headers=out_headers)
         if length is None and request.version >= HttpVersion11:
             resp.enable_chunked_encoding()
@@ -299,6 +306,53 @@ class Forwarder:
             return resp
         await resp.write_eof()
         return resp
+
+
+def _upstream_headers(
+    request: web.BaseRequest,
+    ticket: Ticket,
+    config: Config,
+    trusted: TrustedSources,
+    peer: str,
+) -> tuple[CIMultiDict[str], float]:
+    """The headers the upstream gets (hop-by-hop stripped, forwarding and request id set, the
+    time the client has left) and the upstream read timeout: `upstream.read_timeout`, or less
+    when the request's deadline, less `shedding.deadline_margin`, comes sooner."""
+    headers = strip_hop_by_hop(request.headers, _DROP_UPSTREAM)
+    set_forwarded(
+        headers,
+        request.headers,
+        peer,
+        request.scheme,
+        request.headers.get("host"),
+        trusted.contains(peer),
+    )
+    rid_header = config.headers.request_id
+    if rid_header not in request.headers:
+        headers[rid_header] = ticket.request_id
+    timeout = config.upstream.read_timeout
+    if ticket.deadline is not None:
+        remaining = ticket.deadline - time.monotonic() - config.shedding.deadline_margin
+        timeout = max(0.001, min(timeout, remaining))
+        headers[config.headers.request_timeout_ms] = str(max(1, int(remaining * 1000)))
+    else:  # absent, or unusable and so treated as absent: the upstream must not see it
+        headers.popall(config.headers.request_timeout_ms, None)
+    return headers, timeout
+
+
+async def _relay_headers(
+    request: web.BaseRequest,
+    up: UpstreamResponse,
+    out_headers: CIMultiDict[str],
+    length: int | None,
+) -> web.StreamResponse:
+    """An answer without a body (HEAD, 1xx, 204, 304): the headers, with a HEAD's length."""
+    resp = web.StreamResponse(status=up.status, reason=up.reason, headers=out_headers)
+    if length is not None and request.method == "HEAD":
+        resp.content_length = length
+    await resp.prepare(request)
+    await resp.write_eof()
+    return resp
 
 
 def _abort(request: web.BaseRequest) -> None:
