@@ -835,7 +835,7 @@ FLOOR_ROWS = ("aiohttp-static", "aiohttp+lean")
 def gate_available() -> bool:
     """The admission engine (proxy/gate.py) is importable."""
     try:
-        import proxy.gate  # noqa: F401
+        import proxy.admission.gate  # noqa: F401
     except ImportError:
         return False
     return True

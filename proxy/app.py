@@ -52,7 +52,7 @@ def make_gate(config: Config, metrics: Metrics, caller_names: list[str]) -> Gate
     """The admission gate for `modes.protection` (pass-through when protection is off)."""
     if config.modes.protection == "off":
         return PassThroughGate(config, metrics)
-    from .gate import AdmissionGate
+    from .admission.gate import AdmissionGate
 
     return AdmissionGate(config, metrics, caller_names)
 

@@ -52,7 +52,7 @@ from prometheus_client import Counter
 
 from .classify import InvalidHeaderCounter
 from .config import ListenConfig
-from .contracts import Refusal
+from .contracts import Reason, Refusal
 from .forward import BrokenRequestBody, refusal_response
 from .metrics import Metrics
 from .retries import RetrySignalCounter
@@ -95,7 +95,7 @@ class Guard:
             registry=metrics.registry,
         )
         self.kind = {k: self.bad_input.labels(k) for k in BAD_INPUT_KINDS}
-        self.refused = metrics.refused["bad-request"]
+        self.refused = metrics.refused[Reason.BAD_REQUEST]
         self._last_log = -_LOG_EVERY
         self._unlogged = 0
 
@@ -122,7 +122,7 @@ class Guard:
         """The reason table's bad-request answer; the connection closes after it."""
         self.count(kind, peer, detail)
         self.refused.inc()
-        resp = refusal_response(Refusal("bad-request", status, 0), None)
+        resp = refusal_response(Refusal(Reason.BAD_REQUEST, status, 0), None)
         resp.force_close()
         return resp
 

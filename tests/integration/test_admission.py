@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 
 from proxy import app
+from proxy.admission.gate import AdmissionGate
 from proxy.contracts import Refusal
-from proxy.gate import AdmissionGate
 from proxy.lifecycle import Server
 from tests.support import EchoBackend, running_backend, running_sluice, sluice_config, wait_for
 

@@ -32,7 +32,7 @@ CLIENTS = ["aiohttp"]
 if importlib.util.find_spec("proxy.upstream.lean") is not None:
     CLIENTS.append("lean")
 PROTECTIONS = ["off"]
-if importlib.util.find_spec("proxy.gate") is not None:
+if importlib.util.find_spec("proxy.admission.gate") is not None:
     PROTECTIONS.append("on")
 
 READ_TIMEOUT = 0.3

@@ -18,8 +18,8 @@ import aiohttp
 import pytest
 import yaml
 
+from proxy.admission.gate import AdmissionGate
 from proxy.config import load_config
-from proxy.gate import AdmissionGate
 from proxy.lifecycle import Server
 from proxy.passthrough import PassThroughGate
 from tests.support import EchoBackend, running_backend, running_sluice

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.contracts import Outcome, Refusal, Ticket
-from proxy.gate import ADMITTED, REFUSED, Waiter
+from proxy.scheduler.waiter import ADMITTED, REFUSED, Waiter
 
 from ._admission import Harness
 

@@ -12,8 +12,8 @@ import orjson
 import pytest
 
 from proxy.contracts import Refusal, Ticket
-from proxy.gate import ADMITTED, CANCELLED, REFUSED, WAITING, Waiter
 from proxy.modes import Mode
+from proxy.scheduler.waiter import ADMITTED, CANCELLED, REFUSED, WAITING, Waiter
 
 from ._admission import Harness, error, ok, status
 
@@ -46,7 +46,7 @@ def congest(h: Harness, n: int = 4) -> list[Ticket]:
 
 
 def no_lanes(h: Harness) -> bool:
-    return all(not lanes for lanes in h.gate._lanes)
+    return all(not lanes for lanes in h.gate.queue.lanes)
 
 
 def recovery(h: Harness) -> None:
@@ -59,11 +59,11 @@ def test_fast_path_touches_no_queue() -> None:
     h = Harness()
     tickets = fill(h, 4)
     assert h.gate.in_flight == 4
-    assert h.gate._queued == 0 and no_lanes(h) and not h.gate._heap
+    assert h.gate.queue.total == 0 and no_lanes(h) and not h.gate.queue.expiries
     for t in tickets:
         h.gate.release(t, ok())
     assert h.gate.in_flight == 0
-    assert all(c.in_flight == 0 for c in h.gate._callers)
+    assert all(c.in_flight == 0 for c in h.gate.callers)
 
 
 def test_release_twice_is_ignored() -> None:
@@ -78,10 +78,10 @@ def test_at_the_limit_a_short_queue_and_the_freed_slot_goes_to_the_waiter() -> N
     h = Harness()
     tickets = fill(h, 4)
     w = waiter(h.gate.admit(h.ticket("fresh")))
-    assert w.state == WAITING and h.gate._queued == 1
+    assert w.state == WAITING and h.gate.queue.total == 1
     h.gate.release(tickets[0], ok())
     assert w.state == ADMITTED
-    assert h.gate.in_flight == 4 and h.gate._queued == 0
+    assert h.gate.in_flight == 4 and h.gate.queue.total == 0
 
 
 async def test_deferred_wait_resolves() -> None:
@@ -106,7 +106,7 @@ def test_normal_queue_expiry_is_a_paced_overload() -> None:
     assert (r.reason, r.status) == ("overload", 503)
     assert r.hold > 0 and r.retry_after_ms + r.hold * 1000 >= 1000
     assert h.metric("sluice_retry_slots_booked_total") == 1
-    assert h.gate._queued == 0 and not h.gate._heap
+    assert h.gate.queue.total == 0 and not h.gate.queue.expiries
 
 
 def test_overload_status_is_configurable() -> None:
@@ -138,11 +138,11 @@ def test_while_our_loop_lags_what_would_wait_is_answered_busy_at_once() -> None:
     assert not h.gate.status()["busy"]
     h.tick(0.1 + 0.3)  # and again: our own loop is saturated
     assert h.gate.status()["busy"]
-    booked, queued = h.gate.pacer.total, h.gate._queued
+    booked, queued = h.gate.pacer.total, h.gate.queue.total
     r = refusal(h.gate.admit(h.ticket("fresh")))
     assert (r.reason, r.status) == ("busy", 503)
     assert r.retry_after_ms == 1000  # shedding.retry_after_min, not a booked slot
-    assert (h.gate.pacer.total, h.gate._queued) == (booked, queued)  # no slot, no waiter
+    assert (h.gate.pacer.total, h.gate.queue.total) == (booked, queued)  # no slot, no waiter
     h.tick()  # on time again: it waits as usual
     waiter(h.gate.admit(h.ticket("fresh")))
 
@@ -197,7 +197,7 @@ def test_queued_request_is_answered_before_its_deadline() -> None:
 def test_learned_latency_raises_the_bar_for_deadlines() -> None:
     h = Harness()
     h.gate.limiter.floor.reset_to(h.clock.now, 0.5)  # the backend needs ~500 ms
-    h.gate._refresh_estimates(h.clock.now)
+    h.gate.refresh_estimates(h.clock.now)
     assert refusal(h.gate.admit(h.ticket(timeout=0.4))).reason == "deadline"
     assert h.gate.admit(h.ticket(timeout=0.6)) is None
 
@@ -405,7 +405,7 @@ def test_shield_forwards_only_the_allow_list_and_expires_into_recovery() -> None
     h.tick(0.2)
     assert h.gate.modes.state is Mode.RECOVERY
     assert not isinstance(h.gate.admit(h.ticket("orch")), Refusal)  # traffic flows again
-    assert not any(c.allowed for c in h.gate._callers)
+    assert not any(c.allowed for c in h.gate.callers)
 
 
 def test_shield_ttl_accepts_durations_and_default() -> None:
@@ -482,7 +482,7 @@ async def test_drain_answers_waiters_and_refuses_new_work() -> None:
     assert refusal(h.gate.admit(h.ticket())).reason == "draining"
     for t in tickets:
         h.gate.release(t, ok())
-    assert h.gate.in_flight == 0 and h.gate._queued == 0
+    assert h.gate.in_flight == 0 and h.gate.queue.total == 0
 
 
 # --- RECOVERY: batches, fairness, priority, bounds ---------------------------------------
@@ -570,7 +570,7 @@ def test_a_capped_caller_waits_without_blocking_others() -> None:
     assert h.gate.admit(h.ticket("orch")) is None  # free slots: the capped waiter is not eligible
     h.tick(0.1)
     assert capped.state == WAITING
-    assert h.gate.in_flight < h.gate._eff
+    assert h.gate.in_flight < h.gate.eff
 
 
 def test_a_burst_larger_than_the_queue() -> None:
@@ -581,7 +581,7 @@ def test_a_burst_larger_than_the_queue() -> None:
     assert sum(isinstance(r, Waiter) for r in results) == 10
     shed = [r for r in results if isinstance(r, Refusal)]
     assert len(shed) == 82 and {r.reason for r in shed} == {"overload"}
-    assert h.gate._queued == 10
+    assert h.gate.queue.total == 10
     # Paced: the shed are told to come back spread out at the backend's pace (400/s assumed
     # before anything is measured, quadrupled while not even a knee was found: 160 per
     # 100 ms slot).
@@ -596,7 +596,7 @@ def test_a_full_queue_makes_room_for_another_caller() -> None:
     backlog = [r for r in results if isinstance(r, Waiter)]
     assert len(backlog) == 10
     other = waiter(h.gate.admit(h.ticket("fresh")))
-    assert other.state == WAITING and h.gate._queued == 10
+    assert other.state == WAITING and h.gate.queue.total == 10
     assert refusal(backlog[-1].result).reason == "overload"  # the newest of the longest lane
     assert all(w.state == WAITING for w in backlog[:-1])
 
@@ -608,7 +608,7 @@ def test_empty_queue_ticks_are_harmless() -> None:
     recovery(h)
     for _ in range(100):
         h.tick(0.1)
-    assert h.gate._queued == 0 and h.gate.in_flight == 0
+    assert h.gate.queue.total == 0 and h.gate.in_flight == 0
 
 
 # --- cancellation ------------------------------------------------------------------------------
@@ -622,8 +622,8 @@ async def test_cancelled_waiter_is_removed_and_never_forwarded() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert w.state == CANCELLED
-    assert h.gate._queued == 0 and h.gate._callers[h.index("fresh")].queued == 0
-    assert not h.gate._heap
+    assert h.gate.queue.total == 0 and h.gate.callers[h.index("fresh")].queued == 0
+    assert not h.gate.queue.expiries
     h.gate.release(tickets[0], ok())
     assert w.state == CANCELLED and h.gate.in_flight == 3  # the slot was not given to it
     h.tick(1.0)
@@ -642,7 +642,7 @@ async def test_cancelled_right_after_being_granted_gives_the_slot_back() -> None
     with pytest.raises(asyncio.CancelledError):
         await task
     assert h.gate.in_flight == 3
-    assert h.gate._callers[h.index("fresh")].in_flight == 0
+    assert h.gate.callers[h.index("fresh")].in_flight == 0
 
 
 def test_cancel_without_awaiting() -> None:
@@ -651,10 +651,10 @@ def test_cancel_without_awaiting() -> None:
     ws = [waiter(h.gate.admit(h.ticket(c))) for c in ("orch", "fresh", "orch")]
     ws[1].cancel()
     ws[1].cancel()
-    assert h.gate._queued == 2
+    assert h.gate.queue.total == 2
     for w in ws:
         w.cancel()
-    assert h.gate._queued == 0 and not h.gate._heap
+    assert h.gate.queue.total == 0 and not h.gate.queue.expiries
 
 
 # --- mode changes the gate drives ----------------------------------------------------------------
@@ -894,12 +894,12 @@ async def test_ticker_probes_and_stops() -> None:
         calls.append(1)
         return False
 
-    await h.gate._run_probe(probe, h.clock())
+    await h.gate.ticker.run_probe(probe, h.clock())
     assert calls == [1] and h.gate.health.probe_fail_streak == 1
     await h.gate.start(probe)
-    assert h.gate._task is not None
+    assert h.gate.ticker.running
     await h.gate.stop()
-    assert h.gate._task is None and h.gate._probe_task is None
+    assert not h.gate.ticker.running and not h.gate.ticker.probing
 
 
 async def test_probes_keep_their_period_whatever_the_answer_takes() -> None:
@@ -912,8 +912,8 @@ async def test_probes_keep_their_period_whatever_the_answer_takes() -> None:
         return False
 
     started = h.clock()
-    await h.gate._run_probe(probe, started)
-    assert h.gate._next_probe == pytest.approx(started + 0.1)
+    await h.gate.ticker.run_probe(probe, started)
+    assert h.gate.ticker.next_probe == pytest.approx(started + 0.1)
 
 
 async def test_a_raising_probe_is_a_failed_probe() -> None:
@@ -922,7 +922,7 @@ async def test_a_raising_probe_is_a_failed_probe() -> None:
     async def probe() -> bool:
         raise OSError("boom")
 
-    await h.gate._run_probe(probe, h.clock())
+    await h.gate.ticker.run_probe(probe, h.clock())
     assert h.gate.health.probe_fail_streak == 1
 
 
@@ -945,7 +945,7 @@ def test_refused_waiters_report_their_state() -> None:
 
 # --- the first tier's allowance -------------------------------------------------------------
 def _tier(w: Waiter) -> int:
-    from proxy.gate import _TIERS
+    from proxy.scheduler.tiers import TIERS as _TIERS
 
     return w.lane.level % _TIERS
 
@@ -956,40 +956,42 @@ def _wave_harness() -> Harness:
     fill(h, 4)
     recovery(h)
     g = h.gate
-    g._eff = g.in_flight  # hold the limit in force where it is: every arrival waits
+    g.eff = g.in_flight  # hold the limit in force where it is: every arrival waits
     g.rates.baseline = 10.0
-    g._refresh_estimates(h.clock())
-    g._fresh_tokens = 3.0
-    g._tokens_at = h.clock()
+    g.refresh_estimates(h.clock())
+    g.fresh.tokens = 3.0
+    g.fresh.at = h.clock()
     return h
 
 
 def test_first_tries_beyond_the_allowance_go_before_retries_read_after_them() -> None:
     # Under a retry storm served newest-first, a first try read before the retries would be
     # pushed back until it expired; first tries rank above unsolicited retries.
-    from proxy.gate import _TIER_REST, _TIER_RETRY
+    from proxy.scheduler.tiers import TIER_REST as _TIER_REST
+    from proxy.scheduler.tiers import TIER_RETRY as _TIER_RETRY
 
     h = _wave_harness()
     g = h.gate
-    g._fresh_tokens = 0.0
+    g.fresh.tokens = 0.0
     h.clock.advance(0.001)
     first = waiter(g.admit(h.ticket()))
     assert _tier(first) == _TIER_REST
     h.clock.advance(0.2)  # past lifo_when_older_than: the lanes serve newest first
     retries = [waiter(g.admit(h.ticket(retry=True))) for _ in range(3)]
     assert {_tier(w) for w in retries} == {_TIER_RETRY}
-    g._eff += 1
-    g._pump(h.clock())
+    g.eff += 1
+    g.pump(h.clock())
     assert first.state == ADMITTED
     assert all(w.state == WAITING for w in retries)
 
 
 def test_first_tier_allowance_accrues_between_ticks() -> None:
-    from proxy.gate import _TIER_FRESH, _TIER_REST
+    from proxy.scheduler.tiers import TIER_FRESH as _TIER_FRESH
+    from proxy.scheduler.tiers import TIER_REST as _TIER_REST
 
     h = _wave_harness()
     g = h.gate
-    g._fresh_tokens = 0.0
+    g.fresh.tokens = 0.0
     assert _tier(waiter(g.admit(h.ticket()))) == _TIER_REST
     h.clock.advance(0.1)  # 12/s x 0.1 s: one token, and no tick ran
     assert _tier(waiter(g.admit(h.ticket()))) == _TIER_FRESH
@@ -1016,9 +1018,9 @@ async def test_a_mass_refusal_wakes_its_waiters_a_chunk_per_loop_iteration(
 ) -> None:
     # Thousands of answers written in one loop iteration hold back every request read
     # meanwhile; the refused are woken a chunk per iteration (the loop polls in between).
-    import proxy.gate
+    import proxy.scheduler.waiter
 
-    monkeypatch.setattr(proxy.gate, "_WAKE_CHUNK", 4)
+    monkeypatch.setattr(proxy.scheduler.waiter, "_WAKE_CHUNK", 4)
     h = Harness({"queue": {"normal_max_wait": "5s", "patience": "10s"}})
     fill(h, 4)
     ws = [h.gate.admit(h.ticket(name)) for _ in range(4) for name in ("orch", "fresh", "repair")]
@@ -1051,8 +1053,8 @@ def _grant_order(h: Harness, waiters: list[Waiter]) -> list[Waiter]:
     g = h.gate
     order: list[Waiter] = []
     for _ in waiters:
-        g._eff += 1
-        g._pump(h.clock())
+        g.eff += 1
+        g.pump(h.clock())
         order += [w for w in waiters if w.state == ADMITTED and w not in order]
     return order
 
@@ -1060,7 +1062,7 @@ def _grant_order(h: Harness, waiters: list[Waiter]) -> list[Waiter]:
 def test_solicited_returns_are_served_in_arrival_order_across_callers() -> None:
     # One calendar gave them their times, so their order is the schedule: round-robin by
     # caller would serve the caller with most of the returns at its share of the pace.
-    from proxy.gate import _TIER_SOLICITED
+    from proxy.scheduler.tiers import TIER_SOLICITED as _TIER_SOLICITED
 
     h = _wave_harness()
     a = _returns(h, "orch", 3)
@@ -1074,7 +1076,7 @@ def test_the_first_tier_is_one_queue_across_callers_late_waiters_newest_first() 
     # After an outage every caller's first-tier lane holds requests from before it; served
     # round-robin, a caller with 40 % of the fresh traffic got a quarter of the pace and its
     # newest requests were buried under older ones for half a second.
-    from proxy.gate import _TIER_FRESH
+    from proxy.scheduler.tiers import TIER_FRESH as _TIER_FRESH
 
     h = _wave_harness()
     g = h.gate
@@ -1092,7 +1094,7 @@ def test_under_lifo_the_first_tier_keeps_the_order_of_waiters_still_on_time() ->
     # `lifo_when_older_than` (or one unloaded latency), a waiter keeps its place.
     h = _wave_harness()
     g = h.gate
-    g._fresh_tokens = 10.0
+    g.fresh.tokens = 10.0
     late = waiter(g.admit(h.ticket("fresh")))
     h.clock.advance(0.2)
     burst = [waiter(g.admit(h.ticket(c))) for c in ("orch", "fresh")]
@@ -1100,16 +1102,14 @@ def test_under_lifo_the_first_tier_keeps_the_order_of_waiters_still_on_time() ->
     after = waiter(g.admit(h.ticket("orch")))
     # A newcomer goes behind the three on time, not ahead of everyone.
     level = after.lane.level
-    assert g._estimate_wait(after.caller, level, h.clock()) == pytest.approx(
-        4 / g._level_pace(level)
-    )
+    assert g.expected_wait(after.caller, level, h.clock()) == pytest.approx(4 / g.level_pace(level))
     assert _grant_order(h, [late, *burst, after]) == [*burst, after, late]
 
 
 def test_under_lifo_a_first_tier_waiter_past_its_time_goes_after_newer_ones() -> None:
     h = _wave_harness()
     g = h.gate
-    g._fresh_tokens = 10.0
+    g.fresh.tokens = 10.0
     late = waiter(g.admit(h.ticket("fresh")))
     h.clock.advance(0.2)
     first = waiter(g.admit(h.ticket("orch")))
@@ -1123,16 +1123,19 @@ def test_returns_are_judged_by_their_place_in_arrival_order() -> None:
     # share of the pace, and the tail of returns that came on time was bounced again.
     h = _wave_harness()
     g = h.gate
-    g._capacity, g._n_samples = 30.0, 3  # measured: 30/s, 10/s of it fresh (the baseline)
-    g._refresh_estimates(h.clock())
-    assert g._pace_known and g._pace == 30.0  # returns get 20/s: one per 50 ms
+    g.estimates.capacity, g.estimates.n_samples = (
+        30.0,
+        3,
+    )  # measured: 30/s, 10/s of it fresh (the baseline)
+    g.refresh_estimates(h.clock())
+    assert g.estimates.pace_known and g.estimates.pace == 30.0  # returns get 20/s: one per 50 ms
     a = _returns(h, "orch", 6)
     h.clock.advance(0.01)
     b = _returns(h, "fresh", 1)
     now = h.clock()
     for w in [*a, *b]:
         w.expiry = now + 0.32  # room for six returns at 20/s, not for seven
-    g._rejudge(now)
+    g.rejudge(now)
     assert [w.state for w in a] == [WAITING] * 6
     assert b[0].state == REFUSED  # the latest to arrive, whichever its caller
 

@@ -9,8 +9,11 @@ import pytest
 
 from proxy.contracts import Refusal
 from proxy.forward import refusal_response
-from proxy.gate import _TIER_REST, _TIER_SOLICITED, _TIERS, Waiter
 from proxy.modes import Mode
+from proxy.scheduler.tiers import TIER_REST as _TIER_REST
+from proxy.scheduler.tiers import TIER_SOLICITED as _TIER_SOLICITED
+from proxy.scheduler.tiers import TIERS as _TIERS
+from proxy.scheduler.waiter import Waiter
 
 from ._admission import NORMAL_PRIORITY, Harness, error, merge, saturate
 
@@ -34,7 +37,7 @@ def _measured(h: Harness, per_tick: int, baseline: float) -> None:
     status = h.gate.status()
     assert status["pace_measured"] and status["pace_rps"] == pytest.approx(per_tick / TICK)
     h.gate.rates.baseline = baseline
-    h.gate._refresh_estimates(h.clock())
+    h.gate.refresh_estimates(h.clock())
 
 
 @pytest.mark.parametrize(("limit", "per_tick"), [(4, 2), (40, 20), (12, 12)])
@@ -57,7 +60,7 @@ def test_headroom_widens_the_returns_share_not_the_whole_pace() -> None:
     # (= 100/s, a 25 % overbooking that bounces returns all drain long).
     h = _harness(40, {"shedding": {"pace_headroom": 1.1}})
     _measured(h, 20, 120.0)  # 20 answers per 100 ms: 200/s
-    assert h.gate._book_pace - 120.0 == pytest.approx(88.0)
+    assert h.gate.estimates.book_pace - 120.0 == pytest.approx(88.0)
 
 
 def test_solicited_waits_are_judged_against_the_expected_fresh_traffic() -> None:
@@ -66,8 +69,8 @@ def test_solicited_waits_are_judged_against_the_expected_fresh_traffic() -> None
     g = h.gate
     solicited = NORMAL_PRIORITY * _TIERS + _TIER_SOLICITED
     rest = NORMAL_PRIORITY * _TIERS + _TIER_REST
-    assert g._level_pace(solicited) == pytest.approx(100.0)  # 200 - the baseline
-    assert g._level_pace(rest) == pytest.approx(80.0)  # 200 - the fresh tier's 1.2 x baseline
+    assert g.level_pace(solicited) == pytest.approx(100.0)  # 200 - the baseline
+    assert g.level_pace(rest) == pytest.approx(80.0)  # 200 - the fresh tier's 1.2 x baseline
 
 
 @pytest.mark.parametrize(

@@ -16,9 +16,10 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from proxy.admission.callers import NO_CAP
 from proxy.contracts import REASONS, Outcome, Refusal, Ticket
-from proxy.gate import ADMITTED, NO_CAP, REFUSED, WAITING, Waiter
 from proxy.modes import Mode
+from proxy.scheduler.waiter import ADMITTED, REFUSED, WAITING, Waiter
 
 from ._admission import Harness
 
@@ -144,18 +145,18 @@ class GateMachine(RuleBasedStateMachine):
         g = self.gate
         assert g.in_flight == len(self.flying)
         per_caller = Counter(t.caller_index for t in self.flying)
-        for c in g._callers:
+        for c in g.callers:
             assert c.in_flight == per_caller.get(c.index, 0)
-        assert g._queued == len(self.waiting) <= MAX_QUEUE
-        assert sum(g._queued_level) == g._queued
-        assert sum(len(lane) for lanes in g._lanes for lane in lanes.values()) == g._queued
+        assert g.queue.total == len(self.waiting) <= MAX_QUEUE
+        assert sum(g.queue.by_level) == g.queue.total
+        assert sum(len(lane) for lanes in g.queue.lanes for lane in lanes.values()) == g.queue.total
 
     @invariant()
     def admissions_stay_within_the_limit_and_caps(self) -> None:
         g = self.gate
         if g.in_flight > self.before:
             assert g.in_flight <= g.limiter.limit
-            for c in g._callers:
+            for c in g.callers:
                 if c.cap < NO_CAP:
                     assert c.in_flight <= c.cap
 
@@ -168,11 +169,11 @@ class GateMachine(RuleBasedStateMachine):
         self.flying = []
         self.h.tick(5.0)
         g = self.gate
-        assert g.in_flight == 0 and g._queued == 0 and not g._heap
-        assert all(c.in_flight == 0 and c.queued == 0 for c in g._callers)
-        assert all(len(lane) == 0 for lanes in g._lanes for lane in lanes.values())
-        assert g._active_weight == [
-            sum(lane.caller.weight for lane in active) for active in g._active
+        assert g.in_flight == 0 and g.queue.total == 0 and not g.queue.expiries
+        assert all(c.in_flight == 0 and c.queued == 0 for c in g.callers)
+        assert all(len(lane) == 0 for lanes in g.queue.lanes for lane in lanes.values())
+        assert g.queue.active_weight == [
+            sum(lane.caller.weight for lane in active) for active in g.queue.active
         ]
 
 

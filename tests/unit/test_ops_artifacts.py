@@ -18,8 +18,8 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.admission.gate import AdmissionGate
 from proxy.config import Config, ListenConfig
-from proxy.gate import AdmissionGate
 from proxy.guard import Guard
 from proxy.metrics import Metrics
 

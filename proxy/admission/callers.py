@@ -1,0 +1,88 @@
+"""Per-caller accounting (configured callers, then the hashed fair buckets) and their caps."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from typing import Protocol
+
+from ..config import Config
+from ..pacing import Booking
+
+NO_CAP = 1 << 62
+
+
+class CallerCaps(Protocol):
+    """Where per-caller concurrency caps come from (a fleet-wide store can share them)."""
+
+    def caps(self, names: Sequence[str]) -> list[int | None]:
+        """The cap for each caller name (None = no cap, 0 = refused)."""
+
+
+class ConfiguredCaps:
+    """In-process default: `callers.known[].cap`, and `callers.default_cap` for buckets."""
+
+    def __init__(self, config: Config) -> None:
+        self._known = {c.name: c.cap for c in config.callers.known}
+        self._default = config.callers.default_cap
+
+    def caps(self, names: Sequence[str]) -> list[int | None]:
+        """Caps in caller-index order."""
+        return [self._known.get(n, self._default) for n in names]
+
+
+class Caller:
+    """One caller's accounting (index space: configured callers, then fair buckets)."""
+
+    __slots__ = (
+        "allowed",
+        "bookings",
+        "cap",
+        "in_flight",
+        "index",
+        "label",
+        "name",
+        "queued",
+        "weight",
+    )
+
+    def __init__(self, index: int, name: str, label: str, bookings: deque[Booking]) -> None:
+        self.index = index
+        self.name = name
+        self.label = label  # metric label: configured name or "other"
+        self.cap = NO_CAP
+        self.weight = 1
+        self.in_flight = 0
+        self.queued = 0
+        self.allowed = False  # on the SHIELD allow-list
+        self.bookings = bookings  # the pacer's deque for this caller (truthy = slots booked)
+
+
+def build_callers(
+    config: Config,
+    names: Sequence[str],
+    old: Sequence[Caller],
+    bookings: Sequence[deque[Booking]],
+    caps: CallerCaps,
+) -> list[Caller]:
+    """The caller table for `names`, keeping the accounting of callers that stay."""
+    known = {c.name: c for c in config.callers.known}
+    previous = {c.name: c for c in old}
+    callers = []
+    for i, name in enumerate(names):
+        c = previous.get(name)
+        if c is None:
+            label = name if name in known else "other"
+            c = Caller(i, name, label, bookings[i])
+        c.index = i
+        c.bookings = bookings[i]
+        c.weight = known[name].weight if name in known else 1
+        callers.append(c)
+    apply_caps(callers, caps.caps(names))
+    return callers
+
+
+def apply_caps(callers: Sequence[Caller], caps: Sequence[int | None]) -> None:
+    """Set each caller's cap (None = uncapped)."""
+    for c, cap in zip(callers, caps, strict=True):
+        c.cap = NO_CAP if cap is None else cap

@@ -1,0 +1,169 @@
+"""What the gate expects of the backend: its pace, a request's latency, a client's patience.
+
+Pure and clock-injected: the gate feeds it each tick's goodput and asks for a refresh.
+
+Pace: with the delivery limiter, its own delivery-rate estimate. With the gradient limiter,
+the backend's capacity is measured here as goodput over runs of ticks in which the limiter,
+at the knee of the latency curve, was full with work waiting; before a few such runs it is
+only guessed (what the limit would allow, Little's law at the knee, at least what we measure).
+Returns are booked at the pace less the baseline (`pacing.Pacer`), optimistically while the
+pace is a guess or the limit still ramps: an early return costs the backend nothing (it waits
+or is re-paced), a late one leaves capacity idle and lengthens the drain.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from ..config import Config
+from ..delivery import DeliveryLimiter
+from ..limiter import Limiter
+from ..scheduler.tiers import TIER_FRESH, TIER_SOLICITED, tier_of
+
+# Smoothing of the measured throughput, per tick (about half a second at 100 ms ticks).
+_THROUGHPUT_ALPHA = 0.2
+# Capacity: goodput over a run of saturated ticks, once the run is this long; the best
+# sample of the last `_SAMPLES_KEPT` seconds; forgotten `_CAPACITY_TTL` after the last run.
+_RUN_MIN = 0.5
+_SAMPLES_KEPT = 10.0
+_CAPACITY_TTL = 60.0
+_SAMPLES_KNOWN = 3  # capacity samples before the pace counts as measured
+# Fresh arrivals in the first tier: up to this multiple of the baseline rate, with a burst
+# allowance of this many seconds of it (a wave of first tries takes the whole allowance
+# at once, ahead of the fresh arrivals that follow it: keep it short).
+_FRESH_HEADROOM = 1.2
+_FRESH_BURST = 0.25
+
+
+class Estimates:
+    """The gate's estimates, refreshed every tick (and on reconfiguration)."""
+
+    def __init__(self, config: Config, now: float) -> None:
+        self.config = config
+        self.expected_latency = 0.0  # what a request forwarded now should take
+        self.on_time_for = config.queue.lifo_when_older_than
+        self.min_budget = config.shedding.deadline_margin  # the fast path's deadline test
+        self.pace = 0.0  # requests/s the backend serves
+        self.pace_known = False  # measured, not guessed
+        self.book_pace = 0.0  # the pace returns are booked at
+        self.fresh_rate = 0.0  # the first tier's allowance, requests/s
+        self.fresh_burst = 2.0
+        self.patience = config.queue.patience  # a client's, when it sends no deadline
+        self.throughput = 0.0  # good answers per second, smoothed over ticks
+        self.capacity: float | None = None  # goodput/s measured while saturated
+        self.capacity_at = now
+        self.n_samples = 0  # capacity samples since the capacity was last forgotten
+        self._run_start: float | None = None  # the current run of saturated ticks
+        self._run_ok = 0.0
+        self._samples: deque[tuple[float, float]] = deque()  # (at, goodput/s)
+
+    def observe(self, ok: int, dt: float) -> None:
+        """One tick's good answers over `dt` seconds."""
+        if dt > 0:
+            self.throughput += _THROUGHPUT_ALPHA * (ok / dt - self.throughput)
+
+    def not_saturated(self, now: float) -> None:
+        """A tick with nothing waiting for a full limiter: the saturated run ends."""
+        self._run_start = None
+        if self.capacity is not None and now - self.capacity_at > _CAPACITY_TTL:
+            self.capacity = None  # too old to trust: the backend may have changed
+            self.n_samples = 0
+            self._samples.clear()
+
+    def saturated(self, now: float, ok: int, measurable: bool) -> None:
+        """A tick in which waiters waited for a full limiter: goodput is what the backend
+        can do, and over a run of such ticks it measures its capacity. Not `measurable`
+        while something else holds concurrency below the knee on purpose (slow start,
+        re-measuring, a batch ramp, OUTAGE's trickle, SHIELD's allow-list)."""
+        if not measurable:
+            self._run_start = None
+            return
+        if self._run_start is None:
+            self._run_start = now  # goodput counts from the next tick on
+            self._run_ok = 0.0
+            return
+        self._run_ok += ok
+        span = now - self._run_start
+        if span < _RUN_MIN - 1e-9:
+            return
+        if self._run_ok <= 0:
+            self._run_start = now  # nothing answered: a stall, not a pace (health's business)
+            return
+        # Whatever holds the limit off the knee (above it the backend thrashes, below it
+        # workers idle) only lowers goodput, so the best recent sample is the best estimate.
+        samples = self._samples
+        samples.append((now, self._run_ok / span))
+        while samples and now - samples[0][0] > _SAMPLES_KEPT:
+            samples.popleft()
+        self.capacity = max(v for _, v in samples)
+        self.n_samples += 1
+        self.capacity_at = now
+        self._run_start = now
+        self._run_ok = 0.0
+
+    def refresh(
+        self, now: float, lim: Limiter | DeliveryLimiter, baseline: float, patience: float
+    ) -> None:
+        """Recompute every estimate from the limiter, the arrival baseline and the learnt
+        client patience."""
+        cfg = self.config
+        floor = lim.floor.value or 0.0
+        self.expected_latency = max(floor, lim.latency or 0.0)
+        # Under adaptive LIFO, a waiter of a level served as one queue keeps its place in
+        # arrival order for this long after it was read: one unloaded latency.
+        self.on_time_for = max(cfg.queue.lifo_when_older_than, floor)
+        # The fast path sends a request with a deadline only if it can be met with margin.
+        self.min_budget = cfg.shedding.deadline_margin + self.expected_latency
+        self._refresh_pace(now, lim, floor)
+        self.book_pace = self._booking_pace(lim, baseline)
+        self.fresh_rate = _FRESH_HEADROOM * baseline
+        self.fresh_burst = max(2.0, self.fresh_rate * _FRESH_BURST)
+        if cfg.queue.learn_patience:
+            self.patience = max(patience, 2 * self.min_budget)
+        else:
+            self.patience = cfg.queue.patience
+
+    def _refresh_pace(self, now: float, lim: Limiter | DeliveryLimiter, floor: float) -> None:
+        if isinstance(lim, DeliveryLimiter):
+            self.pace_known = lim.pace_known()
+            self.pace = lim.pace() if self.pace_known else max(lim.pace(), self.throughput)
+        elif self.capacity is not None and self.n_samples >= _SAMPLES_KNOWN:
+            self.pace = self.capacity
+            self.pace_known = True
+        else:
+            self.pace = max(self.throughput, lim.pace(), self.capacity or 0.0)
+            if lim.at_knee(now) and floor > 0:
+                self.pace = max(self.pace, lim.limit / (floor * lim.config.latency_tolerance))
+            self.pace_known = False
+
+    def _booking_pace(self, lim: Limiter | DeliveryLimiter, baseline: float) -> float:
+        """Optimistic while the limit ramps or the pace is guessed; once measured, the
+        headroom widens the returns' share (the pace less the baseline), not the whole
+        pace, which would overbook that share by headroom x pace / share."""
+        if not self.pace_known and lim.knee_at is None:
+            # Not even a knee found: the backend may take far more than we ever sent it.
+            return self.pace * lim.config.slow_start_factor**2
+        if lim.slow_start or not self.pace_known:
+            return self.pace * lim.config.slow_start_factor
+        share = max(self.pace - baseline, 0.0)
+        return self.pace + share * (self.config.shedding.pace_headroom - 1.0)
+
+    def level_pace(self, level: int, baseline: float) -> float:
+        """Requests/s the waiters of `level` can expect: the pace (unboosted, also while
+        only guessed), less the fresh arrivals the first tier lets ahead of them."""
+        pace = self.pace
+        if tier_of(level) != TIER_FRESH:
+            # Solicited returns, once the pace is measured: the fresh arrivals expected (the
+            # baseline), not the first tier's allowance (x1.2). That is a cap on fresh
+            # traffic; counting all of it judged doomed the returns the backend was about to
+            # serve. (While the pace is a guess, the allowance stands: held returns must not
+            # crowd the ramp that fresh traffic needs.)
+            fresh = self.fresh_rate
+            if tier_of(level) == TIER_SOLICITED and self.pace_known:
+                fresh = baseline
+            pace = max(pace - fresh, pace * self.config.shedding.min_return_share)
+        return max(pace, 1e-3)
+
+    def cap_latency(self, lim: Limiter | DeliveryLimiter) -> float:
+        """The latency a capped caller's slots turn over at (its cap / this = its rate)."""
+        return max(lim.latency or self.expected_latency, 1e-3)

@@ -1,0 +1,798 @@
+"""The admission gate: admit, defer or shed each request; release deferred work in batches.
+
+A facade over pure components, each in its own module:
+- `policy.Policy`: the slow path's verdict (admit, queue, refuse and why);
+- `refusals.Refuser`: a refusal's status, its booked Retry-After (`pacing.Pacer`), its hold;
+- `estimates.Estimates`: the backend's pace, a request's latency, a client's patience;
+- `scheduler.queue.TieredQueue` and `scheduler.waits.WaitModel`: waiters, tiers, order, waits;
+- `modes.ModeController`, the limiter, `budgets`, `signals`: mode, limit, budgets, health.
+The gate owns the accounting they share (in-flight, the limit in force, per-tick counters),
+runs the request path and, from the ticker (`control.ticker`), the rounds that fold the
+counters in, expire waiters, evaluate the mode and release batches. `/status`, gauges and
+operator commands live in `proxy/ops/` and read the gate's public attributes.
+
+`admit` is synchronous and O(1). NORMAL, under the limit and the caller's cap, a first try
+from local traffic with no booked slot: the fast path, which touches no queue, calls no clock
+and formats nothing. Everything else goes through the policy.
+
+Batches: the limit in force (`eff`) is the learned limit in NORMAL and SHIELD, the OUTAGE
+trickle in OUTAGE, and in RECOVERY min(limit, in-flight at the last tick + `batch_size`): so
+each `batch_interval` at most `batch_size` *new* concurrent requests enter, never past the
+limiter's free slots, while a finished request's slot is handed to the next waiter at once
+(one for one, which never raises concurrency). Invariant, restored after every event: when
+in-flight is below `eff`, nothing queued is eligible (everything waiting is held by its
+caller's cap), which is what lets the fast path skip the queues.
+
+Waits: a waiter is answered before its deadline (`x-request-timeout-ms`, minus the margin and
+the expected latency) or, without one, before its client's patience runs out (learnt from the
+clients that gave up), with a paced Retry-After: the client holds the backlog, not us, and it
+never times out on its own. A newcomer whose expected wait already exceeds that is refused at
+once; each tick, waiters that can no longer be served in time are answered at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..budgets import LocalRetryBudgets, RetryBudgets
+from ..config import Config
+from ..contracts import Outcome, Probe, Reason, Refusal, Ticket
+from ..control.loop_lag import LoopLag
+from ..control.ticker import Ticker
+from ..delivery import DeliveryLimiter
+from ..limiter import Limiter
+from ..metrics import Metrics
+from ..modes import (
+    REASON_ERRORS,
+    Event,
+    Mode,
+    ModeController,
+    Snapshot,
+    Transition,
+    possible_transitions,
+)
+from ..ops.commands import run_command
+from ..ops.gauges import update_gauges
+from ..ops.status import gate_status
+from ..pacing import Pacer
+from ..scheduler.queue import TieredQueue
+from ..scheduler.tiers import N_PRIO, TIER_FRESH, TIER_REST, TIER_RETRY, TIER_SOLICITED, level_of
+from ..scheduler.waiter import ADMITTED, CANCELLED, REFUSED, WAITING, Waiter, Wakeups
+from ..scheduler.waits import WaitModel
+from ..signals import (
+    BROKEN,
+    PUSHBACK,
+    TIMEOUT,
+    ArrivalRate,
+    Patience,
+    UpstreamHealth,
+    classify_outcome,
+)
+from .callers import Caller, CallerCaps, ConfiguredCaps, apply_caps, build_callers
+from .estimates import Estimates
+from .fresh import FreshAllowance
+from .policy import ADMIT, BUDGET_ADMITTED, BUDGET_REFUSED, QUEUE, REFUSE, Load, Policy, Verdict
+from .refusals import Refuser, key_of
+
+log = logging.getLogger("sluice.gate")
+modes_log = logging.getLogger("sluice.modes")
+
+_CANCELLED_OUTCOME = Outcome(None, 0.0, "cancelled")
+
+
+class AdmissionGate:
+    """Admission control in front of the upstream (implements contracts.Gate)."""
+
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics,
+        caller_names: list[str],
+        clock: Callable[[], float] = time.monotonic,
+        budgets: RetryBudgets | None = None,
+        caps: CallerCaps | None = None,
+    ) -> None:
+        self._clock = clock
+        now = clock()
+        self.metrics = metrics
+        self.config = config
+        self.started_at = now
+        dry = config.modes.protection == "dry-run"
+        self.modes = ModeController(config, now, dry_run=dry)
+        self.limiter: Limiter | DeliveryLimiter = (
+            DeliveryLimiter(config.limiter, now)
+            if config.limiter.algorithm == "delivery"
+            else Limiter(config.limiter, now)
+        )
+        self.budgets: RetryBudgets = budgets or LocalRetryBudgets(
+            config.retry_budget, len(caller_names), now
+        )
+        self._caps: CallerCaps = caps or ConfiguredCaps(config)
+        self.pacer = Pacer(config.shedding, len(caller_names))
+        self.refuser = Refuser(config, self.pacer)
+        self.policy = Policy(config)
+        self.estimates = Estimates(config, now)
+        self.queue = TieredQueue(config.queue.lifo_when_older_than)
+        self.waits = WaitModel(self.queue)
+        self.wakeups = Wakeups()
+        self.patience = Patience(config.queue.patience)
+        self.health = UpstreamHealth(config.modes.error_window)
+        self.rates = ArrivalRate(
+            config.recovery.rate_window, config.recovery.baseline_halflife, now
+        )
+        self.loop = LoopLag(now)
+        self.ticker = Ticker(self, clock)
+        self._names = list(caller_names)
+        self.callers: list[Caller] = build_callers(
+            config, caller_names, [], self.pacer.bookings, self._caps
+        )
+        self.n_known = len(config.callers.known)
+        self.in_flight = 0
+        self.eff = self.limiter.limit  # the limit in force
+        self.draining = False
+        self._fast = not dry
+        self.fresh = FreshAllowance(now)
+        self._init_counters(now)
+        self._configure(config)
+        # Bound up front: no series appears on the request path (or on a transition).
+        self._transition_children = {
+            (a, b, r): metrics.transitions.labels(a.value, b.value, r)
+            for a, b, r in possible_transitions()
+        }
+        metrics.set_mode(self.modes.state.value)
+        metrics.dry_run.set(1 if dry else 0)
+        metrics.limit.set(self.limiter.limit)
+
+    def _init_counters(self, now: float) -> None:
+        # Folded into the signals on each tick (plain ints: the hot path stays cheap).
+        self._arrivals = 0
+        self._retries = 0
+        self._n_ok = 0
+        self._lat_sum = 0.0
+        self._n_clean = 0  # good answers sent during a floor re-measurement
+        self._clean_sum = 0.0
+        self._measuring_since: float | None = None
+        self._n_push = 0
+        self._n_timeout = 0
+        self._n_broken = 0
+        self._broken_streak = 0  # broken answers since the last good one
+        self._overloaded = 0  # overload refusals since the last tick
+        self._saturated_ticks = 0
+        self._loaded_at_start = False  # saturated during the start-up window
+        self._last_tick = now
+        self._mode_backlog = 0  # requests held or shed since the mode began
+        self._last_prune = now
+        self._released_this_tick = 0
+
+    # --- views ------------------------------------------------------------------------------
+    @property
+    def mode(self) -> Mode:
+        """The mode now."""
+        return self.modes.state
+
+    def next_expiry(self) -> float | None:
+        """When the earliest waiter's wait runs out (None: nothing waits)."""
+        return self.queue.next_expiry()
+
+    def now(self) -> float:
+        """The gate's clock."""
+        return self._clock()
+
+    # --- configuration ---------------------------------------------------------------------
+    def _configure(self, config: Config) -> None:
+        """Cache what the request path reads from the config."""
+        self.config = config
+        self._fast_error = config.modes.fast_error
+        self._streak_limit = config.modes.outage_min_samples
+        self._budget_on = config.retry_budget.enabled
+        self._busy_lag = config.shedding.busy_lag
+        self.refuser.configure(config)
+        self.policy.configure(config)
+        self.estimates.config = config
+        self.queue.lifo_after = config.queue.lifo_when_older_than
+        self.refresh_estimates(self._clock())
+
+    def refresh_estimates(self, now: float) -> None:
+        """Recompute the estimates (the ticker does, every tick)."""
+        est = self.estimates
+        est.refresh(now, self.limiter, self.rates.baseline or 0.0, self.patience.estimate())
+        self.queue.on_time_for = est.on_time_for
+        self._min_budget = est.min_budget
+
+    def reconfigure(self, config: Config) -> None:
+        """Apply a new config atomically; learned limit, budgets, queues and mode are kept.
+        The caller table is fixed for the gate's life (a reload that changes it is refused)."""
+        now = self._clock()
+        names = [c.name for c in config.callers.known] + [
+            f"bucket-{i}" for i in range(config.callers.fair_buckets)
+        ]
+        if names != self._names:
+            raise ValueError("changing callers.known names or fair_buckets needs a restart")
+        old = self.config
+        self.config = config
+        self.pacer.reconfigure(config.shedding, len(self._names))
+        if isinstance(self._caps, ConfiguredCaps):
+            self._caps = ConfiguredCaps(config)
+        self.callers = build_callers(
+            config, self._names, self.callers, self.pacer.bookings, self._caps
+        )
+        self.limiter.reconfigure(config.limiter)
+        self.budgets.reconfigure(config.retry_budget, len(self._names), now)
+        self.modes.reconfigure(config)
+        self.patience.set_prior(config.queue.patience)
+        if old.modes.error_window != config.modes.error_window:
+            self.health = UpstreamHealth(config.modes.error_window)
+        rec, old_rec = config.recovery, old.recovery
+        if (rec.rate_window, rec.baseline_halflife) != (
+            old_rec.rate_window,
+            old_rec.baseline_halflife,
+        ):
+            baseline = self.rates.baseline
+            self.rates = ArrivalRate(rec.rate_window, rec.baseline_halflife, now)
+            self.rates.baseline = baseline
+        if old.modes.protection != config.modes.protection:
+            self.set_dry_run(config.modes.protection == "dry-run", now)
+        self._configure(config)
+        self._set_eff(now, batch=False)
+        self.pump(now)
+
+    # --- the request path ------------------------------------------------------------------
+    def admit(self, ticket: Ticket) -> Refusal | Waiter | None:
+        """Admit now (None, a slot is held), refuse (Refusal), or defer (Waiter, await it)."""
+        try:
+            c = self.callers[ticket.caller_index]
+        except IndexError:
+            buckets = max(1, len(self.callers) - self.n_known)
+            c = self.callers[self.n_known + ticket.caller_index % buckets]
+        self._arrivals += 1
+        if (
+            self._fast
+            and self.in_flight < self.eff
+            and c.in_flight < c.cap
+            and not ticket.is_retry
+            and ticket.origin_region is None
+            and not c.bookings
+        ):
+            d = ticket.deadline
+            if d is None or d - ticket.arrived >= self._min_budget:
+                self.in_flight += 1
+                c.in_flight += 1
+                ticket.gate_state = c
+                if self._budget_on:
+                    self.budgets.deposit(c.index)
+                return None
+        return self._admit_slow(ticket, c)
+
+    def release(self, ticket: Ticket, outcome: Outcome) -> None:
+        """Give the slot back and learn from the outcome (once per admission; extra calls
+        are ignored)."""
+        c = ticket.gate_state
+        if c is None:
+            return
+        ticket.gate_state = None
+        self.in_flight -= 1
+        c.in_flight -= 1
+        if outcome.good:
+            self._n_ok += 1
+            self._lat_sum += outcome.latency
+            self._broken_streak = 0
+            since = self._measuring_since
+            if since is not None and self._clock() - outcome.latency >= since:
+                self._n_clean += 1
+                self._clean_sum += outcome.latency
+        else:
+            self._count_failure(ticket, outcome)
+        if self.queue.total and self.in_flight < self.eff:
+            self.pump(self._clock())
+
+    def _count_failure(self, ticket: Ticket, outcome: Outcome) -> None:
+        kind = classify_outcome(outcome.status, outcome.latency, outcome.error, self._fast_error)
+        if outcome.error == "cancelled" and ticket.deadline is None:
+            self.patience.observe(self._clock() - ticket.arrived)  # its client left
+        if kind == PUSHBACK:
+            self._n_push += 1
+        elif kind == TIMEOUT:
+            self._n_timeout += 1
+        elif kind == BROKEN:
+            self._n_broken += 1
+            self._broken_streak += 1
+            if self._broken_streak >= self._streak_limit:
+                self._broken_now()
+
+    def _broken_now(self) -> None:
+        """A run of broken answers (connect failures, fast 5xx) with nothing good between:
+        the backend is down. OUTAGE now, not at the next tick and not once the broken share
+        of a window that still remembers the healthy seconds before passes the threshold:
+        every request forwarded meanwhile gets the backend's own error instead of `outage`."""
+        mode = self.modes.state
+        if mode is not Mode.NORMAL and mode is not Mode.RECOVERY:
+            return
+        now = self._clock()
+        n = self._broken_streak
+        tr = self.modes.apply(Event.BROKEN, now, REASON_ERRORS, f"{n} broken answers in a row")
+        self.apply_transition(tr, now)
+
+    def _admit_slow(self, t: Ticket, c: Caller) -> Refusal | Waiter | None:
+        now = self._clock()
+        if self.draining:
+            return self.refuse(t, c, Reason.DRAINING, now)
+        # A request its client marks as a first try (attempt 0) is not a return, even when a
+        # booking of the same client and path is open: that booking belongs to an earlier
+        # request that was served outside its slot (a VM asking for its next token).
+        if t.attempt != 0 and c.bookings and self.pacer.redeem(c.index, key_of(t), now):
+            t.solicited = True
+            self.metrics.slots_redeemed.inc()
+        elif t.is_retry:
+            self._retries += 1
+        mode = self.modes.state
+        if not 0 <= t.priority < N_PRIO:
+            t.priority = N_PRIO - 1
+        v = self._decide(t, c, now, mode)
+        if v.decision == QUEUE and self.loop.busy:
+            # Our own loop is what is saturated: a waiter (its timer, its wake-up, a booked
+            # answer if it expires) costs the CPU we lack, and answers read late would teach
+            # the limiter a slow backend. Refuse at once, unbooked, with our own reason.
+            v = Verdict(REFUSE, Reason.BUSY)
+        if self.modes.dry_run:
+            self._dry_run_verdict(t, c, v, mode)
+            return None
+        if v.decision == ADMIT:
+            if t.origin_region is not None:
+                self.metrics.spillover_served.inc()
+            elif not t.is_retry and not t.solicited and self.fresh.tokens >= 1.0:
+                self.fresh.tokens -= 1.0  # fresh arrivals use their share directly too
+            self._take(t, c)
+            return None
+        if v.decision == REFUSE:
+            return self.refuse(t, c, v.reason, now)
+        return self._enqueue(t, c, now, v.expiry, v.by_deadline, mode)
+
+    def _decide(self, t: Ticket, c: Caller, now: float, mode: Mode) -> Verdict:
+        load = Load(self.in_flight, self.eff, self.queue.total)
+        v = self.policy.decide(
+            t,
+            c,
+            now,
+            mode,
+            load,
+            self.estimates,
+            self.budgets,
+            lambda: self.expected_wait(c, self._level(t, take=False, now=now), now),
+        )
+        if v.budget == BUDGET_ADMITTED:
+            self.metrics.retry_admitted[c.label].inc()
+        elif v.budget == BUDGET_REFUSED:
+            self.metrics.retry_refused[c.label].inc()
+        return v
+
+    def _dry_run_verdict(self, t: Ticket, c: Caller, v: Verdict, mode: Mode) -> None:
+        """Dry run: count what would have been done, and admit."""
+        if v.decision == REFUSE:
+            self.metrics.dry_run_decision[v.reason].inc()
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "dry-run refusal",
+                    extra={"reason": v.reason, "caller": t.caller, "mode": mode.value},
+                )
+        elif v.decision == QUEUE:
+            self.metrics.dry_run_deferrals.inc()
+        self._take(t, c)
+
+    def expected_wait(self, c: Caller, level: int, now: float) -> float:
+        """The wait model's estimate for a newcomer of `c` at `level`."""
+        est = self.estimates
+        return self.waits.newcomer(
+            c,
+            level,
+            now,
+            max(est.pace, 1e-3),
+            self.level_pace(level),
+            est.cap_latency(self.limiter),
+        )
+
+    def level_pace(self, level: int) -> float:
+        """Requests/s the waiters of `level` can expect (`Estimates.level_pace`)."""
+        return self.estimates.level_pace(level, self.rates.baseline or 0.0)
+
+    def _take(self, t: Ticket, c: Caller) -> None:
+        self.in_flight += 1
+        c.in_flight += 1
+        t.gate_state = c
+
+    def refuse(self, t: Ticket, c: Caller, reason: Reason, now: float) -> Refusal:
+        """Refuse `t` for `reason` (booking its return where the reason books one)."""
+        if reason == Reason.SPILLOVER:
+            self.metrics.spillover_refused.inc()
+        refusal = self.refuser.refuse(
+            t,
+            c,
+            reason,
+            now,
+            self.modes,
+            self.estimates,
+            self.queue.total,
+            self.rates.baseline or 0.0,
+            self.loop.stall,
+        )
+        if self.refuser.books(reason, c):
+            self.metrics.slots_booked.inc()
+            self._mode_backlog += 1
+            if reason == Reason.OVERLOAD or reason == Reason.OUTAGE:
+                self._overloaded += 1
+                if (
+                    self.modes.state is Mode.NORMAL
+                    and self.queue.total + self._overloaded
+                    == self.config.recovery.enter_queue_depth
+                ):
+                    # A wave refused by NORMAL's short queue is a reopening backlog just as
+                    # one that queues: judge it now, not at the next tick.
+                    self._evaluate(now)
+                    self.pump(now)
+        return refusal
+
+    def cancelled_refusal(self) -> Refusal:
+        """The answer a cancelled waiter's `wait` returns (its client is gone)."""
+        return Refusal(Reason.OVERLOAD, self.refuser.status_for(Reason.OVERLOAD), 0)
+
+    # --- queues ----------------------------------------------------------------------------
+    def _level(self, t: Ticket, take: bool, now: float) -> int:
+        """The queue level of a ticket: its priority class, then its tier. A fresh arrival
+        gets the first tier while fresh arrivals stay within the baseline rate (`take`
+        spends the token)."""
+        if t.solicited:
+            tier = TIER_SOLICITED
+        elif t.is_retry:
+            tier = TIER_RETRY
+        elif self.fresh.tokens >= 1.0 or self._refill(now) >= 1.0:
+            tier = TIER_FRESH
+            if take:
+                self.fresh.tokens -= 1.0
+        else:
+            tier = TIER_REST
+        return level_of(t.priority, tier)
+
+    def _refill(self, now: float) -> float:
+        est = self.estimates
+        return self.fresh.refill(now, est.fresh_rate, est.fresh_burst)
+
+    def _enqueue(
+        self, t: Ticket, c: Caller, now: float, expiry: float, by_deadline: bool, mode: Mode
+    ) -> Refusal | Waiter:
+        queue = self.queue
+        if queue.total >= self.config.queue.max_size and not self._make_room(
+            c, self._level(t, take=False, now=now), now
+        ):
+            return self.refuse(t, c, Reason.OUTAGE if mode is Mode.OUTAGE else Reason.OVERLOAD, now)
+        level = self._level(t, take=True, now=now)
+        w = queue.push(self, t, c, level, now, expiry, by_deadline)
+        self._mode_backlog += 1
+        if mode is Mode.NORMAL and queue.total == self.config.recovery.enter_queue_depth:
+            # A backlog reopening upstream arrives faster than ticks: judge it now, so the
+            # rest of the wave is held for RECOVERY instead of shed by NORMAL's short queue.
+            self._evaluate(now)
+            self.pump(now)  # the new limit in force may have room (this waiter included)
+        return w
+
+    def _make_room(self, c: Caller, level: int, now: float) -> bool:
+        """Queue full: refuse the waiter that gives way to `c`'s (if any does)."""
+        w = self.queue.evict_for(c, level)
+        if w is None:
+            return False
+        self._finish(w, REFUSED, self.refuse(w.ticket, w.caller, Reason.OVERLOAD, now), now)
+        return True
+
+    def _finish(
+        self, w: Waiter, state: int, result: Refusal | None, now: float, spread: bool = False
+    ) -> None:
+        """Resolve a waiter; `spread` (a refusal among many, far from its expiry) wakes it
+        through `Wakeups`, a chunk per loop iteration."""
+        self.metrics.queue_wait.observe(max(0.0, now - w.enqueued))
+        w.resolve(state, result, spread)
+
+    def pump(self, now: float) -> int:
+        """Grant waiters while the limit in force has room; returns how many."""
+        granted = 0
+        queue = self.queue
+        while queue.total and self.in_flight < self.eff:
+            w = queue.pick(now)
+            if w is None:
+                break
+            self._take(w.ticket, w.caller)
+            self._finish(w, ADMITTED, None, now)
+            granted += 1
+        if granted and self.modes.state is Mode.RECOVERY:
+            self.metrics.batch_requests.inc(granted)
+            self._released_this_tick += granted
+        return granted
+
+    def expire(self, now: float) -> None:
+        """Answer the waiters whose wait runs out before the next tick (plus our last
+        stall: a waiter read late is older to its client than to us) now, rather than a tick
+        late (after the client's own timeout)."""
+        horizon = now + self.config.recovery.batch_interval + self.loop.stall
+        expired = self.queue.take_expiring(horizon)
+        # Answered only once all are out of the queue, so each one's return is booked
+        # behind the others' (not behind a queue they are no longer in).
+        for w in expired:
+            c = w.caller
+            if w.by_deadline:
+                reason = Reason.DEADLINE
+            elif c.in_flight >= c.cap:
+                reason = Reason.CALLER_CAP
+            elif self.modes.state is Mode.OUTAGE:
+                reason = Reason.OUTAGE
+            else:
+                reason = Reason.OVERLOAD
+            self._finish(w, REFUSED, self.refuse(w.ticket, c, reason, now), now)
+
+    def rejudge(self, now: float) -> None:
+        """Answer now the waiters that, by the wait model, cannot be served before their
+        expiry: at once and with a paced Retry-After, rather than all together when their
+        waits run out. With the pace only guessed, the guess (unboosted) is used: a wave
+        must not be held to its expiry and answered all at once."""
+        est = self.estimates
+        doomed = self.waits.doomed(
+            now,
+            max(est.pace, 1e-3),
+            self.level_pace,
+            est.cap_latency(self.limiter),
+            self.loop.stall,
+        )
+        for w in doomed:
+            self.queue.remove(w)
+        for w in doomed:
+            c = w.caller
+            reason = Reason.CALLER_CAP if c.in_flight >= c.cap else Reason.OVERLOAD
+            self._finish(w, REFUSED, self.refuse(w.ticket, c, reason, now), now, spread=True)
+
+    def abandon(self, w: Waiter) -> None:
+        """The client went away: drop its waiter, or hand back a slot just granted."""
+        if w.state == WAITING:
+            self.queue.remove(w)
+            w.state = CANCELLED
+            now = self._clock()
+            self.metrics.queue_wait.observe(max(0.0, now - w.enqueued))
+            if w.ticket.deadline is None:
+                self.patience.observe(now - w.ticket.arrived)
+        elif w.state == ADMITTED:
+            w.state = CANCELLED
+            self.release(w.ticket, _CANCELLED_OUTCOME)
+
+    def refuse_all(self, reason: Reason, now: float, keep: Callable[[Caller], bool]) -> int:
+        """Answer every waiter whose caller `keep` rejects with `reason` (drain, SHIELD)."""
+        victims = self.queue.take_all(keep)
+        for w in victims:
+            self._finish(w, REFUSED, self.refuse(w.ticket, w.caller, reason, now), now, spread=True)
+        return len(victims)
+
+    def admit_all(self, now: float) -> None:
+        """Admit every waiter (dry run admits everything, including what was waiting)."""
+        for w in self.queue.take_all(lambda c: False):
+            self._take(w.ticket, w.caller)
+            self._finish(w, ADMITTED, None, now)
+
+    # --- the limit in force ------------------------------------------------------------------
+    def _set_eff(self, now: float, batch: bool) -> None:
+        limit = self.limiter.limit
+        mode = self.modes.state
+        if mode is Mode.RECOVERY:
+            ceiling = min(limit, self.in_flight + self.config.recovery.batch_size)
+            self.eff = ceiling if batch else min(self.eff, limit)
+        elif mode is Mode.OUTAGE:
+            self.eff = min(limit, self.config.modes.outage_trickle)
+        else:
+            self.eff = limit
+        self._fast = mode is Mode.NORMAL and not self.draining and not self.modes.dry_run
+
+    # --- the ticker's rounds -------------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        """One round of background work (the ticker calls it every `batch_interval`):
+        fold counters into the signals, expire waiters, close a limiter window, age budgets
+        and slots, evaluate the mode, release a batch, refresh gauges."""
+        ok, waiting = self._fold_counters(now)
+        self._note_saturation(now, ok)
+        self.expire(now)
+        mode = self.modes.state
+        if self.limiter.tick(now, self.in_flight, mode in (Mode.NORMAL, Mode.RECOVERY), waiting):
+            self.metrics.limit.set(self.limiter.limit)
+        self.refresh_estimates(now)
+        if self.queue.total and mode is not Mode.OUTAGE:
+            self.rejudge(now)
+        self._measuring_since = self.limiter.measuring_since
+        self.budgets.roll(now)
+        if now - self._last_prune >= 1.0:
+            self._last_prune = now
+            self.pacer.prune(now)
+            apply_caps(self.callers, self._caps.caps(self._names))
+        # A start under load (RECOVERY from the first seconds) never saw NORMAL: it seeds
+        # the baseline from traffic served with nothing held or refused for capacity, or
+        # fresh traffic would have no first tier when a wave comes. Only seeds: later in a
+        # RECOVERY, what arrives includes booked returns, which are not a baseline.
+        seed = self.rates.baseline is None and mode is Mode.RECOVERY and not waiting
+        self.rates.update_baseline(now, learning=mode is Mode.NORMAL or seed)
+        self._evaluate(now)
+        self._released_this_tick = 0
+        self._set_eff(now, batch=True)
+        self.pump(now)
+        if self._released_this_tick:
+            self.metrics.batches.inc()
+        update_gauges(self, now)
+
+    def _fold_counters(self, now: float) -> tuple[int, bool]:
+        """Fold the counters since the last tick into the signals and the limiter; returns
+        the good answers and whether work waited (queued, or refused for capacity)."""
+        ok, lat_sum = self._n_ok, self._lat_sum
+        dt = now - self._last_tick
+        self._last_tick = now
+        lag = max(0.0, dt - self.config.recovery.batch_interval)
+        self.loop.observe(now, lag, self._busy_lag, self.estimates.patience)
+        self.limiter.note_lag(lag)
+        self._refill(now)
+        self.estimates.observe(ok, dt)
+        push, timeouts, broken = self._n_push, self._n_timeout, self._n_broken
+        self._n_ok = self._n_push = self._n_timeout = self._n_broken = 0
+        self._lat_sum = 0.0
+        self.health.record(now, ok, push, timeouts, broken)
+        self.limiter.add(ok, lat_sum, push + timeouts, broken, self._n_clean, self._clean_sum)
+        self._n_clean = 0
+        self._clean_sum = 0.0
+        self.rates.record(now, self._arrivals, self._retries)
+        self._arrivals = self._retries = 0
+        return ok, bool(self._overloaded or self.queue.total)
+
+    def _note_saturation(self, now: float, ok: int) -> None:
+        """Saturated (work refused for capacity, or waiting for a full limiter): goodput
+        measures capacity, and two such ticks in the start-up window mean we started under
+        load."""
+        if self._overloaded or (self.queue.total and self.in_flight >= self.eff):
+            self._saturated_ticks += 1
+            lim = self.limiter
+            mode = self.modes.state
+            measurable = not (
+                lim.slow_start
+                or lim.probing
+                or mode is Mode.OUTAGE
+                or mode is Mode.SHIELD
+                or self.eff < lim.limit  # a batch ramp, not the limiter, is what binds
+            )
+            self.estimates.saturated(now, ok, measurable)
+            if (
+                self._saturated_ticks >= 2
+                and now - self.started_at < self.config.modes.startup_window
+                and (lim.floor.value is None or lim.knee_at is not None)
+            ):
+                # Full, and the backend is slow to answer or queues at this concurrency:
+                # loaded. Full while it answers at its unloaded latency only means our
+                # starting limit is below the traffic: the limiter grows, no RECOVERY.
+                self._loaded_at_start = True  # remembered: dwell may not let us act yet
+        else:
+            self._saturated_ticks = 0
+            self.estimates.not_saturated(now)
+        self._overloaded = 0
+
+    def _snapshot(self, now: float) -> Snapshot:
+        normal = self.modes.state is Mode.NORMAL
+        return Snapshot(
+            health=self.health.view(now),
+            queue_depth=self.queue.total + (self._overloaded if normal else 0),
+            arrival_rate=self.rates.rate(now),
+            surge_ratio=self.rates.surge_ratio(now),
+            retry_share=self.rates.retry_share(now),
+            backlog=self._mode_backlog > 0,
+            saturated=self._saturated_ticks >= 2 or self._loaded_at_start,
+            loaded=self._loaded_at_start,
+            limit_growing=self.limiter.growing(),
+            returns_ahead=self.pacer.next_free(now),
+        )
+
+    def on_probe(self, ok: bool, now: float) -> None:
+        """Record an active health probe's result and re-evaluate the mode at once."""
+        self.health.probe(ok)
+        self._evaluate(now)
+        self.pump(now)
+
+    def _evaluate(self, now: float) -> None:
+        transition = self.modes.evaluate(self._snapshot(now), now)
+        if transition is not None:
+            self.apply_transition(transition, now)
+
+    def apply_transition(self, tr: Transition, now: float) -> None:
+        """Count, log and carry out a mode change."""
+        self._transition_children[(tr.from_mode, tr.to_mode, tr.reason)].inc()
+        self.metrics.set_mode(tr.to_mode.value)
+        modes_log.info(
+            "mode %s -> %s (%s)",
+            tr.from_mode.value,
+            tr.to_mode.value,
+            tr.reason,
+            extra={
+                "from_mode": tr.from_mode.value,
+                "to_mode": tr.to_mode.value,
+                "reason": tr.reason,
+                "event": tr.event.value,
+                "detail": tr.detail,
+                "queue": self.queue.total,
+                "limit": self.limiter.limit,
+                "in_flight": self.in_flight,
+                "dry_run": self.modes.dry_run,
+            },
+        )
+        self._mode_backlog = 0
+        self._loaded_at_start = False
+        self._transition_effects(tr, now)
+        self._set_eff(now, batch=True)
+        self.ticker.probe_soon(now)
+
+    def _transition_effects(self, tr: Transition, now: float) -> None:
+        new, old = tr.to_mode, tr.from_mode
+        if new is Mode.OUTAGE:
+            # Leaving OUTAGE needs fresh evidence: a good probe after this instant.
+            self.health.reset_window()
+            self.health.reset_probes()
+        if old is Mode.OUTAGE:
+            self.health.reset_window()
+        if new is Mode.RECOVERY:
+            cold = old in (Mode.OUTAGE, Mode.SHIELD) or tr.event is Event.LOADED_AT_START
+            self.limiter.enter_slow_start(now, from_floor=cold)
+            self.metrics.limit.set(self.limiter.limit)
+        if new is Mode.NORMAL and old is not Mode.NORMAL:
+            rec = self.config.recovery
+            if self.rates.surge_ratio(now) >= rec.enter_arrival_ratio:
+                self.rates.rebase(now)  # judged calm at this rate: it is the new normal
+        for c in self.callers:
+            c.allowed = False
+        if new is Mode.SHIELD:
+            allow = self.modes.shield_allow
+            for c in self.callers:
+                c.allowed = c.name in allow
+            self.refuse_all(Reason.SHIELD, now, keep=lambda c: c.allowed)
+
+    # --- lifecycle and operators -------------------------------------------------------------
+    async def start(self, probe: Probe) -> None:
+        """Start the ticker (batches, mode evaluation, probes) in the running loop."""
+        await self.ticker.start(probe)
+
+    async def drain(self) -> None:
+        """Refuse new work and answer every waiter with `draining`."""
+        self.draining = True
+        self._fast = False
+        self.refuse_all(Reason.DRAINING, self._clock(), keep=lambda c: False)
+
+    async def stop(self) -> None:
+        """Stop the ticker and any probe in flight."""
+        await self.ticker.stop()
+
+    def set_dry_run(self, on: bool, now: float) -> None:
+        """Turn dry run on or off (on: everything waiting is admitted)."""
+        self.modes.dry_run = on
+        self.metrics.dry_run.set(1 if on else 0)
+        self._set_eff(now, batch=True)
+        if on:
+            self.admit_all(now)
+        self.pump(now)
+
+    def command(self, action: str, **params: Any) -> dict[str, Any]:
+        """Operator command: `recovery`, `shield` (ttl, allow), `normal`, `dry-run` (on)."""
+        return run_command(self, action, params)
+
+    def upstream_refusal(self, ticket: Ticket, status: int) -> Refusal | None:
+        """The answer to send instead of an upstream 5xx (None: relay it): in OUTAGE (not
+        dry run) the reason table's `outage`, with when to come back, books no slot."""
+        if status < 500 or self.modes.state is not Mode.OUTAGE or self.modes.dry_run:
+            return None
+        sh = self.config.shedding
+        left = self.modes.expected_outage_left(self._clock())
+        ms = math.ceil(min(max(sh.retry_after_unbooked, left), sh.retry_after_max) * 1000)
+        return Refusal(Reason.OUTAGE, 503, ms)
+
+    def calm(self) -> bool:
+        """NORMAL and not draining: no surge in hand."""
+        return self.modes.state is Mode.NORMAL and not self.draining
+
+    def status(self) -> dict[str, Any]:
+        """JSON-able state for the admin /status endpoint."""
+        return gate_status(self)

@@ -1,0 +1,1 @@
+"""Operations: `/status`, gauges and operator commands, built from the gate's public views."""
