@@ -41,19 +41,16 @@ from typing import Any
 from ..budgets import LocalRetryBudgets, RetryBudgets
 from ..config import Config
 from ..contracts import Outcome, Probe, Reason, Refusal, Ticket
+from ..control.controller import Controller
 from ..control.loop_lag import LoopLag
 from ..control.ticker import Ticker
 from ..delivery import DeliveryLimiter
 from ..limiter import Limiter
 from ..metrics import Metrics
 from ..modes import (
-    REASON_ERRORS,
-    Event,
     Mode,
     ModeController,
-    Snapshot,
     Transition,
-    possible_transitions,
 )
 from ..ops.commands import run_command
 from ..ops.gauges import update_gauges
@@ -120,11 +117,8 @@ class AdmissionGate:
         self.waits = WaitModel(self.queue)
         self.wakeups = Wakeups()
         self.patience = Patience(config.queue.patience)
-        self.health = UpstreamHealth(config.modes.error_window)
-        self.rates = ArrivalRate(
-            config.recovery.rate_window, config.recovery.baseline_halflife, now
-        )
-        self.loop = LoopLag(now)
+        self.control = Controller(config, metrics, self.modes, self.limiter, self.estimates, now)
+        self.tally = self.control.tally
         self.ticker = Ticker(self, clock)
         self._names = list(caller_names)
         self.callers: list[Caller] = build_callers(
@@ -136,43 +130,34 @@ class AdmissionGate:
         self.draining = False
         self._fast = not dry
         self.fresh = FreshAllowance(now)
-        self._init_counters(now)
+        self._measuring_since: float | None = None  # clean answers count from here
+        self._last_prune = now
+        self._released_this_tick = 0
         self._configure(config)
-        # Bound up front: no series appears on the request path (or on a transition).
-        self._transition_children = {
-            (a, b, r): metrics.transitions.labels(a.value, b.value, r)
-            for a, b, r in possible_transitions()
-        }
         metrics.set_mode(self.modes.state.value)
         metrics.dry_run.set(1 if dry else 0)
         metrics.limit.set(self.limiter.limit)
-
-    def _init_counters(self, now: float) -> None:
-        # Folded into the signals on each tick (plain ints: the hot path stays cheap).
-        self._arrivals = 0
-        self._retries = 0
-        self._n_ok = 0
-        self._lat_sum = 0.0
-        self._n_clean = 0  # good answers sent during a floor re-measurement
-        self._clean_sum = 0.0
-        self._measuring_since: float | None = None
-        self._n_push = 0
-        self._n_timeout = 0
-        self._n_broken = 0
-        self._broken_streak = 0  # broken answers since the last good one
-        self._overloaded = 0  # overload refusals since the last tick
-        self._saturated_ticks = 0
-        self._loaded_at_start = False  # saturated during the start-up window
-        self._last_tick = now
-        self._mode_backlog = 0  # requests held or shed since the mode began
-        self._last_prune = now
-        self._released_this_tick = 0
 
     # --- views ------------------------------------------------------------------------------
     @property
     def mode(self) -> Mode:
         """The mode now."""
         return self.modes.state
+
+    @property
+    def health(self) -> UpstreamHealth:
+        """The upstream's health signals."""
+        return self.control.health
+
+    @property
+    def rates(self) -> ArrivalRate:
+        """Arrival rate, baseline and retry share."""
+        return self.control.rates
+
+    @property
+    def loop(self) -> LoopLag:
+        """Our own event loop's lateness."""
+        return self.control.loop
 
     def next_expiry(self) -> float | None:
         """When the earliest waiter's wait runs out (None: nothing waits)."""
@@ -222,18 +207,8 @@ class AdmissionGate:
         )
         self.limiter.reconfigure(config.limiter)
         self.budgets.reconfigure(config.retry_budget, len(self._names), now)
-        self.modes.reconfigure(config)
+        self.control.reconfigure(old, config, now)
         self.patience.set_prior(config.queue.patience)
-        if old.modes.error_window != config.modes.error_window:
-            self.health = UpstreamHealth(config.modes.error_window)
-        rec, old_rec = config.recovery, old.recovery
-        if (rec.rate_window, rec.baseline_halflife) != (
-            old_rec.rate_window,
-            old_rec.baseline_halflife,
-        ):
-            baseline = self.rates.baseline
-            self.rates = ArrivalRate(rec.rate_window, rec.baseline_halflife, now)
-            self.rates.baseline = baseline
         if old.modes.protection != config.modes.protection:
             self.set_dry_run(config.modes.protection == "dry-run", now)
         self._configure(config)
@@ -248,7 +223,7 @@ class AdmissionGate:
         except IndexError:
             buckets = max(1, len(self.callers) - self.n_known)
             c = self.callers[self.n_known + ticket.caller_index % buckets]
-        self._arrivals += 1
+        self.tally.arrivals += 1
         if (
             self._fast
             and self.in_flight < self.eff
@@ -277,13 +252,14 @@ class AdmissionGate:
         self.in_flight -= 1
         c.in_flight -= 1
         if outcome.good:
-            self._n_ok += 1
-            self._lat_sum += outcome.latency
-            self._broken_streak = 0
+            tally = self.tally
+            tally.ok += 1
+            tally.lat_sum += outcome.latency
+            tally.broken_streak = 0
             since = self._measuring_since
             if since is not None and self._clock() - outcome.latency >= since:
-                self._n_clean += 1
-                self._clean_sum += outcome.latency
+                tally.clean += 1
+                tally.clean_sum += outcome.latency
         else:
             self._count_failure(ticket, outcome)
         if self.queue.total and self.in_flight < self.eff:
@@ -293,28 +269,19 @@ class AdmissionGate:
         kind = classify_outcome(outcome.status, outcome.latency, outcome.error, self._fast_error)
         if outcome.error == "cancelled" and ticket.deadline is None:
             self.patience.observe(self._clock() - ticket.arrived)  # its client left
+        tally = self.tally
         if kind == PUSHBACK:
-            self._n_push += 1
+            tally.push += 1
         elif kind == TIMEOUT:
-            self._n_timeout += 1
+            tally.timeouts += 1
         elif kind == BROKEN:
-            self._n_broken += 1
-            self._broken_streak += 1
-            if self._broken_streak >= self._streak_limit:
-                self._broken_now()
-
-    def _broken_now(self) -> None:
-        """A run of broken answers (connect failures, fast 5xx) with nothing good between:
-        the backend is down. OUTAGE now, not at the next tick and not once the broken share
-        of a window that still remembers the healthy seconds before passes the threshold:
-        every request forwarded meanwhile gets the backend's own error instead of `outage`."""
-        mode = self.modes.state
-        if mode is not Mode.NORMAL and mode is not Mode.RECOVERY:
-            return
-        now = self._clock()
-        n = self._broken_streak
-        tr = self.modes.apply(Event.BROKEN, now, REASON_ERRORS, f"{n} broken answers in a row")
-        self.apply_transition(tr, now)
+            tally.broken += 1
+            tally.broken_streak += 1
+            if tally.broken_streak >= self._streak_limit:
+                # The backend is down: OUTAGE now, not at the next tick, or every request
+                # forwarded meanwhile gets the backend's own error instead of `outage`.
+                tally.broken_due = True
+                self.ticker.evaluate_soon()
 
     def _admit_slow(self, t: Ticket, c: Caller) -> Refusal | Waiter | None:
         now = self._clock()
@@ -327,7 +294,7 @@ class AdmissionGate:
             t.solicited = True
             self.metrics.slots_redeemed.inc()
         elif t.is_retry:
-            self._retries += 1
+            self.tally.retries += 1
         mode = self.modes.state
         if not 0 <= t.priority < N_PRIO:
             t.priority = N_PRIO - 1
@@ -420,18 +387,17 @@ class AdmissionGate:
         )
         if self.refuser.books(reason, c):
             self.metrics.slots_booked.inc()
-            self._mode_backlog += 1
+            self.control.backlog += 1
             if reason == Reason.OVERLOAD or reason == Reason.OUTAGE:
-                self._overloaded += 1
+                self.tally.overloaded += 1
                 if (
                     self.modes.state is Mode.NORMAL
-                    and self.queue.total + self._overloaded
+                    and self.queue.total + self.tally.overloaded
                     == self.config.recovery.enter_queue_depth
                 ):
                     # A wave refused by NORMAL's short queue is a reopening backlog just as
-                    # one that queues: judge it now, not at the next tick.
-                    self._evaluate(now)
-                    self.pump(now)
+                    # one that queues: judge it as soon as this request is answered.
+                    self.ticker.evaluate_soon()
         return refusal
 
     def cancelled_refusal(self) -> Refusal:
@@ -469,12 +435,12 @@ class AdmissionGate:
             return self.refuse(t, c, Reason.OUTAGE if mode is Mode.OUTAGE else Reason.OVERLOAD, now)
         level = self._level(t, take=True, now=now)
         w = queue.push(self, t, c, level, now, expiry, by_deadline)
-        self._mode_backlog += 1
+        self.control.backlog += 1
         if mode is Mode.NORMAL and queue.total == self.config.recovery.enter_queue_depth:
-            # A backlog reopening upstream arrives faster than ticks: judge it now, so the
-            # rest of the wave is held for RECOVERY instead of shed by NORMAL's short queue.
-            self._evaluate(now)
-            self.pump(now)  # the new limit in force may have room (this waiter included)
+            # A backlog reopening upstream arrives faster than ticks: judge it as soon as
+            # this request is queued, so the rest of the wave is held for RECOVERY instead
+            # of shed by NORMAL's short queue.
+            self.ticker.evaluate_soon()
         return w
 
     def _make_room(self, c: Caller, level: int, now: float) -> bool:
@@ -593,8 +559,10 @@ class AdmissionGate:
         """One round of background work (the ticker calls it every `batch_interval`):
         fold counters into the signals, expire waiters, close a limiter window, age budgets
         and slots, evaluate the mode, release a batch, refresh gauges."""
-        ok, waiting = self._fold_counters(now)
-        self._note_saturation(now, ok)
+        control = self.control
+        ok, waiting = control.fold(now, self.queue.total)
+        self._refill(now)
+        control.note_saturation(now, ok, self.queue.total, self.in_flight, self.eff)
         self.expire(now)
         mode = self.modes.state
         if self.limiter.tick(now, self.in_flight, mode in (Mode.NORMAL, Mode.RECOVERY), waiting):
@@ -608,12 +576,7 @@ class AdmissionGate:
             self._last_prune = now
             self.pacer.prune(now)
             apply_caps(self.callers, self._caps.caps(self._names))
-        # A start under load (RECOVERY from the first seconds) never saw NORMAL: it seeds
-        # the baseline from traffic served with nothing held or refused for capacity, or
-        # fresh traffic would have no first tier when a wave comes. Only seeds: later in a
-        # RECOVERY, what arrives includes booked returns, which are not a baseline.
-        seed = self.rates.baseline is None and mode is Mode.RECOVERY and not waiting
-        self.rates.update_baseline(now, learning=mode is Mode.NORMAL or seed)
+        control.learn_baseline(now, waiting)
         self._evaluate(now)
         self._released_this_tick = 0
         self._set_eff(now, batch=True)
@@ -622,134 +585,38 @@ class AdmissionGate:
             self.metrics.batches.inc()
         update_gauges(self, now)
 
-    def _fold_counters(self, now: float) -> tuple[int, bool]:
-        """Fold the counters since the last tick into the signals and the limiter; returns
-        the good answers and whether work waited (queued, or refused for capacity)."""
-        ok, lat_sum = self._n_ok, self._lat_sum
-        dt = now - self._last_tick
-        self._last_tick = now
-        lag = max(0.0, dt - self.config.recovery.batch_interval)
-        self.loop.observe(now, lag, self._busy_lag, self.estimates.patience)
-        self.limiter.note_lag(lag)
-        self._refill(now)
-        self.estimates.observe(ok, dt)
-        push, timeouts, broken = self._n_push, self._n_timeout, self._n_broken
-        self._n_ok = self._n_push = self._n_timeout = self._n_broken = 0
-        self._lat_sum = 0.0
-        self.health.record(now, ok, push, timeouts, broken)
-        self.limiter.add(ok, lat_sum, push + timeouts, broken, self._n_clean, self._clean_sum)
-        self._n_clean = 0
-        self._clean_sum = 0.0
-        self.rates.record(now, self._arrivals, self._retries)
-        self._arrivals = self._retries = 0
-        return ok, bool(self._overloaded or self.queue.total)
-
-    def _note_saturation(self, now: float, ok: int) -> None:
-        """Saturated (work refused for capacity, or waiting for a full limiter): goodput
-        measures capacity, and two such ticks in the start-up window mean we started under
-        load."""
-        if self._overloaded or (self.queue.total and self.in_flight >= self.eff):
-            self._saturated_ticks += 1
-            lim = self.limiter
-            mode = self.modes.state
-            measurable = not (
-                lim.slow_start
-                or lim.probing
-                or mode is Mode.OUTAGE
-                or mode is Mode.SHIELD
-                or self.eff < lim.limit  # a batch ramp, not the limiter, is what binds
-            )
-            self.estimates.saturated(now, ok, measurable)
-            if (
-                self._saturated_ticks >= 2
-                and now - self.started_at < self.config.modes.startup_window
-                and (lim.floor.value is None or lim.knee_at is not None)
-            ):
-                # Full, and the backend is slow to answer or queues at this concurrency:
-                # loaded. Full while it answers at its unloaded latency only means our
-                # starting limit is below the traffic: the limiter grows, no RECOVERY.
-                self._loaded_at_start = True  # remembered: dwell may not let us act yet
-        else:
-            self._saturated_ticks = 0
-            self.estimates.not_saturated(now)
-        self._overloaded = 0
-
-    def _snapshot(self, now: float) -> Snapshot:
-        normal = self.modes.state is Mode.NORMAL
-        return Snapshot(
-            health=self.health.view(now),
-            queue_depth=self.queue.total + (self._overloaded if normal else 0),
-            arrival_rate=self.rates.rate(now),
-            surge_ratio=self.rates.surge_ratio(now),
-            retry_share=self.rates.retry_share(now),
-            backlog=self._mode_backlog > 0,
-            saturated=self._saturated_ticks >= 2 or self._loaded_at_start,
-            loaded=self._loaded_at_start,
-            limit_growing=self.limiter.growing(),
-            returns_ahead=self.pacer.next_free(now),
-        )
+    def evaluate_now(self, now: float) -> None:
+        """Evaluate the mode out of turn (the request path asked: a wave, a broken run)."""
+        self._evaluate(now)
+        self.pump(now)
 
     def on_probe(self, ok: bool, now: float) -> None:
         """Record an active health probe's result and re-evaluate the mode at once."""
         self.health.probe(ok)
-        self._evaluate(now)
-        self.pump(now)
+        self.evaluate_now(now)
 
     def _evaluate(self, now: float) -> None:
-        transition = self.modes.evaluate(self._snapshot(now), now)
-        if transition is not None:
-            self.apply_transition(transition, now)
+        tr = self.control.evaluate(now, self.queue.total, self.in_flight, self.pacer.next_free(now))
+        if tr is not None:
+            self._after_transition(tr, now)
 
     def apply_transition(self, tr: Transition, now: float) -> None:
-        """Count, log and carry out a mode change."""
-        self._transition_children[(tr.from_mode, tr.to_mode, tr.reason)].inc()
-        self.metrics.set_mode(tr.to_mode.value)
-        modes_log.info(
-            "mode %s -> %s (%s)",
-            tr.from_mode.value,
-            tr.to_mode.value,
-            tr.reason,
-            extra={
-                "from_mode": tr.from_mode.value,
-                "to_mode": tr.to_mode.value,
-                "reason": tr.reason,
-                "event": tr.event.value,
-                "detail": tr.detail,
-                "queue": self.queue.total,
-                "limit": self.limiter.limit,
-                "in_flight": self.in_flight,
-                "dry_run": self.modes.dry_run,
-            },
-        )
-        self._mode_backlog = 0
-        self._loaded_at_start = False
-        self._transition_effects(tr, now)
-        self._set_eff(now, batch=True)
-        self.ticker.probe_soon(now)
+        """Count, log and carry out a mode change decided elsewhere (an operator's)."""
+        self.control.apply(tr, now, self.queue.total, self.in_flight)
+        self._after_transition(tr, now)
 
-    def _transition_effects(self, tr: Transition, now: float) -> None:
-        new, old = tr.to_mode, tr.from_mode
-        if new is Mode.OUTAGE:
-            # Leaving OUTAGE needs fresh evidence: a good probe after this instant.
-            self.health.reset_window()
-            self.health.reset_probes()
-        if old is Mode.OUTAGE:
-            self.health.reset_window()
-        if new is Mode.RECOVERY:
-            cold = old in (Mode.OUTAGE, Mode.SHIELD) or tr.event is Event.LOADED_AT_START
-            self.limiter.enter_slow_start(now, from_floor=cold)
-            self.metrics.limit.set(self.limiter.limit)
-        if new is Mode.NORMAL and old is not Mode.NORMAL:
-            rec = self.config.recovery
-            if self.rates.surge_ratio(now) >= rec.enter_arrival_ratio:
-                self.rates.rebase(now)  # judged calm at this rate: it is the new normal
+    def _after_transition(self, tr: Transition, now: float) -> None:
+        """The queue's part of a mode change: SHIELD's allow-list (everyone else waiting is
+        refused), the limit in force, and a probe soon."""
         for c in self.callers:
             c.allowed = False
-        if new is Mode.SHIELD:
+        if tr.to_mode is Mode.SHIELD:
             allow = self.modes.shield_allow
             for c in self.callers:
                 c.allowed = c.name in allow
             self.refuse_all(Reason.SHIELD, now, keep=lambda c: c.allowed)
+        self._set_eff(now, batch=True)
+        self.ticker.probe_soon(now)
 
     # --- lifecycle and operators -------------------------------------------------------------
     async def start(self, probe: Probe) -> None:

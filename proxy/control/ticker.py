@@ -40,6 +40,9 @@ class Ticked(Protocol):
     def on_probe(self, ok: bool, now: float) -> None:
         """Record a probe's result."""
 
+    def evaluate_now(self, now: float) -> None:
+        """Evaluate the mode out of turn."""
+
     @property
     def mode(self) -> Mode:
         """The mode now."""
@@ -55,6 +58,7 @@ class Ticker:
         self._task: asyncio.Task[None] | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._probe: Probe | None = None
+        self._evaluation_due = False
 
     @property
     def running(self) -> bool:
@@ -65,6 +69,22 @@ class Ticker:
     def probing(self) -> bool:
         """A probe is in flight."""
         return self._probe_task is not None
+
+    def evaluate_soon(self) -> None:
+        """Evaluate the mode as soon as the running request yields (once per loop
+        iteration, however many ask): the request path never switches the mode itself.
+        Without a running ticker, the next tick evaluates."""
+        if self._task is None or self._evaluation_due:
+            return
+        self._evaluation_due = True
+        asyncio.get_running_loop().call_soon(self._evaluate)
+
+    def _evaluate(self) -> None:
+        self._evaluation_due = False
+        try:
+            self._target.evaluate_now(self._clock())
+        except Exception:  # as for a tick: the ticker must survive
+            log.exception("gate evaluation failed")
 
     def probe_soon(self, now: float) -> None:
         """Probe within one `upstream.probe_interval` (a mode just changed)."""

@@ -714,6 +714,7 @@ def _outage_now(extra: dict[str, Any] | None = None) -> Harness:
     assert h.clock() == int(h.clock())
     for t in fill(h, 3):
         h.gate.release(t, error("connect"))
+    h.gate.evaluate_now(h.clock())  # what the ticker does as soon as the request is done
     assert h.gate.modes.state is Mode.OUTAGE
     return h
 
@@ -884,6 +885,36 @@ def test_reconfigure_keeps_learned_state_and_queue() -> None:
     late = waiter(h.gate.admit(h.ticket()))
     h.tick(0.3)
     assert refusal(late.result).status == 429
+
+
+async def test_the_request_path_never_switches_the_mode_the_ticker_does_right_after() -> None:
+    # A broken run (three connect failures) calls for OUTAGE at once, but not in the middle
+    # of the request that completed it: the ticker evaluates as soon as that request yields,
+    # long before its next round (10 s away here).
+    h = Harness({"modes": {"outage_min_samples": 3}, "recovery": {"batch_interval": "10s"}})
+
+    async def probe() -> bool:
+        return True
+
+    await h.gate.start(probe)
+    try:
+        for t in fill(h, 3):
+            h.gate.release(t, error("connect"))
+        assert h.gate.modes.state is Mode.NORMAL
+        await asyncio.sleep(0)
+        assert h.gate.modes.state is Mode.OUTAGE
+    finally:
+        await h.gate.stop()
+
+
+async def test_without_a_running_ticker_the_next_tick_switches_the_mode() -> None:
+    h = Harness({"modes": {"outage_min_samples": 3}})
+    for t in fill(h, 3):
+        h.gate.release(t, error("connect"))
+    await asyncio.sleep(0)
+    assert h.gate.modes.state is Mode.NORMAL
+    h.tick(0.1)
+    assert h.gate.modes.state is Mode.OUTAGE
 
 
 async def test_ticker_probes_and_stops() -> None:

@@ -23,6 +23,7 @@ def outage(extra: dict[str, Any] | None = None) -> Harness:
         assert h.gate.admit(t) is None
     for t in tickets:
         h.gate.release(t, error("connect"))
+    h.gate.evaluate_now(h.clock())  # what the ticker does as soon as the request is done
     assert h.gate.modes.state is Mode.OUTAGE
     return h
 

@@ -109,6 +109,7 @@ def test_a_return_is_booked_behind_the_work_queued_ahead_of_it(
     # Down for 0 s so far, the outage pushes no return later: only the queue does.
     for t in flying[:3]:
         h.gate.release(t, error("connect"))
+    h.gate.evaluate_now(h.clock())  # what the ticker does as soon as the request is done
     assert h.gate.modes.state is Mode.OUTAGE
     for _ in range(queued):
         assert isinstance(h.gate.admit(h.ticket()), Waiter)
