@@ -271,18 +271,10 @@ class Limiter(Window):
         self._peak = 0
 
     def _close(self, now: float, in_flight: int, may_probe: bool) -> None:
-        cfg = self.config
         # A window short of answers is stretched, up to _MAX_STRETCH lengths.
         overdue = now - self._window_start >= _MAX_STRETCH * self._window_length()
         if self._stage == _MEASURING:
-            if self._clean_ok >= cfg.min_samples:
-                self.floor.reset_to(now, self._clean_lat / self._clean_ok)
-                self._end_probe(restore=True)
-                self._reset_window(now)
-            elif overdue:  # too little traffic to measure: try again an interval later
-                self.floor.confirmed_at = now
-                self._end_probe(restore=True)
-                self._reset_window(now)
+            self._close_measurement(now, overdue)
             return
         if self._stage == _DRAINING:
             # Measure only once our own excess concurrency has left the backend.
@@ -291,121 +283,172 @@ class Limiter(Window):
                 self._reset_window(now)
             return
         n = self._ok + self._pushback + self._broken
-        if n < cfg.min_samples:
+        if n < self.config.min_samples:
             if overdue:
                 if self._peak < _USED * self.value:
                     self.slow_start = False  # too little traffic to need a ramp
                 self._reset_window(now)
             return
         mean = self._lat_sum / self._ok if self._ok else None
-        floor_now = self.floor.value
-        if (
-            mean is not None
-            and floor_now is not None
-            and self._lag > (cfg.latency_tolerance - 1.0) * floor_now
-            and mean > cfg.latency_tolerance * floor_now
-            and mean - self._lag <= cfg.latency_tolerance * floor_now
-        ):
-            # Our own loop stalled longer than the queueing we tolerate (a wave of arrivals
-            # being read) and the window looks slow by no more than the stall: its latency
-            # may measure us, not the backend. Skip it. (A window within tolerance is judged
-            # as usual: what we measure is the backend's latency plus our delay, an upper
-            # bound. So is one slower than the stall explains: no answer was read later
-            # than the stall made it, so the backend queued. A slow start that overshot is
-            # cut then, not held for the windows in which our loop has a few ms stalls.)
-            self.last_change = "own-lag"
-            if self.slow_start and self._peak >= _USED * self.value and self.value < self.resume:
-                # A ramp full of work, with nothing against it but our own stall, climbs
-                # back towards the limit it restarted below (which the backend took without
-                # queueing), no further: skipped, it stayed below the backend's workers for
-                # the whole retry storm that stalled us (naive reopen x2: 17 of 20 workers
-                # busy, 120 waiting, for 0.8 s). Past it, a window that looked healthy net
-                # of the stall was seen while the backend queued 17.
-                ratio = (mean - self._lag) / floor_now
-                factor = cfg.slow_start_factor
-                if ratio > LatencyFloor.CONFIRM:
-                    factor = min(factor, max(1.0, cfg.latency_tolerance / ratio))
-                self.value = min(self.resume, self.value * factor)
-                self.last_change = "growth"
-                self._history.append(self.value)
-            self._reset_window(now)
+        if mean is not None and self._slow_by_own_lag(mean):
+            self._skip_lagged(now, mean)
             return
-
         if self._pushed_back(n):
-            self.value = max(float(cfg.floor), self.value * cfg.backoff)
-            self.knee_value = self.value
-            self.grown = 0.0
-            self.slow_start = False
-            self.last_change = "backoff"
-            self.knee_at = now
+            self._back_off(now)
         elif mean is not None:
-            self.floor.observe(now, mean)
-            self.latency = (
-                mean
-                if self.latency is None
-                else self.latency + _LATENCY_ALPHA * (mean - self.latency)
-            )
-            floor = self.floor.value
-            assert floor is not None
-            if mean <= floor * LatencyFloor.CONFIRM:
-                # Little's law: the window's mean concurrency, with headroom for its peaks
-                # (a single peak at floor latency proves little: most of it did not queue).
-                held = _PROVEN_HEADROOM * self._lat_sum / max(now - self._window_start, 1e-9)
-                self.proven = max(self.proven, min(int(held), self._peak))
-            gradient = cfg.latency_tolerance * floor / mean
-            if gradient < 1.0 and self._cooldown:
-                # Most answers in this window were sent before the last cut, at the old
-                # concurrency: they say nothing about the new limit. Judge the next window.
-                self._cooldown = False
-                self.last_change = "cooldown"
-            elif gradient < 1.0:
-                # A deep cut by its square root: a backend that slows down with its own queue
-                # (thrashing) makes latency grow faster than concurrency, and the plain
-                # gradient would cut far below its knee; the next window finishes the cut if
-                # needed. Near the knee the plain gradient, so the limit settles on it.
-                cut = math.sqrt(gradient) if gradient < _DEEP_CUT else gradient
-                self.value = max(float(cfg.floor), self.value * max(0.5, cut))
-                self.knee_value = self.value  # the cut's estimate of where the knee is
-                self.grown = 0.0
-                self.slow_start = False
-                self.last_change = "latency"
-                self.knee_at = now
-                self._cooldown = True
-            elif self._peak >= _USED * self.value:
-                self._cooldown = False
-                if self.slow_start:
-                    # Double while nothing queues (then the backend has at least this many
-                    # workers, so doubling keeps its queue within one round of them); once
-                    # queueing shows, jump straight to the estimated knee instead.
-                    ratio = mean / floor
-                    factor = cfg.slow_start_factor
-                    if ratio > LatencyFloor.CONFIRM:
-                        factor = min(factor, max(1.0, cfg.latency_tolerance / ratio))
-                    self.value = min(float(cfg.ceiling), self.value * factor)
-                elif (
-                    self.knee_at is not None
-                    and now - self.knee_at <= _KNEE_MEMORY * self._window_length()
-                    and self.value >= _NEAR_KNEE * self.knee_value
-                ):
-                    # Just below a knee found lately: probe upward gently. A backend that
-                    # slows down with its own queue (thrashing) loses more to a limit that
-                    # overshoots by sqrt(limit) every other window than to a slow climb.
-                    self.value = min(float(cfg.ceiling), self.value + cfg.knee_growth)
-                else:
-                    self.value = min(
-                        float(cfg.ceiling), self.value + cfg.growth * math.sqrt(self.value)
-                    )
-                self.last_change = "growth"
-            else:
-                self.slow_start = False  # the traffic does not use what we have: ramp done
-                self.last_change = "idle"
+            self._judge(now, mean)
         self._history.append(self.value)
-        if may_probe and not self.slow_start and self.floor.stale(now, cfg.floor_probe_interval):
-            self._saved = self.value
-            self.value = max(float(cfg.floor), self.value * cfg.floor_probe_fraction)
-            self._stage = _DRAINING
-            self.last_change = "floor-probe"
+        if (
+            may_probe
+            and not self.slow_start
+            and self.floor.stale(now, self.config.floor_probe_interval)
+        ):
+            self._start_probe()
         self._reset_window(now)
+
+    def _close_measurement(self, now: float, overdue: bool) -> None:
+        """The window of a floor re-measurement: its clean answers are the new floor."""
+        if self._clean_ok >= self.config.min_samples:
+            self.floor.reset_to(now, self._clean_lat / self._clean_ok)
+            self._end_probe(restore=True)
+            self._reset_window(now)
+        elif overdue:  # too little traffic to measure: try again an interval later
+            self.floor.confirmed_at = now
+            self._end_probe(restore=True)
+            self._reset_window(now)
+
+    def _slow_by_own_lag(self, mean: float) -> bool:
+        """Our own loop stalled longer than the queueing we tolerate (a wave of arrivals being
+        read) and the window looks slow by no more than the stall: its latency may measure
+        us, not the backend.
+
+        (A window within tolerance is judged as usual: what we measure is the backend's
+        latency plus our delay, an upper bound. So is one slower than the stall explains:
+        no answer was read later than the stall made it, so the backend queued. A slow start
+        that overshot is cut then, not held for the windows in which our loop has a few ms
+        stalls.)"""
+        floor = self.floor.value
+        if floor is None:
+            return False
+        tol = self.config.latency_tolerance
+        return (
+            self._lag > (tol - 1.0) * floor
+            and mean > tol * floor
+            and mean - self._lag <= tol * floor
+        )
+
+    def _skip_lagged(self, now: float, mean: float) -> None:
+        """A window `_slow_by_own_lag` judges nothing, but a ramp full of work, with nothing
+        against it but our own stall, climbs back towards the limit it restarted below
+        (which the backend took without queueing), no further."""
+        self.last_change = "own-lag"
+        if self.slow_start and self._peak >= _USED * self.value and self.value < self.resume:
+            # Held below `resume`, the ramp would keep the limit under the backend's workers
+            # for as long as the storm that stalls us lasts; past it, a window that looks
+            # healthy net of our stall may still have seen the backend queue.
+            floor = self.floor.value
+            assert floor is not None  # `_slow_by_own_lag` needs one
+            factor = self._ramp_factor((mean - self._lag) / floor)
+            self.value = min(self.resume, self.value * factor)
+            self.last_change = "growth"
+            self._history.append(self.value)
+        self._reset_window(now)
+
+    def _back_off(self, now: float) -> None:
+        """Pushback or broken answers past `backpressure_ratio`: the backend says it is full."""
+        cfg = self.config
+        self.value = max(float(cfg.floor), self.value * cfg.backoff)
+        self.knee_value = self.value
+        self.grown = 0.0
+        self.slow_start = False
+        self.last_change = "backoff"
+        self.knee_at = now
+
+    def _judge(self, now: float, mean: float) -> None:
+        """A window with good answers and no pushback: learn the floor and latency from it,
+        then cut, hold, grow or note it idle by its latency gradient."""
+        self.floor.observe(now, mean)
+        self.latency = (
+            mean if self.latency is None else self.latency + _LATENCY_ALPHA * (mean - self.latency)
+        )
+        floor = self.floor.value
+        assert floor is not None  # just observed
+        if mean <= floor * LatencyFloor.CONFIRM:
+            self._note_proven(now)
+        gradient = self.config.latency_tolerance * floor / mean
+        if gradient < 1.0 and self._cooldown:
+            # Most answers in this window were sent before the last cut, at the old
+            # concurrency: they say nothing about the new limit. Judge the next window.
+            self._cooldown = False
+            self.last_change = "cooldown"
+        elif gradient < 1.0:
+            self._cut(now, gradient)
+        elif self._peak >= _USED * self.value:
+            self._cooldown = False
+            self._grow(now, mean / floor)
+            self.last_change = "growth"
+        else:
+            self.slow_start = False  # the traffic does not use what we have: ramp done
+            self.last_change = "idle"
+
+    def _note_proven(self, now: float) -> None:
+        """A window at floor latency proves the backend takes its concurrency without queueing.
+        Little's law gives the window's mean concurrency, with headroom for its peaks (a
+        single peak at floor latency proves little: most of it did not queue)."""
+        held = _PROVEN_HEADROOM * self._lat_sum / max(now - self._window_start, 1e-9)
+        self.proven = max(self.proven, min(int(held), self._peak))
+
+    def _cut(self, now: float, gradient: float) -> None:
+        """The backend queues past the tolerance: scale the limit down by the gradient.
+
+        A deep cut by its square root: a backend that slows down with its own queue
+        (thrashing) makes latency grow faster than concurrency, and the plain gradient would
+        cut far below its knee; the next window finishes the cut if needed. Near the knee
+        the plain gradient, so the limit settles on it. Never more than halved."""
+        cut = math.sqrt(gradient) if gradient < _DEEP_CUT else gradient
+        self.value = max(float(self.config.floor), self.value * max(0.5, cut))
+        self.knee_value = self.value  # the cut's estimate of where the knee is
+        self.grown = 0.0
+        self.slow_start = False
+        self.last_change = "latency"
+        self.knee_at = now
+        self._cooldown = True
+
+    def _grow(self, now: float, ratio: float) -> None:
+        """A healthy window that used the limit; `ratio` is its mean latency over the floor."""
+        cfg = self.config
+        if self.slow_start:
+            self.value = min(float(cfg.ceiling), self.value * self._ramp_factor(ratio))
+        elif (
+            self.knee_at is not None
+            and now - self.knee_at <= _KNEE_MEMORY * self._window_length()
+            and self.value >= _NEAR_KNEE * self.knee_value
+        ):
+            # Just below a knee found lately: probe upward gently. A backend that slows down
+            # with its own queue (thrashing) loses more to a limit that overshoots by
+            # sqrt(limit) every other window than to a slow climb.
+            self.value = min(float(cfg.ceiling), self.value + cfg.knee_growth)
+        else:
+            self.value = min(float(cfg.ceiling), self.value + cfg.growth * math.sqrt(self.value))
+
+    def _ramp_factor(self, ratio: float) -> float:
+        """Slow start's growth for a window whose latency is `ratio` x the floor: double while
+        nothing queues (then the backend has at least this many workers, so doubling keeps
+        its queue within one round of them); once queueing shows, jump straight to the
+        estimated knee instead."""
+        cfg = self.config
+        factor = cfg.slow_start_factor
+        if ratio > LatencyFloor.CONFIRM:
+            factor = min(factor, max(1.0, cfg.latency_tolerance / ratio))
+        return factor
+
+    def _start_probe(self) -> None:
+        """Lower the limit to re-measure the unloaded latency (it is restored after)."""
+        cfg = self.config
+        self._saved = self.value
+        self.value = max(float(cfg.floor), self.value * cfg.floor_probe_fraction)
+        self._stage = _DRAINING
+        self.last_change = "floor-probe"
 
     def _end_probe(self, restore: bool) -> None:
         if self._stage == _IDLE:
