@@ -6,19 +6,21 @@ In the spirit of Netflix's Gradient2 and Envoy's adaptive-concurrency gradient c
   latency of a window, re-measured at reduced concurrency when no window has come near it for
   `floor_probe_interval` (Envoy's periodic minRTT window). Without re-measurement the yardstick
   drifts up under constant load, and the limit with it.
-- Each window (`window`, stretched to two unloaded latencies so a window always holds answers)
+- Each window (`window`, at least a few unloaded latencies so a window always holds answers)
   compares its mean latency with the floor. Above `latency_tolerance` * floor the backend is
   queueing: the limit is scaled by tolerance * floor / latency (at most halved per window).
   For a backend of W workers this lands the limit near tolerance * W, i.e. a backend queue of
   (tolerance - 1) rounds of its workers, never more.
 - Pushback (429/503, timeouts) or broken answers past `backpressure_ratio` multiply the limit
   by `backoff`.
-- A healthy window whose concurrency reached half the limit grows it: by `growth` *
-  sqrt(limit) (Gradient2's queue headroom), or by `slow_start_factor` in slow start, which
-  RECOVERY turns on and the first sign of queueing or pushback turns off. A window that used
-  less learns nothing about capacity, so the limit does not grow on idle traffic.
+- A healthy window whose peak concurrency reached most of the limit (`GradientTuning.used`)
+  grows it: by `growth` * sqrt(limit) (Gradient2's queue headroom), by `knee_growth` just
+  below a knee found lately, or by `slow_start_factor` in slow start, which RECOVERY turns on
+  and the first sign of queueing or pushback turns off. A window that used less learns
+  nothing about capacity, so the limit does not grow on idle traffic.
 
 Nothing here states a backend capacity: `initial`, `floor` and `ceiling` only bound the search.
+The internal numbers are `tuning.GradientTuning`'s (why each value: docs/tuning.md).
 """
 
 from __future__ import annotations
@@ -28,36 +30,19 @@ from collections import deque
 
 from .config import LimiterConfig
 from .signals import LatencyFloor
+from .tuning import GRADIENT, GradientTuning, WindowTuning
 
 # Floor re-measurement stages.
 _IDLE, _DRAINING, _MEASURING = 0, 1, 2
-# A window short of samples is stretched to at most this many lengths, then discarded.
-_MAX_STRETCH = 4
-# Smoothing of the latency average used for the pace estimate.
-_LATENCY_ALPHA = 0.3
-# A window whose peak concurrency stayed below this share of the limit learned nothing about
-# capacity: the limit does not grow on it (Gradient2 uses half; a limit that grows on traffic
-# that never fills it ends far above the backend's knee, and the next wave thrashes it).
-_USED = 0.9
-# The concurrency a window at floor latency proves: its mean concurrency times this.
-_PROVEN_HEADROOM = 1.5
-# A latency gradient below this is a deep cut (softened, see `_close`).
-_DEEP_CUT = 0.7
-# Above this share of where the last cut put the limit, growth is gentle (`knee_growth`).
-_NEAR_KNEE = 0.85
-# A cut for queueing is evidence of the knee for this many windows.
-_KNEE_MEMORY = 10
-# The limit counts as growing while its recent peak beats the earlier peak by this much.
-_GROWTH_MARGIN = 1.05
 
 
-def rising(history: deque[float], k: int) -> bool:
+def rising(history: deque[float], k: int, margin: float) -> bool:
     """Whether a limit's history (its last 2k windows) is still climbing: the peak of the
-    last k windows beats the peak of the k before by `_GROWTH_MARGIN`."""
+    last k windows beats the peak of the k before by the factor `margin`."""
     if len(history) < 2 * k:
         return len(history) > 1 and history[-1] > history[0]
     items = list(history)
-    return max(items[k:]) > _GROWTH_MARGIN * max(items[:k])
+    return max(items[k:]) > margin * max(items[:k])
 
 
 class Window:
@@ -65,6 +50,7 @@ class Window:
     how long a window lasts. The tallies are zeroed by `_reset_tallies`."""
 
     config: LimiterConfig
+    tuning: WindowTuning
     value: float
     slow_start: bool
     floor: LatencyFloor
@@ -108,11 +94,21 @@ class Window:
             self._lag = lag
 
     def _window_length(self) -> float:
-        # Slow start judges half windows: it starts a RECOVERY, where a limit far off the
-        # backend's knee costs most (it thrashes, or it idles while a backlog waits).
-        window = self.config.window / 2 if self.slow_start else self.config.window
+        # Long enough that a window always holds answers: a few unloaded latencies.
+        tuning = self.tuning
+        window = self.config.window
+        if self.slow_start:
+            window *= tuning.slow_start_window
         floor = self.floor.value
-        return window if floor is None else max(window, 2.0 * floor)
+        return window if floor is None else max(window, tuning.window_latencies * floor)
+
+    def _rising(self) -> bool:
+        """Whether the limit's recent history is still climbing (`rising`)."""
+        return rising(self._history, self.config.stable_windows, self.tuning.growth_margin)
+
+    def _stretched(self, now: float) -> bool:
+        """The window is as long as a window short of answers may get."""
+        return now - self._window_start >= self.tuning.max_stretch * self._window_length()
 
     def _reset_tallies(self, now: float) -> None:
         self._window_start = now
@@ -140,11 +136,15 @@ class Window:
 class Limiter(Window):
     """Adaptive concurrency limit; feed it answers with `add`, close windows with `tick`."""
 
+    tuning: GradientTuning
     # The current window's tallies beyond `Window`'s, zeroed by `_reset_window`.
     _peak: int
 
-    def __init__(self, config: LimiterConfig, now: float) -> None:
+    def __init__(
+        self, config: LimiterConfig, now: float, tuning: GradientTuning = GRADIENT
+    ) -> None:
         self.config = config
+        self.tuning = tuning
         self.value = float(config.initial)
         self.slow_start = False
         self.floor = LatencyFloor()
@@ -208,7 +208,7 @@ class Limiter(Window):
         """True while the limit is still climbing (slow start, or a rising recent peak)."""
         if self.slow_start or self._stage != _IDLE:
             return True
-        return rising(self._history, self.config.stable_windows)
+        return self._rising()
 
     def at_knee(self, now: float) -> bool:
         """True while the limit sits where the backend starts to queue (it was cut for
@@ -216,7 +216,7 @@ class Limiter(Window):
         this limit keeps the backend busy, so goodput now is its capacity."""
         if self.knee_at is None or self.slow_start or self._stage != _IDLE:
             return False
-        return now - self.knee_at <= _KNEE_MEMORY * self._window_length()
+        return now - self.knee_at <= self.tuning.knee_memory * self._window_length()
 
     def pace(self) -> float:
         """Requests per second the backend absorbs at the limit (Little's law), for pacing.
@@ -228,7 +228,7 @@ class Limiter(Window):
             limit = max(limit, self.grown)
         latency = self.latency or self.floor.value
         if latency is None or latency <= 0:
-            return limit / 0.1  # nothing measured yet: assume 100 ms answers
+            return limit / self.tuning.assumed_latency  # nothing measured yet
         return limit / latency
 
     # --- control ---------------------------------------------------------------------------
@@ -271,8 +271,8 @@ class Limiter(Window):
         self._peak = 0
 
     def _close(self, now: float, in_flight: int, may_probe: bool) -> None:
-        # A window short of answers is stretched, up to _MAX_STRETCH lengths.
-        overdue = now - self._window_start >= _MAX_STRETCH * self._window_length()
+        # A window short of answers is stretched, up to `max_stretch` lengths.
+        overdue = self._stretched(now)
         if self._stage == _MEASURING:
             self._close_measurement(now, overdue)
             return
@@ -285,7 +285,7 @@ class Limiter(Window):
         n = self._ok + self._pushback + self._broken
         if n < self.config.min_samples:
             if overdue:
-                if self._peak < _USED * self.value:
+                if self._peak < self.tuning.used * self.value:
                     self.slow_start = False  # too little traffic to need a ramp
                 self._reset_window(now)
             return
@@ -342,7 +342,11 @@ class Limiter(Window):
         against it but our own stall, climbs back towards the limit it restarted below
         (which the backend took without queueing), no further."""
         self.last_change = "own-lag"
-        if self.slow_start and self._peak >= _USED * self.value and self.value < self.resume:
+        if (
+            self.slow_start
+            and self._peak >= self.tuning.used * self.value
+            and self.value < self.resume
+        ):
             # Held below `resume`, the ramp would keep the limit under the backend's workers
             # for as long as the storm that stalls us lasts; past it, a window that looks
             # healthy net of our stall may still have seen the backend queue.
@@ -369,7 +373,9 @@ class Limiter(Window):
         then cut, hold, grow or note it idle by its latency gradient."""
         self.floor.observe(now, mean)
         self.latency = (
-            mean if self.latency is None else self.latency + _LATENCY_ALPHA * (mean - self.latency)
+            mean
+            if self.latency is None
+            else self.latency + self.tuning.latency_alpha * (mean - self.latency)
         )
         floor = self.floor.value
         assert floor is not None  # just observed
@@ -383,7 +389,7 @@ class Limiter(Window):
             self.last_change = "cooldown"
         elif gradient < 1.0:
             self._cut(now, gradient)
-        elif self._peak >= _USED * self.value:
+        elif self._peak >= self.tuning.used * self.value:
             self._cooldown = False
             self._grow(now, mean / floor)
             self.last_change = "growth"
@@ -395,7 +401,7 @@ class Limiter(Window):
         """A window at floor latency proves the backend takes its concurrency without queueing.
         Little's law gives the window's mean concurrency, with headroom for its peaks (a
         single peak at floor latency proves little: most of it did not queue)."""
-        held = _PROVEN_HEADROOM * self._lat_sum / max(now - self._window_start, 1e-9)
+        held = self.tuning.proven_headroom * self._lat_sum / max(now - self._window_start, 1e-9)
         self.proven = max(self.proven, min(int(held), self._peak))
 
     def _cut(self, now: float, gradient: float) -> None:
@@ -405,8 +411,9 @@ class Limiter(Window):
         (thrashing) makes latency grow faster than concurrency, and the plain gradient would
         cut far below its knee; the next window finishes the cut if needed. Near the knee
         the plain gradient, so the limit settles on it. Never more than halved."""
-        cut = math.sqrt(gradient) if gradient < _DEEP_CUT else gradient
-        self.value = max(float(self.config.floor), self.value * max(0.5, cut))
+        tuning = self.tuning
+        cut = math.sqrt(gradient) if gradient < tuning.deep_cut else gradient
+        self.value = max(float(self.config.floor), self.value * max(tuning.max_cut, cut))
         self.knee_value = self.value  # the cut's estimate of where the knee is
         self.grown = 0.0
         self.slow_start = False
@@ -421,8 +428,8 @@ class Limiter(Window):
             self.value = min(float(cfg.ceiling), self.value * self._ramp_factor(ratio))
         elif (
             self.knee_at is not None
-            and now - self.knee_at <= _KNEE_MEMORY * self._window_length()
-            and self.value >= _NEAR_KNEE * self.knee_value
+            and now - self.knee_at <= self.tuning.knee_memory * self._window_length()
+            and self.value >= self.tuning.near_knee * self.knee_value
         ):
             # Just below a knee found lately: probe upward gently. A backend that slows down
             # with its own queue (thrashing) loses more to a limit that overshoots by
