@@ -32,9 +32,9 @@ from __future__ import annotations
 from collections import deque
 
 from .config import LimiterConfig
-from .limiter import Window
 from .signals import LatencyFloor
 from .tuning import DELIVERY, DeliveryTuning
+from .window import Window
 
 # What a STARTUP window's latency says about the backend's queue (see `_judge`).
 _CLEAR, _UNSURE, _QUEUED = 0, 1, 2

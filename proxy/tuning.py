@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, kw_only=True)
 class WindowTuning:
-    """How both limiters time their windows and read their history (`limiter.Window`)."""
+    """How both limiters time their windows and read their history (`window.Window`)."""
 
     max_stretch: int = 4
     """A window short of `limiter.min_samples` answers is stretched up to this many lengths,
@@ -33,7 +33,7 @@ class WindowTuning:
 
     growth_margin: float = 1.05
     """The limit counts as growing while the peak of its last `limiter.stable_windows`
-    windows beats the peak of the ones before by this factor (`limiter.rising`)."""
+    windows beats the peak of the ones before by this factor (`window.rising`)."""
 
     assumed_latency: float = 0.1
     """Seconds per answer the pace assumes before any latency was measured."""
