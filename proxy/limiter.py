@@ -137,6 +137,12 @@ class Limiter(Window):
             return limit / self.tuning.assumed_latency  # nothing measured yet
         return limit / latency
 
+    def pace_known(self) -> bool:
+        """Never: this limiter's pace is Little's law at its limit, an estimate, not a
+        measurement of what the backend delivers. A user that needs the backend's capacity
+        measures goodput while this limit is saturated (`at_knee` says when that counts)."""
+        return False
+
     # --- control ---------------------------------------------------------------------------
     def enter_slow_start(self, now: float, from_floor: bool) -> None:
         """Ramp multiplicatively until the first sign of queueing (RECOVERY entry).
