@@ -2,7 +2,8 @@
 
 Labels are bounded: reasons and error kinds come from closed tables, callers only from the
 configured list (all other callers are `other`), modes from the controller's four states.
-Nothing on the request path formats a label.
+Nothing on the request path formats a label. The classifier's own counters are fed into
+these by `CountingInvalidHeaders` and `CountingRetrySignals`.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
+from .classify import InvalidHeaderCounter
 from .contracts import REASONS, UPSTREAM_ERRORS
-from .retries import SIGNALS
+from .retries import SIGNALS, RetrySignalCounter
 
 MODES: tuple[str, ...] = ("NORMAL", "OUTAGE", "RECOVERY", "SHIELD")
 OUTCOMES: tuple[str, ...] = ("forwarded", "refused", "error", "cancelled")
@@ -283,3 +285,34 @@ class Metrics:
         """Set the one-hot mode gauge."""
         for name, child in self.mode_children.items():
             child.set(1 if name == mode else 0)
+
+
+class CountingInvalidHeaders(InvalidHeaderCounter):
+    """The classifier's invalid-header counter, also feeding `sluice_invalid_headers`.
+
+    Only the invalid path pays for the metric; one instance is shared by every classifier
+    across reloads so the series never goes backwards.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self._inc = metrics.invalid_headers.inc
+
+    def hit(self) -> None:
+        """Count one unusable header, in the classifier's tally and the metric."""
+        self.count += 1
+        self._inc()
+
+
+class CountingRetrySignals(RetrySignalCounter):
+    """The classifier's retry-signal counter, also feeding `sluice_retries_recognised`;
+    shared across reloads like `CountingInvalidHeaders`."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self._incs = [c.inc for c in metrics.retry_signal]
+
+    def hit(self, signal: int) -> None:
+        """Count one retry recognised by `signal`, in the classifier's tally and the metric."""
+        self.counts[signal] += 1
+        self._incs[signal]()
