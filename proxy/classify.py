@@ -52,6 +52,7 @@ class InvalidHeaderCounter:
         self.count = 0
 
     def hit(self) -> None:
+        """Count one unusable header."""
         self.count += 1
 
 

@@ -167,14 +167,18 @@ class GuardedRequestHandler(RequestHandler):
         self.force_close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """aiohttp's, and the first request's header-read timer starts."""
         super().connection_made(transport)
         self._arm()
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        """aiohttp's, after stopping the header-read timer."""
         self._disarm()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        """aiohttp's parsing, timed: the timer (re)starts with the first byte of a request on
+        a kept-alive connection and stops once its headers are parsed, which are screened."""
         waiter = self._waiter
         # Idle between requests on a kept-alive connection: these bytes start a new request.
         starts = (
@@ -239,6 +243,7 @@ class GuardedRequestHandler(RequestHandler):
             self._guard.count(kind, peer, f"inside a request body: {error.exc}")
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
+        """aiohttp's, except for a request body the guard broke on purpose."""
         # After answering a broken body, aiohttp's lingering read meets the error set above
         # and logs it as unhandled (a traceback per attack): it was handled, and counted.
         if isinstance(kw.get("exc_info"), BrokenRequestBody):
@@ -254,6 +259,8 @@ class GuardedRequestHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
+        """A parse error or a screened request gets the reason table's bad-request answer
+        (414, 431 or 400), counted; any other error is aiohttp's."""
         if status != 400 or exc is None or not isinstance(exc, HttpProcessingError):
             return super().handle_error(request, status, exc, message)
         peer = request.transport.get_extra_info("peername") if request.transport else None
