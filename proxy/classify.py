@@ -1,4 +1,4 @@
-"""Request headers → `Ticket` (DESIGN.md §4): pure apart from the bounded retry memory.
+"""Request headers → `Ticket`: pure apart from the bounded retry memory.
 
 Callers, priority and origin region are believed only from trusted peers (configured CIDRs);
 anyone else is identified by its address. Unknown callers hash into a fixed number of fair-queue
@@ -52,6 +52,7 @@ class InvalidHeaderCounter:
         self.count = 0
 
     def hit(self) -> None:
+        """Count one unusable header."""
         self.count += 1
 
 
@@ -125,42 +126,14 @@ class Classifier:
         """Build the Ticket. `now` is monotonic seconds, `wall_ms` epoch milliseconds."""
         trusted = self.trusted.contains(peer)
         caller_id = headers.get(self._h_caller) if trusted else None
-        if caller_id is not None and caller_id in self._known_index:
-            caller, index, label = caller_id, self._known_index[caller_id], caller_id
-            priority = self._known_priority[caller_id]
-        else:
-            caller, index = self._bucket(caller_id if caller_id else peer)
-            label = "other"
-            priority = _NORMAL_PRIORITY
+        caller, index, label, priority = self._caller(caller_id, peer)
         if trusted:
             p = headers.get(self._h_priority)
             if p is not None:
                 priority = _PRIORITY_INDEX.get(p.strip().lower(), priority)
-
         attempt = self._attempt(headers)
-        region = headers.get(self._h_region) if trusted else None
-        origin = None
-        if region:
-            region = region.strip()
-            if region and region != self._local_region:
-                origin = region[:64]
-
-        deadline = None
-        raw_timeout = headers.get(self._h_timeout)
-        if raw_timeout is not None:
-            ms = parse_nonneg_int(raw_timeout)
-            if ms is None:
-                self.invalid_headers.hit()
-            else:
-                deadline = now + ms / 1000.0
-        elif self._h_deadline is not None:
-            raw_deadline = headers.get(self._h_deadline)
-            if raw_deadline is not None:
-                epoch_ms = parse_nonneg_int(raw_deadline)
-                if epoch_ms is None:
-                    self.invalid_headers.hit()
-                else:
-                    deadline = now + (epoch_ms - wall_ms) / 1000.0
+        origin = self._origin(headers.get(self._h_region)) if trusted else None
+        deadline = self._deadline(headers, now, wall_ms)
 
         # Who sent it as well as what: every pod of an identity sends the same request, and one
         # pod's failure says nothing about another's (pods differ by address).
@@ -188,6 +161,47 @@ class Classifier:
             fingerprint=fingerprint,
             call_key=call_key,
         )
+
+    def _caller(self, caller_id: str | None, peer: str) -> tuple[str, int, str, int]:
+        """(caller, index, metric label, priority) of a configured caller id; anyone else is
+        hashed by its id (or, without one, its address) into a bucket, labelled `other`."""
+        if caller_id is not None and caller_id in self._known_index:
+            return (
+                caller_id,
+                self._known_index[caller_id],
+                caller_id,
+                self._known_priority[caller_id],
+            )
+        caller, index = self._bucket(caller_id if caller_id else peer)
+        return caller, index, "other", _NORMAL_PRIORITY
+
+    def _origin(self, region: str | None) -> str | None:
+        """The region a request came from, when it is not ours (None: local or unknown)."""
+        if region:
+            region = region.strip()
+            if region and region != self._local_region:
+                return region[:64]
+        return None
+
+    def _deadline(self, headers: Mapping[str, str], now: float, wall_ms: float) -> float | None:
+        """The request's deadline on our monotonic clock, from its timeout header or (if
+        trusted by config) its absolute deadline header; None without a usable one."""
+        raw_timeout = headers.get(self._h_timeout)
+        if raw_timeout is not None:
+            ms = parse_nonneg_int(raw_timeout)
+            if ms is None:
+                self.invalid_headers.hit()
+                return None
+            return now + ms / 1000.0
+        if self._h_deadline is not None:
+            raw_deadline = headers.get(self._h_deadline)
+            if raw_deadline is not None:
+                epoch_ms = parse_nonneg_int(raw_deadline)
+                if epoch_ms is None:
+                    self.invalid_headers.hit()
+                    return None
+                return now + (epoch_ms - wall_ms) / 1000.0
+        return None
 
     def _attempt(self, headers: Mapping[str, str]) -> int | None:
         """The zero-based attempt from the first attempt header present, or None."""

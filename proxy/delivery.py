@@ -20,9 +20,11 @@ queues far past the tolerance (the limit drains to the BDP; a second such window
 means its capacity fell, and only what it delivers now counts). Finding capacity: STARTUP
 multiplies the limit by `slow_start_factor` per window until the delivery rate stops growing
 (BBR's full-pipe test) or a queue shows (HyStart's delay test), then the limit follows the
-BDP with a probe cycle (one window x `_PROBE_GAIN`, three at the BDP); a probe that delivers
+BDP with a probe cycle (one window x `probe_cycle[0]`, three at the BDP); a probe that delivers
 more than the maximum so far restarts STARTUP (capacity grew). At the floor with work waiting
 and answers coming, a window never holds it there: it probes up.
+
+The internal numbers are `tuning.DeliveryTuning`'s (why each value: docs/tuning.md).
 """
 
 from __future__ import annotations
@@ -30,60 +32,38 @@ from __future__ import annotations
 from collections import deque
 
 from .config import LimiterConfig
-from .limiter import Window, rising
 from .signals import LatencyFloor
+from .tuning import DELIVERY, DeliveryTuning
+from .window import Window
 
-# A window says something about capacity only when its mean concurrency (Little's law: the
-# latency of its answers over its span) used this share of the limit.
-_USED = 0.8
-# Delivery-rate samples the maximum spans, in saturated windows.
-_BW_WINDOWS = 6
-# Probe cycle of the steady state, as gains over the BDP target, one per saturated window.
-# No drain phase (BBR's 0.75): a concurrency limit brought back to the BDP bounds the queue
-# within one round trip by itself, and a window below the BDP idles workers for all of it.
-_PROBE_GAIN = 1.25
-_CYCLE = (_PROBE_GAIN, 1.0, 1.0, 1.0)
-# A probe whose window delivered this much more than the maximum before it: capacity grew.
-_GREW = 1.1
-# STARTUP's full-pipe test: delivery must grow by this factor within this many windows.
-_FULL_PIPE = 1.25
-_FULL_PIPE_WINDOWS = 2
-# Our loop lagged past this share of the unloaded latency: latencies read in the window
-# measure us as much as the backend.
-_LAGGED = 0.5
-# Mean latency past tolerance x unloaded x this: the backend queues far more than we allow,
-# so it lost capacity (or something else loads it): drop to what it delivers now.
-_QUEUE_CUT = 1.25
 # What a STARTUP window's latency says about the backend's queue (see `_judge`).
 _CLEAR, _UNSURE, _QUEUED = 0, 1, 2
-# A window short of answers is stretched to at most this many lengths, then discarded.
-_MAX_STRETCH = 4
-# Smoothing of the latency average (expected latency and caps).
-_LATENCY_ALPHA = 0.3
-# Windows at the floor with work waiting before the limit probes up regardless.
-_FLOOR_WINDOWS = 3
 
 
 class DeliveryLimiter(Window):
     """Adaptive concurrency limit from delivery rate x unloaded latency; same surface as
     `limiter.Limiter` (feed answers with `add`, close windows with `tick`)."""
 
+    tuning: DeliveryTuning
     # The current window's tallies beyond `Window`'s, zeroed by `_reset_window`.
     _ticks: int
     _waited: int
 
-    def __init__(self, config: LimiterConfig, now: float) -> None:
+    def __init__(
+        self, config: LimiterConfig, now: float, tuning: DeliveryTuning = DELIVERY
+    ) -> None:
         self.config = config
+        self.tuning = tuning
         self.value = float(config.initial)
         self.slow_start = False
         self.floor = LatencyFloor()
         self.latency: float | None = None
         self.last_change = "initial"
         self.knee_at: float | None = None  # last time the BDP, not a ramp, set the limit
-        self._rates: deque[float] = deque(maxlen=_BW_WINDOWS)
+        self._rates: deque[float] = deque(maxlen=tuning.bandwidth_windows)
         self._best = 0.0  # STARTUP: the best delivery rate so far
-        self._stalled = 0  # STARTUP: windows without _FULL_PIPE growth
-        self._phase = len(_CYCLE) - 1  # position in _CYCLE: the first full window probes
+        self._stalled = 0  # STARTUP: windows without `full_pipe` growth
+        self._phase = len(tuning.probe_cycle) - 1  # in `probe_cycle`: the first window probes
         self._probe_base = 0.0  # the maximum before the current probe window
         self._at_floor = 0
         self._queued = False  # the last window queued while the limit was at the BDP
@@ -127,20 +107,20 @@ class DeliveryLimiter(Window):
 
     def growing(self) -> bool:
         """True while the limit is still climbing (STARTUP, or a rising recent peak)."""
-        return self.slow_start or rising(self._history, self.config.stable_windows)
+        return self.slow_start or self._rising()
 
     def at_knee(self, now: float) -> bool:
         """True while the limit follows the BDP (not ramping), set lately."""
         if self.knee_at is None or self.slow_start:
             return False
-        return now - self.knee_at <= 10 * self._window_length()
+        return now - self.knee_at <= self.tuning.knee_memory * self._window_length()
 
     def pace_known(self) -> bool:
         """Whether the pace is the backend's capacity: it was seen full (a probe that found
         no more delivery, a ramp whose delivery stopped growing, or pushback) since its
         capacity was last in doubt, over a few windows. Before that, delivery only measured
         our own limit (or a queue that slowed it)."""
-        return self._full and len(self._rates) >= 3
+        return self._full and len(self._rates) >= self.tuning.known_windows
 
     def pace(self) -> float:
         """Requests/s the backend delivers, to pace returns at: the best recent window
@@ -151,7 +131,7 @@ class DeliveryLimiter(Window):
             return best
         latency = self.floor.value or self.latency
         if latency is None or latency <= 0:
-            latency = 0.1  # nothing measured yet: assume 100 ms answers
+            latency = self.tuning.assumed_latency  # nothing measured yet
         return max(best, self.limit / latency)
 
     # --- control ---------------------------------------------------------------------------
@@ -184,7 +164,7 @@ class DeliveryLimiter(Window):
         n = self._ok + self._pushback + self._broken
         span = max(now - self._window_start, 1e-9)
         if n < cfg.min_samples:
-            if span >= _MAX_STRETCH * self._window_length():
+            if self._stretched(now):
                 self._reset_window(now)
             return
         if self._pushed_back(n):
@@ -198,7 +178,9 @@ class DeliveryLimiter(Window):
         """Pushback or broken answers: the backend says so itself."""
         cfg = self.config
         self.value = max(float(cfg.floor), self.value * cfg.backoff)
-        self._rates = deque((r * cfg.backoff for r in self._rates), maxlen=_BW_WINDOWS)
+        self._rates = deque(
+            (r * cfg.backoff for r in self._rates), maxlen=self.tuning.bandwidth_windows
+        )
         self.slow_start = False
         self._full = True
         self.last_change = "backoff"
@@ -207,24 +189,25 @@ class DeliveryLimiter(Window):
 
     def _judge(self, now: float, span: float) -> None:
         cfg = self.config
+        tuning = self.tuning
         mean = self._lat_sum / self._ok
         floor = self.floor.value
-        lagged = floor is not None and self._lag > _LAGGED * floor
+        lagged = floor is not None and self._lag > tuning.lagged * floor
         if not lagged:
             self.floor.observe(now, mean)
             floor = self.floor.value
             self.latency = (
                 mean
                 if self.latency is None
-                else (self.latency + _LATENCY_ALPHA * (mean - self.latency))
+                else (self.latency + tuning.latency_alpha * (mean - self.latency))
             )
         assert floor is not None  # observed at least once: the first window cannot lag
         used = self._lat_sum / span / max(self.value, 1.0)
-        if used < _USED or 2 * self._waited < self._ticks:
+        if used < tuning.used or 2 * self._waited < self._ticks:
             # The traffic, not the limit, set this window's delivery (BBR's app-limited
             # sample): it says nothing about what the backend could do.
             self._at_floor = 0
-            if self.slow_start and used < _USED / 2:
+            if self.slow_start and used < tuning.used / 2:
                 self.slow_start = False  # the traffic does not fill what we have: ramp done
             self.last_change = "idle"
             return
@@ -237,7 +220,7 @@ class DeliveryLimiter(Window):
         # latency was at least `low`, at most `mean`. Queueing counts only when `low` shows
         # it, its absence only when `mean` does; our stalls alone can neither cut nor grow.
         low = mean - self._lag
-        if low > tol * _QUEUE_CUT * floor:
+        if low > tol * tuning.queue_cut * floor:
             self._queue_cut(now, rate, floor)
             return
         self._queued = False
@@ -267,16 +250,17 @@ class DeliveryLimiter(Window):
             self._probe_base = 0.0
             self._set(now, bdp, "latency")
             return
-        if self.value > _QUEUE_CUT * bdp or not self._queued:
+        queue_cut = self.tuning.queue_cut
+        if self.value > queue_cut * bdp or not self._queued:
             # Above the BDP, or the first slow window at it (its answers were mostly sent
             # before the limit came down): drain to the BDP; the maximum stands.
-            self._queued = self.value <= _QUEUE_CUT * bdp
+            self._queued = self.value <= queue_cut * bdp
             self._set(now, bdp, "latency")
         else:
             # A second window that queues at the BDP: the backend delivers less than it
             # did, and only what it delivers now counts.
             self._queued = False
-            self._rates = deque([rate], maxlen=_BW_WINDOWS)
+            self._rates = deque([rate], maxlen=self.tuning.bandwidth_windows)
             self._set(now, tol * rate * floor, "latency")
         self.slow_start = False
         self._restart_cycle()
@@ -285,7 +269,7 @@ class DeliveryLimiter(Window):
         """The steady state: the BDP with a probe cycle; a probe that found more restarts
         STARTUP."""
         cfg = self.config
-        if self._phase == 0 and self._probe_base and rate > _GREW * self._probe_base:
+        if self._phase == 0 and self._probe_base and rate > self.tuning.grew * self._probe_base:
             self.slow_start = True  # the probe found more: capacity grew, find it
             self._full = False
             self._best, self._stalled = rate, 0
@@ -294,15 +278,16 @@ class DeliveryLimiter(Window):
             return
         if self._phase == 0 and self._probe_base:
             self._full = True  # a probe that found no more delivery: the pipe is full
-        self._phase = (self._phase + 1) % len(_CYCLE)
-        gain = _CYCLE[self._phase]
+        cycle = self.tuning.probe_cycle
+        self._phase = (self._phase + 1) % len(cycle)
+        gain = cycle[self._phase]
         self._probe_base = (self.bandwidth() or rate) if self._phase == 0 else 0.0
         # Answers our loop has not read yet hold their slots too: on top of the BDP, what
         # the backend delivers during our worst stall (BBR's allowance for ACK aggregation).
         target = (self.bandwidth() or rate) * (cfg.latency_tolerance * floor * gain + self._lag)
         if self.value <= cfg.floor and target <= cfg.floor:
             self._at_floor += 1
-            if self._at_floor >= _FLOOR_WINDOWS:
+            if self._at_floor >= self.tuning.floor_windows:
                 # Work waits, answers come, nothing says the backend is full: probe up.
                 self._at_floor = 0
                 target = cfg.floor * cfg.slow_start_factor
@@ -312,7 +297,7 @@ class DeliveryLimiter(Window):
 
     def _startup(self, now: float, rate: float, floor: float, delay: int) -> None:
         cfg = self.config
-        grew = rate >= _FULL_PIPE * self._best
+        grew = rate >= self.tuning.full_pipe * self._best
         if grew and (delay == _CLEAR or (delay == _UNSURE and self._best > 0)):
             self._best = rate
             self._stalled = 0
@@ -325,11 +310,12 @@ class DeliveryLimiter(Window):
             self.last_change = "own-lag"
             return
         self._stalled += 1
-        if delay == _QUEUED or self._stalled >= _FULL_PIPE_WINDOWS:
+        full_pipe_windows = self.tuning.full_pipe_windows
+        if delay == _QUEUED or self._stalled >= full_pipe_windows:
             # A queue ends the ramp, but a queue that slows a thrashing backend also lowers
             # what it delivers: only delivery that stopped growing measures the pipe (the
             # probe after a queue's exit does the rest).
-            self._full = self._stalled >= _FULL_PIPE_WINDOWS
+            self._full = self._stalled >= full_pipe_windows
             self.slow_start = False  # the ramp ends: drain to the BDP
             self._restart_cycle()
             self._set(now, cfg.latency_tolerance * (self.bandwidth() or rate) * floor, "bdp")
@@ -344,5 +330,5 @@ class DeliveryLimiter(Window):
         """After a cut or a ramp: one window at the BDP, then a probe (a cut from a window
         whose delivery the queue itself slowed lands below the backend's workers, and only
         a probe finds them again)."""
-        self._phase = len(_CYCLE) - 1
+        self._phase = len(self.tuning.probe_cycle) - 1
         self._probe_base = 0.0

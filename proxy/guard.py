@@ -1,6 +1,6 @@
 """Connection-level protections in front of the request path.
 
-aiohttp parses requests well but leaves three doors open for a proxy in the path of every
+aiohttp parses requests well but leaves four doors open for a proxy in the path of every
 identity request:
 
 * **slowloris**: nothing times the first request's line and headers after accept (aiohttp's
@@ -14,14 +14,15 @@ identity request:
   offending bytes back and logs a traceback per bad request (a log flood on demand). Here every
   parse error becomes the reason table's JSON body with `x-sluice-reason: bad-request`:
   414 for an over-long request line, 431 for an over-long header field or too many of them,
-  400 for everything else, counted per kind and logged at most once per `_LOG_EVERY` seconds.
+  400 for everything else (`badinput.classify_parse_error`), counted per kind and logged at
+  most once per `_LOG_EVERY` seconds.
 * **framing**: llhttp (aiohttp's C parser) already refuses `Content-Length` with
   `Transfer-Encoding`, duplicate `Content-Length` (even equal ones), unknown or non-final
   transfer codings, obs-fold, and CR, LF or NUL inside a header value; those refusals happen
   before a request exists, so nothing can be forwarded. On top of that the guard refuses what
-  parses but must not be proxied: `Transfer-Encoding` in an HTTP/1.0 request (RFC 9112 §6.1:
-  the framing is faulty), `CONNECT`, and WebSocket upgrades (Sluice strips `Upgrade`; after one,
-  aiohttp stops parsing the connection as HTTP).
+  parses but must not be proxied (`badinput.screen`): `Transfer-Encoding` in an HTTP/1.0
+  request (RFC 9112 §6.1: the framing is faulty), `CONNECT`, and WebSocket upgrades (Sluice
+  strips `Upgrade`; after one, aiohttp stops parsing the connection as HTTP).
 
 * **bodies**: a parse error inside a request body (a broken chunk) is queued by aiohttp
   behind the request it broke, which then waits for body bytes that can never come, holding
@@ -37,38 +38,39 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError
 from aiohttp.http_parser import RawRequestMessage
-from aiohttp.http_writer import HttpVersion10, HttpVersion11
+from aiohttp.http_writer import HttpVersion11
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
 from prometheus_client import Counter
 
-from .classify import InvalidHeaderCounter
+from .badinput import BAD_INPUT_KINDS, classify_parse_error, screen
 from .config import ListenConfig
 from .contracts import Reason, Refusal
 from .forward import BrokenRequestBody, refusal_response
-from .metrics import Metrics
-from .retries import RetrySignalCounter
+from .metrics import CountingInvalidHeaders, CountingRetrySignals, Metrics
+
+# Re-exported: these lived here before `badinput.py` and `metrics.py` took them.
+__all__ = [
+    "BAD_INPUT_KINDS",
+    "CountingInvalidHeaders",
+    "CountingRetrySignals",
+    "Guard",
+    "GuardedAppRunner",
+    "GuardedRequestHandler",
+    "GuardedServer",
+    "classify_parse_error",
+    "screen",
+]
 
 log = logging.getLogger("sluice.guard")
 
-# Kinds of refused input (a closed set: they are metric labels).
-BAD_INPUT_KINDS: tuple[str, ...] = (
-    "malformed",  # not HTTP/1.x, bad request line, bad header syntax, missing Host...
-    "uri-too-long",  # 414
-    "headers-too-large",  # 431: one field over max_field_size, or more than max_headers
-    "framing",  # Content-Length / Transfer-Encoding conflicts (request smuggling attempts)
-    "bad-header-value",  # CR, LF, NUL or another control character inside a header value
-    "unsupported",  # CONNECT, WebSocket upgrade
-    "header-timeout",  # request line + headers not complete within header_read_timeout
-)
 # A refused-input warning is logged at most this often (the counter has every one).
 _LOG_EVERY = 10.0
 
@@ -127,101 +129,6 @@ class Guard:
         return resp
 
 
-def classify_parse_error(exc: BaseException, listen: ListenConfig) -> tuple[str, int]:
-    """(kind, status) for an aiohttp parse error.
-
-    llhttp reports an over-long line from the callback that saw it, and the Cython traceback
-    names that callback: `cb_on_url` is the request target (414), `cb_on_header_*` a header
-    (431). The pure-Python parser puts the start of the line in the exception instead: a
-    method and a space is the request line, a name and a colon a header. Failing both, the limit
-    named in the exception decides when the two limits differ; when they are equal there is
-    no telling, and the answer is 400.
-    """
-    message = getattr(exc, "message", "") or str(exc)
-    if isinstance(exc, LineTooLong):
-        where = _raised_in(exc)
-        if "cb_on_url" in where:
-            return "uri-too-long", 414
-        if "cb_on_header_field" in where or "cb_on_header_value" in where:
-            return "headers-too-large", 431
-        if "parse_headers" in where:
-            return "headers-too-large", 431
-        # The pure-Python parser reports the whole line: `GET /...` or `Name: value`.
-        line = exc.args[0] if exc.args else b""
-        if isinstance(line, bytes | bytearray):
-            if _REQUEST_LINE.match(line):
-                return "uri-too-long", 414
-            if _HEADER_LINE.match(line):
-                return "headers-too-large", 431
-        limit = exc.args[1] if len(exc.args) > 1 else None
-        if limit == listen.max_line_size != listen.max_field_size:
-            return "uri-too-long", 414
-        if limit == listen.max_field_size != listen.max_line_size:
-            return "headers-too-large", 431
-        return "headers-too-large", 400
-    if "Too many headers" in message:
-        return "headers-too-large", 431
-    if "Content-Length" in message or "Transfer-Encoding" in message:
-        return "framing", 400
-    if (
-        "header value char" in message
-        or "after header value" in message
-        or ("Invalid HTTP header" in message)
-    ):
-        return "bad-header-value", 400
-    return "malformed", 400
-
-
-_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_REQUEST_LINE = re.compile(_TOKEN + rb" ")
-_HEADER_LINE = re.compile(_TOKEN + rb"(:|\.\.\.$)")  # a name, or one cut off at 100 bytes
-
-
-def _raised_in(exc: BaseException) -> str:
-    names = []
-    tb = exc.__traceback__
-    while tb is not None:
-        names.append(tb.tb_frame.f_code.co_name)
-        tb = tb.tb_next
-    return " ".join(names)
-
-
-def screen(message: RawRequestMessage) -> RawRequestMessage | tuple[str, str]:
-    """A parsed request as it may be proxied, or (kind, detail) when it must be refused.
-
-    Refused: HTTP versions other than 1.0 and 1.1 (llhttp lets `HTTP/0.9` and `HTTP/2.0`
-    request lines through), `Transfer-Encoding` in HTTP/1.0, `CONNECT`, WebSocket upgrades and
-    asterisk- or authority-form targets. An absolute-form target (`GET http://host/p?q`) is
-    rewritten to origin-form (`/p?q`), which is what the upstream must see.
-    """
-    version = message.version
-    if version != HttpVersion11 and version != HttpVersion10:
-        return "malformed", f"HTTP version {version.major}.{version.minor} is not served"
-    if message.method == "CONNECT":
-        return "unsupported", "CONNECT is not proxied"
-    if version == HttpVersion10 and "transfer-encoding" in message.headers:
-        return "framing", "Transfer-Encoding in an HTTP/1.0 request"
-    if message.upgrade and message.headers.get("upgrade", "").strip().lower() == "websocket":
-        return "unsupported", "WebSocket upgrades are not proxied"
-    target = message.path
-    if not target.startswith("/"):
-        origin = _origin_form(target)
-        if origin is None:
-            return "unsupported", "only origin-form and absolute-form targets are proxied"
-        message = message._replace(path=origin)
-    return message
-
-
-def _origin_form(target: str) -> str | None:
-    """`http://host:port/p?q` → `/p?q`; None for anything that is not absolute-form."""
-    scheme, sep, rest = target.partition("://")
-    if not sep or scheme.lower() not in ("http", "https"):
-        return None
-    cuts = [i for i in (rest.find("/"), rest.find("?")) if i >= 0]
-    path = rest[min(cuts) :] if cuts else ""
-    return path if path.startswith("/") else "/" + path
-
-
 class GuardedRequestHandler(RequestHandler):
     """aiohttp's RequestHandler plus a header-read timer and Sluice's answers to bad input."""
 
@@ -260,14 +167,18 @@ class GuardedRequestHandler(RequestHandler):
         self.force_close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """aiohttp's, and the first request's header-read timer starts."""
         super().connection_made(transport)
         self._arm()
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        """aiohttp's, after stopping the header-read timer."""
         self._disarm()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        """aiohttp's parsing, timed: the timer (re)starts with the first byte of a request on
+        a kept-alive connection and stops once its headers are parsed, which are screened."""
         waiter = self._waiter
         # Idle between requests on a kept-alive connection: these bytes start a new request.
         starts = (
@@ -332,6 +243,7 @@ class GuardedRequestHandler(RequestHandler):
             self._guard.count(kind, peer, f"inside a request body: {error.exc}")
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
+        """aiohttp's, except for a request body the guard broke on purpose."""
         # After answering a broken body, aiohttp's lingering read meets the error set above
         # and logs it as unhandled (a traceback per attack): it was handled, and counted.
         if isinstance(kw.get("exc_info"), BrokenRequestBody):
@@ -347,6 +259,8 @@ class GuardedRequestHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
+        """A parse error or a screened request gets the reason table's bad-request answer
+        (414, 431 or 400), counted; any other error is aiohttp's."""
         if status != 400 or exc is None or not isinstance(exc, HttpProcessingError):
             return super().handle_error(request, status, exc, message)
         peer = request.transport.get_extra_info("peername") if request.transport else None
@@ -394,32 +308,3 @@ class GuardedAppRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         return GuardedServer(await super()._make_server(), self._guard)
-
-
-class CountingInvalidHeaders(InvalidHeaderCounter):
-    """The classifier's invalid-header counter, also feeding `sluice_invalid_headers`.
-
-    Only the invalid path pays for the metric; one instance is shared by every classifier
-    across reloads so the series never goes backwards.
-    """
-
-    def __init__(self, metrics: Metrics) -> None:
-        super().__init__()
-        self._inc = metrics.invalid_headers.inc
-
-    def hit(self) -> None:
-        self.count += 1
-        self._inc()
-
-
-class CountingRetrySignals(RetrySignalCounter):
-    """The classifier's retry-signal counter, also feeding `sluice_retries_recognised`;
-    shared across reloads like `CountingInvalidHeaders`."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        super().__init__()
-        self._incs = [c.inc for c in metrics.retry_signal]
-
-    def hit(self, signal: int) -> None:
-        self.counts[signal] += 1
-        self._incs[signal]()

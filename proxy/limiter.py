@@ -6,19 +6,21 @@ In the spirit of Netflix's Gradient2 and Envoy's adaptive-concurrency gradient c
   latency of a window, re-measured at reduced concurrency when no window has come near it for
   `floor_probe_interval` (Envoy's periodic minRTT window). Without re-measurement the yardstick
   drifts up under constant load, and the limit with it.
-- Each window (`window`, stretched to two unloaded latencies so a window always holds answers)
+- Each window (`window`, at least a few unloaded latencies so a window always holds answers)
   compares its mean latency with the floor. Above `latency_tolerance` * floor the backend is
   queueing: the limit is scaled by tolerance * floor / latency (at most halved per window).
   For a backend of W workers this lands the limit near tolerance * W, i.e. a backend queue of
   (tolerance - 1) rounds of its workers, never more.
 - Pushback (429/503, timeouts) or broken answers past `backpressure_ratio` multiply the limit
   by `backoff`.
-- A healthy window whose concurrency reached half the limit grows it: by `growth` *
-  sqrt(limit) (Gradient2's queue headroom), or by `slow_start_factor` in slow start, which
-  RECOVERY turns on and the first sign of queueing or pushback turns off. A window that used
-  less learns nothing about capacity, so the limit does not grow on idle traffic.
+- A healthy window whose peak concurrency reached most of the limit (`GradientTuning.used`)
+  grows it: by `growth` * sqrt(limit) (Gradient2's queue headroom), by `knee_growth` just
+  below a knee found lately, or by `slow_start_factor` in slow start, which RECOVERY turns on
+  and the first sign of queueing or pushback turns off. A window that used less learns
+  nothing about capacity, so the limit does not grow on idle traffic.
 
 Nothing here states a backend capacity: `initial`, `floor` and `ceiling` only bound the search.
+The internal numbers are `tuning.GradientTuning`'s (why each value: docs/tuning.md).
 """
 
 from __future__ import annotations
@@ -28,123 +30,27 @@ from collections import deque
 
 from .config import LimiterConfig
 from .signals import LatencyFloor
+from .tuning import GRADIENT, GradientTuning
+from .window import Window, rising
+
+__all__ = ["Limiter", "Window", "rising"]  # the last two re-exported: they lived here
 
 # Floor re-measurement stages.
 _IDLE, _DRAINING, _MEASURING = 0, 1, 2
-# A window short of samples is stretched to at most this many lengths, then discarded.
-_MAX_STRETCH = 4
-# Smoothing of the latency average used for the pace estimate.
-_LATENCY_ALPHA = 0.3
-# A window whose peak concurrency stayed below this share of the limit learned nothing about
-# capacity: the limit does not grow on it (Gradient2 uses half; a limit that grows on traffic
-# that never fills it ends far above the backend's knee, and the next wave thrashes it).
-_USED = 0.9
-# The concurrency a window at floor latency proves: its mean concurrency times this.
-_PROVEN_HEADROOM = 1.5
-# A latency gradient below this is a deep cut (softened, see `_close`).
-_DEEP_CUT = 0.7
-# Above this share of where the last cut put the limit, growth is gentle (`knee_growth`).
-_NEAR_KNEE = 0.85
-# A cut for queueing is evidence of the knee for this many windows.
-_KNEE_MEMORY = 10
-# The limit counts as growing while its recent peak beats the earlier peak by this much.
-_GROWTH_MARGIN = 1.05
-
-
-def rising(history: deque[float], k: int) -> bool:
-    """Whether a limit's history (its last 2k windows) is still climbing: the peak of the
-    last k windows beats the peak of the k before by `_GROWTH_MARGIN`."""
-    if len(history) < 2 * k:
-        return len(history) > 1 and history[-1] > history[0]
-    items = list(history)
-    return max(items[k:]) > _GROWTH_MARGIN * max(items[:k])
-
-
-class Window:
-    """What both limiters (this one and `delivery.DeliveryLimiter`) tally per window and
-    how long a window lasts. The tallies are zeroed by `_reset_tallies`."""
-
-    config: LimiterConfig
-    value: float
-    slow_start: bool
-    floor: LatencyFloor
-    _history: deque[float]
-    _window_start: float
-    _ok: int
-    _lat_sum: float
-    _pushback: int
-    _broken: int
-    _clean_ok: int
-    _clean_lat: float
-    _lag: float
-
-    def add(
-        self,
-        ok: int,
-        latency_sum: float,
-        pushback: int,
-        broken: int,
-        clean_ok: int = 0,
-        clean_latency_sum: float = 0.0,
-    ) -> None:
-        """Fold in answers since the last call: good ones with their summed latency, pushback
-        (429/503/timeouts/slow 5xx) and broken ones (connect failures, fast 5xx).
-
-        `clean_*` are the good answers to requests *sent* after `measuring_since` (the gate
-        counts them only while the gradient limiter re-measures its floor): requests sent
-        earlier queued behind our old concurrency and would bias the measurement up.
-        """
-        self._ok += ok
-        self._lat_sum += latency_sum
-        self._pushback += pushback
-        self._broken += broken
-        self._clean_ok += clean_ok
-        self._clean_lat += clean_latency_sum
-
-    def note_lag(self, lag: float) -> None:
-        """Our own event loop stalled this long (a tick came late): answers read during the
-        stall look slower than the backend was."""
-        if lag > self._lag:
-            self._lag = lag
-
-    def _window_length(self) -> float:
-        # Slow start judges half windows: it starts a RECOVERY, where a limit far off the
-        # backend's knee costs most (it thrashes, or it idles while a backlog waits).
-        window = self.config.window / 2 if self.slow_start else self.config.window
-        floor = self.floor.value
-        return window if floor is None else max(window, 2.0 * floor)
-
-    def _reset_tallies(self, now: float) -> None:
-        self._window_start = now
-        self._ok = 0
-        self._lat_sum = 0.0
-        self._pushback = 0
-        self._broken = 0
-        self._clean_ok = 0
-        self._clean_lat = 0.0
-        self._lag = 0.0  # the worst stall of our own event loop in this window
-
-    def reconfigure(self, config: LimiterConfig) -> None:
-        """New bounds and gains; what was learned is kept (the limit clamped)."""
-        self.config = config
-        self.value = min(float(config.ceiling), max(float(config.floor), self.value))
-        if self._history.maxlen != 2 * config.stable_windows:
-            self._history = deque(self._history, maxlen=2 * config.stable_windows)
-
-    def _pushed_back(self, n: int) -> bool:
-        """The backend said it is full, or broke, in enough of the window's `n` answers."""
-        ratio = self.config.backpressure_ratio
-        return self._pushback >= ratio * n or self._broken >= ratio * n
 
 
 class Limiter(Window):
     """Adaptive concurrency limit; feed it answers with `add`, close windows with `tick`."""
 
+    tuning: GradientTuning
     # The current window's tallies beyond `Window`'s, zeroed by `_reset_window`.
     _peak: int
 
-    def __init__(self, config: LimiterConfig, now: float) -> None:
+    def __init__(
+        self, config: LimiterConfig, now: float, tuning: GradientTuning = GRADIENT
+    ) -> None:
         self.config = config
+        self.tuning = tuning
         self.value = float(config.initial)
         self.slow_start = False
         self.floor = LatencyFloor()
@@ -208,7 +114,7 @@ class Limiter(Window):
         """True while the limit is still climbing (slow start, or a rising recent peak)."""
         if self.slow_start or self._stage != _IDLE:
             return True
-        return rising(self._history, self.config.stable_windows)
+        return self._rising()
 
     def at_knee(self, now: float) -> bool:
         """True while the limit sits where the backend starts to queue (it was cut for
@@ -216,7 +122,7 @@ class Limiter(Window):
         this limit keeps the backend busy, so goodput now is its capacity."""
         if self.knee_at is None or self.slow_start or self._stage != _IDLE:
             return False
-        return now - self.knee_at <= _KNEE_MEMORY * self._window_length()
+        return now - self.knee_at <= self.tuning.knee_memory * self._window_length()
 
     def pace(self) -> float:
         """Requests per second the backend absorbs at the limit (Little's law), for pacing.
@@ -228,8 +134,14 @@ class Limiter(Window):
             limit = max(limit, self.grown)
         latency = self.latency or self.floor.value
         if latency is None or latency <= 0:
-            return limit / 0.1  # nothing measured yet: assume 100 ms answers
+            return limit / self.tuning.assumed_latency  # nothing measured yet
         return limit / latency
+
+    def pace_known(self) -> bool:
+        """Never: this limiter's pace is Little's law at its limit, an estimate, not a
+        measurement of what the backend delivers. A user that needs the backend's capacity
+        measures goodput while this limit is saturated (`at_knee` says when that counts)."""
+        return False
 
     # --- control ---------------------------------------------------------------------------
     def enter_slow_start(self, now: float, from_floor: bool) -> None:
@@ -271,18 +183,10 @@ class Limiter(Window):
         self._peak = 0
 
     def _close(self, now: float, in_flight: int, may_probe: bool) -> None:
-        cfg = self.config
-        # A window short of answers is stretched, up to _MAX_STRETCH lengths.
-        overdue = now - self._window_start >= _MAX_STRETCH * self._window_length()
+        # A window short of answers is stretched, up to `max_stretch` lengths.
+        overdue = self._stretched(now)
         if self._stage == _MEASURING:
-            if self._clean_ok >= cfg.min_samples:
-                self.floor.reset_to(now, self._clean_lat / self._clean_ok)
-                self._end_probe(restore=True)
-                self._reset_window(now)
-            elif overdue:  # too little traffic to measure: try again an interval later
-                self.floor.confirmed_at = now
-                self._end_probe(restore=True)
-                self._reset_window(now)
+            self._close_measurement(now, overdue)
             return
         if self._stage == _DRAINING:
             # Measure only once our own excess concurrency has left the backend.
@@ -291,121 +195,179 @@ class Limiter(Window):
                 self._reset_window(now)
             return
         n = self._ok + self._pushback + self._broken
-        if n < cfg.min_samples:
+        if n < self.config.min_samples:
             if overdue:
-                if self._peak < _USED * self.value:
+                if self._peak < self.tuning.used * self.value:
                     self.slow_start = False  # too little traffic to need a ramp
                 self._reset_window(now)
             return
         mean = self._lat_sum / self._ok if self._ok else None
-        floor_now = self.floor.value
-        if (
-            mean is not None
-            and floor_now is not None
-            and self._lag > (cfg.latency_tolerance - 1.0) * floor_now
-            and mean > cfg.latency_tolerance * floor_now
-            and mean - self._lag <= cfg.latency_tolerance * floor_now
-        ):
-            # Our own loop stalled longer than the queueing we tolerate (a wave of arrivals
-            # being read) and the window looks slow by no more than the stall: its latency
-            # may measure us, not the backend. Skip it. (A window within tolerance is judged
-            # as usual: what we measure is the backend's latency plus our delay, an upper
-            # bound. So is one slower than the stall explains: no answer was read later
-            # than the stall made it, so the backend queued. A slow start that overshot is
-            # cut then, not held for the windows in which our loop has a few ms stalls.)
-            self.last_change = "own-lag"
-            if self.slow_start and self._peak >= _USED * self.value and self.value < self.resume:
-                # A ramp full of work, with nothing against it but our own stall, climbs
-                # back towards the limit it restarted below (which the backend took without
-                # queueing), no further: skipped, it stayed below the backend's workers for
-                # the whole retry storm that stalled us (naive reopen x2: 17 of 20 workers
-                # busy, 120 waiting, for 0.8 s). Past it, a window that looked healthy net
-                # of the stall was seen while the backend queued 17.
-                ratio = (mean - self._lag) / floor_now
-                factor = cfg.slow_start_factor
-                if ratio > LatencyFloor.CONFIRM:
-                    factor = min(factor, max(1.0, cfg.latency_tolerance / ratio))
-                self.value = min(self.resume, self.value * factor)
-                self.last_change = "growth"
-                self._history.append(self.value)
-            self._reset_window(now)
+        if mean is not None and self._slow_by_own_lag(mean):
+            self._skip_lagged(now, mean)
             return
-
         if self._pushed_back(n):
-            self.value = max(float(cfg.floor), self.value * cfg.backoff)
-            self.knee_value = self.value
-            self.grown = 0.0
-            self.slow_start = False
-            self.last_change = "backoff"
-            self.knee_at = now
+            self._back_off(now)
         elif mean is not None:
-            self.floor.observe(now, mean)
-            self.latency = (
-                mean
-                if self.latency is None
-                else self.latency + _LATENCY_ALPHA * (mean - self.latency)
-            )
-            floor = self.floor.value
-            assert floor is not None
-            if mean <= floor * LatencyFloor.CONFIRM:
-                # Little's law: the window's mean concurrency, with headroom for its peaks
-                # (a single peak at floor latency proves little: most of it did not queue).
-                held = _PROVEN_HEADROOM * self._lat_sum / max(now - self._window_start, 1e-9)
-                self.proven = max(self.proven, min(int(held), self._peak))
-            gradient = cfg.latency_tolerance * floor / mean
-            if gradient < 1.0 and self._cooldown:
-                # Most answers in this window were sent before the last cut, at the old
-                # concurrency: they say nothing about the new limit. Judge the next window.
-                self._cooldown = False
-                self.last_change = "cooldown"
-            elif gradient < 1.0:
-                # A deep cut by its square root: a backend that slows down with its own queue
-                # (thrashing) makes latency grow faster than concurrency, and the plain
-                # gradient would cut far below its knee; the next window finishes the cut if
-                # needed. Near the knee the plain gradient, so the limit settles on it.
-                cut = math.sqrt(gradient) if gradient < _DEEP_CUT else gradient
-                self.value = max(float(cfg.floor), self.value * max(0.5, cut))
-                self.knee_value = self.value  # the cut's estimate of where the knee is
-                self.grown = 0.0
-                self.slow_start = False
-                self.last_change = "latency"
-                self.knee_at = now
-                self._cooldown = True
-            elif self._peak >= _USED * self.value:
-                self._cooldown = False
-                if self.slow_start:
-                    # Double while nothing queues (then the backend has at least this many
-                    # workers, so doubling keeps its queue within one round of them); once
-                    # queueing shows, jump straight to the estimated knee instead.
-                    ratio = mean / floor
-                    factor = cfg.slow_start_factor
-                    if ratio > LatencyFloor.CONFIRM:
-                        factor = min(factor, max(1.0, cfg.latency_tolerance / ratio))
-                    self.value = min(float(cfg.ceiling), self.value * factor)
-                elif (
-                    self.knee_at is not None
-                    and now - self.knee_at <= _KNEE_MEMORY * self._window_length()
-                    and self.value >= _NEAR_KNEE * self.knee_value
-                ):
-                    # Just below a knee found lately: probe upward gently. A backend that
-                    # slows down with its own queue (thrashing) loses more to a limit that
-                    # overshoots by sqrt(limit) every other window than to a slow climb.
-                    self.value = min(float(cfg.ceiling), self.value + cfg.knee_growth)
-                else:
-                    self.value = min(
-                        float(cfg.ceiling), self.value + cfg.growth * math.sqrt(self.value)
-                    )
-                self.last_change = "growth"
-            else:
-                self.slow_start = False  # the traffic does not use what we have: ramp done
-                self.last_change = "idle"
+            self._judge(now, mean)
         self._history.append(self.value)
-        if may_probe and not self.slow_start and self.floor.stale(now, cfg.floor_probe_interval):
-            self._saved = self.value
-            self.value = max(float(cfg.floor), self.value * cfg.floor_probe_fraction)
-            self._stage = _DRAINING
-            self.last_change = "floor-probe"
+        if (
+            may_probe
+            and not self.slow_start
+            and self.floor.stale(now, self.config.floor_probe_interval)
+        ):
+            self._start_probe()
         self._reset_window(now)
+
+    def _close_measurement(self, now: float, overdue: bool) -> None:
+        """The window of a floor re-measurement: its clean answers are the new floor."""
+        if self._clean_ok >= self.config.min_samples:
+            self.floor.reset_to(now, self._clean_lat / self._clean_ok)
+            self._end_probe(restore=True)
+            self._reset_window(now)
+        elif overdue:  # too little traffic to measure: try again an interval later
+            self.floor.confirmed_at = now
+            self._end_probe(restore=True)
+            self._reset_window(now)
+
+    def _slow_by_own_lag(self, mean: float) -> bool:
+        """Our own loop stalled longer than the queueing we tolerate (a wave of arrivals being
+        read) and the window looks slow by no more than the stall: its latency may measure
+        us, not the backend.
+
+        (A window within tolerance is judged as usual: what we measure is the backend's
+        latency plus our delay, an upper bound. So is one slower than the stall explains:
+        no answer was read later than the stall made it, so the backend queued. A slow start
+        that overshot is cut then, not held for the windows in which our loop has a few ms
+        stalls.)"""
+        floor = self.floor.value
+        if floor is None:
+            return False
+        tol = self.config.latency_tolerance
+        return (
+            self._lag > (tol - 1.0) * floor
+            and mean > tol * floor
+            and mean - self._lag <= tol * floor
+        )
+
+    def _skip_lagged(self, now: float, mean: float) -> None:
+        """A window `_slow_by_own_lag` judges nothing, but a ramp full of work, with nothing
+        against it but our own stall, climbs back towards the limit it restarted below
+        (which the backend took without queueing), no further."""
+        self.last_change = "own-lag"
+        if (
+            self.slow_start
+            and self._peak >= self.tuning.used * self.value
+            and self.value < self.resume
+        ):
+            # Held below `resume`, the ramp would keep the limit under the backend's workers
+            # for as long as the storm that stalls us lasts; past it, a window that looks
+            # healthy net of our stall may still have seen the backend queue.
+            floor = self.floor.value
+            assert floor is not None  # `_slow_by_own_lag` needs one
+            factor = self._ramp_factor((mean - self._lag) / floor)
+            self.value = min(self.resume, self.value * factor)
+            self.last_change = "growth"
+            self._history.append(self.value)
+        self._reset_window(now)
+
+    def _back_off(self, now: float) -> None:
+        """Pushback or broken answers past `backpressure_ratio`: the backend says it is full."""
+        cfg = self.config
+        self.value = max(float(cfg.floor), self.value * cfg.backoff)
+        self.knee_value = self.value
+        self.grown = 0.0
+        self.slow_start = False
+        self.last_change = "backoff"
+        self.knee_at = now
+
+    def _judge(self, now: float, mean: float) -> None:
+        """A window with good answers and no pushback: learn the floor and latency from it,
+        then cut, hold, grow or note it idle by its latency gradient."""
+        self.floor.observe(now, mean)
+        self.latency = (
+            mean
+            if self.latency is None
+            else self.latency + self.tuning.latency_alpha * (mean - self.latency)
+        )
+        floor = self.floor.value
+        assert floor is not None  # just observed
+        if mean <= floor * LatencyFloor.CONFIRM:
+            self._note_proven(now)
+        gradient = self.config.latency_tolerance * floor / mean
+        if gradient < 1.0 and self._cooldown:
+            # Most answers in this window were sent before the last cut, at the old
+            # concurrency: they say nothing about the new limit. Judge the next window.
+            self._cooldown = False
+            self.last_change = "cooldown"
+        elif gradient < 1.0:
+            self._cut(now, gradient)
+        elif self._peak >= self.tuning.used * self.value:
+            self._cooldown = False
+            self._grow(now, mean / floor)
+            self.last_change = "growth"
+        else:
+            self.slow_start = False  # the traffic does not use what we have: ramp done
+            self.last_change = "idle"
+
+    def _note_proven(self, now: float) -> None:
+        """A window at floor latency proves the backend takes its concurrency without queueing.
+        Little's law gives the window's mean concurrency, with headroom for its peaks (a
+        single peak at floor latency proves little: most of it did not queue)."""
+        held = self.tuning.proven_headroom * self._lat_sum / max(now - self._window_start, 1e-9)
+        self.proven = max(self.proven, min(int(held), self._peak))
+
+    def _cut(self, now: float, gradient: float) -> None:
+        """The backend queues past the tolerance: scale the limit down by the gradient.
+
+        A deep cut by its square root: a backend that slows down with its own queue
+        (thrashing) makes latency grow faster than concurrency, and the plain gradient would
+        cut far below its knee; the next window finishes the cut if needed. Near the knee
+        the plain gradient, so the limit settles on it. Never more than halved."""
+        tuning = self.tuning
+        cut = math.sqrt(gradient) if gradient < tuning.deep_cut else gradient
+        self.value = max(float(self.config.floor), self.value * max(tuning.max_cut, cut))
+        self.knee_value = self.value  # the cut's estimate of where the knee is
+        self.grown = 0.0
+        self.slow_start = False
+        self.last_change = "latency"
+        self.knee_at = now
+        self._cooldown = True
+
+    def _grow(self, now: float, ratio: float) -> None:
+        """A healthy window that used the limit; `ratio` is its mean latency over the floor."""
+        cfg = self.config
+        if self.slow_start:
+            self.value = min(float(cfg.ceiling), self.value * self._ramp_factor(ratio))
+        elif (
+            self.knee_at is not None
+            and now - self.knee_at <= self.tuning.knee_memory * self._window_length()
+            and self.value >= self.tuning.near_knee * self.knee_value
+        ):
+            # Just below a knee found lately: probe upward gently. A backend that slows down
+            # with its own queue (thrashing) loses more to a limit that overshoots by
+            # sqrt(limit) every other window than to a slow climb.
+            self.value = min(float(cfg.ceiling), self.value + cfg.knee_growth)
+        else:
+            self.value = min(float(cfg.ceiling), self.value + cfg.growth * math.sqrt(self.value))
+
+    def _ramp_factor(self, ratio: float) -> float:
+        """Slow start's growth for a window whose latency is `ratio` x the floor: double while
+        nothing queues (then the backend has at least this many workers, so doubling keeps
+        its queue within one round of them); once queueing shows, jump straight to the
+        estimated knee instead."""
+        cfg = self.config
+        factor = cfg.slow_start_factor
+        if ratio > LatencyFloor.CONFIRM:
+            factor = min(factor, max(1.0, cfg.latency_tolerance / ratio))
+        return factor
+
+    def _start_probe(self) -> None:
+        """Lower the limit to re-measure the unloaded latency (it is restored after)."""
+        cfg = self.config
+        self._saved = self.value
+        self.value = max(float(cfg.floor), self.value * cfg.floor_probe_fraction)
+        self._stage = _DRAINING
+        self.last_change = "floor-probe"
 
     def _end_probe(self, restore: bool) -> None:
         if self._stage == _IDLE:

@@ -2,7 +2,8 @@
 
 Labels are bounded: reasons and error kinds come from closed tables, callers only from the
 configured list (all other callers are `other`), modes from the controller's four states.
-Nothing on the request path formats a label.
+Nothing on the request path formats a label. The classifier's own counters are fed into
+these by `CountingInvalidHeaders` and `CountingRetrySignals`.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
+from .classify import InvalidHeaderCounter
 from .contracts import REASONS, UPSTREAM_ERRORS
-from .retries import SIGNALS
+from .retries import SIGNALS, RetrySignalCounter
 
 MODES: tuple[str, ...] = ("NORMAL", "OUTAGE", "RECOVERY", "SHIELD")
 OUTCOMES: tuple[str, ...] = ("forwarded", "refused", "error", "cancelled")
@@ -24,14 +26,28 @@ WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class Metrics:
-    """All metrics of one Sluice process, in their own registry (tests make several)."""
+    """All metrics of one Sluice process, in their own registry (tests make several).
+
+    The families are defined by concern, one method each; every one registers in
+    `self.registry` and pre-binds the label children the request path uses."""
 
     def __init__(self, callers: Iterable[str] = (), registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        r = self.registry
         self.caller_labels: tuple[str, ...] = (*dict.fromkeys(callers), "other")
+        self._requests()
+        self._upstream()
+        self._classification()
+        self._config()
+        self._controller()
+        self._limiter()
+        self._queue()
+        self._arrivals_and_returns()
+        self._retry_budgets()
+        self._regions()
 
-        # --- the request path ---------------------------------------------------------
+    def _requests(self) -> None:
+        """How requests ended, what is in flight, and refusals held before they are sent."""
+        r = self.registry
         self.requests = Counter(
             "sluice_requests",
             "Requests by how they ended and why (reason is empty for forwarded answers).",
@@ -44,6 +60,12 @@ class Metrics:
         self.in_flight = Gauge(
             "sluice_in_flight", "Requests currently forwarded upstream.", registry=r
         )
+        self.caller_in_flight = Gauge(
+            "sluice_caller_in_flight", "Forwarded requests by caller.", ["caller"], registry=r
+        )
+        self.caller_in_flight_children = {
+            c: self.caller_in_flight.labels(c) for c in self.caller_labels
+        }
         self.held = Counter(
             "sluice_held_refusals",
             "Paced refusals held before they were sent (shedding.hold_max), all reasons.",
@@ -52,6 +74,10 @@ class Metrics:
         self.holding = Gauge(
             "sluice_holding", "Refusals being held now, before they are sent.", registry=r
         )
+
+    def _upstream(self) -> None:
+        """The upstream's answers: their latency, its failures, the health probes."""
+        r = self.registry
         self.upstream_latency = Histogram(
             "sluice_upstream_latency_seconds",
             "Time from forwarding to the upstream's response headers.",
@@ -62,6 +88,15 @@ class Metrics:
             "sluice_upstream_errors", "Upstream failures by kind.", ["kind"], registry=r
         )
         self.upstream_error = {k: self.upstream_errors.labels(k) for k in UPSTREAM_ERRORS}
+        self.probes = Counter(
+            "sluice_upstream_probes", "Active health probes by result.", ["result"], registry=r
+        )
+        self.probe_ok = self.probes.labels("ok")
+        self.probe_failed = self.probes.labels("failed")
+
+    def _classification(self) -> None:
+        """What the classifier made of request headers."""
+        r = self.registry
         self.invalid_headers = Counter(
             "sluice_invalid_headers",
             "Attempt/deadline headers present but unusable (treated as absent).",
@@ -74,6 +109,10 @@ class Metrics:
             registry=r,
         )
         self.retry_signal = [self.retries_recognised.labels(s) for s in SIGNALS]
+
+    def _config(self) -> None:
+        """Config reloads and the generation in force."""
+        r = self.registry
         self.config_reloads = Counter(
             "sluice_config_reloads", "Config reloads by result.", ["result"], registry=r
         )
@@ -86,7 +125,9 @@ class Metrics:
             registry=r,
         )
 
-        # --- the mode controller and gate ---------------------------------------------
+    def _controller(self) -> None:
+        """The mode controller: the mode, its transitions, SHIELD's TTL, dry-run."""
+        r = self.registry
         self.mode = Gauge("sluice_mode", "1 for the mode in force, else 0.", ["mode"], registry=r)
         self.mode_children = {m: self.mode.labels(m) for m in MODES}
         self.transitions = Counter(
@@ -95,35 +136,13 @@ class Metrics:
             ["from_mode", "to_mode", "reason"],
             registry=r,
         )
+        self.shield_remaining = Gauge(
+            "sluice_shield_remaining_seconds",
+            "Seconds until SHIELD ends by its TTL (0 outside SHIELD).",
+            registry=r,
+        )
         self.dry_run = Gauge(
             "sluice_dry_run", "1 while decisions are computed but not enforced.", registry=r
-        )
-        self.limit = Gauge(
-            "sluice_limit", "The learned concurrency limit towards the upstream.", registry=r
-        )
-        self.queue_depth = Gauge(
-            "sluice_queue_depth",
-            "Deferred requests waiting, by priority.",
-            ["priority"],
-            registry=r,
-        )
-        self.queue_wait = Histogram(
-            "sluice_queue_wait_seconds",
-            "Time deferred requests waited before admission or refusal.",
-            buckets=WAIT_BUCKETS,
-            registry=r,
-        )
-        self.batches = Counter("sluice_batches_released", "Recovery batches released.", registry=r)
-        self.batch_requests = Counter(
-            "sluice_batch_requests_released", "Deferred requests released in batches.", registry=r
-        )
-        self.slots_booked = Counter(
-            "sluice_retry_slots_booked", "Paced Retry-After slots booked.", registry=r
-        )
-        self.slots_redeemed = Counter(
-            "sluice_retry_slots_redeemed",
-            "Solicited returns: callers that came back in their booked slot.",
-            registry=r,
         )
         self.dry_run_decisions = Counter(
             "sluice_dry_run_decisions",
@@ -134,24 +153,21 @@ class Metrics:
         self.dry_run_decision = {
             reason: self.dry_run_decisions.labels(reason) for reason in REASONS
         }
-        self.probes = Counter(
-            "sluice_upstream_probes", "Active health probes by result.", ["result"], registry=r
-        )
-        self.probe_ok = self.probes.labels("ok")
-        self.probe_failed = self.probes.labels("failed")
         self.dry_run_deferrals = Counter(
             "sluice_dry_run_deferrals",
             "Requests that would have waited in a queue, admitted at once in dry-run mode.",
             registry=r,
         )
+
+    def _limiter(self) -> None:
+        """The learned limit, what it learned of the upstream, and our own loop's lag."""
+        r = self.registry
+        self.limit = Gauge(
+            "sluice_limit", "The learned concurrency limit towards the upstream.", registry=r
+        )
         self.limit_floor = Gauge(
             "sluice_limit_floor",
             "limiter.floor in force (the learned limit never goes below).",
-            registry=r,
-        )
-        self.shield_remaining = Gauge(
-            "sluice_shield_remaining_seconds",
-            "Seconds until SHIELD ends by its TTL (0 outside SHIELD).",
             registry=r,
         )
         self.latency_floor = Gauge(
@@ -170,6 +186,39 @@ class Metrics:
             "(our saturation, not the backend's).",
             registry=r,
         )
+
+    def _queue(self) -> None:
+        """Deferred requests: how many wait, for how long, and RECOVERY's batches."""
+        r = self.registry
+        self.queue_depth = Gauge(
+            "sluice_queue_depth",
+            "Deferred requests waiting, by priority.",
+            ["priority"],
+            registry=r,
+        )
+        self.caller_queue_depth = Gauge(
+            "sluice_caller_queue_depth",
+            "Deferred requests waiting, by caller.",
+            ["caller"],
+            registry=r,
+        )
+        self.caller_queue_children = {
+            c: self.caller_queue_depth.labels(c) for c in self.caller_labels
+        }
+        self.queue_wait = Histogram(
+            "sluice_queue_wait_seconds",
+            "Time deferred requests waited before admission or refusal.",
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.batches = Counter("sluice_batches_released", "Recovery batches released.", registry=r)
+        self.batch_requests = Counter(
+            "sluice_batch_requests_released", "Deferred requests released in batches.", registry=r
+        )
+
+    def _arrivals_and_returns(self) -> None:
+        """The arrival rate against its baseline, and the return slots booked for refusals."""
+        r = self.registry
         self.arrival_rate = Gauge(
             "sluice_arrival_rate", "Arrivals per second over the rate window.", registry=r
         )
@@ -183,27 +232,23 @@ class Metrics:
             "Unsolicited retries as a share of arrivals over the rate window.",
             registry=r,
         )
+        self.slots_booked = Counter(
+            "sluice_retry_slots_booked", "Paced Retry-After slots booked.", registry=r
+        )
+        self.slots_redeemed = Counter(
+            "sluice_retry_slots_redeemed",
+            "Solicited returns: callers that came back in their booked slot.",
+            registry=r,
+        )
         self.slots_live = Gauge(
             "sluice_retry_slots_live",
             "Booked return slots still remembered (not yet redeemed or expired).",
             registry=r,
         )
-        self.caller_queue_depth = Gauge(
-            "sluice_caller_queue_depth",
-            "Deferred requests waiting, by caller.",
-            ["caller"],
-            registry=r,
-        )
-        self.caller_queue_children = {
-            c: self.caller_queue_depth.labels(c) for c in self.caller_labels
-        }
-        self.budget_global = Gauge(
-            "sluice_retry_budget_global_remaining",
-            "Unsolicited retries all callers together may still make in the current window.",
-            registry=r,
-        )
 
-        # --- retry budgets and regions --------------------------------------------------
+    def _retry_budgets(self) -> None:
+        """Unsolicited retries against their budgets, per caller and for all callers."""
+        r = self.registry
         self.retries = Counter(
             "sluice_retries",
             "Unsolicited retries by caller and decision.",
@@ -219,22 +264,55 @@ class Metrics:
             registry=r,
         )
         self.budget_children = {c: self.budget_remaining.labels(c) for c in self.caller_labels}
+        self.budget_global = Gauge(
+            "sluice_retry_budget_global_remaining",
+            "Unsolicited retries all callers together may still make in the current window.",
+            registry=r,
+        )
+
+    def _regions(self) -> None:
+        """Requests from another region (spillover)."""
         self.spillover = Counter(
             "sluice_spillover",
             "Requests from another region, by decision.",
             ["decision"],
-            registry=r,
+            registry=self.registry,
         )
         self.spillover_served = self.spillover.labels("served")
         self.spillover_refused = self.spillover.labels("refused")
-        self.caller_in_flight = Gauge(
-            "sluice_caller_in_flight", "Forwarded requests by caller.", ["caller"], registry=r
-        )
-        self.caller_in_flight_children = {
-            c: self.caller_in_flight.labels(c) for c in self.caller_labels
-        }
 
     def set_mode(self, mode: str) -> None:
         """Set the one-hot mode gauge."""
         for name, child in self.mode_children.items():
             child.set(1 if name == mode else 0)
+
+
+class CountingInvalidHeaders(InvalidHeaderCounter):
+    """The classifier's invalid-header counter, also feeding `sluice_invalid_headers`.
+
+    Only the invalid path pays for the metric; one instance is shared by every classifier
+    across reloads so the series never goes backwards.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self._inc = metrics.invalid_headers.inc
+
+    def hit(self) -> None:
+        """Count one unusable header, in the classifier's tally and the metric."""
+        self.count += 1
+        self._inc()
+
+
+class CountingRetrySignals(RetrySignalCounter):
+    """The classifier's retry-signal counter, also feeding `sluice_retries_recognised`;
+    shared across reloads like `CountingInvalidHeaders`."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self._incs = [c.inc for c in metrics.retry_signal]
+
+    def hit(self, signal: int) -> None:
+        """Count one retry recognised by `signal`, in the classifier's tally and the metric."""
+        self.counts[signal] += 1
+        self._incs[signal]()

@@ -1,0 +1,111 @@
+"""The concurrency limiters' internal tuning: typed, frozen, with the defaults they run with.
+
+These numbers are not user settings (the config's `limiter` section holds those): they sit
+inside the algorithms and were chosen on the load-test replays. Why each value is what it is:
+docs/tuning.md. A limiter takes its tuning when it is built and keeps it; a test may build one
+with a variant (`dataclasses.replace(GRADIENT, used=0.5)`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, kw_only=True)
+class WindowTuning:
+    """How both limiters time their windows and read their history (`window.Window`)."""
+
+    max_stretch: int = 4
+    """A window short of `limiter.min_samples` answers is stretched up to this many lengths,
+    then discarded."""
+
+    window_latencies: float = 2.0
+    """A window lasts at least this many unloaded latencies."""
+
+    slow_start_window: float = 0.5
+    """The share of `limiter.window` a window lasts in slow start."""
+
+    latency_alpha: float = 0.3
+    """Weight of the newest window in the smoothed latency (`latency`)."""
+
+    knee_memory: int = 10
+    """Windows for which the last cut keeps the limit `at_knee`."""
+
+    growth_margin: float = 1.05
+    """The limit counts as growing while the peak of its last `limiter.stable_windows`
+    windows beats the peak of the ones before by this factor (`window.rising`)."""
+
+    assumed_latency: float = 0.1
+    """Seconds per answer the pace assumes before any latency was measured."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class GradientTuning(WindowTuning):
+    """The latency-gradient limiter's tuning (`limiter.Limiter`)."""
+
+    used: float = 0.9
+    """A window whose peak concurrency stayed below this share of the limit says nothing
+    about capacity: the limit does not grow on it (and such a window ends a slow start)."""
+
+    proven_headroom: float = 1.5
+    """The concurrency a window at floor latency proves: its mean concurrency (Little's law)
+    times this, at most its peak."""
+
+    deep_cut: float = 0.7
+    """A latency gradient below this is a deep cut: the limit is scaled by its square root,
+    not by the gradient itself."""
+
+    max_cut: float = 0.5
+    """One latency cut leaves at least this share of the limit."""
+
+    near_knee: float = 0.85
+    """At or above this share of where the last cut put the limit (while that cut is
+    remembered), the limit grows by `limiter.knee_growth` per window, not by sqrt(limit)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeliveryTuning(WindowTuning):
+    """The delivery-rate limiter's tuning (`delivery.DeliveryLimiter`)."""
+
+    used: float = 0.8
+    """A window says something about capacity only when its mean concurrency (its answers'
+    latency over its span) used this share of the limit."""
+
+    bandwidth_windows: int = 6
+    """Delivery-rate samples (one per saturated window) the windowed maximum spans."""
+
+    probe_cycle: tuple[float, ...] = (1.25, 1.0, 1.0, 1.0)
+    """The steady state's gains over the BDP target, one per saturated window. The first
+    entry is the probe (above 1.0); the others hold the BDP."""
+
+    grew: float = 1.1
+    """A probe whose window delivered this factor more than the maximum before it found that
+    capacity grew: STARTUP again."""
+
+    full_pipe: float = 1.25
+    """STARTUP's full-pipe test: delivery must grow by this factor ..."""
+
+    full_pipe_windows: int = 2
+    """... within this many windows, or the pipe is full."""
+
+    lagged: float = 0.5
+    """Our loop's worst stall past this share of the unloaded latency: the window's latencies
+    measure us as much as the backend (they do not feed the floor or the latency average)."""
+
+    queue_cut: float = 1.25
+    """A window whose latency, less our worst stall, exceeds `latency_tolerance` x unloaded x
+    this shows the backend queueing far past what we allow: the limit drains to the BDP."""
+
+    floor_windows: int = 3
+    """Windows at `limiter.floor` with work waiting and nothing saying the backend is full,
+    before the limit probes up regardless."""
+
+    known_windows: int = 3
+    """Delivery samples the pace needs (besides a backend seen full) to count as known."""
+
+
+GRADIENT = GradientTuning()
+"""The gradient limiter's tuning in force."""
+
+DELIVERY = DeliveryTuning()
+"""The delivery limiter's tuning in force."""
