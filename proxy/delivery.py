@@ -45,6 +45,7 @@ class DeliveryLimiter(Window):
     `limiter.Limiter` (feed answers with `add`, close windows with `tick`)."""
 
     tuning: DeliveryTuning
+    measures_pace = True  # its delivery-rate filter is the pace
     # The current window's tallies beyond `Window`'s, zeroed by `_reset_window`.
     _ticks: int
     _waited: int

@@ -123,6 +123,12 @@ class Limit(Protocol):
         """Whether `pace()` is a measurement of the backend's capacity, not an estimate."""
         ...
 
+    @property
+    def measures_pace(self) -> bool:
+        """Whether this limiter estimates the backend's pace itself (else its user measures
+        goodput while the limit is saturated: `admission.estimates`)."""
+        ...
+
 
 def make_limiter(config: LimiterConfig, now: float) -> Limit:
     """The limiter `config.algorithm` names, with its default tuning, started at `now`."""

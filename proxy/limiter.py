@@ -43,6 +43,7 @@ class Limiter(Window):
     """Adaptive concurrency limit; feed it answers with `add`, close windows with `tick`."""
 
     tuning: GradientTuning
+    measures_pace = False  # latency says where the knee is, not how fast the backend goes
     # The current window's tallies beyond `Window`'s, zeroed by `_reset_window`.
     _peak: int
 

@@ -16,8 +16,7 @@ from __future__ import annotations
 from collections import deque
 
 from ..config import Config
-from ..delivery import DeliveryLimiter
-from ..limiter import Limiter
+from ..limit import Limit
 from ..scheduler.tiers import TIER_FRESH, TIER_SOLICITED, tier_of
 
 # Smoothing of the measured throughput, per tick (about half a second at 100 ms ticks).
@@ -101,9 +100,7 @@ class Estimates:
         self._run_start = now
         self._run_ok = 0.0
 
-    def refresh(
-        self, now: float, lim: Limiter | DeliveryLimiter, baseline: float, patience: float
-    ) -> None:
+    def refresh(self, now: float, lim: Limit, baseline: float, patience: float) -> None:
         """Recompute every estimate from the limiter, the arrival baseline and the learnt
         client patience."""
         cfg = self.config
@@ -123,8 +120,8 @@ class Estimates:
         else:
             self.patience = cfg.queue.patience
 
-    def _refresh_pace(self, now: float, lim: Limiter | DeliveryLimiter, floor: float) -> None:
-        if isinstance(lim, DeliveryLimiter):
+    def _refresh_pace(self, now: float, lim: Limit, floor: float) -> None:
+        if lim.measures_pace:
             self.pace_known = lim.pace_known()
             self.pace = lim.pace() if self.pace_known else max(lim.pace(), self.throughput)
         elif self.capacity is not None and self.n_samples >= _SAMPLES_KNOWN:
@@ -136,7 +133,7 @@ class Estimates:
                 self.pace = max(self.pace, lim.limit / (floor * lim.config.latency_tolerance))
             self.pace_known = False
 
-    def _booking_pace(self, lim: Limiter | DeliveryLimiter, baseline: float) -> float:
+    def _booking_pace(self, lim: Limit, baseline: float) -> float:
         """Optimistic while the limit ramps or the pace is guessed; once measured, the
         headroom widens the returns' share (the pace less the baseline), not the whole
         pace, which would overbook that share by headroom x pace / share."""
@@ -164,6 +161,6 @@ class Estimates:
             pace = max(pace - fresh, pace * self.config.shedding.min_return_share)
         return max(pace, 1e-3)
 
-    def cap_latency(self, lim: Limiter | DeliveryLimiter) -> float:
+    def cap_latency(self, lim: Limit) -> float:
         """The latency a capped caller's slots turn over at (its cap / this = its rate)."""
         return max(lim.latency or self.expected_latency, 1e-3)

@@ -44,8 +44,7 @@ from ..contracts import Outcome, Probe, Reason, Refusal, Ticket
 from ..control.controller import Controller
 from ..control.loop_lag import LoopLag
 from ..control.ticker import Ticker
-from ..delivery import DeliveryLimiter
-from ..limiter import Limiter
+from ..limit import Limit, make_limiter
 from ..metrics import Metrics
 from ..modes import (
     Mode,
@@ -100,11 +99,7 @@ class AdmissionGate:
         self.started_at = now
         dry = config.modes.protection == "dry-run"
         self.modes = ModeController(config, now, dry_run=dry)
-        self.limiter: Limiter | DeliveryLimiter = (
-            DeliveryLimiter(config.limiter, now)
-            if config.limiter.algorithm == "delivery"
-            else Limiter(config.limiter, now)
-        )
+        self.limiter: Limit = make_limiter(config.limiter, now)
         self.budgets: RetryBudgets = budgets or LocalRetryBudgets(
             config.retry_budget, len(caller_names), now
         )

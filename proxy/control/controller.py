@@ -14,8 +14,7 @@ import logging
 
 from ..admission.estimates import Estimates
 from ..config import Config
-from ..delivery import DeliveryLimiter
-from ..limiter import Limiter
+from ..limit import Limit
 from ..metrics import Metrics
 from ..modes import (
     REASON_ERRORS,
@@ -73,7 +72,7 @@ class Controller:
         config: Config,
         metrics: Metrics,
         modes: ModeController,
-        limiter: Limiter | DeliveryLimiter,
+        limiter: Limit,
         estimates: Estimates,
         now: float,
     ) -> None:
