@@ -33,7 +33,6 @@ once; each tick, waiters that can no longer be served in time are answered at on
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -55,24 +54,19 @@ from ..ops.commands import run_command
 from ..ops.gauges import update_gauges
 from ..ops.status import gate_status
 from ..pacing import Pacer
-from ..scheduler.queue import TieredQueue
-from ..scheduler.tiers import N_PRIO, TIER_FRESH, TIER_REST, TIER_RETRY, TIER_SOLICITED, level_of
-from ..scheduler.waiter import ADMITTED, CANCELLED, REFUSED, WAITING, Waiter, Wakeups
-from ..scheduler.waits import WaitModel
+from ..scheduler.tiers import N_PRIO
+from ..scheduler.waiter import Waiter
 from ..signals import (
-    BROKEN,
-    PUSHBACK,
-    TIMEOUT,
     ArrivalRate,
     Patience,
     UpstreamHealth,
-    classify_outcome,
 )
 from .callers import Caller, CallerCaps, ConfiguredCaps, apply_caps, build_callers
 from .estimates import Estimates
 from .fresh import FreshAllowance
 from .policy import ADMIT, BUDGET_ADMITTED, BUDGET_REFUSED, QUEUE, REFUSE, Load, Policy, Verdict
 from .refusals import Refuser, key_of
+from .waitroom import WaitRoom
 
 log = logging.getLogger("sluice.gate")
 modes_log = logging.getLogger("sluice.modes")
@@ -108,12 +102,19 @@ class AdmissionGate:
         self.refuser = Refuser(config, self.pacer)
         self.policy = Policy(config)
         self.estimates = Estimates(config, now)
-        self.queue = TieredQueue(config.queue.lifo_when_older_than)
-        self.waits = WaitModel(self.queue)
-        self.wakeups = Wakeups()
         self.patience = Patience(config.queue.patience)
-        self.control = Controller(config, metrics, self.modes, self.limiter, self.estimates, now)
+        self.control = Controller(
+            config, metrics, self.modes, self.limiter, self.estimates, self.patience, now
+        )
         self.tally = self.control.tally
+        self.room = WaitRoom(
+            self,
+            config,
+            metrics,
+            (self.estimates, self.limiter, self.control, self.modes, self.patience),
+            clock,
+        )
+        self.queue = self.room.queue  # (read by views and tests; never replaced)
         self.ticker = Ticker(self, clock)
         self._names = list(caller_names)
         self.callers: list[Caller] = build_callers(
@@ -124,10 +125,7 @@ class AdmissionGate:
         self.eff = self.limiter.limit  # the limit in force
         self.draining = False
         self._fast = not dry
-        self.fresh = FreshAllowance(now)
-        self._measuring_since: float | None = None  # clean answers count from here
         self._last_prune = now
-        self._released_this_tick = 0
         self._configure(config)
         metrics.set_mode(self.modes.state.value)
         metrics.dry_run.set(1 if dry else 0)
@@ -154,6 +152,15 @@ class AdmissionGate:
         """Our own event loop's lateness."""
         return self.control.loop
 
+    @property
+    def fresh(self) -> FreshAllowance:
+        """The first tier's allowance."""
+        return self.room.fresh
+
+    def expire(self, now: float) -> None:
+        """Answer the waiters whose wait runs out before the next tick."""
+        self.room.expire(now)
+
     def next_expiry(self) -> float | None:
         """When the earliest waiter's wait runs out (None: nothing waits)."""
         return self.queue.next_expiry()
@@ -166,8 +173,6 @@ class AdmissionGate:
     def _configure(self, config: Config) -> None:
         """Cache what the request path reads from the config."""
         self.config = config
-        self._fast_error = config.modes.fast_error
-        self._streak_limit = config.modes.outage_min_samples
         self._budget_on = config.retry_budget.enabled
         self._busy_lag = config.shedding.busy_lag
         self.refuser.configure(config)
@@ -208,7 +213,7 @@ class AdmissionGate:
             self.set_dry_run(config.modes.protection == "dry-run", now)
         self._configure(config)
         self._set_eff(now, batch=False)
-        self.pump(now)
+        self.room.pump(now)
 
     # --- the request path ------------------------------------------------------------------
     def admit(self, ticket: Ticket) -> Refusal | Waiter | None:
@@ -246,37 +251,10 @@ class AdmissionGate:
         ticket.gate_state = None
         self.in_flight -= 1
         c.in_flight -= 1
-        if outcome.good:
-            tally = self.tally
-            tally.ok += 1
-            tally.lat_sum += outcome.latency
-            tally.broken_streak = 0
-            since = self._measuring_since
-            if since is not None and self._clock() - outcome.latency >= since:
-                tally.clean += 1
-                tally.clean_sum += outcome.latency
-        else:
-            self._count_failure(ticket, outcome)
+        if self.control.learn(ticket, outcome, self._clock):
+            self.ticker.evaluate_soon()  # a broken run: OUTAGE as soon as this request ends
         if self.queue.total and self.in_flight < self.eff:
-            self.pump(self._clock())
-
-    def _count_failure(self, ticket: Ticket, outcome: Outcome) -> None:
-        kind = classify_outcome(outcome.status, outcome.latency, outcome.error, self._fast_error)
-        if outcome.error == "cancelled" and ticket.deadline is None:
-            self.patience.observe(self._clock() - ticket.arrived)  # its client left
-        tally = self.tally
-        if kind == PUSHBACK:
-            tally.push += 1
-        elif kind == TIMEOUT:
-            tally.timeouts += 1
-        elif kind == BROKEN:
-            tally.broken += 1
-            tally.broken_streak += 1
-            if tally.broken_streak >= self._streak_limit:
-                # The backend is down: OUTAGE now, not at the next tick, or every request
-                # forwarded meanwhile gets the backend's own error instead of `outage`.
-                tally.broken_due = True
-                self.ticker.evaluate_soon()
+            self.room.pump(self._clock())
 
     def _admit_slow(self, t: Ticket, c: Caller) -> Refusal | Waiter | None:
         now = self._clock()
@@ -305,13 +283,13 @@ class AdmissionGate:
         if v.decision == ADMIT:
             if t.origin_region is not None:
                 self.metrics.spillover_served.inc()
-            elif not t.is_retry and not t.solicited and self.fresh.tokens >= 1.0:
-                self.fresh.tokens -= 1.0  # fresh arrivals use their share directly too
-            self._take(t, c)
+            elif not t.is_retry and not t.solicited and self.room.fresh.tokens >= 1.0:
+                self.room.fresh.tokens -= 1.0  # fresh arrivals use their share directly too
+            self.take(t, c)
             return None
         if v.decision == REFUSE:
             return self.refuse(t, c, v.reason, now)
-        return self._enqueue(t, c, now, v.expiry, v.by_deadline, mode)
+        return self._enqueue(t, c, now, v)
 
     def _decide(self, t: Ticket, c: Caller, now: float, mode: Mode) -> Verdict:
         load = Load(self.in_flight, self.eff, self.queue.total)
@@ -323,7 +301,7 @@ class AdmissionGate:
             load,
             self.estimates,
             self.budgets,
-            lambda: self.expected_wait(c, self._level(t, take=False, now=now), now),
+            lambda: self.room.expected_wait(c, self.room.level(t, take=False, now=now), now),
         )
         if v.budget == BUDGET_ADMITTED:
             self.metrics.retry_admitted[c.label].inc()
@@ -342,25 +320,21 @@ class AdmissionGate:
                 )
         elif v.decision == QUEUE:
             self.metrics.dry_run_deferrals.inc()
-        self._take(t, c)
+        self.take(t, c)
 
-    def expected_wait(self, c: Caller, level: int, now: float) -> float:
-        """The wait model's estimate for a newcomer of `c` at `level`."""
-        est = self.estimates
-        return self.waits.newcomer(
-            c,
-            level,
-            now,
-            max(est.pace, 1e-3),
-            self.level_pace(level),
-            est.cap_latency(self.limiter),
-        )
+    def _enqueue(self, t: Ticket, c: Caller, now: float, v: Verdict) -> Refusal | Waiter:
+        mode = self.modes.state
+        w = self.room.enqueue(t, c, now, v.expiry, v.by_deadline, mode)
+        depth = self.config.recovery.enter_queue_depth
+        if isinstance(w, Waiter) and mode is Mode.NORMAL and self.queue.total == depth:
+            # A backlog reopening upstream arrives faster than ticks: judge it as soon as
+            # this request is queued, so the rest of the wave is held for RECOVERY instead
+            # of shed by NORMAL's short queue.
+            self.ticker.evaluate_soon()
+        return w
 
-    def level_pace(self, level: int) -> float:
-        """Requests/s the waiters of `level` can expect (`Estimates.level_pace`)."""
-        return self.estimates.level_pace(level, self.rates.baseline or 0.0)
-
-    def _take(self, t: Ticket, c: Caller) -> None:
+    def take(self, t: Ticket, c: Caller) -> None:
+        """Hold a slot for `t` (released by `release`)."""
         self.in_flight += 1
         c.in_flight += 1
         t.gate_state = c
@@ -395,147 +369,6 @@ class AdmissionGate:
                     self.ticker.evaluate_soon()
         return refusal
 
-    def cancelled_refusal(self) -> Refusal:
-        """The answer a cancelled waiter's `wait` returns (its client is gone)."""
-        return Refusal(Reason.OVERLOAD, self.refuser.status_for(Reason.OVERLOAD), 0)
-
-    # --- queues ----------------------------------------------------------------------------
-    def _level(self, t: Ticket, take: bool, now: float) -> int:
-        """The queue level of a ticket: its priority class, then its tier. A fresh arrival
-        gets the first tier while fresh arrivals stay within the baseline rate (`take`
-        spends the token)."""
-        if t.solicited:
-            tier = TIER_SOLICITED
-        elif t.is_retry:
-            tier = TIER_RETRY
-        elif self.fresh.tokens >= 1.0 or self._refill(now) >= 1.0:
-            tier = TIER_FRESH
-            if take:
-                self.fresh.tokens -= 1.0
-        else:
-            tier = TIER_REST
-        return level_of(t.priority, tier)
-
-    def _refill(self, now: float) -> float:
-        est = self.estimates
-        return self.fresh.refill(now, est.fresh_rate, est.fresh_burst)
-
-    def _enqueue(
-        self, t: Ticket, c: Caller, now: float, expiry: float, by_deadline: bool, mode: Mode
-    ) -> Refusal | Waiter:
-        queue = self.queue
-        if queue.total >= self.config.queue.max_size and not self._make_room(
-            c, self._level(t, take=False, now=now), now
-        ):
-            return self.refuse(t, c, Reason.OUTAGE if mode is Mode.OUTAGE else Reason.OVERLOAD, now)
-        level = self._level(t, take=True, now=now)
-        w = queue.push(self, t, c, level, now, expiry, by_deadline)
-        self.control.backlog += 1
-        if mode is Mode.NORMAL and queue.total == self.config.recovery.enter_queue_depth:
-            # A backlog reopening upstream arrives faster than ticks: judge it as soon as
-            # this request is queued, so the rest of the wave is held for RECOVERY instead
-            # of shed by NORMAL's short queue.
-            self.ticker.evaluate_soon()
-        return w
-
-    def _make_room(self, c: Caller, level: int, now: float) -> bool:
-        """Queue full: refuse the waiter that gives way to `c`'s (if any does)."""
-        w = self.queue.evict_for(c, level)
-        if w is None:
-            return False
-        self._finish(w, REFUSED, self.refuse(w.ticket, w.caller, Reason.OVERLOAD, now), now)
-        return True
-
-    def _finish(
-        self, w: Waiter, state: int, result: Refusal | None, now: float, spread: bool = False
-    ) -> None:
-        """Resolve a waiter; `spread` (a refusal among many, far from its expiry) wakes it
-        through `Wakeups`, a chunk per loop iteration."""
-        self.metrics.queue_wait.observe(max(0.0, now - w.enqueued))
-        w.resolve(state, result, spread)
-
-    def pump(self, now: float) -> int:
-        """Grant waiters while the limit in force has room; returns how many."""
-        granted = 0
-        queue = self.queue
-        while queue.total and self.in_flight < self.eff:
-            w = queue.pick(now)
-            if w is None:
-                break
-            self._take(w.ticket, w.caller)
-            self._finish(w, ADMITTED, None, now)
-            granted += 1
-        if granted and self.modes.state is Mode.RECOVERY:
-            self.metrics.batch_requests.inc(granted)
-            self._released_this_tick += granted
-        return granted
-
-    def expire(self, now: float) -> None:
-        """Answer the waiters whose wait runs out before the next tick (plus our last
-        stall: a waiter read late is older to its client than to us) now, rather than a tick
-        late (after the client's own timeout)."""
-        horizon = now + self.config.recovery.batch_interval + self.loop.stall
-        expired = self.queue.take_expiring(horizon)
-        # Answered only once all are out of the queue, so each one's return is booked
-        # behind the others' (not behind a queue they are no longer in).
-        for w in expired:
-            c = w.caller
-            if w.by_deadline:
-                reason = Reason.DEADLINE
-            elif c.in_flight >= c.cap:
-                reason = Reason.CALLER_CAP
-            elif self.modes.state is Mode.OUTAGE:
-                reason = Reason.OUTAGE
-            else:
-                reason = Reason.OVERLOAD
-            self._finish(w, REFUSED, self.refuse(w.ticket, c, reason, now), now)
-
-    def rejudge(self, now: float) -> None:
-        """Answer now the waiters that, by the wait model, cannot be served before their
-        expiry: at once and with a paced Retry-After, rather than all together when their
-        waits run out. With the pace only guessed, the guess (unboosted) is used: a wave
-        must not be held to its expiry and answered all at once."""
-        est = self.estimates
-        doomed = self.waits.doomed(
-            now,
-            max(est.pace, 1e-3),
-            self.level_pace,
-            est.cap_latency(self.limiter),
-            self.loop.stall,
-        )
-        for w in doomed:
-            self.queue.remove(w)
-        for w in doomed:
-            c = w.caller
-            reason = Reason.CALLER_CAP if c.in_flight >= c.cap else Reason.OVERLOAD
-            self._finish(w, REFUSED, self.refuse(w.ticket, c, reason, now), now, spread=True)
-
-    def abandon(self, w: Waiter) -> None:
-        """The client went away: drop its waiter, or hand back a slot just granted."""
-        if w.state == WAITING:
-            self.queue.remove(w)
-            w.state = CANCELLED
-            now = self._clock()
-            self.metrics.queue_wait.observe(max(0.0, now - w.enqueued))
-            if w.ticket.deadline is None:
-                self.patience.observe(now - w.ticket.arrived)
-        elif w.state == ADMITTED:
-            w.state = CANCELLED
-            self.release(w.ticket, _CANCELLED_OUTCOME)
-
-    def refuse_all(self, reason: Reason, now: float, keep: Callable[[Caller], bool]) -> int:
-        """Answer every waiter whose caller `keep` rejects with `reason` (drain, SHIELD)."""
-        victims = self.queue.take_all(keep)
-        for w in victims:
-            self._finish(w, REFUSED, self.refuse(w.ticket, w.caller, reason, now), now, spread=True)
-        return len(victims)
-
-    def admit_all(self, now: float) -> None:
-        """Admit every waiter (dry run admits everything, including what was waiting)."""
-        for w in self.queue.take_all(lambda c: False):
-            self._take(w.ticket, w.caller)
-            self._finish(w, ADMITTED, None, now)
-
     # --- the limit in force ------------------------------------------------------------------
     def _set_eff(self, now: float, batch: bool) -> None:
         limit = self.limiter.limit
@@ -556,16 +389,16 @@ class AdmissionGate:
         and slots, evaluate the mode, release a batch, refresh gauges."""
         control = self.control
         ok, waiting = control.fold(now, self.queue.total)
-        self._refill(now)
+        self.room.refill(now)
         control.note_saturation(now, ok, self.queue.total, self.in_flight, self.eff)
-        self.expire(now)
+        self.room.expire(now)
         mode = self.modes.state
         if self.limiter.tick(now, self.in_flight, mode in (Mode.NORMAL, Mode.RECOVERY), waiting):
             self.metrics.limit.set(self.limiter.limit)
         self.refresh_estimates(now)
         if self.queue.total and mode is not Mode.OUTAGE:
-            self.rejudge(now)
-        self._measuring_since = self.limiter.measuring_since
+            self.room.rejudge(now)
+        self.control.measuring_since = self.limiter.measuring_since
         self.budgets.roll(now)
         if now - self._last_prune >= 1.0:
             self._last_prune = now
@@ -573,17 +406,17 @@ class AdmissionGate:
             apply_caps(self.callers, self._caps.caps(self._names))
         control.learn_baseline(now, waiting)
         self._evaluate(now)
-        self._released_this_tick = 0
+        self.room.released = 0
         self._set_eff(now, batch=True)
-        self.pump(now)
-        if self._released_this_tick:
+        self.room.pump(now)
+        if self.room.released:
             self.metrics.batches.inc()
         update_gauges(self, now)
 
     def evaluate_now(self, now: float) -> None:
         """Evaluate the mode out of turn (the request path asked: a wave, a broken run)."""
         self._evaluate(now)
-        self.pump(now)
+        self.room.pump(now)
 
     def on_probe(self, ok: bool, now: float) -> None:
         """Record an active health probe's result and re-evaluate the mode at once."""
@@ -609,7 +442,7 @@ class AdmissionGate:
             allow = self.modes.shield_allow
             for c in self.callers:
                 c.allowed = c.name in allow
-            self.refuse_all(Reason.SHIELD, now, keep=lambda c: c.allowed)
+            self.room.refuse_all(Reason.SHIELD, now, keep=lambda c: c.allowed)
         self._set_eff(now, batch=True)
         self.ticker.probe_soon(now)
 
@@ -622,7 +455,7 @@ class AdmissionGate:
         """Refuse new work and answer every waiter with `draining`."""
         self.draining = True
         self._fast = False
-        self.refuse_all(Reason.DRAINING, self._clock(), keep=lambda c: False)
+        self.room.refuse_all(Reason.DRAINING, self._clock(), keep=lambda c: False)
 
     async def stop(self) -> None:
         """Stop the ticker and any probe in flight."""
@@ -634,22 +467,16 @@ class AdmissionGate:
         self.metrics.dry_run.set(1 if on else 0)
         self._set_eff(now, batch=True)
         if on:
-            self.admit_all(now)
-        self.pump(now)
+            self.room.admit_all(now)
+        self.room.pump(now)
 
     def command(self, action: str, **params: Any) -> dict[str, Any]:
         """Operator command: `recovery`, `shield` (ttl, allow), `normal`, `dry-run` (on)."""
         return run_command(self, action, params)
 
     def upstream_refusal(self, ticket: Ticket, status: int) -> Refusal | None:
-        """The answer to send instead of an upstream 5xx (None: relay it): in OUTAGE (not
-        dry run) the reason table's `outage`, with when to come back, books no slot."""
-        if status < 500 or self.modes.state is not Mode.OUTAGE or self.modes.dry_run:
-            return None
-        sh = self.config.shedding
-        left = self.modes.expected_outage_left(self._clock())
-        ms = math.ceil(min(max(sh.retry_after_unbooked, left), sh.retry_after_max) * 1000)
-        return Refusal(Reason.OUTAGE, 503, ms)
+        """The answer to send instead of an upstream 5xx (None: relay it)."""
+        return self.refuser.upstream_refusal(status, self.modes, self._clock())
 
     def calm(self) -> bool:
         """NORMAL and not draining: no surge in hand."""

@@ -91,6 +91,16 @@ class Refuser:
             return self._held(t, reason, ms, now, est, stall)
         return Refusal(reason, self.status_for(reason), ms)
 
+    def upstream_refusal(self, status: int, modes: ModeController, now: float) -> Refusal | None:
+        """In OUTAGE (not dry run), the reason table's `outage` instead of an upstream 5xx,
+        unbooked, not before the outage is expected to end (None: relay the answer)."""
+        if status < 500 or modes.state is not Mode.OUTAGE or modes.dry_run:
+            return None
+        sh = self.config.shedding
+        left = modes.expected_outage_left(now)
+        ms = _ms(min(max(sh.retry_after_unbooked, left), sh.retry_after_max))
+        return Refusal(Reason.OUTAGE, 503, ms)
+
     def _book(
         self,
         t: Ticket,

@@ -1,4 +1,5 @@
-"""The control loop's pure part: per-tick counters folded into the signals, saturation, the
+"""The control loop's pure part: what each answer teaches (the tally), the tally folded into
+the signals each tick, saturation, the
 snapshot the mode machine decides on, and what a mode change does to the signals and the
 limiter.
 
@@ -11,9 +12,11 @@ per transition.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from ..admission.estimates import Estimates
 from ..config import Config
+from ..contracts import Outcome, Ticket
 from ..limit import Limit
 from ..metrics import Metrics
 from ..modes import (
@@ -25,7 +28,15 @@ from ..modes import (
     Transition,
     possible_transitions,
 )
-from ..signals import ArrivalRate, UpstreamHealth
+from ..signals import (
+    BROKEN,
+    PUSHBACK,
+    TIMEOUT,
+    ArrivalRate,
+    Patience,
+    UpstreamHealth,
+    classify_outcome,
+)
 from .loop_lag import LoopLag
 
 modes_log = logging.getLogger("sluice.modes")
@@ -74,6 +85,7 @@ class Controller:
         modes: ModeController,
         limiter: Limit,
         estimates: Estimates,
+        patience: Patience,
         now: float,
     ) -> None:
         self.config = config
@@ -81,12 +93,14 @@ class Controller:
         self.modes = modes
         self.limiter = limiter
         self.estimates = estimates
+        self.patience = patience
         self.health = UpstreamHealth(config.modes.error_window)
         self.rates = ArrivalRate(
             config.recovery.rate_window, config.recovery.baseline_halflife, now
         )
         self.loop = LoopLag(now)
         self.tally = Tally()
+        self.measuring_since: float | None = None  # clean answers count from here (limiter)
         self.started_at = now
         self.backlog = 0  # requests held or shed since the mode began
         self._last_tick = now
@@ -112,6 +126,37 @@ class Controller:
             baseline = self.rates.baseline
             self.rates = ArrivalRate(rec.rate_window, rec.baseline_halflife, now)
             self.rates.baseline = baseline
+
+    # --- each answer ----------------------------------------------------------------------
+    def learn(self, ticket: Ticket, outcome: Outcome, clock: Callable[[], float]) -> bool:
+        """Count an admitted request's outcome; True when it extends a run of broken answers
+        past `modes.outage_min_samples` (the backend is down: evaluate at once)."""
+        t = self.tally
+        if outcome.good:
+            t.ok += 1
+            t.lat_sum += outcome.latency
+            t.broken_streak = 0
+            since = self.measuring_since
+            if since is not None and clock() - outcome.latency >= since:
+                t.clean += 1
+                t.clean_sum += outcome.latency
+            return False
+        kind = classify_outcome(
+            outcome.status, outcome.latency, outcome.error, self.config.modes.fast_error
+        )
+        if outcome.error == "cancelled" and ticket.deadline is None:
+            self.patience.observe(clock() - ticket.arrived)  # its client left
+        if kind == PUSHBACK:
+            t.push += 1
+        elif kind == TIMEOUT:
+            t.timeouts += 1
+        elif kind == BROKEN:
+            t.broken += 1
+            t.broken_streak += 1
+            if t.broken_streak >= self.config.modes.outage_min_samples:
+                t.broken_due = True
+                return True
+        return False
 
     # --- each tick ----------------------------------------------------------------------------
     def fold(self, now: float, queued: int) -> tuple[int, bool]:

@@ -1,7 +1,7 @@
 """Operator commands on the gate (`POST /mode`): recovery, shield, normal, dry-run.
 
 Parameters are validated here, with errors that say what to send; the gate carries out the
-transition through its public `apply_transition`, `set_dry_run` and `pump`.
+transition through its public `apply_transition`, `set_dry_run` and its waiting room's `pump`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def run_command(gate: AdmissionGate, action: str, params: dict[str, Any]) -> dic
         )
     if transition is not None:
         gate.apply_transition(transition, now)
-        gate.pump(now)
+        gate.room.pump(now)
     return {
         "mode": modes.state.value,
         "changed": transition is not None,

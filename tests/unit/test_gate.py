@@ -1011,7 +1011,7 @@ def test_first_tries_beyond_the_allowance_go_before_retries_read_after_them() ->
     retries = [waiter(g.admit(h.ticket(retry=True))) for _ in range(3)]
     assert {_tier(w) for w in retries} == {_TIER_RETRY}
     g.eff += 1
-    g.pump(h.clock())
+    g.room.pump(h.clock())
     assert first.state == ADMITTED
     assert all(w.state == WAITING for w in retries)
 
@@ -1085,7 +1085,7 @@ def _grant_order(h: Harness, waiters: list[Waiter]) -> list[Waiter]:
     order: list[Waiter] = []
     for _ in waiters:
         g.eff += 1
-        g.pump(h.clock())
+        g.room.pump(h.clock())
         order += [w for w in waiters if w.state == ADMITTED and w not in order]
     return order
 
@@ -1133,7 +1133,9 @@ def test_under_lifo_the_first_tier_keeps_the_order_of_waiters_still_on_time() ->
     after = waiter(g.admit(h.ticket("orch")))
     # A newcomer goes behind the three on time, not ahead of everyone.
     level = after.lane.level
-    assert g.expected_wait(after.caller, level, h.clock()) == pytest.approx(4 / g.level_pace(level))
+    assert g.room.expected_wait(after.caller, level, h.clock()) == pytest.approx(
+        4 / g.room.level_pace(level)
+    )
     assert _grant_order(h, [late, *burst, after]) == [*burst, after, late]
 
 
@@ -1166,7 +1168,7 @@ def test_returns_are_judged_by_their_place_in_arrival_order() -> None:
     now = h.clock()
     for w in [*a, *b]:
         w.expiry = now + 0.32  # room for six returns at 20/s, not for seven
-    g.rejudge(now)
+    g.room.rejudge(now)
     assert [w.state for w in a] == [WAITING] * 6
     assert b[0].state == REFUSED  # the latest to arrive, whichever its caller
 

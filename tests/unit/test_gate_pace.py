@@ -69,8 +69,8 @@ def test_solicited_waits_are_judged_against_the_expected_fresh_traffic() -> None
     g = h.gate
     solicited = NORMAL_PRIORITY * _TIERS + _TIER_SOLICITED
     rest = NORMAL_PRIORITY * _TIERS + _TIER_REST
-    assert g.level_pace(solicited) == pytest.approx(100.0)  # 200 - the baseline
-    assert g.level_pace(rest) == pytest.approx(80.0)  # 200 - the fresh tier's 1.2 x baseline
+    assert g.room.level_pace(solicited) == pytest.approx(100.0)  # 200 - the baseline
+    assert g.room.level_pace(rest) == pytest.approx(80.0)  # 200 - the fresh tier's 1.2 x baseline
 
 
 @pytest.mark.parametrize(
