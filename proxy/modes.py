@@ -4,7 +4,7 @@ Read it like h11's `_state.py`: the states, the events, one table of legal moves
 function (`next_mode`) that applies an event or raises `IllegalTransition`. `ModeController`
 adds what the table cannot say: when to fire an event (`evaluate`, from a `Snapshot` of the
 signals), minimum dwell in every mode, the RECOVERY hold, SHIELD's time-to-live and allow-list,
-the dry-run flag, and a bounded history of transitions. It does no I/O: the gate logs and
+and a bounded history of transitions. It does no I/O: the gate logs and
 counts the `Transition` records it returns.
 
 | from     | event            | to       | why                                                |
@@ -194,13 +194,12 @@ class Snapshot:
 class ModeController:
     """The current mode, what moves it, and its recent history."""
 
-    def __init__(self, config: Config, now: float, dry_run: bool = False) -> None:
+    def __init__(self, config: Config, now: float) -> None:
         self.config = config
         self.state = Mode.NORMAL
         self.since = now
         self.reason = "start"
         self.started_at = now
-        self.dry_run = dry_run
         self.shield_until = 0.0
         self.shield_allow: frozenset[str] = frozenset()
         self.history: deque[Transition] = deque(maxlen=config.modes.transitions_kept)

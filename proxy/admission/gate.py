@@ -92,7 +92,10 @@ class AdmissionGate:
         self.config = config
         self.started_at = now
         dry = config.modes.protection == "dry-run"
-        self.modes = ModeController(config, now, dry_run=dry)
+        self.modes = ModeController(config, now)
+        # A protection setting (`modes.protection: dry-run`, or the operator's `dry-run`
+        # command), not a mode: the modes move as usual, and every verdict is only counted.
+        self.dry_run = dry
         self.limiter: Limit = make_limiter(config.limiter, now)
         self.budgets: RetryBudgets = budgets or LocalRetryBudgets(
             config.retry_budget, len(caller_names), now
@@ -277,7 +280,7 @@ class AdmissionGate:
             # answer if it expires) costs the CPU we lack, and answers read late would teach
             # the limiter a slow backend. Refuse at once, unbooked, with our own reason.
             v = Verdict(REFUSE, Reason.BUSY)
-        if self.modes.dry_run:
+        if self.dry_run:
             self._dry_run_verdict(t, c, v, mode)
             return None
         if v.decision == ADMIT:
@@ -380,7 +383,7 @@ class AdmissionGate:
             self.eff = min(limit, self.config.modes.outage_trickle)
         else:
             self.eff = limit
-        self._fast = mode is Mode.NORMAL and not self.draining and not self.modes.dry_run
+        self._fast = mode is Mode.NORMAL and not self.draining and not self.dry_run
 
     # --- the ticker's rounds -------------------------------------------------------------------
     def tick(self, now: float) -> None:
@@ -463,7 +466,16 @@ class AdmissionGate:
 
     def set_dry_run(self, on: bool, now: float) -> None:
         """Turn dry run on or off (on: everything waiting is admitted)."""
-        self.modes.dry_run = on
+        if on != self.dry_run:
+            log.warning(
+                "dry run %s: %s",
+                "on" if on else "off",
+                "every request is admitted, verdicts only counted"
+                if on
+                else "verdicts are enforced again",
+                extra={"dry_run": on, "mode": self.modes.state.value},
+            )
+        self.dry_run = on
         self.metrics.dry_run.set(1 if on else 0)
         self._set_eff(now, batch=True)
         if on:
@@ -476,6 +488,8 @@ class AdmissionGate:
 
     def upstream_refusal(self, ticket: Ticket, status: int) -> Refusal | None:
         """The answer to send instead of an upstream 5xx (None: relay it)."""
+        if self.dry_run:
+            return None
         return self.refuser.upstream_refusal(status, self.modes, self._clock())
 
     def calm(self) -> bool:

@@ -92,9 +92,9 @@ class Refuser:
         return Refusal(reason, self.status_for(reason), ms)
 
     def upstream_refusal(self, status: int, modes: ModeController, now: float) -> Refusal | None:
-        """In OUTAGE (not dry run), the reason table's `outage` instead of an upstream 5xx,
+        """In OUTAGE, the reason table's `outage` instead of an upstream 5xx,
         unbooked, not before the outage is expected to end (None: relay the answer)."""
-        if status < 500 or modes.state is not Mode.OUTAGE or modes.dry_run:
+        if status < 500 or modes.state is not Mode.OUTAGE:
             return None
         sh = self.config.shedding
         left = modes.expected_outage_left(now)

@@ -279,7 +279,6 @@ class Controller:
                 "queue": queued,
                 "limit": self.limiter.limit,
                 "in_flight": in_flight,
-                "dry_run": self.modes.dry_run,
             },
         )
         self.backlog = 0

@@ -47,7 +47,7 @@ def run_command(gate: AdmissionGate, action: str, params: dict[str, Any]) -> dic
         "mode": modes.state.value,
         "changed": transition is not None,
         "transition": transition.to_dict(now) if transition is not None else None,
-        "dry_run": modes.dry_run,
+        "dry_run": gate.dry_run,
     }
 
 

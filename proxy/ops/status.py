@@ -22,7 +22,7 @@ def gate_status(gate: AdmissionGate) -> dict[str, Any]:
         "mode_reason": modes.reason,
         "mode_for_s": round(now - modes.since, 3),
         "protection": gate.config.modes.protection,
-        "dry_run": modes.dry_run,
+        "dry_run": gate.dry_run,
         "draining": gate.draining,
         **_limit_doc(gate),
         "in_flight": gate.in_flight,

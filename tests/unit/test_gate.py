@@ -438,7 +438,7 @@ def test_bad_commands_raise_clear_errors(action: str, params: dict[str, Any], me
     h = Harness()
     with pytest.raises(ValueError, match=message):
         h.gate.command(action, **params)
-    assert h.gate.modes.state is Mode.NORMAL and not h.gate.modes.dry_run
+    assert h.gate.modes.state is Mode.NORMAL and not h.gate.dry_run
 
 
 def test_operator_commands_are_idempotent() -> None:
