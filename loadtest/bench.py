@@ -833,7 +833,7 @@ FLOOR_ROWS = ("aiohttp-static", "aiohttp+lean")
 
 
 def gate_available() -> bool:
-    """The admission engine (proxy/gate.py) is importable."""
+    """The admission engine (proxy/admission/gate.py) is importable."""
     try:
         import proxy.admission.gate  # noqa: F401
     except ImportError:
@@ -980,7 +980,7 @@ def _bench_body(
             row.skipped = f"{name} not installed ({INSTALL_HINT})"
             continue
         if name == "sluice-shield" and not has_gate:
-            row.skipped = "gate not available (proxy/gate.py missing)"
+            row.skipped = "gate not available (proxy/admission/gate.py missing)"
             continue
         port = free_port()
         if name == "nginx":

@@ -46,9 +46,9 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from proxy.arrival import DEFAULT_PERIOD, ArrivalClock
 from proxy.config import load_config_data
-from proxy.lifecycle import Server, start_server
+from proxy.edge.arrival import DEFAULT_PERIOD, ArrivalClock
+from proxy.edge.lifecycle import Server, start_server
 
 from .backend import BackendConfig, Simulator, build_apps
 from .httpclient import Pool

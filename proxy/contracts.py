@@ -72,7 +72,7 @@ class Ticket:
     caller_index: int  # 0..K-1 configured callers, K..K+B-1 fair buckets
     priority: int  # index into PRIORITY_CLASSES, 0 = highest
     # Zero-based, from an attempt header or the sightings of a per-call id; None when nothing
-    # tells (proxy/retries.py).
+    # tells (proxy/admission/retries.py).
     attempt: int | None
     is_retry: bool  # attempt > 0, or a repeat after an unspent failure of the same request
     origin_region: str | None  # None = local traffic

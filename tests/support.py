@@ -23,7 +23,7 @@ import yaml
 from aiohttp import web
 
 from proxy.config import Config, load_config_data
-from proxy.lifecycle import Server, start_server
+from proxy.edge.lifecycle import Server, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 # The gate the integration tests run with unless a test says otherwise.

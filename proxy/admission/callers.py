@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from ..config import Config
-from ..pacing import Booking
+from .pacing import Booking
 
 NO_CAP = 1 << 62
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import deque
 
 from ..config import Config
-from ..limit import Limit
+from ..control.limit import Limit
 from ..scheduler.tiers import TIER_FRESH, TIER_SOLICITED, tier_of
 
 # Smoothing of the measured throughput, per tick (about half a second at 100 ms ticks).

@@ -37,33 +37,33 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..budgets import LocalRetryBudgets, RetryBudgets
 from ..config import Config
 from ..contracts import Outcome, Probe, Reason, Refusal, Ticket
 from ..control.controller import Controller
+from ..control.limit import Limit, make_limiter
 from ..control.loop_lag import LoopLag
-from ..control.ticker import Ticker
-from ..limit import Limit, make_limiter
-from ..metrics import Metrics
-from ..modes import (
+from ..control.modes import (
     Mode,
     ModeController,
     Transition,
 )
-from ..ops.commands import run_command
-from ..ops.gauges import update_gauges
-from ..ops.status import gate_status
-from ..pacing import Pacer
-from ..scheduler.tiers import N_PRIO
-from ..scheduler.waiter import Waiter
-from ..signals import (
+from ..control.signals import (
     ArrivalRate,
     Patience,
     UpstreamHealth,
 )
+from ..control.ticker import Ticker
+from ..ops.commands import run_command
+from ..ops.gauges import update_gauges
+from ..ops.metrics import Metrics
+from ..ops.status import gate_status
+from ..scheduler.tiers import N_PRIO
+from ..scheduler.waiter import Waiter
+from .budgets import LocalRetryBudgets, RetryBudgets
 from .callers import Caller, CallerCaps, ConfiguredCaps, apply_caps, build_callers
 from .estimates import Estimates
 from .fresh import FreshAllowance
+from .pacing import Pacer
 from .policy import ADMIT, BUDGET_ADMITTED, BUDGET_REFUSED, QUEUE, REFUSE, Load, Policy, Verdict
 from .refusals import Refuser, key_of
 from .waitroom import WaitRoom

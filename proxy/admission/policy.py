@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ..budgets import RetryBudgets
 from ..config import Config
 from ..contracts import Reason, Ticket
-from ..modes import Mode
+from ..control.modes import Mode
+from .budgets import RetryBudgets
 from .callers import Caller
 from .estimates import Estimates
 

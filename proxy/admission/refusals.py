@@ -13,10 +13,10 @@ import math
 
 from ..config import Config
 from ..contracts import Reason, Refusal, Ticket
-from ..modes import Mode, ModeController
-from ..pacing import Pacer
+from ..control.modes import Mode, ModeController
 from .callers import Caller
 from .estimates import Estimates
+from .pacing import Pacer
 
 # Reasons whose Retry-After books no slot: the client should go elsewhere (spillover,
 # draining), or we cannot say when there will be room (busy: our own loop, not the backend,

@@ -15,14 +15,14 @@ from typing import Protocol
 from ..config import Config
 from ..contracts import Outcome, Reason, Refusal, Ticket
 from ..control.controller import Controller
-from ..limit import Limit
-from ..metrics import Metrics
-from ..modes import Mode, ModeController
+from ..control.limit import Limit
+from ..control.modes import Mode, ModeController
+from ..control.signals import Patience
+from ..ops.metrics import Metrics
 from ..scheduler.queue import TieredQueue
 from ..scheduler.tiers import TIER_FRESH, TIER_REST, TIER_RETRY, TIER_SOLICITED, level_of
 from ..scheduler.waiter import ADMITTED, CANCELLED, REFUSED, WAITING, Waiter, Wakeups
 from ..scheduler.waits import WaitModel
-from ..signals import Patience
 from .callers import Caller
 from .estimates import Estimates
 from .fresh import FreshAllowance

@@ -17,9 +17,10 @@ from collections.abc import Callable
 from ..admission.estimates import Estimates
 from ..config import Config
 from ..contracts import Outcome, Ticket
-from ..limit import Limit
-from ..metrics import Metrics
-from ..modes import (
+from ..ops.metrics import Metrics
+from .limit import Limit
+from .loop_lag import LoopLag
+from .modes import (
     REASON_ERRORS,
     Event,
     Mode,
@@ -28,7 +29,7 @@ from ..modes import (
     Transition,
     possible_transitions,
 )
-from ..signals import (
+from .signals import (
     BROKEN,
     PUSHBACK,
     TIMEOUT,
@@ -37,7 +38,6 @@ from ..signals import (
     UpstreamHealth,
     classify_outcome,
 )
-from .loop_lag import LoopLag
 
 modes_log = logging.getLogger("sluice.modes")
 

@@ -11,7 +11,7 @@ from typing import Protocol
 
 from ..config import Config
 from ..contracts import Probe
-from ..modes import Mode
+from .modes import Mode
 
 log = logging.getLogger("sluice.gate")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..config import PRIORITY_CLASSES
-from ..modes import Mode
+from ..control.modes import Mode
+from ..control.signals import UpstreamHealth
 from ..scheduler.tiers import TIER_NAMES
-from ..signals import UpstreamHealth
 
 if TYPE_CHECKING:
     from ..admission.gate import AdmissionGate

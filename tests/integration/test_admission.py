@@ -16,10 +16,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy import app
 from proxy.admission.gate import AdmissionGate
 from proxy.contracts import Refusal
-from proxy.lifecycle import Server
+from proxy.edge import app
+from proxy.edge.lifecycle import Server
 from tests.support import EchoBackend, running_backend, running_sluice, sluice_config, wait_for
 
 
@@ -91,7 +91,7 @@ async def test_spare_spillover_refused_outside_normal(
 
 
 async def test_calm_only_in_normal_and_not_draining(backend: EchoBackend) -> None:
-    # What paces the full garbage collections (proxy.gcpacing): never inside a surge.
+    # What paces the full garbage collections (proxy.edge.gcpacing): never inside a surge.
     async with running_sluice(protected(backend)) as server:
         assert server.sluice.calm()
         gate(server).command("recovery")

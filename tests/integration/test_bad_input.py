@@ -20,7 +20,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.lifecycle import Server
+from proxy.edge.lifecycle import Server
 from tests.support import EchoBackend, running_backend, running_sluice, sluice_config, wait_for
 
 LIMITS = {

@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
-from proxy.lifecycle import Server
+from proxy.edge.lifecycle import Server
 from tests.support import running_sluice, sluice_config, wait_for
 
 CLIENTS = ["aiohttp"]

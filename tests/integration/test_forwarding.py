@@ -12,7 +12,7 @@ import orjson
 import pytest
 from yarl import URL
 
-from proxy.lifecycle import Server
+from proxy.edge.lifecycle import Server
 from tests.support import (
     EchoBackend,
     free_port,

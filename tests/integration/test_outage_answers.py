@@ -17,7 +17,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from proxy.lifecycle import Server
+from proxy.edge.lifecycle import Server
 from tests.support import running_sluice, sluice_config, wait_for
 
 BROKEN_STREAK = 3  # modes.outage_min_samples: this many fast 500s in a row mean OUTAGE

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.lifecycle import Server
+from proxy.edge.lifecycle import Server
 from tests.support import free_port, get_json, running_sluice, sluice_config
 
 TOKEN = "readiness-token-0123456789"

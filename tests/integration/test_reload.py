@@ -19,9 +19,9 @@ import pytest
 import yaml
 
 from proxy.admission.gate import AdmissionGate
+from proxy.admission.passthrough import PassThroughGate
 from proxy.config import load_config
-from proxy.lifecycle import Server
-from proxy.passthrough import PassThroughGate
+from proxy.edge.lifecycle import Server
 from tests.support import EchoBackend, running_backend, running_sluice
 
 RESULTS = ("ok", "invalid", "restart-required")

@@ -16,7 +16,7 @@ import pytest
 
 from proxy.config import AdminConfig, load_config
 from proxy.contracts import Ticket
-from proxy.lifecycle import Server
+from proxy.edge.lifecycle import Server
 from proxy.logs import JsonFormatter
 from tests.support import EchoBackend, running_backend, running_sluice, sluice_config
 

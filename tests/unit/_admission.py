@@ -5,11 +5,11 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from proxy.admission.classify import Classifier
 from proxy.admission.gate import AdmissionGate
-from proxy.classify import Classifier
 from proxy.config import PRIORITY_CLASSES, Config, load_config_data
 from proxy.contracts import Outcome, Ticket
-from proxy.metrics import Metrics
+from proxy.ops.metrics import Metrics
 from proxy.scheduler.waiter import ADMITTED, WAITING, Waiter
 
 NORMAL_PRIORITY = PRIORITY_CLASSES.index("normal")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.admin import TokenError, load_admin_token
 from proxy.config import AdminConfig
+from proxy.edge.admin import TokenError, load_admin_token
 
 
 def test_token_from_file(tmp_path: Path) -> None:

@@ -13,12 +13,12 @@ import asyncio
 
 import pytest
 
-from proxy import arrival
-from proxy.arrival import ArrivalClock
+from proxy.edge import arrival
+from proxy.edge.arrival import ArrivalClock
 
 
 class FakeTime:
-    """Stands in for the `time` module in proxy.arrival: `monotonic()` is `now`, and every
+    """Stands in for the `time` module in proxy.edge.arrival: `monotonic()` is `now`, and every
     reading is recorded."""
 
     def __init__(self, now: float = 0.0) -> None:

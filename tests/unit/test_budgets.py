@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.budgets import LocalRetryBudgets
+from proxy.admission.budgets import LocalRetryBudgets
 from proxy.config import RetryBudgetConfig
 
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from proxy.classify import Classifier, parse_nonneg_int
+from proxy.admission.classify import Classifier, parse_nonneg_int
+from proxy.admission.retries import SIGNALS, CallIds, FailureCredits, parse_amz_sdk_request
 from proxy.config import load_config_data
-from proxy.retries import SIGNALS, CallIds, FailureCredits, parse_amz_sdk_request
 
 TRUSTED = "127.0.0.1"
 UNTRUSTED = "198.51.100.9"

@@ -8,7 +8,6 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from proxy.cli import main
 from proxy.config import (
     Config,
     ConfigError,
@@ -17,6 +16,7 @@ from proxy.config import (
     parse_duration,
     restart_only_changes,
 )
+from proxy.edge.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = {"upstream": {"url": "http://127.0.0.1:8081"}}

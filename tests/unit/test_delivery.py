@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from proxy.config import LimiterConfig
-from proxy.delivery import DeliveryLimiter
+from proxy.control.delivery import DeliveryLimiter
 
 Backend = Callable[[int], float]  # concurrency -> latency at the backend
 

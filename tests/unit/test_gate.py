@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from proxy.contracts import Refusal, Ticket
-from proxy.modes import Mode
+from proxy.control.modes import Mode
 from proxy.scheduler.waiter import ADMITTED, CANCELLED, REFUSED, WAITING, Waiter
 
 from ._admission import Harness, error, ok, status

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from proxy.admission.passthrough import PassThroughGate
 from proxy.contracts import Reason, Refusal
-from proxy.metrics import Metrics
-from proxy.modes import Mode
-from proxy.passthrough import PassThroughGate
+from proxy.control.modes import Mode
+from proxy.ops.metrics import Metrics
 
 from ._admission import Harness, error, make_config
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from proxy.contracts import Refusal
-from proxy.forward import refusal_response
-from proxy.modes import Mode
+from proxy.control.modes import Mode
+from proxy.edge.forward import refusal_response
 from proxy.scheduler.tiers import TIER_REST as _TIER_REST
 from proxy.scheduler.tiers import TIER_SOLICITED as _TIER_SOLICITED
 from proxy.scheduler.tiers import TIERS as _TIERS

@@ -18,7 +18,7 @@ from hypothesis.stateful import (
 
 from proxy.admission.callers import NO_CAP
 from proxy.contracts import REASONS, Outcome, Refusal, Ticket
-from proxy.modes import Mode
+from proxy.control.modes import Mode
 from proxy.scheduler.waiter import ADMITTED, REFUSED, WAITING, Waiter
 
 from ._admission import Harness

@@ -8,7 +8,7 @@ import gc
 import pytest
 
 from proxy.config import ConfigError, load_config_data
-from proxy.gcpacing import (
+from proxy.edge.gcpacing import (
     INCREMENTAL_GC,
     full_collection_due,
     give_back_full_collections,

@@ -14,8 +14,8 @@ import pytest
 from aiohttp.http_parser import HttpRequestParserC, HttpRequestParserPy, RawRequestMessage
 
 from proxy.config import ListenConfig
-from proxy.guard import CountingInvalidHeaders, classify_parse_error, screen
-from proxy.metrics import Metrics
+from proxy.edge.guard import CountingInvalidHeaders, classify_parse_error, screen
+from proxy.ops.metrics import Metrics
 
 EQUAL = ListenConfig(max_line_size=1024, max_field_size=1024, max_headers=20)
 GET = b"GET / HTTP/1.1\r\nHost: s\r\n"

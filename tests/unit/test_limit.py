@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 
 from proxy.config import LimiterConfig
-from proxy.delivery import DeliveryLimiter
-from proxy.limit import Limit, make_limiter
-from proxy.limiter import Limiter
+from proxy.control.delivery import DeliveryLimiter
+from proxy.control.limit import Limit, make_limiter
+from proxy.control.limiter import Limiter
 from proxy.tuning import DELIVERY, GRADIENT, DeliveryTuning, GradientTuning
 
 ALGORITHMS = ["gradient", "delivery"]

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from proxy.config import LimiterConfig
-from proxy.limiter import Limiter
+from proxy.control.limiter import Limiter
 
 Backend = Callable[[int], float]  # concurrency -> latency
 

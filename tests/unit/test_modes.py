@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from proxy.modes import (
+from proxy.control.modes import (
     OPERATOR_EVENTS,
     REASON_DRAINED,
     REASON_ERRORS,
@@ -26,7 +26,7 @@ from proxy.modes import (
     Snapshot,
     next_mode,
 )
-from proxy.signals import HealthView
+from proxy.control.signals import HealthView
 
 from ._admission import make_config
 

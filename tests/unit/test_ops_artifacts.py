@@ -20,8 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.admission.gate import AdmissionGate
 from proxy.config import Config, ListenConfig
-from proxy.guard import Guard
-from proxy.metrics import Metrics
+from proxy.edge.guard import Guard
+from proxy.ops.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana-dashboard.json"

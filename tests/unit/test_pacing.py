@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from proxy.admission.pacing import Pacer
 from proxy.config import SheddingConfig
-from proxy.pacing import Pacer
 
 
 def pacer(callers: int = 3, **kw: object) -> Pacer:

@@ -6,8 +6,8 @@ import orjson
 import pytest
 
 from proxy.contracts import REASONS, Reason, Refusal
-from proxy.forward import refusal_response
-from proxy.metrics import Metrics
+from proxy.edge.forward import refusal_response
+from proxy.ops.metrics import Metrics
 
 
 def test_every_reason_has_its_statuses_in_the_table_and_the_table_has_no_other() -> None:

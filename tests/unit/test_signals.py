@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.signals import (
+from proxy.control.signals import (
     BROKEN,
     IGNORE,
     OK,

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections import deque
 
-from .config import LimiterConfig
+from ..config import LimiterConfig
+from ..tuning import WindowTuning
 from .signals import LatencyFloor
-from .tuning import WindowTuning
 
 
 def rising(history: deque[float], k: int, margin: float) -> bool:

@@ -19,9 +19,10 @@ from typing import Any
 
 from aiohttp import web
 
+from ..config import Config, ConfigError, load_config
+from ..logs import set_level
 from .admin import Admin, build_admin_app, load_admin_token
 from .app import ReloadRefused, Sluice, build_proxy_server
-from .config import Config, ConfigError, load_config
 from .gcpacing import (
     INCREMENTAL_GC,
     give_back_full_collections,
@@ -29,7 +30,6 @@ from .gcpacing import (
     take_over_full_collections,
 )
 from .guard import Guard, GuardedServer
-from .logs import set_level
 
 log = logging.getLogger("sluice.lifecycle")
 
@@ -224,7 +224,7 @@ async def run(config: Config, config_path: Path | None) -> int:
     gc_task: asyncio.Task[None] | None = None
     thresholds = None
     if config.lifecycle.gc_pacing:
-        # After start-up, so what start-up built is frozen with it (see proxy.gcpacing).
+        # After start-up, so what start-up built is frozen with it (see proxy.edge.gcpacing).
         thresholds = take_over_full_collections()
         sluice = server.sluice
 

@@ -28,9 +28,9 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from .config import LimiterConfig
+from ..config import LimiterConfig
+from ..tuning import GRADIENT, GradientTuning
 from .signals import LatencyFloor
-from .tuning import GRADIENT, GradientTuning
 from .window import Window, rising
 
 __all__ = ["Limiter", "Window", "rising"]  # the last two re-exported: they lived here

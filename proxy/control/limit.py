@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .config import LimiterConfig
+from ..config import LimiterConfig
 from .delivery import DeliveryLimiter
 from .limiter import Limiter
 from .signals import LatencyFloor

@@ -19,8 +19,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from .config import AdminConfig
-from .metrics import Metrics
+from ..config import AdminConfig
+from ..ops.metrics import Metrics
 
 log = logging.getLogger("sluice.admin")
 

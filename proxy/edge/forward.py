@@ -17,11 +17,11 @@ from aiohttp.http_writer import HttpVersion11
 from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 
-from .config import Config
-from .contracts import Gate, Outcome, Reason, Refusal, Ticket
-from .headers import TrustedSources, set_forwarded, strip_hop_by_hop
-from .metrics import Metrics
-from .upstream import UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse
+from ..config import Config
+from ..contracts import Gate, Outcome, Reason, Refusal, Ticket
+from ..headers import TrustedSources, set_forwarded, strip_hop_by_hop
+from ..ops.metrics import Metrics
+from ..upstream import UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse
 
 # Bodies up to this size are read whole and sent with one write (cheaper than streaming).
 _SMALL_BODY = 64 * 1024

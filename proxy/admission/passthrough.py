@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import Config
-from .contracts import Deferred, Outcome, Probe, Reason, Refusal, Ticket
-from .metrics import Metrics
+from ..config import Config
+from ..contracts import Deferred, Outcome, Probe, Reason, Refusal, Ticket
+from ..ops.metrics import Metrics
 
 
 class PassThroughGate:

@@ -50,11 +50,11 @@ from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
 from prometheus_client import Counter
 
+from ..config import ListenConfig
+from ..contracts import Reason, Refusal
+from ..ops.metrics import CountingInvalidHeaders, CountingRetrySignals, Metrics
 from .badinput import BAD_INPUT_KINDS, classify_parse_error, screen
-from .config import ListenConfig
-from .contracts import Reason, Refusal
 from .forward import BrokenRequestBody, refusal_response
-from .metrics import CountingInvalidHeaders, CountingRetrySignals, Metrics
 
 # Re-exported: these lived here before `badinput.py` and `metrics.py` took them.
 __all__ = [

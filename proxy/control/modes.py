@@ -29,7 +29,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Config
+from ..config import Config
 from .signals import HealthView
 
 

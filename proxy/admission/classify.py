@@ -12,9 +12,9 @@ import random
 import zlib
 from collections.abc import Mapping
 
-from .config import PRIORITY_CLASSES, Config
-from .contracts import Ticket
-from .headers import TrustedSources
+from ..config import PRIORITY_CLASSES, Config
+from ..contracts import Ticket
+from ..headers import TrustedSources
 from .retries import (
     BY_ATTEMPT,
     BY_CALL_ID,

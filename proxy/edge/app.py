@@ -21,18 +21,18 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
+from ..admission.classify import Classifier
+from ..admission.passthrough import PassThroughGate
+from ..config import Config
+from ..contracts import Gate, Outcome, Reason, Refusal, Ticket
+from ..headers import TrustedSources
+from ..logs import set_level
+from ..ops.metrics import Metrics
+from ..reload_rules import reload_refusal
+from ..upstream import UpstreamClient, UpstreamError, UpstreamRequest, make_upstream
 from .arrival import ArrivalClock
-from .classify import Classifier
-from .config import Config
-from .contracts import Gate, Outcome, Reason, Refusal, Ticket
 from .forward import Forwarder, refusal_response
 from .guard import CountingInvalidHeaders, CountingRetrySignals
-from .headers import TrustedSources
-from .logs import set_level
-from .metrics import Metrics
-from .passthrough import PassThroughGate
-from .reload_rules import reload_refusal
-from .upstream import UpstreamClient, UpstreamError, UpstreamRequest, make_upstream
 
 log = logging.getLogger("sluice.app")
 access_log = logging.getLogger("sluice.access")
@@ -52,7 +52,7 @@ def make_gate(config: Config, metrics: Metrics, caller_names: list[str]) -> Gate
     """The admission gate for `modes.protection` (pass-through when protection is off)."""
     if config.modes.protection == "off":
         return PassThroughGate(config, metrics)
-    from .admission.gate import AdmissionGate
+    from ..admission.gate import AdmissionGate
 
     return AdmissionGate(config, metrics, caller_names)
 

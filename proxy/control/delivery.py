@@ -31,9 +31,9 @@ from __future__ import annotations
 
 from collections import deque
 
-from .config import LimiterConfig
+from ..config import LimiterConfig
+from ..tuning import DELIVERY, DeliveryTuning
 from .signals import LatencyFloor
-from .tuning import DELIVERY, DeliveryTuning
 from .window import Window
 
 # What a STARTUP window's latency says about the backend's queue (see `_judge`).

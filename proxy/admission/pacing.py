@@ -27,7 +27,7 @@ import math
 from collections import deque
 from itertools import count
 
-from .config import SheddingConfig
+from ..config import SheddingConfig
 
 
 class Booking:

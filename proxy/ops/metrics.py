@@ -12,9 +12,9 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
-from .classify import InvalidHeaderCounter
-from .contracts import REASONS, UPSTREAM_ERRORS
-from .retries import SIGNALS, RetrySignalCounter
+from ..admission.classify import InvalidHeaderCounter
+from ..admission.retries import SIGNALS, RetrySignalCounter
+from ..contracts import REASONS, UPSTREAM_ERRORS
 
 MODES: tuple[str, ...] = ("NORMAL", "OUTAGE", "RECOVERY", "SHIELD")
 OUTCOMES: tuple[str, ...] = ("forwarded", "refused", "error", "cancelled")

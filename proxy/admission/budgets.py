@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .config import RetryBudgetConfig
+from ..config import RetryBudgetConfig
 
 # Time buckets per window: deposits expire with this granularity.
 BUCKETS = 10

@@ -18,7 +18,7 @@ from aiohttp.http_exceptions import LineTooLong
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.http_writer import HttpVersion10, HttpVersion11
 
-from .config import ListenConfig
+from ..config import ListenConfig
 
 # Kinds of refused input (a closed set: they are metric labels).
 BAD_INPUT_KINDS: tuple[str, ...] = (

@@ -10,10 +10,10 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from .. import __version__
+from ..config import ConfigError, load_config
+from ..logs import setup_logging
 from .admin import TokenError
-from .config import ConfigError, load_config
-from .logs import setup_logging
 
 DEFAULT_CONFIG = Path("/etc/sluice/sluice.yaml")
 
