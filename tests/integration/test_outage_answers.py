@@ -116,4 +116,8 @@ async def test_backend_5xx_in_outage_answered_503_outage(protection: str, client
             assert 1 <= retry_after <= limit_s
             assert 1000 <= retry_after_ms <= limit_s * 1000
             assert resp.headers["x-request-id"]
-        assert server.sluice.metrics.refused["outage"]._value.get() >= 1
+        registry = server.sluice.metrics.registry
+        refused = registry.get_sample_value(
+            "sluice_requests_total", {"outcome": "refused", "reason": "outage"}
+        )
+        assert refused is not None and refused >= 1
