@@ -43,6 +43,7 @@ from ..control.controller import Controller
 from ..control.limit import Limit, make_limiter
 from ..control.loop_lag import LoopLag
 from ..control.modes import (
+    Effect,
     Mode,
     ModeController,
     Transition,
@@ -441,7 +442,7 @@ class AdmissionGate:
         refused), the limit in force, and a probe soon."""
         for c in self.callers:
             c.allowed = False
-        if tr.to_mode is Mode.SHIELD:
+        if Effect.ALLOW_LIST in tr.effects:
             allow = self.modes.shield_allow
             for c in self.callers:
                 c.allowed = c.name in allow

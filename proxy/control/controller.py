@@ -22,6 +22,7 @@ from .limit import Limit
 from .loop_lag import LoopLag
 from .modes import (
     REASON_ERRORS,
+    Effect,
     Event,
     Mode,
     ModeController,
@@ -283,17 +284,16 @@ class Controller:
         )
         self.backlog = 0
         self._loaded_at_start = False
-        new, old = tr.to_mode, tr.from_mode
-        if new is Mode.OUTAGE:
-            # Leaving OUTAGE needs fresh evidence: a good probe after this instant.
+        effects = tr.effects
+        if Effect.FRESH_EVIDENCE in effects:
             self.health.reset_window()
             self.health.reset_probes()
-        if old is Mode.OUTAGE:
+        if Effect.FORGET_OUTAGE in effects:
             self.health.reset_window()
-        if new is Mode.RECOVERY:
-            cold = old in (Mode.OUTAGE, Mode.SHIELD) or tr.event is Event.LOADED_AT_START
-            self.limiter.enter_slow_start(now, from_floor=cold)
+        if Effect.SLOW_START in effects or Effect.COLD_START in effects:
+            self.limiter.enter_slow_start(now, from_floor=Effect.COLD_START in effects)
             self.metrics.limit.set(self.limiter.limit)
-        calm = self.rates.surge_ratio(now) < self.config.recovery.enter_arrival_ratio
-        if new is Mode.NORMAL and old is not Mode.NORMAL and not calm:
-            self.rates.rebase(now)  # judged calm at this rate: it is the new normal
+        if Effect.REBASE in effects:
+            ratio = self.config.recovery.enter_arrival_ratio
+            if self.rates.surge_ratio(now) >= ratio:
+                self.rates.rebase(now)  # judged calm at this rate: it is the new normal

@@ -137,6 +137,47 @@ def possible_transitions() -> list[tuple[Mode, Mode, str]]:
     return sorted(out, key=lambda x: (x[0].value, x[1].value, x[2]))
 
 
+class Effect(enum.Enum):
+    """What a transition does beyond changing the mode (carried out by the controller for
+    the signals and the limiter, by the gate for the queue)."""
+
+    FRESH_EVIDENCE = "fresh-evidence"  # error window and probe streaks reset: leave on new evidence
+    FORGET_OUTAGE = "forget-outage"  # the error window of the outage is not the backend now
+    SLOW_START = "slow-start"  # the limiter ramps from what it had proven
+    COLD_START = "cold-start"  # the limiter ramps from its floor: nothing it learnt holds
+    REBASE = "rebase"  # judged calm at a higher arrival rate: that rate is the new baseline
+    ALLOW_LIST = "allow-list"  # SHIELD: only allow-listed callers; everyone else waiting refused
+
+
+def effects_of(from_mode: Mode, to_mode: Mode, event: Event) -> tuple[Effect, ...]:
+    """The effects of a transition, by the table below (every transition also recomputes
+    the limit in force and brings the next probe forward).
+
+    | transition                                | effects                       |
+    | ----------------------------------------- | ----------------------------- |
+    | into OUTAGE                               | FRESH_EVIDENCE                |
+    | out of OUTAGE                             | FORGET_OUTAGE                 |
+    | into RECOVERY from OUTAGE or SHIELD, or   | COLD_START                    |
+    | a restart under load (LOADED_AT_START)    |                               |
+    | into RECOVERY otherwise                   | SLOW_START                    |
+    | into NORMAL from another mode             | REBASE (if arrivals surge)    |
+    | into SHIELD (also a renewal)              | ALLOW_LIST                    |
+    """
+    effects: list[Effect] = []
+    if to_mode is Mode.OUTAGE:
+        effects.append(Effect.FRESH_EVIDENCE)
+    if from_mode is Mode.OUTAGE:
+        effects.append(Effect.FORGET_OUTAGE)
+    if to_mode is Mode.RECOVERY:
+        cold = from_mode in (Mode.OUTAGE, Mode.SHIELD) or event is Event.LOADED_AT_START
+        effects.append(Effect.COLD_START if cold else Effect.SLOW_START)
+    if to_mode is Mode.NORMAL and from_mode is not Mode.NORMAL:
+        effects.append(Effect.REBASE)
+    if to_mode is Mode.SHIELD:
+        effects.append(Effect.ALLOW_LIST)
+    return tuple(effects)
+
+
 class IllegalTransition(ValueError):
     """An event that the current mode does not accept (the table has no such move)."""
 
@@ -162,6 +203,11 @@ class Transition:
     event: Event
     reason: str  # one of TRANSITION_REASONS
     detail: str  # human-readable evidence (numbers), not a label
+
+    @property
+    def effects(self) -> tuple[Effect, ...]:
+        """What this transition does beyond changing the mode (`effects_of`)."""
+        return effects_of(self.from_mode, self.to_mode, self.event)
 
     def to_dict(self, now: float) -> dict[str, Any]:
         """JSON-able form for /status."""

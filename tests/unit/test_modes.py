@@ -324,3 +324,26 @@ def test_shield_default_ttl_and_renewal() -> None:
     mc.apply(Event.OPERATOR_SHIELD, T0 + 50, "operator", shield_ttl=100.0)
     assert mc.shield_until == T0 + 150
     assert mc.state is Mode.SHIELD
+
+
+def test_each_transition_s_effects_come_from_the_table() -> None:
+    from proxy.control.modes import Effect, effects_of
+
+    assert effects_of(Mode.NORMAL, Mode.OUTAGE, Event.BROKEN) == (Effect.FRESH_EVIDENCE,)
+    assert effects_of(Mode.OUTAGE, Mode.RECOVERY, Event.HEALTHY_BACKLOG) == (
+        Effect.FORGET_OUTAGE,
+        Effect.COLD_START,
+    )
+    assert effects_of(Mode.OUTAGE, Mode.NORMAL, Event.HEALTHY) == (
+        Effect.FORGET_OUTAGE,
+        Effect.REBASE,
+    )
+    assert effects_of(Mode.NORMAL, Mode.RECOVERY, Event.SURGE) == (Effect.SLOW_START,)
+    assert effects_of(Mode.NORMAL, Mode.RECOVERY, Event.LOADED_AT_START) == (Effect.COLD_START,)
+    assert effects_of(Mode.SHIELD, Mode.RECOVERY, Event.SHIELD_EXPIRED) == (Effect.COLD_START,)
+    assert effects_of(Mode.RECOVERY, Mode.NORMAL, Event.CALM) == (Effect.REBASE,)
+    assert effects_of(Mode.SHIELD, Mode.SHIELD, Event.OPERATOR_SHIELD) == (Effect.ALLOW_LIST,)
+    # Every legal transition has its effects decided by the table (no transition raises).
+    for mode, moves in TRANSITIONS.items():
+        for event, to in moves.items():
+            assert isinstance(effects_of(mode, to, event), tuple)
