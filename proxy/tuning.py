@@ -1,9 +1,12 @@
-"""The concurrency limiters' internal tuning: typed, frozen, with the defaults they run with.
+"""Sluice's internal tuning: typed, frozen, with the defaults it runs with.
 
-These numbers are not user settings (the config's `limiter` section holds those): they sit
-inside the algorithms and were chosen on the load-test replays. Why each value is what it is:
-docs/tuning.md. A limiter takes its tuning when it is built and keeps it; a test may build one
-with a variant (`dataclasses.replace(GRADIENT, used=0.5)`).
+These numbers are not user settings (the config holds those): they sit inside the algorithms
+and were chosen on the load-test replays. One class per part: `AdmissionTuning` (the gate's
+estimates, held refusals and housekeeping), `SchedulerTuning`, `ControlTuning` (the ticker, the
+controller, the signals), `WindowTuning` and its two limiter variants, and `EdgeTuning`. Why
+each value is what it is: docs/tuning.md. A component takes its tuning when it is built and
+keeps it (the default instance below unless told otherwise); a test may build one with a
+variant (`dataclasses.replace(GRADIENT, used=0.5)`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,13 @@ class WindowTuning:
 
     assumed_latency: float = 0.1
     """Seconds per answer the pace assumes before any latency was measured."""
+
+    floor_confirm: float = 1.1
+    """A window whose mean latency is within this factor of the latency floor confirms the
+    floor (`signals.LatencyFloor`), and counts as at the floor."""
+
+    floor_descent: float = 0.25
+    """The share of the way down to a lower window mean that the floor moves."""
 
 
 @dataclass(frozen=True, kw_only=True)

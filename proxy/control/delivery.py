@@ -57,7 +57,7 @@ class DeliveryLimiter(Window):
         self.tuning = tuning
         self.value = float(config.initial)
         self.slow_start = False
-        self.floor = LatencyFloor()
+        self.floor = LatencyFloor(tuning)
         self.latency: float | None = None
         self.last_change = "initial"
         self.knee_at: float | None = None  # last time the BDP, not a ramp, set the limit

@@ -54,7 +54,7 @@ class Limiter(Window):
         self.tuning = tuning
         self.value = float(config.initial)
         self.slow_start = False
-        self.floor = LatencyFloor()
+        self.floor = LatencyFloor(tuning)
         self.latency: float | None = None  # smoothed mean latency of recent windows
         self.last_change = "initial"
         self.knee_at: float | None = None  # last time queueing or pushback cut the limit
@@ -292,7 +292,7 @@ class Limiter(Window):
         )
         floor = self.floor.value
         assert floor is not None  # just observed
-        if mean <= floor * LatencyFloor.CONFIRM:
+        if mean <= floor * self.tuning.floor_confirm:
             self._note_proven(now)
         gradient = self.config.latency_tolerance * floor / mean
         if gradient < 1.0 and self._cooldown:
@@ -358,7 +358,7 @@ class Limiter(Window):
         estimated knee instead."""
         cfg = self.config
         factor = cfg.slow_start_factor
-        if ratio > LatencyFloor.CONFIRM:
+        if ratio > self.tuning.floor_confirm:
             factor = min(factor, max(1.0, cfg.latency_tolerance / ratio))
         return factor
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..tuning import GRADIENT, WindowTuning
+
 # Outcome classes (small ints: they index the health window's fields).
 OK = 0
 PUSHBACK = 1  # the backend answered "too busy": 429, 503, a slow 5xx
@@ -295,17 +297,15 @@ class LatencyFloor:
     """The backend's latency when it is not queueing: the limiter's yardstick.
 
     Fed with each window's *mean* latency (a per-sample minimum would be dragged down by the
-    odd fast answer and make a jittery backend look overloaded). It moves down quickly, is
-    *confirmed* whenever a window comes close to it, and moves up only through an explicit
+    odd fast answer and make a jittery backend look overloaded). It moves part of the way down
+    to a lower window (`floor_descent`: one noisy window is not the floor), is *confirmed*
+    whenever a window comes within `floor_confirm` of it, and moves up only through an explicit
     re-measurement (`reset_to`), never by drift: under constant load every window is queued,
     and letting the floor creep up to that would let the limit creep up with it.
     """
 
-    CONFIRM = 1.1  # a window within 10 % of the floor confirms it
-    DESCENT = 0.25  # share of the way down a lower window moves it (one noisy window is not
-    # the floor: the minimum of noisy means is biased low, and a low floor starves the limit)
-
-    def __init__(self) -> None:
+    def __init__(self, tuning: WindowTuning = GRADIENT) -> None:
+        self.tuning = tuning  # `floor_confirm`, `floor_descent` (its limiter's tuning)
         self.value: float | None = None
         self.confirmed_at = 0.0
 
@@ -315,9 +315,9 @@ class LatencyFloor:
             self.value = mean
             self.confirmed_at = now
         elif mean < self.value:
-            self.value += self.DESCENT * (mean - self.value)
+            self.value += self.tuning.floor_descent * (mean - self.value)
             self.confirmed_at = now
-        elif mean <= self.value * self.CONFIRM:
+        elif mean <= self.value * self.tuning.floor_confirm:
             self.confirmed_at = now
 
     def stale(self, now: float, interval: float) -> bool:
