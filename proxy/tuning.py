@@ -15,6 +15,59 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, kw_only=True)
+class AdmissionTuning:
+    """The gate's estimates, held refusals and housekeeping (`admission.estimates`,
+    `admission.refusals`, `admission.gate`, `admission.pacing`, `admission.budgets`)."""
+
+    throughput_alpha: float = 0.2
+    """Weight of the newest tick in the smoothed throughput (good answers per second)."""
+
+    run_min: float = 0.5
+    """Seconds of saturated ticks one capacity sample (goodput over the run) spans."""
+
+    samples_kept: float = 10.0
+    """The measured capacity is the best sample of the last this many seconds."""
+
+    capacity_ttl: float = 60.0
+    """Seconds without a saturated run after which the measured capacity is forgotten."""
+
+    samples_known: int = 3
+    """Capacity samples before the gradient limiter's pace counts as measured."""
+
+    fresh_headroom: float = 1.2
+    """The first tier admits fresh arrivals up to this multiple of the baseline rate ..."""
+
+    fresh_burst: float = 0.25
+    """... with a burst allowance of this many seconds of that rate ..."""
+
+    fresh_burst_min: float = 2.0
+    """... and of at least this many requests."""
+
+    patience_floor: float = 2.0
+    """A learnt client patience counts as at least this many times the fast path's minimum
+    budget (the deadline margin plus the expected latency)."""
+
+    hold_share: float = 0.75
+    """A held refusal waits at most this share of the time its client has left ..."""
+
+    hold_spread: float = 2.0 / 3.0
+    """... shortened by up to this share of that, spread evenly over the refusals."""
+
+    hold_min: float = 0.01
+    """Seconds: a shorter hold is not worth a timer, and the refusal is sent at once."""
+
+    prune_every: float = 1.0
+    """Seconds between the ticker's housekeeping (expired bookings pruned, caps re-read)."""
+
+    budget_buckets: int = 10
+    """Time buckets per retry-budget window: deposits expire with this granularity."""
+
+    booking_slack: int = 64
+    """The pacer compacts its per-key heaps once they hold more than twice the live bookings
+    plus this many entries (used and expired ones linger until then)."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class WindowTuning:
     """How both limiters time their windows and read their history (`window.Window`)."""
 
@@ -113,6 +166,9 @@ class DeliveryTuning(WindowTuning):
     known_windows: int = 3
     """Delivery samples the pace needs (besides a backend seen full) to count as known."""
 
+
+ADMISSION = AdmissionTuning()
+"""The gate's tuning in force."""
 
 GRADIENT = GradientTuning()
 """The gradient limiter's tuning in force."""

@@ -9,8 +9,9 @@ What is *not* here, because it is the gate's business: solicited returns (a call
 slot we booked for it) are never charged, and a retry over budget may still use capacity that
 nothing else wants (work-conserving), it just never queues.
 
-`RetryBudgets` is the interface the gate uses (DESIGN.md §9: a shared store can implement it
-later); `LocalRetryBudgets` is the in-process default.
+`RetryBudgets` is the interface the gate uses (a shared store can implement it later);
+`LocalRetryBudgets` is the in-process default. A window is kept in `budget_buckets` time
+buckets (`tuning.AdmissionTuning`; docs/tuning.md).
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from ..config import RetryBudgetConfig
-
-# Time buckets per window: deposits expire with this granularity.
-BUCKETS = 10
+from ..tuning import ADMISSION, AdmissionTuning
 
 
 class RetryBudgets(Protocol):
@@ -46,13 +45,14 @@ class RetryBudgets(Protocol):
 
 
 class _Ring:
-    """Deposits and withdrawals in BUCKETS time buckets; sums kept up to date."""
+    """Deposits and withdrawals in `n` time buckets; sums kept up to date."""
 
-    __slots__ = ("dep", "dep_sum", "epoch", "pending", "wd", "wd_sum")
+    __slots__ = ("dep", "dep_sum", "epoch", "n", "pending", "wd", "wd_sum")
 
-    def __init__(self, epoch: int) -> None:
-        self.dep = [0] * BUCKETS
-        self.wd = [0] * BUCKETS
+    def __init__(self, epoch: int, n: int) -> None:
+        self.n = n
+        self.dep = [0] * n
+        self.wd = [0] * n
         self.dep_sum = 0
         self.wd_sum = 0
         self.pending = 0  # deposits since the last advance (placed by the next one)
@@ -61,20 +61,21 @@ class _Ring:
     def advance(self, epoch: int) -> None:
         """Place pending deposits in the bucket they arrived in (the ring's current one: the
         ticker advances every ring each bucket), then expire buckets older than the window."""
+        n = self.n
         if self.pending:
-            self.dep[self.epoch % BUCKETS] += self.pending
+            self.dep[self.epoch % n] += self.pending
             self.dep_sum += self.pending
             self.pending = 0
         steps = epoch - self.epoch
         if steps > 0:
-            if steps >= BUCKETS:
-                self.dep = [0] * BUCKETS
-                self.wd = [0] * BUCKETS
+            if steps >= n:
+                self.dep = [0] * n
+                self.wd = [0] * n
                 self.dep_sum = 0
                 self.wd_sum = 0
             else:
                 for e in range(self.epoch + 1, epoch + 1):
-                    i = e % BUCKETS
+                    i = e % n
                     self.dep_sum -= self.dep[i]
                     self.wd_sum -= self.wd[i]
                     self.dep[i] = 0
@@ -82,23 +83,30 @@ class _Ring:
             self.epoch = epoch
 
     def withdraw(self) -> None:
-        self.wd[self.epoch % BUCKETS] += 1
+        self.wd[self.epoch % self.n] += 1
         self.wd_sum += 1
 
 
 class LocalRetryBudgets:
     """In-process retry budgets: one ring per caller index plus a global ring."""
 
-    def __init__(self, config: RetryBudgetConfig, callers: int, now: float) -> None:
+    def __init__(
+        self,
+        config: RetryBudgetConfig,
+        callers: int,
+        now: float,
+        tuning: AdmissionTuning = ADMISSION,
+    ) -> None:
+        self._n = tuning.budget_buckets
         self._configure(config)
         epoch = self._epoch(now)
-        self._rings = [_Ring(epoch) for _ in range(callers)]
-        self._global = _Ring(epoch)
+        self._rings = [_Ring(epoch, self._n) for _ in range(callers)]
+        self._global = _Ring(epoch, self._n)
         self._last_epoch = epoch
 
     def _configure(self, config: RetryBudgetConfig) -> None:
         self.config = config
-        self._width = config.window / BUCKETS
+        self._width = config.window / self._n
         self._reserve = config.floor_per_s * config.window
         self._g_reserve = config.global_floor_per_s * config.window
 
@@ -155,8 +163,8 @@ class LocalRetryBudgets:
         self._configure(config)
         epoch = self._epoch(now)
         if not same_window:
-            self._rings = [_Ring(epoch) for _ in range(callers)]
-            self._global = _Ring(epoch)
+            self._rings = [_Ring(epoch, self._n) for _ in range(callers)]
+            self._global = _Ring(epoch, self._n)
         elif callers > len(self._rings):
-            self._rings.extend(_Ring(epoch) for _ in range(callers - len(self._rings)))
+            self._rings.extend(_Ring(epoch, self._n) for _ in range(callers - len(self._rings)))
         self._last_epoch = epoch

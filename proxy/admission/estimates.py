@@ -18,27 +18,16 @@ from collections import deque
 from ..config import Config
 from ..control.limit import Limit
 from ..scheduler.tiers import TIER_FRESH, TIER_SOLICITED, tier_of
-
-# Smoothing of the measured throughput, per tick (about half a second at 100 ms ticks).
-_THROUGHPUT_ALPHA = 0.2
-# Capacity: goodput over a run of saturated ticks, once the run is this long; the best
-# sample of the last `_SAMPLES_KEPT` seconds; forgotten `_CAPACITY_TTL` after the last run.
-_RUN_MIN = 0.5
-_SAMPLES_KEPT = 10.0
-_CAPACITY_TTL = 60.0
-_SAMPLES_KNOWN = 3  # capacity samples before the pace counts as measured
-# Fresh arrivals in the first tier: up to this multiple of the baseline rate, with a burst
-# allowance of this many seconds of it (a wave of first tries takes the whole allowance
-# at once, ahead of the fresh arrivals that follow it: keep it short).
-_FRESH_HEADROOM = 1.2
-_FRESH_BURST = 0.25
+from ..tuning import ADMISSION, AdmissionTuning
 
 
 class Estimates:
-    """The gate's estimates, refreshed every tick (and on reconfiguration)."""
+    """The gate's estimates, refreshed every tick (and on reconfiguration). The internal
+    numbers are `tuning.AdmissionTuning`'s (why each value: docs/tuning.md)."""
 
-    def __init__(self, config: Config, now: float) -> None:
+    def __init__(self, config: Config, now: float, tuning: AdmissionTuning = ADMISSION) -> None:
         self.config = config
+        self.tuning = tuning
         self.expected_latency = 0.0  # what a request forwarded now should take
         self.on_time_for = config.queue.lifo_when_older_than
         self.min_budget = config.shedding.deadline_margin  # the fast path's deadline test
@@ -46,7 +35,7 @@ class Estimates:
         self.pace_known = False  # measured, not guessed
         self.book_pace = 0.0  # the pace returns are booked at
         self.fresh_rate = 0.0  # the first tier's allowance, requests/s
-        self.fresh_burst = 2.0
+        self.fresh_burst = tuning.fresh_burst_min
         self.patience = config.queue.patience  # a client's, when it sends no deadline
         self.throughput = 0.0  # good answers per second, smoothed over ticks
         self.capacity: float | None = None  # goodput/s measured while saturated
@@ -59,12 +48,12 @@ class Estimates:
     def observe(self, ok: int, dt: float) -> None:
         """One tick's good answers over `dt` seconds."""
         if dt > 0:
-            self.throughput += _THROUGHPUT_ALPHA * (ok / dt - self.throughput)
+            self.throughput += self.tuning.throughput_alpha * (ok / dt - self.throughput)
 
     def not_saturated(self, now: float) -> None:
         """A tick with nothing waiting for a full limiter: the saturated run ends."""
         self._run_start = None
-        if self.capacity is not None and now - self.capacity_at > _CAPACITY_TTL:
+        if self.capacity is not None and now - self.capacity_at > self.tuning.capacity_ttl:
             self.capacity = None  # too old to trust: the backend may have changed
             self.n_samples = 0
             self._samples.clear()
@@ -83,7 +72,7 @@ class Estimates:
             return
         self._run_ok += ok
         span = now - self._run_start
-        if span < _RUN_MIN - 1e-9:
+        if span < self.tuning.run_min - 1e-9:
             return
         if self._run_ok <= 0:
             self._run_start = now  # nothing answered: a stall, not a pace (health's business)
@@ -92,7 +81,7 @@ class Estimates:
         # workers idle) only lowers goodput, so the best recent sample is the best estimate.
         samples = self._samples
         samples.append((now, self._run_ok / span))
-        while samples and now - samples[0][0] > _SAMPLES_KEPT:
+        while samples and now - samples[0][0] > self.tuning.samples_kept:
             samples.popleft()
         self.capacity = max(v for _, v in samples)
         self.n_samples += 1
@@ -113,10 +102,11 @@ class Estimates:
         self.min_budget = cfg.shedding.deadline_margin + self.expected_latency
         self._refresh_pace(now, lim, floor)
         self.book_pace = self._booking_pace(lim, baseline)
-        self.fresh_rate = _FRESH_HEADROOM * baseline
-        self.fresh_burst = max(2.0, self.fresh_rate * _FRESH_BURST)
+        tuning = self.tuning
+        self.fresh_rate = tuning.fresh_headroom * baseline
+        self.fresh_burst = max(tuning.fresh_burst_min, self.fresh_rate * tuning.fresh_burst)
         if cfg.queue.learn_patience:
-            self.patience = max(patience, 2 * self.min_budget)
+            self.patience = max(patience, tuning.patience_floor * self.min_budget)
         else:
             self.patience = cfg.queue.patience
 
@@ -124,7 +114,7 @@ class Estimates:
         if lim.measures_pace:
             self.pace_known = lim.pace_known()
             self.pace = lim.pace() if self.pace_known else max(lim.pace(), self.throughput)
-        elif self.capacity is not None and self.n_samples >= _SAMPLES_KNOWN:
+        elif self.capacity is not None and self.n_samples >= self.tuning.samples_known:
             self.pace = self.capacity
             self.pace_known = True
         else:
@@ -150,11 +140,10 @@ class Estimates:
         only guessed), less the fresh arrivals the first tier lets ahead of them."""
         pace = self.pace
         if tier_of(level) != TIER_FRESH:
-            # Solicited returns, once the pace is measured: the fresh arrivals expected (the
-            # baseline), not the first tier's allowance (x1.2). That is a cap on fresh
-            # traffic; counting all of it judged doomed the returns the backend was about to
-            # serve. (While the pace is a guess, the allowance stands: held returns must not
-            # crowd the ramp that fresh traffic needs.)
+            # Solicited returns, once the pace is measured, count the fresh arrivals expected
+            # (the baseline), not the first tier's cap on them (the allowance): counting the
+            # cap judged doomed returns the backend was about to serve. While the pace is a
+            # guess the allowance stands: held returns must not crowd fresh traffic's ramp.
             fresh = self.fresh_rate
             if tier_of(level) == TIER_SOLICITED and self.pace_known:
                 fresh = baseline

@@ -42,17 +42,8 @@ from ..contracts import Outcome, Probe, Reason, Refusal, Ticket
 from ..control.controller import Controller
 from ..control.limit import Limit, make_limiter
 from ..control.loop_lag import LoopLag
-from ..control.modes import (
-    Effect,
-    Mode,
-    ModeController,
-    Transition,
-)
-from ..control.signals import (
-    ArrivalRate,
-    Patience,
-    UpstreamHealth,
-)
+from ..control.modes import Effect, Mode, ModeController, Transition
+from ..control.signals import ArrivalRate, Patience, UpstreamHealth
 from ..control.ticker import Ticker
 from ..ops.commands import run_command
 from ..ops.gauges import update_gauges
@@ -60,6 +51,7 @@ from ..ops.metrics import Metrics
 from ..ops.status import gate_status
 from ..scheduler.tiers import N_PRIO
 from ..scheduler.waiter import Waiter
+from ..tuning import ADMISSION, AdmissionTuning
 from .budgets import LocalRetryBudgets, RetryBudgets
 from .callers import Caller, CallerCaps, ConfiguredCaps, apply_caps, build_callers
 from .estimates import Estimates
@@ -70,9 +62,6 @@ from .refusals import Refuser, key_of
 from .waitroom import WaitRoom
 
 log = logging.getLogger("sluice.gate")
-modes_log = logging.getLogger("sluice.modes")
-
-_CANCELLED_OUTCOME = Outcome(None, 0.0, "cancelled")
 
 
 class AdmissionGate:
@@ -86,8 +75,10 @@ class AdmissionGate:
         clock: Callable[[], float] = time.monotonic,
         budgets: RetryBudgets | None = None,
         caps: CallerCaps | None = None,
+        tuning: AdmissionTuning = ADMISSION,
     ) -> None:
         self._clock = clock
+        self.tuning = tuning  # (its estimates', refusals', pacer's and budgets')
         now = clock()
         self.metrics = metrics
         self.config = config
@@ -99,13 +90,13 @@ class AdmissionGate:
         self.dry_run = dry
         self.limiter: Limit = make_limiter(config.limiter, now)
         self.budgets: RetryBudgets = budgets or LocalRetryBudgets(
-            config.retry_budget, len(caller_names), now
+            config.retry_budget, len(caller_names), now, tuning
         )
         self._caps: CallerCaps = caps or ConfiguredCaps(config)
-        self.pacer = Pacer(config.shedding, len(caller_names))
-        self.refuser = Refuser(config, self.pacer)
+        self.pacer = Pacer(config.shedding, len(caller_names), tuning)
+        self.refuser = Refuser(config, self.pacer, tuning)
         self.policy = Policy(config)
-        self.estimates = Estimates(config, now)
+        self.estimates = Estimates(config, now, tuning)
         self.patience = Patience(config.queue.patience)
         self.control = Controller(
             config, metrics, self.modes, self.limiter, self.estimates, self.patience, now
@@ -404,7 +395,7 @@ class AdmissionGate:
             self.room.rejudge(now)
         self.control.measuring_since = self.limiter.measuring_since
         self.budgets.roll(now)
-        if now - self._last_prune >= 1.0:
+        if now - self._last_prune >= self.tuning.prune_every:
             self._last_prune = now
             self.pacer.prune(now)
             apply_caps(self.callers, self._caps.caps(self._names))

@@ -28,6 +28,7 @@ from collections import deque
 from itertools import count
 
 from ..config import SheddingConfig
+from ..tuning import ADMISSION, AdmissionTuning
 
 
 class Booking:
@@ -45,8 +46,11 @@ class Booking:
 class Pacer:
     """Books return slots per caller and recognises requests coming back in them."""
 
-    def __init__(self, config: SheddingConfig, callers: int) -> None:
+    def __init__(
+        self, config: SheddingConfig, callers: int, tuning: AdmissionTuning = ADMISSION
+    ) -> None:
         self.config = config
+        self._slack = tuning.booking_slack  # heap entries kept past twice the live bookings
         # Per caller, in booking order (for expiry).
         self.bookings: list[deque[Booking]] = [deque() for _ in range(callers)]
         # Open bookings per (caller, key), earliest slot first (used or expired ones linger
@@ -180,7 +184,7 @@ class Pacer:
         for caller, dq in enumerate(self.bookings):
             if dq:
                 self._expire(caller, now)
-        if self._entries > 2 * self.total + 64:  # used or expired ones linger in the heaps
+        if self._entries > 2 * self.total + self._slack:  # used or expired ones linger
             kept: dict[tuple[int, int], list[tuple[float, int, Booking]]] = {}
             for k, heap in self._open.items():
                 live = [e for e in heap if e[2].live]

@@ -14,6 +14,7 @@ import math
 from ..config import Config
 from ..contracts import Reason, Refusal, Ticket
 from ..control.modes import Mode, ModeController
+from ..tuning import ADMISSION, AdmissionTuning
 from .callers import Caller
 from .estimates import Estimates
 from .pacing import Pacer
@@ -26,13 +27,9 @@ UNBOOKED = frozenset({Reason.SPILLOVER, Reason.DRAINING, Reason.BUSY})
 # else to go, and its return is booked (not `deadline`: there is no time left to hold; not
 # `shield`: an operator's action is answered at once).
 HELD = frozenset({Reason.RETRY_BUDGET, Reason.OVERLOAD, Reason.OUTAGE, Reason.CALLER_CAP})
-# Held answers: at most this share of the time their client has left, shortened by up to
-# this share of that, evenly (the golden ratio's low-discrepancy sequence: deterministic,
-# and no two answers of a wave held alike).
-_HOLD_SHARE = 0.75
-_HOLD_SPREAD = 2.0 / 3.0
+# Held answers are spread by the golden ratio's low-discrepancy sequence: deterministic,
+# and no two answers of a wave held alike.
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
-_HOLD_MIN = 0.01  # shorter is not worth a timer
 
 
 def key_of(t: Ticket) -> int:
@@ -41,10 +38,12 @@ def key_of(t: Ticket) -> int:
 
 
 class Refuser:
-    """Builds refusals; books their returns on the pacer's calendar."""
+    """Builds refusals; books their returns on the pacer's calendar. How long a refusal is
+    held: `tuning.AdmissionTuning`'s `hold_*` (why each value: docs/tuning.md)."""
 
-    def __init__(self, config: Config, pacer: Pacer) -> None:
+    def __init__(self, config: Config, pacer: Pacer, tuning: AdmissionTuning = ADMISSION) -> None:
         self.pacer = pacer
+        self.tuning = tuning
         self._hold_phase = 0.0
         self.configure(config)
 
@@ -139,18 +138,20 @@ class Refuser:
     def _held(
         self, t: Ticket, reason: Reason, ms: int, now: float, est: Estimates, stall: float
     ) -> Refusal:
-        """A paced answer, sent after a hold of 1/4 to 3/4 of the time the client has left
-        (before its deadline, less the margin and our last stall), at most
-        `shedding.hold_max` and the booked return, spread evenly: a wave read together and
-        held alike would be answered, and come back, together."""
+        """A paced answer, sent after a hold of part of the time the client has left (before
+        its deadline, less the margin and our last stall: 1/4 to 3/4 of it at the default
+        `hold_share` and `hold_spread`), at most `shedding.hold_max` and the booked return,
+        spread evenly: a wave read together and held alike would be answered, and come back,
+        together."""
+        tuning = self.tuning
         left = t.deadline if t.deadline is not None else t.arrived + est.patience
         room = left - now - self.config.shedding.deadline_margin - stall
-        longest = min(self.config.shedding.hold_max, ms / 1000.0, room * _HOLD_SHARE)
+        longest = min(self.config.shedding.hold_max, ms / 1000.0, room * tuning.hold_share)
         status = self.status_for(reason)
-        if longest < _HOLD_MIN:
+        if longest < tuning.hold_min:
             return Refusal(reason, status, ms)
         self._hold_phase = (self._hold_phase + _GOLDEN) % 1.0  # evenly spread, no RNG
-        hold = longest * (1.0 - _HOLD_SPREAD * self._hold_phase)
+        hold = longest * (1.0 - tuning.hold_spread * self._hold_phase)
         return Refusal(reason, status, max(1, ms - int(hold * 1000.0)), hold)
 
 
