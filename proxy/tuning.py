@@ -68,6 +68,18 @@ class AdmissionTuning:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SchedulerTuning:
+    """The scheduler's (`scheduler.waiter.Wakeups`, `scheduler.queue.TieredQueue`)."""
+
+    wake_chunk: int = 64
+    """Refused waiters woken per event-loop iteration when many are refused at once."""
+
+    expiry_slack: int = 1024
+    """The queue compacts its expiry heap once it holds more than twice the waiters plus
+    this many entries (those of waiters gone linger until then)."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class WindowTuning:
     """How both limiters time their windows and read their history (`window.Window`)."""
 
@@ -169,6 +181,9 @@ class DeliveryTuning(WindowTuning):
 
 ADMISSION = AdmissionTuning()
 """The gate's tuning in force."""
+
+SCHEDULER = SchedulerTuning()
+"""The scheduler's tuning in force."""
 
 GRADIENT = GradientTuning()
 """The gradient limiter's tuning in force."""

@@ -23,6 +23,7 @@ from ..scheduler.queue import TieredQueue
 from ..scheduler.tiers import TIER_FRESH, TIER_REST, TIER_RETRY, TIER_SOLICITED, level_of
 from ..scheduler.waiter import ADMITTED, CANCELLED, REFUSED, WAITING, Waiter, Wakeups
 from ..scheduler.waits import WaitModel
+from ..tuning import SCHEDULER, SchedulerTuning
 from .callers import Caller
 from .estimates import Estimates
 from .fresh import FreshAllowance
@@ -56,15 +57,16 @@ class WaitRoom:
         metrics: Metrics,
         parts: tuple[Estimates, Limit, Controller, ModeController, Patience],
         clock: Callable[[], float],
+        tuning: SchedulerTuning = SCHEDULER,
     ) -> None:
         self.host = host
         self.config = config
         self.metrics = metrics
         self.estimates, self.limiter, self.control, self.modes, self.patience = parts
         self._clock = clock
-        self.queue = TieredQueue(config.queue.lifo_when_older_than)
+        self.queue = TieredQueue(config.queue.lifo_when_older_than, tuning)
         self.waits = WaitModel(self.queue)
-        self.wakeups = Wakeups()
+        self.wakeups = Wakeups(tuning)
         self.fresh = FreshAllowance(clock())
         self.released = 0  # granted in RECOVERY since the counter was last cleared
 

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 
 from ..admission.callers import Caller
 from ..contracts import Ticket
+from ..tuning import SCHEDULER, SchedulerTuning
 from .tiers import N_LEVELS, N_PRIO, TIER_SOLICITED, TIERS, in_order, tier_of
 from .waiter import WAITING, Waiter, WaiterOwner
 
@@ -81,7 +82,7 @@ def _by_key(w: Waiter) -> int:
 class TieredQueue:
     """Waiters by level and caller, their expiries, and the order they are served in."""
 
-    def __init__(self, lifo_after: float) -> None:
+    def __init__(self, lifo_after: float, tuning: SchedulerTuning = SCHEDULER) -> None:
         self.lanes: list[dict[int, Lane]] = [{} for _ in range(N_LEVELS)]
         self.active: list[deque[Lane]] = [deque() for _ in range(N_LEVELS)]
         self.active_weight = [0] * N_LEVELS  # weights of the callers in each level's round
@@ -90,6 +91,7 @@ class TieredQueue:
         self.lifo_after = lifo_after
         self.on_time_for = lifo_after
         self._heap: list[tuple[float, int, Waiter]] = []
+        self._heap_slack = tuning.expiry_slack
         self._seq = 0
 
     # --- views ------------------------------------------------------------------------
@@ -141,7 +143,7 @@ class TieredQueue:
         self.total += 1
         self.by_level[level] += 1
         heapq.heappush(self._heap, (expiry, w.key, w))
-        if len(self._heap) > 2 * self.total + 1024:
+        if len(self._heap) > 2 * self.total + self._heap_slack:  # lazy deletion, bounded
             self._heap = [e for e in self._heap if e[2].state == WAITING]
             heapq.heapify(self._heap)
         return w

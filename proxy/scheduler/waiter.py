@@ -11,6 +11,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
 from ..contracts import Refusal, Ticket
+from ..tuning import SCHEDULER, SchedulerTuning
 
 if TYPE_CHECKING:
     from ..admission.callers import Caller
@@ -18,8 +19,6 @@ if TYPE_CHECKING:
 
 # Waiter states.
 WAITING, ADMITTED, REFUSED, CANCELLED = 0, 1, 2, 3
-# Refused waiters woken per event-loop iteration (see Wakeups).
-_WAKE_CHUNK = 64
 
 
 class WaiterOwner(Protocol):
@@ -110,7 +109,8 @@ class Waiter:
 
 
 class Wakeups:
-    """Wakes the tasks of refused waiters `_WAKE_CHUNK` per event-loop iteration.
+    """Wakes the tasks of refused waiters a chunk (`SchedulerTuning.wake_chunk`) per event-loop
+    iteration.
 
     A wave judged doomed at a tick (or refused by a drain or SHIELD) is thousands of answers
     to write; woken at once they hold the loop for all of them, and the fresh requests read
@@ -120,9 +120,10 @@ class Wakeups:
     about to give up.
     """
 
-    __slots__ = ("_pending", "_scheduled")
+    __slots__ = ("_chunk", "_pending", "_scheduled")
 
-    def __init__(self) -> None:
+    def __init__(self, tuning: SchedulerTuning = SCHEDULER) -> None:
+        self._chunk = tuning.wake_chunk
         self._pending: deque[asyncio.Future[None]] = deque()
         self._scheduled = False
 
@@ -135,7 +136,7 @@ class Wakeups:
 
     def _run(self) -> None:
         pending = self._pending
-        for _ in range(min(_WAKE_CHUNK, len(pending))):
+        for _ in range(min(self._chunk, len(pending))):
             fut = pending.popleft()
             if not fut.done():  # (its client may have gone meanwhile)
                 fut.set_result(None)

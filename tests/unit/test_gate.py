@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 from collections import Counter
@@ -13,7 +14,8 @@ import pytest
 
 from proxy.contracts import Refusal, Ticket
 from proxy.control.modes import Mode
-from proxy.scheduler.waiter import ADMITTED, CANCELLED, REFUSED, WAITING, Waiter
+from proxy.scheduler.waiter import ADMITTED, CANCELLED, REFUSED, WAITING, Waiter, Wakeups
+from proxy.tuning import SCHEDULER
 
 from ._admission import Harness, error, ok, status
 
@@ -1044,15 +1046,11 @@ def test_after_our_own_stall_waiters_are_answered_that_much_earlier(stalled: boo
         assert w.state == WAITING
 
 
-async def test_a_mass_refusal_wakes_its_waiters_a_chunk_per_loop_iteration(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_mass_refusal_wakes_its_waiters_a_chunk_per_loop_iteration() -> None:
     # Thousands of answers written in one loop iteration hold back every request read
     # meanwhile; the refused are woken a chunk per iteration (the loop polls in between).
-    import proxy.scheduler.waiter
-
-    monkeypatch.setattr(proxy.scheduler.waiter, "_WAKE_CHUNK", 4)
     h = Harness({"queue": {"normal_max_wait": "5s", "patience": "10s"}})
+    h.gate.room.wakeups = Wakeups(dataclasses.replace(SCHEDULER, wake_chunk=4))
     fill(h, 4)
     ws = [h.gate.admit(h.ticket(name)) for _ in range(4) for name in ("orch", "fresh", "repair")]
     tasks = [asyncio.create_task(waiter(w).wait()) for w in ws]
