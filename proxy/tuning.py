@@ -80,6 +80,41 @@ class SchedulerTuning:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ControlTuning:
+    """The control loop's (`control.ticker.Ticker`, `control.controller.Controller`,
+    `control.signals`)."""
+
+    expiry_step: float = 0.01
+    """Seconds: between ticks, the ticker wakes at most this often to answer waiters whose
+    wait ran out."""
+
+    timer_slack: float = 0.002
+    """Seconds a timer may fire early: a probe due this close to a tick starts at it."""
+
+    probe_deadline_factor: float = 2.0
+    """A probe that has not finished after this many `upstream.probe_timeout`s ..."""
+
+    probe_deadline_extra: float = 1.0
+    """... plus this many seconds is cancelled and counts as failed."""
+
+    saturated_ticks: int = 2
+    """Saturated ticks in a row before the mode machine reads the gate as saturated (and, in
+    the start-up window, as started under load)."""
+
+    window_buckets: int = 20
+    """Time buckets per sliding window of the signals (`signals.SlidingSums`)."""
+
+    patience_kept: int = 128
+    """Give-ups (waits of clients that left without a deadline) the patience estimate keeps."""
+
+    patience_quantile: float = 0.1
+    """The quantile of those waits taken as the clients' patience."""
+
+    patience_samples: int = 16
+    """Give-ups needed before the learnt patience replaces the configured prior."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class WindowTuning:
     """How both limiters time their windows and read their history (`window.Window`)."""
 
@@ -184,6 +219,9 @@ ADMISSION = AdmissionTuning()
 
 SCHEDULER = SchedulerTuning()
 """The scheduler's tuning in force."""
+
+CONTROL = ControlTuning()
+"""The control loop's tuning in force."""
 
 GRADIENT = GradientTuning()
 """The gradient limiter's tuning in force."""

@@ -18,6 +18,7 @@ from ..admission.estimates import Estimates
 from ..config import Config
 from ..contracts import Outcome, Ticket
 from ..ops.metrics import Metrics
+from ..tuning import CONTROL, ControlTuning
 from .limit import Limit
 from .loop_lag import LoopLag
 from .modes import (
@@ -88,8 +89,10 @@ class Controller:
         estimates: Estimates,
         patience: Patience,
         now: float,
+        tuning: ControlTuning = CONTROL,
     ) -> None:
         self.config = config
+        self.tuning = tuning
         self.metrics = metrics
         self.modes = modes
         self.limiter = limiter
@@ -180,8 +183,8 @@ class Controller:
 
     def note_saturation(self, now: float, ok: int, queued: int, in_flight: int, eff: int) -> None:
         """Saturated (work refused for capacity, or waiting for a full limiter): goodput
-        measures capacity, and two such ticks in the start-up window mean we started under
-        load."""
+        measures capacity, and `saturated_ticks` such ticks in a row in the start-up window
+        mean we started under load."""
         if self.tally.overloaded or (queued and in_flight >= eff):
             self._saturated_ticks += 1
             lim = self.limiter
@@ -195,7 +198,7 @@ class Controller:
             )
             self.estimates.saturated(now, ok, measurable)
             if (
-                self._saturated_ticks >= 2
+                self._saturated_ticks >= self.tuning.saturated_ticks
                 and now - self.started_at < self.config.modes.startup_window
                 and (lim.floor.value is None or lim.knee_at is not None)
             ):
@@ -255,7 +258,7 @@ class Controller:
             surge_ratio=self.rates.surge_ratio(now),
             retry_share=self.rates.retry_share(now),
             backlog=self.backlog > 0,
-            saturated=self._saturated_ticks >= 2 or self._loaded_at_start,
+            saturated=self._saturated_ticks >= self.tuning.saturated_ticks or self._loaded_at_start,
             loaded=self._loaded_at_start,
             limit_growing=self.limiter.growing(),
             returns_ahead=returns_ahead,

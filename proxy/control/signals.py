@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..tuning import GRADIENT, WindowTuning
+from ..tuning import CONTROL, GRADIENT, ControlTuning, WindowTuning
 
 # Outcome classes (small ints: they index the health window's fields).
 OK = 0
@@ -59,7 +59,7 @@ class SlidingSums:
     Memory is fixed; expired buckets are zeroed when time reaches them again.
     """
 
-    def __init__(self, window: float, fields: int, buckets: int = 20) -> None:
+    def __init__(self, window: float, fields: int, buckets: int = CONTROL.window_buckets) -> None:
         self.window = window
         self.fields = fields
         self._n = buckets
@@ -248,16 +248,14 @@ class Patience:
     Learnt from the ones that did give up (a waiter cancelled, a forwarded request whose
     client left): a low quantile of their waits, so the gate answers the others (a paced
     Retry-After) before they time out on their own. Until `min_samples` give-ups were seen,
-    the configured prior stands.
+    the configured prior stands (the `patience_*` of `tuning.ControlTuning`).
     """
 
-    def __init__(
-        self, prior: float, capacity: int = 128, quantile: float = 0.1, min_samples: int = 16
-    ) -> None:
+    def __init__(self, prior: float, tuning: ControlTuning = CONTROL) -> None:
         self.prior = prior
-        self.capacity = capacity
-        self.quantile = quantile
-        self.min_samples = min_samples
+        self.capacity = tuning.patience_kept
+        self.quantile = tuning.patience_quantile
+        self.min_samples = tuning.patience_samples
         self._ring: list[float] = []
         self._next = 0
         self._value = prior

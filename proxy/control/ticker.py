@@ -11,16 +11,10 @@ from typing import Protocol
 
 from ..config import Config
 from ..contracts import Probe
+from ..tuning import CONTROL, ControlTuning
 from .modes import Mode
 
 log = logging.getLogger("sluice.gate")
-
-# Between ticks the ticker wakes (at most this often) to answer waiters whose wait ran out: a
-# wait ends at the client's deadline minus the margin, and a whole tick late is past it.
-_EXPIRY_STEP = 0.01
-# Timers may fire this much early (uvloop rounds them to the millisecond): a probe due at a
-# tick must not slip to the next one, which doubled `upstream.probe_interval` at 100 ms.
-_TIMER_SLACK = 0.002
 
 
 class Ticked(Protocol):
@@ -49,11 +43,15 @@ class Ticked(Protocol):
 
 
 class Ticker:
-    """Runs `Ticked.tick` every `batch_interval` and probes the upstream on schedule."""
+    """Runs `Ticked.tick` every `batch_interval` and probes the upstream on schedule. Its
+    internal numbers are `tuning.ControlTuning`'s (why each value: docs/tuning.md)."""
 
-    def __init__(self, target: Ticked, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, target: Ticked, clock: Callable[[], float], tuning: ControlTuning = CONTROL
+    ) -> None:
         self._target = target
         self._clock = clock
+        self.tuning = tuning
         self.next_probe = clock()
         self._task: asyncio.Task[None] | None = None
         self._probe_task: asyncio.Task[None] | None = None
@@ -118,20 +116,22 @@ class Ticker:
             if (
                 self._probe is not None
                 and self._probe_task is None
-                and now + _TIMER_SLACK >= self.next_probe
+                and now + self.tuning.timer_slack >= self.next_probe  # timers fire early
             ):
                 self._probe_task = asyncio.create_task(self.run_probe(self._probe, now))
 
     async def _sleep_expiring(self, interval: float) -> None:
         """Sleep one tick's `interval`, answering on the way the waiters whose wait runs out
-        before it ends (a refusal frees no slot, so nothing else is due before the tick)."""
+        before it ends (a refusal frees no slot, so nothing else is due before the tick): a
+        wait ends at the client's deadline less the margin, and a whole tick late is past it."""
         target = self._target
+        min_step = self.tuning.expiry_step
         left = interval
         while left > 0:
             step = left
             due = target.next_expiry()
             if due is not None:
-                step = min(left, max(due - self._clock(), _EXPIRY_STEP))
+                step = min(left, max(due - self._clock(), min_step))
             await asyncio.sleep(step)
             left -= step
             due = target.next_expiry()
@@ -144,9 +144,11 @@ class Ticker:
     async def run_probe(self, probe: Probe, started: float) -> None:
         """One probe: its result recorded, the next one scheduled from this one's start."""
         up = self._target.config.upstream
+        tuning = self.tuning
+        deadline = tuning.probe_deadline_factor * up.probe_timeout + tuning.probe_deadline_extra
         try:
             try:
-                async with asyncio.timeout(2 * up.probe_timeout + 1.0):
+                async with asyncio.timeout(deadline):
                     ok = await probe()
             except asyncio.CancelledError:
                 raise
