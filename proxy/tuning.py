@@ -214,6 +214,17 @@ class DeliveryTuning(WindowTuning):
     """Delivery samples the pace needs (besides a backend seen full) to count as known."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class EdgeTuning:
+    """The event loop's own helpers at the edge (`edge.arrival`, `edge.gcpacing`)."""
+
+    arrival_period: float = 0.001
+    """Seconds between the heartbeats `ArrivalClock` stamps arrivals from."""
+
+    gc_check_every: float = 1.0
+    """Seconds between checks whether a full garbage collection is due."""
+
+
 ADMISSION = AdmissionTuning()
 """The gate's tuning in force."""
 
@@ -228,3 +239,6 @@ GRADIENT = GradientTuning()
 
 DELIVERY = DeliveryTuning()
 """The delivery limiter's tuning in force."""
+
+EDGE = EdgeTuning()
+"""The edge's tuning in force."""

@@ -31,9 +31,8 @@ _PRIORITY_INDEX = {name: i for i, name in enumerate(PRIORITY_CLASSES)}
 _MAX_INT_TEXT = 12
 
 # Request ids have uuid.uuid4().hex's form (32 hex digits, version 4, RFC 4122 variant) but
-# come from a generator seeded once from os.urandom: uuid4 reads os.urandom per call, a
-# getrandom(2) syscall that was ~5 % of a refusal's CPU (issue 7). Ids only correlate logs;
-# they need no secrecy, as any client may send its own x-request-id anyway.
+# come from a generator seeded once, not a syscall per id: they only correlate logs and need
+# no secrecy (why: docs/design-notes.md, "Request ids").
 _ids = random.Random()
 os.register_at_fork(after_in_child=_ids.seed)  # a forked worker must not repeat the parent's
 _UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)

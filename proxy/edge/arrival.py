@@ -2,18 +2,16 @@
 
 A reopening wave is thousands of requests on as many sockets. The loop reads them in a few
 long iterations, and a request read in the last one has sat in its socket since before the one
-before it: up to 100 ms that its client has counted against its timeout and a clock read in the
+before it: time that its client has counted against its timeout and a clock read in the
 handler has not. Deadlines anchored at the handler's clock were then met by our clock and
-missed by the client's. (One reopen replay at x2, traced with a temporary request-id log and a
-loop heartbeat: iterations of 49, 30 and 23 ms; client timeouts at t0 + 1 s for requests sent
-at t0 + 21 ms and read at t0 + 121 ms.)
+missed by the client's (the traced run: docs/design-notes.md, "Arrival stamps").
 
 `ArrivalClock` keeps a heartbeat on the loop: a timer every `period` that notes when it ran.
 Timers run once per iteration, before its poll. A handler runs in the iteration after the poll
 that read its request (the parser wakes it with `call_soon`), and the request arrived after
 the poll before that one, which came after that iteration's timers: so after the third-last
 heartbeat. Requests are stamped with that time (never later than now). On an idle loop it is
-two or three milliseconds early; during a wave, as early as the loop was late.
+two or three heartbeats early; during a wave, as early as the loop was late.
 """
 
 from __future__ import annotations
@@ -21,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-DEFAULT_PERIOD = 0.001
+from ..tuning import EDGE
+
+DEFAULT_PERIOD = EDGE.arrival_period  # (`EdgeTuning.arrival_period`; docs/tuning.md)
 
 
 class ArrivalClock:

@@ -3,12 +3,12 @@
 CPython 3.11-3.13 run a full (generation 2) collection once enough objects have survived since
 the last one, which is exactly what a reopening wave does: thousands of requests read at once.
 With a few thousand open connections that collection walks every one of them while nothing is
-read or answered (65 ms at t0 + 117 ms of a 2,000-request wave, seen once on the reopen replay
-at x2 with a temporary `gc.callbacks` logger). So Sluice freezes what start-up built (it lives
-for the whole process anyway), turns the automatic full collections off, and runs them itself
-while the mode is calm (NORMAL, not draining), at most `interval` apart, and never more than
-`max_deferral` after the last one, so memory stays bounded through a long incident. Young
-collections are left as they are: they are short and they are what frees most request garbage.
+read or answered (the measured pause: docs/design-notes.md, "Garbage-collector pacing"). So
+Sluice freezes what start-up built (it lives for the whole process anyway), turns the automatic
+full collections off, and runs them itself while the mode is calm (NORMAL, not draining), at
+most `interval` apart, and never more than `max_deferral` after the last one, so memory stays
+bounded through a long incident. Young collections are left as they are: they are short and
+they are what frees most request garbage.
 
 Python 3.14's incremental collector bounds its own pauses and ignores the third threshold;
 there only the freeze applies.
@@ -22,6 +22,8 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+
+from ..tuning import EDGE
 
 log = logging.getLogger("sluice.gc")
 
@@ -63,7 +65,7 @@ async def run_full_collections(
     calm: Callable[[], bool],
     settings: Callable[[], tuple[float, float]],
     *,
-    check_every: float = 1.0,
+    check_every: float = EDGE.gc_check_every,
     clock: Callable[[], float] = time.monotonic,
     collect: Callable[[int], int] = gc.collect,
 ) -> None:
