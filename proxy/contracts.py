@@ -17,9 +17,10 @@ from .config import Config
 
 
 class Reason(enum.StrEnum):
-    """Why Sluice answered a request itself (DESIGN.md §4): the closed set of `x-sluice-reason`
-    values. A StrEnum, so a member equals, hashes and formats as its plain string: metric
-    labels, headers and JSON carry the value (`"caller-cap"`), never the member's name."""
+    """Why Sluice answered a request itself (README, "Answers Sluice makes itself"): the
+    closed set of `x-sluice-reason` values. A StrEnum, so a member equals, hashes and formats
+    as its plain string: metric labels, headers and JSON carry the value (`"caller-cap"`),
+    never the member's name."""
 
     OVERLOAD = "overload"
     CALLER_CAP = "caller-cap"

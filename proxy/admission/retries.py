@@ -1,4 +1,5 @@
-"""Telling a retry from a repeat (DESIGN.md §4): the bounded memories behind the classifier.
+"""Telling a retry from a repeat (README, "How a retry is told from a repeat"): the bounded
+memories behind the classifier.
 
 Signals, most trusted first:
 1. an attempt header (`x-retry-attempt` and its aliases, `amz-sdk-request: attempt=N`): the

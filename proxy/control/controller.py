@@ -1,7 +1,6 @@
 """The control loop's pure part: what each answer teaches (the tally), the tally folded into
-the signals each tick, saturation, the
-snapshot the mode machine decides on, and what a mode change does to the signals and the
-limiter.
+the signals each tick, saturation, the snapshot the mode machine decides on, and what a mode
+change does to the signals and the limiter.
 
 The gate owns the queue and the request path; on each tick it asks this controller to fold
 the tally, note saturation and evaluate the mode, then carries out the queue's part of a

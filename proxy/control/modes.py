@@ -4,8 +4,8 @@ Read it like h11's `_state.py`: the states, the events, one table of legal moves
 function (`next_mode`) that applies an event or raises `IllegalTransition`. `ModeController`
 adds what the table cannot say: when to fire an event (`evaluate`, from a `Snapshot` of the
 signals), minimum dwell in every mode, the RECOVERY hold, SHIELD's time-to-live and allow-list,
-and a bounded history of transitions. It does no I/O: the gate logs and
-counts the `Transition` records it returns.
+and a bounded history of transitions. It does no I/O: the controller (`controller.Controller`)
+logs and counts the `Transition` records it returns.
 
 | from     | event            | to       | why                                                |
 | -------- | ---------------- | -------- | -------------------------------------------------- |
@@ -223,7 +223,7 @@ class Transition:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """The signals the controller decides on, gathered by the gate on each tick."""
+    """The signals the mode machine decides on, gathered by `controller.Controller` each tick."""
 
     health: HealthView
     queue_depth: int

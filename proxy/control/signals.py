@@ -9,8 +9,8 @@
   learns in NORMAL (frozen otherwise, so a long surge never becomes the new normal).
 - `LatencyFloor`: the backend's unloaded latency, the yardstick of the learned limit.
 
-The request path never touches these directly: the gate counts into plain integers and folds
-them in on its ticker, so the hot path pays nothing for the windows.
+The request path never touches these directly: it counts into plain integers
+(`controller.Tally`), folded in on each tick, so the hot path pays nothing for the windows.
 """
 
 from __future__ import annotations

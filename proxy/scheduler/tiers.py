@@ -1,8 +1,9 @@
 """Queue levels: a priority class, then a tier within it; levels are served in order.
 
 The tiers of a priority class:
-1. fresh arrivals while they stay within the arrival baseline's rate (x1.2): fresh traffic
-   keeps its share whatever happens to the backlog and whatever the pacing error;
+1. fresh arrivals while they stay within the arrival baseline's rate (with the headroom of
+   `AdmissionTuning.fresh_headroom`): fresh traffic keeps its share whatever happens to the
+   backlog and whatever the pacing error;
 2. solicited returns (the request came back in the slot we booked for it): ahead of every
    other arrival of their caller, and never pushed out of a full queue;
 3. first tries beyond the baseline (a reopening backlog, and the fresh traffic read behind it);

@@ -22,7 +22,7 @@ WAITING, ADMITTED, REFUSED, CANCELLED = 0, 1, 2, 3
 
 
 class WaiterOwner(Protocol):
-    """What a waiter reports to: the gate that queued it."""
+    """What a waiter reports to: the waiting room that queued it (`admission.waitroom`)."""
 
     wakeups: Wakeups
 

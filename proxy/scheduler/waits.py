@@ -18,7 +18,7 @@ from .queue import TieredQueue
 from .tiers import N_LEVELS, in_order
 from .waiter import Waiter
 
-_MIN_RATE = 1e-3
+_MIN_RATE = 1e-3  # requests/s: a guard against dividing by zero, not tuning
 
 
 def in_order_wait(place: int, mine: int, pace: float, c: Caller, latency: float) -> float:
