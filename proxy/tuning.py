@@ -1,7 +1,7 @@
 """Sluice's internal tuning: typed, frozen, with the defaults it runs with.
 
-These numbers are not user settings (the config holds those): they sit inside the algorithms
-and were chosen on the load-test replays. One class per part: `AdmissionTuning` (the gate's
+These numbers are not user settings (the config holds those): they sit inside the algorithms,
+and most were chosen on the load-test replays. One class per part: `AdmissionTuning` (the gate's
 estimates, held refusals and housekeeping), `SchedulerTuning`, `ControlTuning` (the ticker, the
 controller, the signals), `WindowTuning` and its two limiter variants, and `EdgeTuning`. Why
 each value is what it is: docs/tuning.md. A component takes its tuning when it is built and
@@ -69,7 +69,7 @@ class AdmissionTuning:
 
 @dataclass(frozen=True, kw_only=True)
 class SchedulerTuning:
-    """The scheduler's (`scheduler.waiter.Wakeups`, `scheduler.queue.TieredQueue`)."""
+    """The scheduler's tuning (`scheduler.waiter.Wakeups`, `scheduler.queue.TieredQueue`)."""
 
     wake_chunk: int = 64
     """Refused waiters woken per event-loop iteration when many are refused at once."""
@@ -81,7 +81,7 @@ class SchedulerTuning:
 
 @dataclass(frozen=True, kw_only=True)
 class ControlTuning:
-    """The control loop's (`control.ticker.Ticker`, `control.controller.Controller`,
+    """The control loop's tuning (`control.ticker.Ticker`, `control.controller.Controller`,
     `control.signals`)."""
 
     expiry_step: float = 0.01
