@@ -34,15 +34,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import http.client
 import json
 import os
 import re
 import resource
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -55,6 +52,17 @@ from typing import Any
 
 import orjson
 import yaml
+
+from .procs import (
+    Child,
+    ProcessGroup,
+    free_port,
+    interrupt_on_termination,
+    rss_mb,
+    tree_cpu_seconds,
+    wait_port,
+    write_sluice_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent  # children run `-m loadtest...` from here
 LOAD_CORE = 0  # backend + load generators
@@ -92,55 +100,8 @@ TARGET_P99_ADDED_MS = 1.0
 TARGET_RSS_MB = 250.0
 WAITING = 10_000
 
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-_PR_SET_PDEATHSIG = 1
-
 
 # --- small helpers ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _descendants(pid: int) -> list[int]:
-    """`pid` and every process below it (nginx: master + workers)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        with contextlib.suppress(OSError):
-            for task in os.listdir(f"/proc/{p}/task"):
-                text = Path(f"/proc/{p}/task/{task}/children").read_text()
-                todo.extend(int(c) for c in text.split())
-    return out
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of `pid` and its descendants (threads included), in seconds."""
-    total = 0
-    for p in _descendants(pid):
-        with contextlib.suppress(OSError, ValueError):
-            text = Path(f"/proc/{p}/stat").read_text()
-            fields = text[text.rindex(")") + 2 :].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / _CLK_TCK
-
-
-def rss_mb(pid: int) -> float:
-    """Resident set size of `pid` in MB (VmRSS)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def http_call(
@@ -161,18 +122,6 @@ def http_call(
         conn.close()
 
 
-def wait_port(port: int, timeout: float = 15.0, alive: Callable[[], bool] = lambda: True) -> None:
-    """Until something accepts on 127.0.0.1:`port`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive():
-            raise RuntimeError(f"process for port {port} exited")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout:.0f}s")
-
-
 def pct(values: Sequence[float], q: float) -> float:
     """The q-quantile (0..1) of `values` by nearest rank (nan when empty)."""
     if not values:
@@ -184,80 +133,16 @@ def pct(values: Sequence[float], q: float) -> float:
 # --- child processes ----------------------------------------------------------------------
 
 
-@dataclass
-class Proc:
-    """One started child (its own session, so the whole group is stopped by its id)."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        """Its process id."""
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        """Still running."""
-        return self.popen.poll() is None
-
-    def tail(self, n: int = 10) -> str:
-        """The last lines of its output."""
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        return ""
-
-
-class Procs:
-    """Starts children pinned with taskset and guarantees they are stopped."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.procs: list[Proc] = []
-
-    def start(
-        self, name: str, argv: Sequence[str], core: int | None, env: dict[str, str] | None = None
-    ) -> Proc:
-        """Start `argv` (on `core` when given), output to `<workdir>/<name>.log`."""
-        full = ["taskset", "-c", str(core), *argv] if core is not None else list(argv)
-        log = self.workdir / f"{name}.log"
-        child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        with log.open("wb") as out:
-            popen = subprocess.Popen(
-                full,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=child_env,
-                cwd=ROOT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        proc = Proc(name, popen, log)
-        self.procs.append(proc)
-        return proc
-
-    def stop(self, proc: Proc, timeout: float = 5.0) -> None:
-        """SIGTERM its process group, then SIGKILL if it lingers."""
-        if proc.alive():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.popen.wait(5)
-        # nginx workers may outlive a master killed hard: sweep the group once more.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        if proc in self.procs:
-            self.procs.remove(proc)
-
-    def stop_all(self) -> None:
-        """Stop every child, newest first."""
-        for proc in reversed(list(self.procs)):
-            self.stop(proc)
+def start_pinned(
+    group: ProcessGroup,
+    name: str,
+    argv: Sequence[str],
+    core: int | None,
+    env: dict[str, str] | None = None,
+) -> Child:
+    """Start `argv` from the repository root (on `core`, with taskset, when given)."""
+    full = ["taskset", "-c", str(core), *argv] if core is not None else list(argv)
+    return group.start_argv(name, full, env, ROOT)
 
 
 # --- the servers --------------------------------------------------------------------------
@@ -291,7 +176,7 @@ http {{
     return path
 
 
-def start_nginx_backend(procs: Procs, port: int) -> Proc:
+def start_nginx_backend(procs: ProcessGroup, port: int) -> Child:
     """nginx answering every path with the static JSON token (core LOAD_CORE)."""
     body = f"""    server {{
         listen 127.0.0.1:{port} backlog=4096;
@@ -300,19 +185,19 @@ def start_nginx_backend(procs: Procs, port: int) -> Proc:
             return 200 '{BODY}';
         }}
     }}"""
-    conf = _nginx_conf(procs.workdir, "nginx-backend", body)
-    return procs.start(
-        "nginx-backend", ["nginx", "-p", str(conf.parent), "-c", str(conf)], LOAD_CORE
+    conf = _nginx_conf(procs.log_dir, "nginx-backend", body)
+    return start_pinned(
+        procs, "nginx-backend", ["nginx", "-p", str(conf.parent), "-c", str(conf)], LOAD_CORE
     )
 
 
-def start_python_backend(procs: Procs, port: int) -> Proc:
+def start_python_backend(procs: ProcessGroup, port: int) -> Child:
     """Fallback backend without nginx: bench_upstream's raw asyncio keep-alive responder."""
     argv = [sys.executable, "-m", "loadtest.bench_upstream", "--backend", str(port)]
-    return procs.start("py-backend", argv, LOAD_CORE)
+    return start_pinned(procs, "py-backend", argv, LOAD_CORE)
 
 
-def start_nginx_proxy(procs: Procs, port: int, backend: int) -> Proc:
+def start_nginx_proxy(procs: ProcessGroup, port: int, backend: int) -> Child:
     """nginx as a reverse proxy: 1 worker, upstream keep-alive pool of 512 (> 256 conns)."""
     body = f"""    upstream backend {{
         server 127.0.0.1:{backend};
@@ -328,15 +213,15 @@ def start_nginx_proxy(procs: Procs, port: int, backend: int) -> Proc:
             proxy_set_header Connection "";
         }}
     }}"""
-    conf = _nginx_conf(procs.workdir, "nginx-proxy", body)
-    return procs.start(
-        "nginx-proxy", ["nginx", "-p", str(conf.parent), "-c", str(conf)], PROXY_CORE
+    conf = _nginx_conf(procs.log_dir, "nginx-proxy", body)
+    return start_pinned(
+        procs, "nginx-proxy", ["nginx", "-p", str(conf.parent), "-c", str(conf)], PROXY_CORE
     )
 
 
-def start_haproxy(procs: Procs, port: int, backend: int) -> Proc:
+def start_haproxy(procs: ProcessGroup, port: int, backend: int) -> Child:
     """HAProxy: one thread, `http-reuse always`, foreground (-db)."""
-    conf = procs.workdir / "haproxy.cfg"
+    conf = procs.log_dir / "haproxy.cfg"
     conf.write_text(f"""global
     nbthread 1
     maxconn 4096
@@ -353,10 +238,10 @@ frontend fe
 backend be
     server s1 127.0.0.1:{backend}
 """)
-    return procs.start("haproxy", ["haproxy", "-db", "-f", str(conf)], PROXY_CORE)
+    return start_pinned(procs, "haproxy", ["haproxy", "-db", "-f", str(conf)], PROXY_CORE)
 
 
-def start_forwarder(procs: Procs, port: int, backend: int) -> Proc:
+def start_forwarder(procs: ProcessGroup, port: int, backend: int) -> Child:
     """The minimal aiohttp + uvloop forwarder of issue 7."""
     argv = [
         sys.executable,
@@ -367,7 +252,7 @@ def start_forwarder(procs: Procs, port: int, backend: int) -> Proc:
         "--upstream",
         f"http://127.0.0.1:{backend}",
     ]
-    return procs.start("forwarder", argv, PROXY_CORE)
+    return start_pinned(procs, "forwarder", argv, PROXY_CORE)
 
 
 _REFUSED = re.compile(r'sluice_requests_total\{outcome="refused",reason="([^"]*)"\} (\S+)')
@@ -377,7 +262,7 @@ _REFUSED = re.compile(r'sluice_requests_total\{outcome="refused",reason="([^"]*)
 class SluiceProc:
     """A Sluice child with its ports."""
 
-    proc: Proc
+    proc: Child
     port: int
     admin: int
 
@@ -429,31 +314,25 @@ def _merge(base: dict[str, dict[str, Any]], extra: dict[str, dict[str, Any]]) ->
     return out
 
 
-def sluice_config(port: int, admin: int, backend: int, client: str) -> dict[str, Any]:
-    """The default config (config/sluice.yaml's keys) on bench ports, `upstream.client` set.
-
-    Quiet logs only; every admission setting keeps its default.
-    """
-    return {
-        "listen": {"host": "127.0.0.1", "port": port},
-        "upstream": {"url": f"http://127.0.0.1:{backend}", "client": client},
-        "admin": {"host": "127.0.0.1", "port": admin},
-        "logging": {"level": "warning"},
-    }
-
-
 def start_sluice(
-    procs: Procs, name: str, backend: int, client: str, extra: dict[str, Any] | None = None
+    procs: ProcessGroup, name: str, backend: int, client: str, extra: dict[str, Any] | None = None
 ) -> SluiceProc:
-    """Sluice on PROXY_CORE with the admin token in SLUICE_ADMIN_TOKEN."""
+    """Sluice on PROXY_CORE with the admin token in SLUICE_ADMIN_TOKEN: the default config
+    (config/sluice.yaml's keys) on bench ports with `upstream.client` set and quiet logs (every
+    admission setting keeps its default), then `extra` section by section."""
     port, admin = free_port(), free_port()
-    data = sluice_config(port, admin, backend, client)
-    for section, values in (extra or {}).items():
-        data[section] = {**data.get(section, {}), **values}
-    path = procs.workdir / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
+    overrides = _merge(
+        {"upstream": {"client": client}, "logging": {"level": "warning"}}, extra or {}
+    )
+    path = write_sluice_config(
+        procs.log_dir / f"{name}.yaml",
+        port=port,
+        upstream_port=backend,
+        admin_port=admin,
+        overrides=overrides,
+    )
     argv = [sys.executable, "-m", "proxy", "--config", str(path)]
-    proc = procs.start(name, argv, PROXY_CORE, {"SLUICE_ADMIN_TOKEN": ADMIN_TOKEN})
+    proc = start_pinned(procs, name, argv, PROXY_CORE, {"SLUICE_ADMIN_TOKEN": ADMIN_TOKEN})
     return SluiceProc(proc, port, admin)
 
 
@@ -743,7 +622,7 @@ class Row:
     name: str
     port: int = 0
     pid: int | None = None  # process whose CPU is counted (None: direct)
-    proc: Proc | None = None
+    proc: Child | None = None
     skipped: str | None = None
     cpu_us: dict[int, list[float]] = field(default_factory=dict)
     rps: dict[int, list[float]] = field(default_factory=dict)
@@ -843,11 +722,11 @@ def gate_available() -> bool:
 
 def measure_cpu(pid: int | None, fn: Callable[[], WrkResult]) -> tuple[WrkResult, float | None]:
     """Run `fn` and return its result with the CPU µs per request of `pid` over it."""
-    before = cpu_seconds(pid) if pid else 0.0
+    before = tree_cpu_seconds(pid) if pid else 0.0
     result = fn()
     if not pid or not result.requests:
         return result, None
-    return result, (cpu_seconds(pid) - before) / result.requests * 1e6
+    return result, (tree_cpu_seconds(pid) - before) / result.requests * 1e6
 
 
 def bench(args: argparse.Namespace) -> int:
@@ -903,8 +782,8 @@ def bench(args: argparse.Namespace) -> int:
         print("without wrk there is no closed-loop table (CPU per request); open loop only")
 
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
-        procs = Procs(Path(tmp))
-        stop = _install_signal_exit()
+        procs = ProcessGroup(Path(tmp))
+        interrupt_on_termination()  # SIGTERM too: the teardown in `finally` always runs
         try:
             return _bench_body(args, procs, have, wanted, conns, t0)
         except KeyboardInterrupt:
@@ -912,7 +791,6 @@ def bench(args: argparse.Namespace) -> int:
             return 130
         finally:
             procs.stop_all()
-            stop()
 
 
 def _revision() -> str:
@@ -934,19 +812,9 @@ def _revision() -> str:
     return f"commit {head}" + (" + uncommitted changes in proxy/" if dirty else "")
 
 
-def _install_signal_exit() -> Callable[[], None]:
-    """SIGTERM raises KeyboardInterrupt too, so the teardown in `finally` always runs."""
-
-    def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, on_term)
-    return lambda: signal.signal(signal.SIGTERM, old)
-
-
 def _bench_body(
     args: argparse.Namespace,
-    procs: Procs,
+    procs: ProcessGroup,
     have: dict[str, bool],
     wanted: set[str],
     conns: Sequence[int],
@@ -992,7 +860,7 @@ def _bench_body(
         elif name in FLOOR_ROWS:
             argv = [sys.executable, "-m", "loadtest.bench", "--floor-server", name]
             argv += ["--floor-port", str(port), "--floor-backend", str(backend_port)]
-            proc = procs.start(name, argv, PROXY_CORE)
+            proc = start_pinned(procs, name, argv, PROXY_CORE)
         else:
             client = "aiohttp" if name == "sluice-aiohttp" else "lean"
             extra = _merge({} if args.default_config else NORMAL_OVERRIDES, args.sluice_extra)
@@ -1011,7 +879,7 @@ def _bench_body(
             if row.name in sluices:
                 wait_port(sluices[row.name].admin, alive=proc.alive)
         except RuntimeError as exc:
-            row.skipped = f"did not start: {exc}: {proc.tail(1)[-300:]}"
+            row.skipped = f"did not start: {exc}: {proc.log_tail(1)[-300:]}"
             sluices.pop(row.name, None)
             continue
     if "sluice-shield" in sluices:
@@ -1124,12 +992,12 @@ def print_own_answers(own: dict[str, dict[str, int]], checked: bool) -> bool:
     return failed
 
 
-def _memory_test(procs: Procs, args: argparse.Namespace) -> dict[str, Any] | None:
+def _memory_test(procs: ProcessGroup, args: argparse.Namespace) -> dict[str, Any] | None:
     if not gate_available():
         return {"text": "memory with 10,000 waiting: skipped: gate not available", "rss": None}
     slow_port = free_port()
     argv = [sys.executable, "-m", "loadtest.bench", "--slow-backend", str(slow_port)]
-    slow = procs.start("slow-backend", argv, LOAD_CORE)
+    slow = start_pinned(procs, "slow-backend", argv, LOAD_CORE)
     wait_port(slow_port, alive=slow.alive)
     extra = _merge(MEMORY_OVERRIDES, args.sluice_extra)
     sp = start_sluice(procs, "sluice-memory", slow_port, "lean", extra)
@@ -1137,7 +1005,7 @@ def _memory_test(procs: Procs, args: argparse.Namespace) -> dict[str, Any] | Non
         wait_port(sp.port, alive=sp.proc.alive)
         wait_port(sp.admin, alive=sp.proc.alive)
     except RuntimeError as exc:
-        text = f"memory with {WAITING} waiting: Sluice did not start: {exc}: {sp.proc.tail(1)}"
+        text = f"memory with {WAITING} waiting: Sluice did not start: {exc}: {sp.proc.log_tail(1)}"
         return {"text": text[:500], "rss": None}
     idle = rss_mb(sp.proc.pid)
     sp.command({"mode": "recovery"})

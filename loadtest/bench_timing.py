@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import os
 import random
-import socket
 import sys
 import tempfile
 import time
@@ -43,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 from aiohttp import web
 
 from proxy.config import load_config_data
@@ -52,7 +50,13 @@ from proxy.edge.lifecycle import Server, start_server
 
 from .backend import BackendConfig, Simulator, build_apps
 from .httpclient import Pool
-from .procs import ProcessGroup, free_port, interrupt_on_termination
+from .procs import (
+    ProcessGroup,
+    free_port,
+    interrupt_on_termination,
+    wait_port,
+    write_sluice_config,
+)
 from .users import (
     Environment,
     HeadlessRunner,
@@ -364,17 +368,6 @@ async def bench_holds(rounds: int = 10) -> None:
 
 
 # --- deadlines --------------------------------------------------------------------------------
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port} after {timeout:g} s")
-
-
 async def storm(base: str, seconds: float, deadline_ms: int) -> list[tuple[float, str]]:
     """200 requests/s for `seconds`, each with a deadline: (answer time, outcome) each."""
     loop = asyncio.get_running_loop()
@@ -440,38 +433,39 @@ def bench_deadlines(seconds: float) -> None:
             ],
             cwd=ROOT,
         )
-        wait_port(badmin)
+        wait_port(badmin, timeout=20.0)
         sport, sadmin = free_port(), free_port()
-        data = {
-            "listen": {"host": "127.0.0.1", "port": sport},
-            "upstream": {
-                "url": f"http://127.0.0.1:{bport}",
-                "read_timeout": "2s",
-                "connect_timeout": "500ms",
-                "probe_interval": "100ms",
-                "probe_interval_normal": "200ms",
-                "probe_timeout": "300ms",
+        path = write_sluice_config(
+            Path(tmp) / "sluice.yaml",
+            port=sport,
+            upstream_port=bport,
+            admin_port=sadmin,
+            overrides={
+                "upstream": {
+                    "read_timeout": "2s",
+                    "connect_timeout": "500ms",
+                    "probe_interval": "100ms",
+                    "probe_interval_normal": "200ms",
+                    "probe_timeout": "300ms",
+                },
+                "lifecycle": {"drain_timeout": "2s"},
+                "logging": {"level": "warning"},
+                "modes": {
+                    "protection": "on",
+                    "startup_window": "0s",
+                    "min_dwell": "300ms",
+                    "error_window": "1s",
+                    "outage_min_samples": 5,
+                },
+                # About 80/s through a ceiling of 4 x 50 ms: a 200/s storm queues behind it.
+                "limiter": {"floor": 2, "initial": 4, "ceiling": 4},
+                "queue": {"max_size": 200},
+                "recovery": {"hold": "500ms", "batch_interval": "400ms"},
+                "shedding": {"deadline_margin": "200ms"},
             },
-            "admin": {"host": "127.0.0.1", "port": sadmin},
-            "lifecycle": {"drain_timeout": "2s"},
-            "logging": {"level": "warning"},
-            "modes": {
-                "protection": "on",
-                "startup_window": "0s",
-                "min_dwell": "300ms",
-                "error_window": "1s",
-                "outage_min_samples": 5,
-            },
-            # About 80/s through a ceiling of 4 x 50 ms: a 200/s storm queues behind it.
-            "limiter": {"floor": 2, "initial": 4, "ceiling": 4},
-            "queue": {"max_size": 200},
-            "recovery": {"hold": "500ms", "batch_interval": "400ms"},
-            "shedding": {"deadline_margin": "200ms"},
-        }
-        path = Path(tmp) / "sluice.yaml"
-        path.write_text(yaml.safe_dump(data))
+        )
         group.start("sluice", ["-m", "proxy", "--config", str(path)], cwd=ROOT)
-        wait_port(sadmin)
+        wait_port(sadmin, timeout=20.0)
         base = f"http://127.0.0.1:{sport}"
         busy = asyncio.run(storm(base, seconds, deadline_ms))
         report_deadlines("a gate that queues", busy, deadline_ms / 1000)

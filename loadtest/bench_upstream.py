@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import gc
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from multidict import CIMultiDict
 
 from proxy.config import UpstreamConfig
 from proxy.upstream import UpstreamClient, UpstreamRequest, make_upstream
+
+from .procs import free_port
 
 BODY = (
     b'{"access_token":"eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJodHRwczovL21hbmFnZW1l'
@@ -67,9 +68,7 @@ def run_backend(port: int) -> None:
 
 @contextlib.contextmanager
 def backend() -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "loadtest.bench_upstream", "--backend", str(port)],
         stdout=subprocess.PIPE,

@@ -1,8 +1,10 @@
-"""Child processes of a run: free ports, start, readiness, CPU accounting, teardown.
+"""Child processes of the harness: free ports, configs, start, readiness, CPU and memory, teardown.
 
-Every child runs `sys.executable` on 127.0.0.1, in its own session (so a Ctrl-C reaches only the
-harness, which then tears down in order), with a parent-death signal (so a killed harness
-leaves no orphans), its output in a log file, and is stopped by pid: SIGTERM, then SIGKILL.
+The one home of these helpers for every command of loadtest/ (replays, sweep, bench, soak,
+bench_timing). Every child runs on 127.0.0.1, in its own session and so its own process group (a
+Ctrl-C reaches only the harness, which then tears down in order), with a parent-death signal (a
+killed harness leaves no orphans), its output in a log file, and is stopped by process group:
+SIGTERM, then SIGKILL (a group, so what a child forks, such as nginx's workers, goes with it).
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 _PR_SET_PDEATHSIG = 1
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -56,15 +61,84 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def wait_port(port: int, timeout: float = 15.0, alive: Callable[[], bool] = lambda: True) -> None:
+    """Until something accepts on 127.0.0.1:`port`; RuntimeError when `alive()` turns False
+    (the child meant to listen there exited) or after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError(f"process for port {port} exited")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout:.0f}s")
+
+
+def write_sluice_config(
+    path: Path,
+    *,
+    port: int,
+    upstream_port: int,
+    admin_port: int,
+    base: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Path:
+    """Write the Sluice config of a child to `path`: `base` (a config document; default empty)
+    listening on 127.0.0.1:`port`, forwarding to 127.0.0.1:`upstream_port`, its admin listener on
+    127.0.0.1:`admin_port`, then each section of `overrides` merged into the section of that name.
+    Sections keep the order they have (a config copied from a scenario reads as written)."""
+    data: dict[str, Any] = {
+        k: dict(v) if isinstance(v, Mapping) else v for k, v in (base or {}).items()
+    }
+    loopback: dict[str, Mapping[str, Any]] = {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "upstream": {"url": f"http://127.0.0.1:{upstream_port}"},
+        "admin": {"host": "127.0.0.1", "port": admin_port},
+    }
+    for layer in (loopback, overrides or {}):
+        for section, values in layer.items():
+            data.setdefault(section, {}).update(values)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+# --- what a child costs, from /proc ---------------------------------------------------------------
 def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of `pid` so far (None once it is gone)."""
+    """User + system CPU seconds of `pid` so far, its threads included (None once it is gone)."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        # The command name is in parentheses and may contain spaces: split after the last ')'.
+        fields = text[text.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    except (OSError, ValueError, IndexError):
         return None
-    # The command name is in parentheses and may contain spaces: split after the last ')'.
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (nginx: master + workers)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                text = Path(f"/proc/{p}/task/{task}/children").read_text()
+                todo.extend(int(c) for c in text.split())
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of `pid` and its descendants (those gone by now count 0)."""
+    return sum(cpu_seconds(p) or 0.0 for p in descendants(pid))
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of `pid` in MB (VmRSS; nan when it has none, a zombie)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def machine_cpu() -> tuple[float, float]:
@@ -111,11 +185,59 @@ class Child:
             self.cpu_marks[label] = value
 
 
+def spawn(
+    argv: Sequence[str],
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start `argv` in a session (and process group) of its own, dying with this process, its
+    output (stdout and stderr) to `log_path`, unbuffered if it is Python."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+
+
+def signal_group(popen: subprocess.Popen[bytes], sig: int) -> None:
+    """Send `sig` to the process group `popen` leads (nothing if it is gone)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(popen.pid, sig)
+
+
+def stop_groups(popens: Sequence[subprocess.Popen[bytes]], timeout: float = 5.0) -> None:
+    """Stop the process group of each child still running, in the order given: SIGTERM to all,
+    a wait for each until one shared deadline `timeout` s away, SIGKILL for the groups of those
+    still running then; last, SIGKILL to those groups once more, for members that outlive a
+    leader killed hard (nginx's workers). A child that had ended before is left alone: its
+    process id may belong to someone else by now."""
+    running = [p for p in popens if p.poll() is None]
+    for popen in running:
+        signal_group(popen, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for popen in running:
+        try:
+            popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            signal_group(popen, signal.SIGKILL)
+            popen.wait(timeout=5.0)
+    for popen in running:
+        signal_group(popen, signal.SIGKILL)
+
+
 class ProcessGroup:
     """Starts children and guarantees they are stopped (use as a context manager)."""
 
     def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
+        self.log_dir = log_dir  # also the work folder of the children's files (configs)
         self.children: list[Child] = []
 
     def start(
@@ -126,45 +248,34 @@ class ProcessGroup:
         cwd: Path | None = None,
     ) -> Child:
         """Start `python args...` with output to `<log_dir>/<name>.log`."""
+        return self.start_argv(name, [sys.executable, *args], env, cwd)
+
+    def start_argv(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> Child:
+        """Start any program (`argv`) with output to `<log_dir>/<name>.log`."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
-        argv = [sys.executable, *args]
-        full_env = dict(os.environ)
-        full_env["PYTHONUNBUFFERED"] = "1"
-        if env:
-            full_env.update(env)
-        with log_path.open("wb") as log:
-            popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=full_env,
-                cwd=cwd,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        child = Child(name, argv, log_path, popen)
+        popen = spawn(argv, log_path, env, cwd)
+        child = Child(name, list(argv), log_path, popen)
         self.children.append(child)
         _LIVE.add(self)
         return child
 
+    def stop(self, child: Child, timeout: float = 5.0) -> None:
+        """Stop one child's process group now (see `stop_groups`) and forget it."""
+        stop_groups([child.popen], timeout)
+        if child in self.children:
+            self.children.remove(child)
+
     def stop_all(self, timeout: float = 5.0) -> None:
-        """SIGTERM every child still running (newest first), then SIGKILL the stragglers."""
+        """Stop every child's process group, newest first (see `stop_groups`)."""
         _LIVE.discard(self)
-        for child in reversed(self.children):
-            if child.alive():
-                with contextlib.suppress(ProcessLookupError):
-                    child.popen.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for child in reversed(self.children):
-            left = max(0.0, deadline - time.monotonic())
-            try:
-                child.popen.wait(timeout=left)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    child.popen.kill()
-                child.popen.wait(timeout=5.0)
+        stop_groups([child.popen for child in reversed(self.children)], timeout)
 
     def __enter__(self) -> ProcessGroup:
         return self

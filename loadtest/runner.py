@@ -26,7 +26,7 @@ import yaml
 from .analysis import RunData, analyze
 from .fleet import FleetSpec, merge_outputs
 from .httpclient import ConnectError, Pool
-from .procs import Child, ProcessGroup, free_port, machine_cpu
+from .procs import Child, ProcessGroup, free_port, machine_cpu, write_sluice_config
 from .profiles import make_profile
 from .scenario import Scenario, sluice_config_path
 
@@ -141,15 +141,14 @@ def write_proxy_config(
     protection: str,
 ) -> Path:
     """The scenario's Sluice config with this run's ports, region and protection filled in."""
-    data = yaml.safe_load(base_file.read_text(encoding="utf-8")) or {}
-    data.setdefault("listen", {}).update({"host": "127.0.0.1", "port": port})
-    data.setdefault("upstream", {})["url"] = f"http://127.0.0.1:{upstream_port}"
-    data.setdefault("admin", {}).update({"host": "127.0.0.1", "port": admin_port})
-    data.setdefault("region", {})["name"] = region
-    data.setdefault("modes", {})["protection"] = protection
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return dest
+    return write_sluice_config(
+        dest,
+        port=port,
+        upstream_port=upstream_port,
+        admin_port=admin_port,
+        base=yaml.safe_load(base_file.read_text(encoding="utf-8")) or {},
+        overrides={"region": {"name": region}, "modes": {"protection": protection}},
+    )
 
 
 async def check_proxy_config(path: Path) -> None:

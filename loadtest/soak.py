@@ -24,12 +24,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import random
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,8 +36,17 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 from aiohttp import web
+
+from .procs import (
+    Child,
+    ProcessGroup,
+    cpu_seconds,
+    free_port,
+    rss_mb,
+    wait_port,
+    write_sluice_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 KNOWN_CALLERS = ("orch-eastus", "orch-westus", "repair-team")
@@ -72,45 +78,41 @@ def serve_backend(port: int, workers: int, service_ms: float) -> None:
 
 
 # --- helpers -----------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def proc_figures(pid: int) -> tuple[float, int, float]:
     """(RSS in MB, open file descriptors, CPU seconds) of a process, from /proc."""
-    rss_kb = 0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss_kb = int(line.split()[1])
     fds = len(os.listdir(f"/proc/{pid}/fd"))
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
-    return rss_kb / 1024, fds, cpu
+    cpu = cpu_seconds(pid)
+    return rss_mb(pid), fds, float("nan") if cpu is None else cpu
 
 
-def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited early:\n{log.read_text(errors='replace')[-3000:]}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise SystemExit(f"{what} did not start")
+def wait_listening(port: int, child: Child, what: str) -> None:
+    """Until `child` accepts on `port`; SystemExit with its log when it exits or never does."""
+    try:
+        wait_port(port, timeout=15.0, alive=child.alive)
+    except RuntimeError:
+        if child.alive():
+            raise SystemExit(f"{what} did not start") from None
+        log = child.log_path.read_text(errors="replace")[-3000:]
+        raise SystemExit(f"{what} exited early:\n{log}") from None
 
 
-def sluice_config(port: int, admin_port: int, backend_port: int, variant: int) -> dict[str, Any]:
+def write_config(path: Path, port: int, admin_port: int, backend_port: int, variant: int) -> None:
     """The proxy's config; reloads alternate between two variants so each SIGHUP changes it."""
+    write_sluice_config(
+        path,
+        port=port,
+        upstream_port=backend_port,
+        admin_port=admin_port,
+        overrides=sluice_overrides(variant),
+    )
+
+
+def sluice_overrides(variant: int) -> dict[str, dict[str, Any]]:
+    """The proxy's config beyond its ports (see `write_config`)."""
     return {
-        "listen": {"host": "127.0.0.1", "port": port, "header_read_timeout": "2s"},
-        "upstream": {
-            "url": f"http://127.0.0.1:{backend_port}",
-            "read_timeout": "5s",
-            "pool_size": 128,
-        },
-        "admin": {"host": "127.0.0.1", "port": admin_port, "token_env": "SLUICE_SOAK_TOKEN"},
+        "listen": {"header_read_timeout": "2s"},
+        "upstream": {"read_timeout": "5s", "pool_size": 128},
+        "admin": {"token_env": "SLUICE_SOAK_TOKEN"},
         "modes": {"protection": "on"},
         "callers": {
             "known": [
@@ -238,54 +240,39 @@ class Procs:
     admin_port: int
     backend_port: int
     config_path: Path
-    sluice_log: Path
-    backend: subprocess.Popen[bytes]
-    sluice: subprocess.Popen[bytes]
+    group: ProcessGroup
+    backend: Child
+    sluice: Child
 
     def write_config(self, variant: int) -> None:
-        data = sluice_config(self.port, self.admin_port, self.backend_port, variant)
-        self.config_path.write_text(yaml.safe_dump(data))
+        """Write the proxy's config (variant `variant`) where it reads it on SIGHUP."""
+        write_config(self.config_path, self.port, self.admin_port, self.backend_port, variant)
 
     def log_tail(self) -> str:
-        return self.sluice_log.read_text(errors="replace")[-2000:]
+        """The end of Sluice's output."""
+        return self.sluice.log_path.read_text(errors="replace")[-2000:]
 
     def stop(self) -> None:
-        for p in (self.sluice, self.backend):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+        """Stop Sluice and the backend (Sluice drains for up to 5 s on SIGTERM)."""
+        self.group.stop_all(timeout=10.0)
 
 
 def start_processes(args: argparse.Namespace) -> Procs:
+    """The backend and Sluice, each listening, with logs and config in a fresh temp folder."""
     tmp = Path(tempfile.mkdtemp(prefix="sluice-soak-"))
     port, admin_port, backend_port = free_port(), free_port(), free_port()
-    env = dict(os.environ, PYTHONUNBUFFERED="1", SLUICE_SOAK_TOKEN="soak-token")
-    backend_cmd = [sys.executable, "-m", "loadtest.soak", "--serve-backend", str(backend_port)]
-    backend_cmd += ["--workers", str(args.workers), "--service-ms", str(args.service_ms)]
-    backend_log = tmp / "backend.log"
-    with open(backend_log, "wb") as out:
-        backend = subprocess.Popen(
-            backend_cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env
-        )
+    env = {"SLUICE_SOAK_TOKEN": "soak-token"}
+    group = ProcessGroup(tmp)
+    backend_args = ["-m", "loadtest.soak", "--serve-backend", str(backend_port)]
+    backend_args += ["--workers", str(args.workers), "--service-ms", str(args.service_ms)]
+    backend = group.start("backend", backend_args, env=env, cwd=ROOT)
     config_path = tmp / "sluice.yaml"
-    sluice_log = tmp / "sluice.log"
-    config_path.write_text(yaml.safe_dump(sluice_config(port, admin_port, backend_port, 0)))
-    with open(sluice_log, "wb") as out:
-        sluice = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "--config", str(config_path)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env=env,
-        )
-    procs = Procs(tmp, port, admin_port, backend_port, config_path, sluice_log, backend, sluice)
+    write_config(config_path, port, admin_port, backend_port, 0)
+    sluice = group.start("sluice", ["-m", "proxy", "--config", str(config_path)], env, ROOT)
+    procs = Procs(tmp, port, admin_port, backend_port, config_path, group, backend, sluice)
     try:
-        wait_port(backend_port, backend, "backend", backend_log)
-        wait_port(admin_port, sluice, "sluice", sluice_log)
+        wait_listening(backend_port, backend, "backend")
+        wait_listening(admin_port, sluice, "sluice")
     except BaseException:
         procs.stop()
         raise
@@ -293,7 +280,7 @@ def start_processes(args: argparse.Namespace) -> Procs:
 
 
 async def drive(args: argparse.Namespace, procs: Procs) -> int:
-    sluice, port, admin_port = procs.sluice, procs.port, procs.admin_port
+    sluice, port, admin_port = procs.sluice.popen, procs.port, procs.admin_port
     tally = Tally()
     load = Load(port, args, tally)
     cycles = max(3, round(args.minutes * 60 / args.cycle))
