@@ -21,9 +21,6 @@ The draws (`draw`):
 - Bounds that keep the machine out of the measurement: the attempts the clients offer, at worst
   (`offered_at_worst`: λ₀ plus what the backlog sends in its first second if Sluice refused
   every attempt at once), ≤ 2,000/s; the real SDK ≤ 2,000 clients (N + λ₀ · timeout) and C ≤ 400.
-- `azure-sdk` is a kind only while `loadtest.profiles.PROFILE_NAMES` has it: otherwise a seed
-  that draws it runs `sdk-noheader` (its closest stand-in: it sends no attempt header) with the
-  same bounds, and the table says so; every other seed draws the same either way.
 
 The figures (`judge`; targets below, every valid run on each):
 - polite clients (`sdk`, `sdk-noheader`, `azure-sdk`): every backlog workflow succeeds, no fresh
@@ -69,7 +66,6 @@ import yaml
 
 from .analysis import percentile
 from .figures import CONNECTION_ERROR, TIMEOUT, Check, is_explicit_answer
-from .profiles import PROFILE_NAMES
 from .runner import FLEET_STARTUP, ArmPlan, backlog_lead, run_arm_sync
 from .scenario import SCENARIO_DIR, Scenario
 
@@ -93,7 +89,6 @@ CALLER_WEIGHT = (1, 4)
 KINDS: tuple[str, ...] = ("naive", "sdk", "sdk-noheader", "azure-sdk", "hostile")
 POLITE: tuple[str, ...] = ("sdk", "sdk-noheader", "azure-sdk")
 AZURE_SDK = "azure-sdk"
-AZURE_STAND_IN = "sdk-noheader"
 NAIVE_RETRY_DELAY = (0.05, 1.0)  # s
 NAIVE_RETRIES = 3
 TIMEOUT_S = (0.5, 5.0)
@@ -141,8 +136,7 @@ class Draw:
     """One seed's scenario parameters (times in seconds, rates in req/s)."""
 
     seed: int
-    kind: str  # the client profile that runs
-    drawn_kind: str  # what was drawn (differs when azure-sdk is not available)
+    kind: str  # the client profile
     workers: int
     service_time: float
     thrash: float
@@ -208,24 +202,14 @@ def offered_at_worst(kind: str, n: int, lam: float, retry_delay: float, timeout:
     return lam + n * attempts_in_first_second(kind, retry_delay, timeout)
 
 
-def available_kind(drawn: str, profiles: Sequence[str] = PROFILE_NAMES) -> str:
-    """The profile that runs for a drawn kind (`azure-sdk` → its stand-in when absent)."""
-    if drawn in profiles:
-        return drawn
-    if drawn == AZURE_SDK and AZURE_STAND_IN in profiles:
-        return AZURE_STAND_IN
-    raise ValueError(f"profile {drawn!r} is not available ({', '.join(profiles)})")
-
-
 def _log_uniform(rng: random.Random, lo: float, hi: float) -> float:
     return math.exp(rng.uniform(math.log(lo), math.log(hi)))
 
 
-def draw(seed: int, profiles: Sequence[str] = PROFILE_NAMES) -> Draw:
+def draw(seed: int) -> Draw:
     """The scenario of `seed` (deterministic; see the module docstring for the bounds)."""
     rng = random.Random(seed)
-    drawn_kind = rng.choice(KINDS)
-    kind = available_kind(drawn_kind, profiles)
+    kind = rng.choice(KINDS)
     for tries in range(1, MAX_TRIES + 1):
         # Every parameter on every try, in this order, so a draw depends only on the seed.
         # Log-uniform, so C = workers / service time spreads over its whole range.
@@ -263,7 +247,7 @@ def draw(seed: int, profiles: Sequence[str] = PROFILE_NAMES) -> Draw:
         offered = offered_at_worst(kind, n, lam, retry_delay, timeout, hostile_cap)
         if offered > OFFERED_MAX:
             continue
-        if drawn_kind == AZURE_SDK and (
+        if kind == AZURE_SDK and (
             cap_high > AZURE_CAPACITY_MAX or n + lam * timeout > AZURE_CLIENTS_MAX
         ):
             continue
@@ -274,7 +258,6 @@ def draw(seed: int, profiles: Sequence[str] = PROFILE_NAMES) -> Draw:
         return Draw(
             seed=seed,
             kind=kind,
-            drawn_kind=drawn_kind,
             workers=workers,
             service_time=service_time,
             thrash=thrash,
@@ -372,10 +355,9 @@ def expected_seconds(d: Draw, initial: int) -> float:
 def describe(d: Draw) -> str:
     """One line: the drawn parameters."""
     step = "" if d.step == "none" else f", {d.step} to {d.step_workers} at +{d.step_at:g} s"
-    kind = d.kind if d.kind == d.drawn_kind else f"{d.kind} (drew {d.drawn_kind})"
     delay = f" delay {d.naive_retry_delay:g} s" if d.kind == "naive" else ""
     return (
-        f"{kind}{delay}, T {d.timeout:g} s, {d.workers}\u00d7{d.service_time * 1000:.0f} ms "
+        f"{d.kind}{delay}, T {d.timeout:g} s, {d.workers}\u00d7{d.service_time * 1000:.0f} ms "
         f"(C {d.capacity:.0f}), thrash {d.thrash:g}, N {d.backlog} ({d.backlog_s:g} s of C), "
         f"λ₀ {d.fresh_rate:g}, warm-up {d.warmup:g} s, {len(d.callers)} callers{step}"
     )
@@ -686,7 +668,6 @@ def _f(v: float | None, fmt: str) -> str:
 def table_row(o: RunOutcome) -> list[str]:
     """One row of the table."""
     d, f = o.draw, o.figures
-    kind = d.kind if d.kind == d.drawn_kind else f"{d.kind}*"
     step = "—" if d.step == "none" else f"{d.step[0]}{d.step_workers}@{d.step_at:g}"
     failed = [c.figure for c in o.checks if not c.ok]
     verdict = o.verdict + (": " + "; ".join(failed) if failed and not o.void else "")
@@ -694,7 +675,7 @@ def table_row(o: RunOutcome) -> list[str]:
         verdict += ": " + "; ".join(o.void)
     return [
         str(d.seed),
-        kind,
+        d.kind,
         str(d.workers),
         f"{d.service_time * 1000:.0f}",
         f"{d.capacity:.0f}",
@@ -735,7 +716,7 @@ def render_table(outcomes: Sequence[RunOutcome]) -> str:
         "(polite kinds), gp min lowest 1 s backlog goodput ÷ (C - λ₀), fresh success and p99 "
         "after t0,\nq/W peak backend queue ÷ workers, TO/CE client timeouts / connection "
         "errors from t0, gen%/slc% CPU of the generator / Sluice (% of a core), lag the "
-        "generator's largest loop lag ms; * azure-sdk drawn, its stand-in ran"
+        "generator's largest loop lag ms"
     )
     return "\n".join(lines) + "\n" + legend
 

@@ -23,8 +23,6 @@ from loadtest.scenario import Scenario, load_scenario
 
 SEEDS = range(1, sw.SWEEP_RUNS + 1)
 INITIAL = 16
-WITH_AZURE = (*PROFILE_NAMES, "azure-sdk") if "azure-sdk" not in PROFILE_NAMES else PROFILE_NAMES
-WITHOUT_AZURE = tuple(p for p in PROFILE_NAMES if p != "azure-sdk")
 
 
 # --- the draws ---------------------------------------------------------------------------------
@@ -58,7 +56,7 @@ def test_draw_respects_every_bound(seed: int) -> None:
     assert 1 <= len(d.callers) <= 50
     assert len({name for name, _ in d.callers}) == len(d.callers)
     assert all(1 <= w <= 4 for _, w in d.callers)
-    assert d.drawn_kind in sw.KINDS and d.kind in PROFILE_NAMES
+    assert d.kind in sw.KINDS and d.kind in PROFILE_NAMES
     assert 0.05 <= d.naive_retry_delay <= 1.0
     assert 0.5 <= d.timeout <= 5.0
     if d.step == "none":
@@ -71,7 +69,7 @@ def test_draw_respects_every_bound(seed: int) -> None:
         assert d.step_at == pytest.approx(drain0 / 2, abs=0.051)  # the middle of the drain
     assert _offered(d) <= sw.OFFERED_MAX
     assert d.offered == pytest.approx(_offered(d), abs=0.1)
-    if d.drawn_kind == "azure-sdk":
+    if d.kind == "azure-sdk":
         assert max(d.capacity, d.capacity_after) <= 400
         assert d.backlog + d.fresh_rate * d.timeout <= 2000
     if d.kind == "hostile":
@@ -88,23 +86,11 @@ def test_draw_respects_every_bound(seed: int) -> None:
 def test_draws_are_deterministic_and_cover_the_space() -> None:
     draws = [sw.draw(s) for s in SEEDS]
     assert draws == [sw.draw(s) for s in SEEDS]
-    assert {d.drawn_kind for d in draws} == set(sw.KINDS)
+    assert {d.kind for d in draws} == set(sw.KINDS)
     assert any(d.warmup == 0 for d in draws)  # cold starts
     assert {d.step for d in draws} == {"none", "halve", "double"}
     assert any(d.fresh_rate == 0 for d in draws) and any(d.fresh_rate > 0 for d in draws)
     assert any(d.timeout < 1 for d in draws) and any(d.timeout >= 1 for d in draws)
-
-
-def test_azure_sdk_is_run_only_when_the_profile_exists() -> None:
-    without = [sw.draw(s, WITHOUT_AZURE) for s in SEEDS]
-    with_ = [sw.draw(s, WITH_AZURE) for s in SEEDS]
-    azure = [a.seed for a in with_ if a.drawn_kind == "azure-sdk"]
-    assert azure
-    for a, b in zip(without, with_, strict=True):
-        if a.seed in azure:
-            assert (a.kind, b.kind) == ("sdk-noheader", "azure-sdk")
-        else:
-            assert a == b  # every other seed draws the same before and after it lands
 
 
 def test_attempts_in_first_second() -> None:
@@ -147,7 +133,6 @@ def _draw(**changes: Any) -> sw.Draw:
     base = sw.Draw(
         seed=99,
         kind="sdk",
-        drawn_kind="sdk",
         workers=10,
         service_time=0.05,
         thrash=1.0,
@@ -262,7 +247,7 @@ def test_drain_bound_includes_the_cold_start_allowance() -> None:
 
 
 def test_non_polite_runs_are_not_held_to_the_drain() -> None:
-    d = _draw(kind="naive", drawn_kind="naive")
+    d = _draw(kind="naive")
     r = _set(_set(_result(d), "backlog.succeeded", 10), "backlog.drain_s", None)
     assert _failed(r, d) == set()
     assert "drain" not in {c.figure for c in sw.judge(r, d, INITIAL)}
