@@ -1,4 +1,4 @@
-"""The storm sweep (issue 16, loadtest/sweep.py): its draws, its judge, and the harness parts it
+"""The storm sweep (issue 16, loadtest/sweep*.py): its draws, its judge, and the harness parts it
 added (the backend's capacity step, the backlog series, the pre-spawned backlog). Pure: no
 processes, no timing assertions."""
 
@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 
 from loadtest import sweep as sw
+from loadtest import sweep_draw as sd
+from loadtest import sweep_judge as sj
+from loadtest import sweep_report as sr
 from loadtest.analysis import backlog_series
 from loadtest.backend import BackendConfig, Simulator
 from loadtest.fleet import IncidentShape
@@ -26,13 +29,13 @@ INITIAL = 16
 
 
 # --- the draws ---------------------------------------------------------------------------------
-def _offered(d: sw.Draw) -> float:
+def _offered(d: sd.Draw) -> float:
     """The worst-case offered attempts, recomputed here from the profiles' own delays."""
     if d.kind == "hostile":
         return d.fresh_rate + d.backlog + d.hostile_rate_cap
     if d.kind == "naive":
         cycle = min(d.naive_retry_delay, d.timeout)
-        sends = [k * cycle for k in range(sw.NAIVE_RETRIES + 1)]
+        sends = [k * cycle for k in range(sd.NAIVE_RETRIES + 1)]
     else:  # the SDK kinds: the profile's backoff at its shortest, 0.8 · 2ⁿ · 0.8
         sdk = make_profile("sdk")
         sends = [0.0]
@@ -43,7 +46,7 @@ def _offered(d: sw.Draw) -> float:
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_draw_respects_every_bound(seed: int) -> None:
-    d = sw.draw(seed)
+    d = sd.draw(seed)
     assert d.seed == seed
     assert 5 <= d.workers <= 100
     assert 0.020 <= d.service_time <= 0.300
@@ -56,7 +59,7 @@ def test_draw_respects_every_bound(seed: int) -> None:
     assert 1 <= len(d.callers) <= 50
     assert len({name for name, _ in d.callers}) == len(d.callers)
     assert all(1 <= w <= 4 for _, w in d.callers)
-    assert d.kind in sw.KINDS and d.kind in PROFILE_NAMES
+    assert d.kind in sd.KINDS and d.kind in PROFILE_NAMES
     assert 0.05 <= d.naive_retry_delay <= 1.0
     assert 0.5 <= d.timeout <= 5.0
     if d.step == "none":
@@ -65,9 +68,9 @@ def test_draw_respects_every_bound(seed: int) -> None:
         want = d.workers // 2 if d.step == "halve" else d.workers * 2
         assert d.step_workers == want and d.step_workers >= 1
         drain0 = d.backlog / (d.capacity - d.fresh_rate)
-        assert drain0 >= sw.STEP_MIN_DRAIN
+        assert drain0 >= sd.STEP_MIN_DRAIN
         assert d.step_at == pytest.approx(drain0 / 2, abs=0.051)  # the middle of the drain
-    assert _offered(d) <= sw.OFFERED_MAX
+    assert _offered(d) <= sd.OFFERED_MAX
     assert d.offered == pytest.approx(_offered(d), abs=0.1)
     if d.kind == "azure-sdk":
         assert max(d.capacity, d.capacity_after) <= 400
@@ -75,18 +78,18 @@ def test_draw_respects_every_bound(seed: int) -> None:
     if d.kind == "hostile":
         assert d.hostile_rate_cap >= max(d.capacity, d.capacity_after)
     # The scenario it becomes validates, and its run sees the whole drain bound.
-    sc = sw.scenario_for(d, INITIAL)
+    sc = sd.scenario_for(d, INITIAL)
     assert sc.trigger == "reopen" and sc.regions == ["east"]
     assert sc.backend.workers == d.workers and sc.traffic.backlog == d.backlog
     assert sc.clients.profile == d.kind
-    assert sc.timing.observe >= sw.drain_bound(d, INITIAL) + 3.0 - 0.05
-    assert sc.timing.observe <= max(sw.OBSERVE_MAX, sw.drain_bound(d, INITIAL) + 3.05)
+    assert sc.timing.observe >= sd.drain_bound(d, INITIAL) + 3.0 - 0.05
+    assert sc.timing.observe <= max(sd.OBSERVE_MAX, sd.drain_bound(d, INITIAL) + 3.05)
 
 
 def test_draws_are_deterministic_and_cover_the_space() -> None:
-    draws = [sw.draw(s) for s in SEEDS]
-    assert draws == [sw.draw(s) for s in SEEDS]
-    assert {d.kind for d in draws} == set(sw.KINDS)
+    draws = [sd.draw(s) for s in SEEDS]
+    assert draws == [sd.draw(s) for s in SEEDS]
+    assert {d.kind for d in draws} == set(sd.KINDS)
     assert any(d.warmup == 0 for d in draws)  # cold starts
     assert {d.step for d in draws} == {"none", "halve", "double"}
     assert any(d.fresh_rate == 0 for d in draws) and any(d.fresh_rate > 0 for d in draws)
@@ -94,27 +97,27 @@ def test_draws_are_deterministic_and_cover_the_space() -> None:
 
 
 def test_attempts_in_first_second() -> None:
-    assert sw.attempts_in_first_second("naive", 0.05, 5.0) == 4  # capped by its 3 retries
-    assert sw.attempts_in_first_second("naive", 0.5, 5.0) == 2
-    assert sw.attempts_in_first_second("naive", 1.0, 5.0) == 1
-    assert sw.attempts_in_first_second("naive", 1.0, 0.5) == 2  # timeouts retry at once
-    assert sw.attempts_in_first_second("sdk", 0.05, 0.5) == 2
-    assert sw.offered_at_worst("hostile", 500, 100.0, 0.05, 1.0, 900.0) == 1500
+    assert sd.attempts_in_first_second("naive", 0.05, 5.0) == 4  # capped by its 3 retries
+    assert sd.attempts_in_first_second("naive", 0.5, 5.0) == 2
+    assert sd.attempts_in_first_second("naive", 1.0, 5.0) == 1
+    assert sd.attempts_in_first_second("naive", 1.0, 0.5) == 2  # timeouts retry at once
+    assert sd.attempts_in_first_second("sdk", 0.05, 0.5) == 2
+    assert sd.offered_at_worst("hostile", 500, 100.0, 0.05, 1.0, 900.0) == 1500
 
 
 def test_ideal_drain_is_piecewise_across_a_step() -> None:
-    assert sw.ideal_drain(600, 200.0, 200.0, 50.0) == pytest.approx(4.0)
+    assert sd.ideal_drain(600, 200.0, 200.0, 50.0) == pytest.approx(4.0)
     # 2 s at 150/s leaves 300 at (100 - 50)/s: 6 s more.
-    assert sw.ideal_drain(600, 200.0, 100.0, 50.0, step_at=2.0) == pytest.approx(8.0)
+    assert sd.ideal_drain(600, 200.0, 100.0, 50.0, step_at=2.0) == pytest.approx(8.0)
     # Drained before the step: the step does not count.
-    assert sw.ideal_drain(100, 200.0, 100.0, 50.0, step_at=2.0) == pytest.approx(100 / 150)
+    assert sd.ideal_drain(100, 200.0, 100.0, 50.0, step_at=2.0) == pytest.approx(100 / 150)
 
 
 def test_cold_start_allowance_reads_limiter_initial() -> None:
     d = _draw(workers=64, service_time=0.05)
-    assert sw.cold_start_allowance(d, 16) == pytest.approx(2 * 0.05 * 2)
-    assert sw.cold_start_allowance(d, 64) == 0.0
-    assert sw.cold_start_allowance(d, 100) == 0.0  # max(1, …)
+    assert sd.cold_start_allowance(d, 16) == pytest.approx(2 * 0.05 * 2)
+    assert sd.cold_start_allowance(d, 64) == 0.0
+    assert sd.cold_start_allowance(d, 100) == 0.0  # max(1, …)
     assert sw.limiter_initial(sw.DEFAULT_SLUICE_CONFIG) >= 1
 
 
@@ -128,9 +131,9 @@ def test_parse_seeds() -> None:
 
 
 # --- judging -----------------------------------------------------------------------------------
-def _draw(**changes: Any) -> sw.Draw:
+def _draw(**changes: Any) -> sd.Draw:
     """C = 10 / 0.05 = 200, λ₀ 50, N 600: ideal drain 4 s, no allowance with initial 16."""
-    base = sw.Draw(
+    base = sd.Draw(
         seed=99,
         kind="sdk",
         workers=10,
@@ -154,7 +157,7 @@ def _draw(**changes: Any) -> sw.Draw:
     return replace(base, **changes)
 
 
-def _result(d: sw.Draw, per_bin: float = 15.0) -> dict[str, Any]:
+def _result(d: sd.Draw, per_bin: float = 15.0) -> dict[str, Any]:
     """A sluice run of `d` that meets every figure: the backlog drains at C - λ₀."""
     bins = 60
     ok = [per_bin] * 40 + [0.0] * (bins - 40)
@@ -205,13 +208,13 @@ def _set(r: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     return r
 
 
-def _failed(r: dict[str, Any], d: sw.Draw) -> set[str]:
-    return {c.figure for c in sw.judge(r, d, INITIAL) if not c.ok}
+def _failed(r: dict[str, Any], d: sd.Draw) -> set[str]:
+    return {c.figure for c in sj.judge(r, d, INITIAL) if not c.ok}
 
 
 def test_a_good_polite_run_meets_every_figure() -> None:
     d = _draw()
-    checks = sw.judge(_result(d), d, INITIAL)
+    checks = sj.judge(_result(d), d, INITIAL)
     assert all(c.ok for c in checks), [c for c in checks if not c.ok]
     names = {c.figure for c in checks}
     assert {"backlog succeeded", "fresh workflows failed", "drain", "backlog goodput"} <= names
@@ -250,7 +253,7 @@ def test_non_polite_runs_are_not_held_to_the_drain() -> None:
     d = _draw(kind="naive")
     r = _set(_set(_result(d), "backlog.succeeded", 10), "backlog.drain_s", None)
     assert _failed(r, d) == set()
-    assert "drain" not in {c.figure for c in sw.judge(r, d, INITIAL)}
+    assert "drain" not in {c.figure for c in sj.judge(r, d, INITIAL)}
     # … but still to the reason table.
     assert _failed(_set(r, "answers_after_t0.502 -", 3), d) == {"non-200 explicit (§4 table)"}
 
@@ -273,7 +276,7 @@ def test_no_fresh_traffic_is_not_judged_on_it() -> None:
 
 def test_goodput_windows_from_the_allowance_until_one_second_of_c_is_left() -> None:
     d = _draw()
-    windows = sw.goodput_windows(_result(d), d, INITIAL)
+    windows = sj.goodput_windows(_result(d), d, INITIAL)
     # 600 open, 15 served per 0.1 s: under 200 open from 2.7 s: two full windows.
     assert [w[0] for w in windows] == [0.0, 1.0]
     assert all(w[1] == 150 and w[2] == 150 for w in windows)
@@ -292,7 +295,7 @@ def test_goodput_is_not_judged_before_the_allowance_ends() -> None:
     r["backlog"]["series"]["ok"][0:12] = [0.0] * 12  # a slow start, inside the allowance
     r["backlog"]["series"]["ok"][13:40] = [15.0 + 12 * 15 / 27] * 27
     r["backlog"]["series"]["open"] = _open(600, r["backlog"]["series"]["ok"])
-    assert sw.goodput_windows(r, d, INITIAL)[0][0] == pytest.approx(1.3)
+    assert sj.goodput_windows(r, d, INITIAL)[0][0] == pytest.approx(1.3)
     assert "backlog goodput" not in _failed(r, d)
     # The same run where the allowance is 0 (C 200 again, workers = limiter.initial): judged.
     no_allowance = replace(d, workers=16, service_time=0.08)
@@ -307,7 +310,7 @@ def _open(n: int, ok: list[float]) -> list[int]:
     return out
 
 
-def _stepped(step: str, workers_after: int, n: int) -> tuple[sw.Draw, dict[str, Any]]:
+def _stepped(step: str, workers_after: int, n: int) -> tuple[sd.Draw, dict[str, Any]]:
     """A step at +1 s; the backlog drains at C - λ₀ before and after it, never under 1 s of C
     within the 6 s recorded."""
     d = _draw(step=step, step_workers=workers_after, step_at=1.0, backlog=n)
@@ -353,35 +356,35 @@ def test_a_doubling_is_judged_on_idle_workers() -> None:
 def test_void_and_exit_code() -> None:
     d = _draw()
     good = _result(d)
-    assert sw.void_reasons(good) == []
-    assert sw.void_reasons(_set(good, "validity.loop_lag_max_ms", 50.0)) == []
-    assert sw.void_reasons(_set(good, "validity.loop_lag_max_ms", 50.1))
-    assert sw.void_reasons(_set(good, "validity.dropped_arrivals", 3))
-    assert sw.void_reasons(_set(good, "backlog.release_prepared", 600)) == []
-    assert sw.void_reasons(_set(good, "backlog.release_prepared", 0))
+    assert sj.void_reasons(good) == []
+    assert sj.void_reasons(_set(good, "validity.loop_lag_max_ms", 50.0)) == []
+    assert sj.void_reasons(_set(good, "validity.loop_lag_max_ms", 50.1))
+    assert sj.void_reasons(_set(good, "validity.dropped_arrivals", 3))
+    assert sj.void_reasons(_set(good, "backlog.release_prepared", 600)) == []
+    assert sj.void_reasons(_set(good, "backlog.release_prepared", 0))
 
-    def outcome(verdict: str) -> sw.RunOutcome:
-        checks = sw.judge(good if verdict != "FAIL" else _set(good, "backlog.succeeded", 1), d, 16)
-        return sw.RunOutcome(d, checks, ["lag"] if verdict == "VOID" else [])
+    def outcome(verdict: str) -> sj.RunOutcome:
+        checks = sj.judge(good if verdict != "FAIL" else _set(good, "backlog.succeeded", 1), d, 16)
+        return sj.RunOutcome(d, checks, ["lag"] if verdict == "VOID" else [])
 
-    assert sw.exit_code([outcome("PASS")] * 40) == 0
-    assert sw.exit_code([outcome("PASS")] * 39 + [outcome("FAIL")]) == 1
-    assert sw.exit_code([outcome("PASS")] * 36 + [outcome("VOID")] * 4) == 0
-    assert sw.exit_code([outcome("PASS")] * 35 + [outcome("VOID")] * 5) == 1
-    assert sw.exit_code([]) == 1
+    assert sj.exit_code([outcome("PASS")] * 40) == 0
+    assert sj.exit_code([outcome("PASS")] * 39 + [outcome("FAIL")]) == 1
+    assert sj.exit_code([outcome("PASS")] * 36 + [outcome("VOID")] * 4) == 0
+    assert sj.exit_code([outcome("PASS")] * 35 + [outcome("VOID")] * 5) == 1
+    assert sj.exit_code([]) == 1
     unavailable = {"arm": "sluice", "unavailable": "sluice exited early"}
-    assert [c.ok for c in sw.judge(unavailable, d, INITIAL)] == [False]
-    assert sw.void_reasons(unavailable) == []  # a run that could not run fails, it is not void
+    assert [c.ok for c in sj.judge(unavailable, d, INITIAL)] == [False]
+    assert sj.void_reasons(unavailable) == []  # a run that could not run fails, it is not void
 
 
 def test_table_and_distribution_name_every_run() -> None:
     d = _draw()
-    good = sw.RunOutcome(d, sw.judge(_result(d), d, INITIAL), [], {"goodput_min": 1.0})
+    good = sj.RunOutcome(d, sj.judge(_result(d), d, INITIAL), [], {"goodput_min": 1.0})
     bad_d = replace(d, seed=7)
-    bad = sw.RunOutcome(bad_d, sw.judge(_set(_result(d), "backlog.succeeded", 1), d, 16), [])
-    text = sw.render_table([good, bad])
+    bad = sj.RunOutcome(bad_d, sj.judge(_set(_result(d), "backlog.succeeded", 1), d, 16), [])
+    text = sr.render_table([good, bad])
     assert "PASS" in text and "FAIL: backlog succeeded" in text
-    assert "runs: 1/2 valid runs pass every figure" in sw.render_distribution([good, bad])
+    assert "runs: 1/2 valid runs pass every figure" in sr.render_distribution([good, bad])
 
 
 # --- what the harness gained -------------------------------------------------------------------
@@ -406,7 +409,7 @@ def test_backend_capacity_step() -> None:
 
 def test_capacity_step_and_naive_delay_in_the_scenario_schema() -> None:
     d = _draw(kind="naive", step="halve", step_workers=5, step_at=2.5, naive_retry_delay=0.3)
-    sc = sw.scenario_for(d, INITIAL)
+    sc = sd.scenario_for(d, INITIAL)
     assert sc.backend.capacity_step is not None
     assert (sc.backend.capacity_step.at, sc.backend.capacity_step.workers) == (2.5, 5)
     assert sc.clients.naive_retry_delay == pytest.approx(0.3)
@@ -414,7 +417,7 @@ def test_capacity_step_and_naive_delay_in_the_scenario_schema() -> None:
     assert x2.backend.capacity_step is not None and x2.backend.capacity_step.workers == 10
     assert x2.with_profile("sdk").backend.capacity_step == x2.backend.capacity_step
     assert make_profile("naive", naive_retry_delay=0.3).after_error == 0.3
-    assert isinstance(Scenario.model_validate(sw.scenario_data(d, INITIAL)), Scenario)
+    assert isinstance(Scenario.model_validate(sd.scenario_data(d, INITIAL)), Scenario)
 
 
 def test_backlog_series() -> None:
