@@ -49,6 +49,7 @@ from proxy.edge.arrival import DEFAULT_PERIOD, ArrivalClock
 from proxy.edge.lifecycle import Server, start_server
 
 from .backend import BackendConfig, Simulator, build_apps
+from .bench_load import pct
 from .httpclient import Pool
 from .procs import (
     ProcessGroup,
@@ -70,14 +71,6 @@ from .users import (
 ROOT = Path(__file__).resolve().parent.parent  # children run `-m ...` from here
 SECTIONS = ("arrival", "backend", "users", "holds", "deadlines")
 TOKEN = "/token?resource=bench&client_id=c1"
-
-
-def pct(values: Sequence[float], q: float) -> float:
-    """The q-quantile (nearest rank) of `values`; nan when empty."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
 def ms(seconds: float) -> str:

@@ -74,6 +74,17 @@ def wait_port(port: int, timeout: float = 15.0, alive: Callable[[], bool] = lamb
     raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout:.0f}s")
 
 
+def merge_sections(
+    base: Mapping[str, Any], extra: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
+    """A copy of the config document `base` with each section of `extra` merged into the
+    section of that name (keys of `extra` win; sections keep their order, new ones go last)."""
+    out: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in base.items()}
+    for section, values in extra.items():
+        out.setdefault(section, {}).update(values)
+    return out
+
+
 def write_sluice_config(
     path: Path,
     *,
@@ -85,19 +96,14 @@ def write_sluice_config(
 ) -> Path:
     """Write the Sluice config of a child to `path`: `base` (a config document; default empty)
     listening on 127.0.0.1:`port`, forwarding to 127.0.0.1:`upstream_port`, its admin listener on
-    127.0.0.1:`admin_port`, then each section of `overrides` merged into the section of that name.
-    Sections keep the order they have (a config copied from a scenario reads as written)."""
-    data: dict[str, Any] = {
-        k: dict(v) if isinstance(v, Mapping) else v for k, v in (base or {}).items()
-    }
-    loopback: dict[str, Mapping[str, Any]] = {
+    127.0.0.1:`admin_port`, then `overrides` (see `merge_sections`). The sections keep the order
+    they have, so a config copied from a scenario reads as written."""
+    loopback: dict[str, dict[str, Any]] = {
         "listen": {"host": "127.0.0.1", "port": port},
         "upstream": {"url": f"http://127.0.0.1:{upstream_port}"},
         "admin": {"host": "127.0.0.1", "port": admin_port},
     }
-    for layer in (loopback, overrides or {}):
-        for section, values in layer.items():
-            data.setdefault(section, {}).update(values)
+    data = merge_sections(merge_sections(base or {}, loopback), overrides or {})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
