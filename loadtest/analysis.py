@@ -21,7 +21,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .profiles import make_profile
 from .scenario import Scenario
@@ -161,25 +161,110 @@ def analyze(run: RunData) -> dict[str, Any]:
     """The figures of one arm (a JSON-able dict) from its raw records."""
     sc = run.scenario
     regions = sc.regions
-    home = sc.home
-    home_idx = regions.index(home)
-    cap = sc.backend.capacity
-    lam = sc.fresh_rate(home)
+    home_idx = regions.index(sc.home)
     lam_total = sum(sc.fresh_rate(r) for r in regions)
-    timeout = sc.clients.timeout
     wfs: list[list[Any]] = run.fleet["workflows"]
     atts: list[list[Any]] = run.fleet["attempts"]
-    t_start, t_end = run.t_start, run.t_end
+    t_end = run.t_end
     t0 = run.t0 if run.t0 is not None else run.t_trigger
     notes = list(run.notes)
     if run.t0 is None:
         notes.append("t0 not observed; the trigger instant is used instead")
+    backlog = _backlog(sc, wfs, home_idx, t0)
+    # Fresh traffic of the storm's region, before the trigger and after t0.
+    before = (run.t_start + 1.0, run.t_trigger - sc.clients.timeout)
+    after = (t0, t_end - SETTLE)
+    ok_ids = {request_id(a[0], a[1]) for a in atts if a[5] == "200"}
+    lw = sc.timing.last_window
+    goodput_last = rate_in((a[4] for a in atts if a[5] == "200"), t_end - lw, t_end)
+    work = _backend_work(run, atts, backlog, ok_ids, t0)
+    validity = _validity(run, notes)
+    return {
+        "scenario": sc.name,
+        "arm": run.arm,
+        "seed": run.seed,
+        "capacity_scale": run.capacity_scale,
+        "profile": sc.clients.profile,
+        "params": _params(sc),
+        "times": _times(run, t0),
+        "goodput_last_window": goodput_last,
+        "goodput_last_window_fraction": goodput_last / lam_total if lam_total else None,
+        "goodput_last_window_by_region": {
+            r: rate_in((a[4] for a in atts if a[5] == "200" and a[2] == i), t_end - lw, t_end)
+            for i, r in enumerate(regions)
+        },
+        "backlog": _backlog_doc(run, backlog, t0),
+        "exhausted": _exhausted(sc, wfs),
+        "fresh": {
+            "before": _fresh(wfs, home_idx, *before),
+            "after": _fresh(wfs, home_idx, *after),
+        },
+        "amplification": work.amplification,
+        "first_tries_after_t0": work.first_tries,
+        "backend_arrivals_after_t0": work.arrivals,
+        "wasted_fraction": work.wasted_fraction,
+        "backends": work.backends,
+        "answers": dict(Counter(a[5] for a in atts).most_common()),
+        "answers_after_t0": dict(Counter(a[5] for a in atts if a[3] >= t0).most_common()),
+        "other_region": _other_region(run, ok_ids, before, after, t0),
+        "validity": validity,
+        "notes": notes,
+        "wall_s": run.wall_s,
+        "timeline": timeline(run, t0),
+    }
 
-    # --- the backlog: released workflows, or those still open at the first good probe ---------
+
+def _params(sc: Scenario) -> dict[str, Any]:
+    """The scenario's parameters as run (capacity after any scaling)."""
+    return {
+        "capacity": sc.backend.capacity,
+        "workers": sc.backend.workers,
+        "service_time_s": sc.backend.service_time,
+        "thrash": sc.backend.thrash,
+        "queue_limit": sc.backend.queue_limit,
+        "fresh_rate": {r: sc.fresh_rate(r) for r in sc.regions},
+        "fresh_rate_total": sum(sc.fresh_rate(r) for r in sc.regions),
+        "timeout_s": sc.clients.timeout,
+        "backlog": sc.traffic.backlog,
+        "regions": sc.regions,
+        "home": sc.home,
+        "failover": sc.clients.failover,
+        "trigger": sc.trigger,
+        "outage_s": sc.timing.outage,
+        "last_window_s": sc.timing.last_window,
+    }
+
+
+def _times(run: RunData, t0: float) -> dict[str, float]:
+    """The run's instants (absolute monotonic seconds), and t0 against the trigger."""
+    return {
+        "t_start": run.t_start,
+        "t_trigger": run.t_trigger,
+        "t0": t0,
+        "t_end": run.t_end,
+        "t0_after_trigger_s": t0 - run.t_trigger,
+        "observed_after_t0_s": run.t_end - t0,
+    }
+
+
+def _backlog(
+    sc: Scenario, wfs: Sequence[Sequence[Any]], home_idx: int, t0: float
+) -> list[Sequence[Any]]:
+    """The backlog: the released workflows, or those of the storm's region still open at the
+    first good probe (an outage)."""
     if sc.trigger == "reopen":
-        backlog = [w for w in wfs if w[1] == 1]
-    else:
-        backlog = [w for w in wfs if w[2] == home_idx and w[4] < t0 and (w[5] is None or w[5] > t0)]
+        return [w for w in wfs if w[1] == 1]
+    return [w for w in wfs if w[2] == home_idx and w[4] < t0 and (w[5] is None or w[5] > t0)]
+
+
+def _backlog_doc(run: RunData, backlog: Sequence[Sequence[Any]], t0: float) -> dict[str, Any]:
+    """How the backlog drained: successes, the drain time against N / (C - λ₀), the release's
+    spread, and what was left of it in the last window (metastability: none should be)."""
+    sc = run.scenario
+    t_end = run.t_end
+    wfs: list[list[Any]] = run.fleet["workflows"]
+    atts: list[list[Any]] = run.fleet["attempts"]
+    cap, lam = sc.backend.capacity, sc.fresh_rate(sc.home)
     n_backlog = len(backlog)
     succeeded = [w for w in backlog if w[6] and w[5] <= t_end]
     last_success = max((w[5] for w in succeeded), default=None)
@@ -189,10 +274,9 @@ def analyze(run: RunData) -> dict[str, Any]:
     bound = n_backlog / (cap - lam) if cap > lam and n_backlog else None
     backlog_kind = {w[0] for w in wfs if w[1] == 1}  # ids are not positions with shards
     first_sends = [a[3] - t0 for a in atts if a[1] == 0 and a[0] in backlog_kind]
-    # Metastability: in the last window the trigger must be gone (no backlog work left).
     lw_start = t_end - sc.timing.last_window
     backlog_ids = {w[0] for w in backlog}
-    backlog_doc = {
+    return {
         "n": n_backlog,
         "succeeded": len(succeeded),
         "failed": sum(1 for w in backlog if w[5] is not None and not w[6]),
@@ -212,103 +296,123 @@ def analyze(run: RunData) -> dict[str, Any]:
         "series": backlog_series(backlog, t0, t_end),
     }
 
-    # Workflows that used every attempt their profile allows and still failed.
+
+def _exhausted(sc: Scenario, wfs: Sequence[Sequence[Any]]) -> dict[str, Any]:
+    """Workflows that used every attempt their profile allows and still failed."""
     retries = make_profile(
         sc.clients.profile, sc.clients.naive_retries, sc.clients.hostile_retries
     ).retries
     exhausted = [w for w in wfs if w[5] is not None and not w[6] and w[7] > retries]
-    exhausted_doc = {
+    return {
         "retries": retries,
         "backlog": sum(1 for w in exhausted if w[1] == 1),
         "fresh": sum(1 for w in exhausted if w[1] == 0),
         "max_attempts": max((w[7] for w in wfs), default=0),
     }
 
-    # --- fresh traffic of the storm's region, before and after --------------------------------
-    before = (t_start + 1.0, run.t_trigger - timeout)
-    after = (t0, t_end - SETTLE)
-    fresh = {
-        "before": _fresh(wfs, home_idx, *before),
-        "after": _fresh(wfs, home_idx, *after),
-    }
 
-    # --- goodput, amplification, wasted work, backend figures ---------------------------------
-    lw = sc.timing.last_window
-    ok_done = [a[4] for a in atts if a[5] == "200"]
-    goodput_last = rate_in(ok_done, t_end - lw, t_end)
-    goodput_by_region = {
-        r: rate_in((a[4] for a in atts if a[5] == "200" and a[2] == i), t_end - lw, t_end)
-        for i, r in enumerate(regions)
-    }
-    first_tries = count_in((a[3] for a in atts if a[1] == 0), t0, t_end)
-    ok_ids = {request_id(a[0], a[1]) for a in atts if a[5] == "200"}
-    backend_arrivals = 0
-    completed = 0
-    wasted = 0
-    backend_docs: dict[str, Any] = {}
-    for region, st in run.backends.items():
-        arr = count_in((a[0] for a in st["arrivals"]), t0, t_end)
-        comp = [c for c in st["completions"] if t0 <= c[0] < t_end]
-        w = sum(1 for c in comp if c[1] not in ok_ids)
-        backend_arrivals += arr
-        completed += len(comp)
-        wasted += w
-        window_samples = [s for s in st["samples"] if t0 <= s[0] < t_end]
-        backend_docs[region] = {
-            "capacity": st["capacity"],
-            "workers": st["config"]["workers"],
-            "arrivals": arr,
-            "completed": len(comp),
-            "wasted": w,
-            "client_gone": sum(1 for c in comp if c[3]),
-            "rejected": Counter(r[2] for r in st["rejections"]),
-            "peak_queue": st["peak_queue"],
-            "peak_queue_after_t0_sampled": max((s[2] for s in window_samples), default=0),
-            "peak_busy": st["peak_busy"],
-            "first_good_probe": st.get("first_good_probe"),
-            # A capacity step (t from t0, old workers, new workers) and the busy/queue samples
-            # from t0 (t from t0): what the backend did when its capacity changed.
-            "steps": [(round(x[0] - t0, 4), x[1], x[2]) for x in st.get("steps", [])],
-            "samples_after_t0": [
-                (round(x[0] - t0, 3), x[1], x[2]) for x in st["samples"] if t0 <= x[0] < t_end
-            ],
-        }
+class _Work(NamedTuple):
+    """What the backends did from t0 on, against the work the clients owed."""
+
+    amplification: float | None
+    first_tries: int
+    arrivals: int
+    wasted_fraction: float | None
+    backends: dict[str, Any]
+
+
+def _backend_work(
+    run: RunData,
+    atts: Sequence[Sequence[Any]],
+    backlog: Sequence[Sequence[Any]],
+    ok_ids: set[str],
+    t0: float,
+) -> _Work:
+    """Each backend's figures from t0, amplification (backend arrivals per unit of work owed)
+    and the share of completed work nobody received (wasted)."""
+    first_tries = count_in((a[3] for a in atts if a[1] == 0), t0, run.t_end)
+    docs = {r: _backend_doc(st, ok_ids, t0, run.t_end) for r, st in run.backends.items()}
+    arrivals = sum(d["arrivals"] for d in docs.values())
+    completed = sum(d["completed"] for d in docs.values())
+    wasted = sum(d["wasted"] for d in docs.values())
     # Work owed at t0 counts as a first try: after an outage the open workflows made theirs
     # before t0, yet each still needs one attempt (without this, a perfect drain of N would
     # read as (λ₀·T + N) / (λ₀·T) amplification).
     first_try_at = {a[0]: a[3] for a in atts if a[1] == 0}
     carried = sum(1 for w in backlog if first_try_at.get(w[0], t0) < t0)
     units = first_tries + carried
-    amplification = backend_arrivals / units if units else None
-    wasted_fraction = wasted / completed if completed else None
+    return _Work(
+        amplification=arrivals / units if units else None,
+        first_tries=first_tries,
+        arrivals=arrivals,
+        wasted_fraction=wasted / completed if completed else None,
+        backends=docs,
+    )
 
-    answers = Counter(a[5] for a in atts)
-    answers_after = Counter(a[5] for a in atts if a[3] >= t0)
 
-    # --- the other region (two-region): local goodput at its backend, local success ------------
-    other: dict[str, Any] | None = None
-    if len(regions) > 1:
-        o_region = next(r for r in regions if r != home)
-        o_idx = regions.index(o_region)
-        o_stats = run.backends.get(o_region) or {}
-        local_ok = [c[0] for c in o_stats.get("completions", []) if not c[2] and c[1] in ok_ids]
-        pre = rate_in(local_ok, t_start + 1.0, run.t_trigger)
-        during = rate_in(local_ok, t0, t_end)
-        fb = _fresh(wfs, o_idx, *before)
-        fa = _fresh(wfs, o_idx, *after)
-        other = {
-            "region": o_region,
-            "local_goodput_before": pre,
-            "local_goodput_during": during,
-            "local_goodput_change": (during - pre) / pre if pre else None,
-            "foreign_arrivals_during": count_in(
-                (a[0] for a in o_stats.get("arrivals", []) if a[1]), t0, t_end
-            ),
-            "fresh_before": fb,
-            "fresh_during": fa,
-        }
+def _backend_doc(st: dict[str, Any], ok_ids: set[str], t0: float, t_end: float) -> dict[str, Any]:
+    """One backend's figures over [t0, t_end)."""
+    arr = count_in((a[0] for a in st["arrivals"]), t0, t_end)
+    comp = [c for c in st["completions"] if t0 <= c[0] < t_end]
+    window_samples = [s for s in st["samples"] if t0 <= s[0] < t_end]
+    return {
+        "capacity": st["capacity"],
+        "workers": st["config"]["workers"],
+        "arrivals": arr,
+        "completed": len(comp),
+        "wasted": sum(1 for c in comp if c[1] not in ok_ids),
+        "client_gone": sum(1 for c in comp if c[3]),
+        "rejected": Counter(r[2] for r in st["rejections"]),
+        "peak_queue": st["peak_queue"],
+        "peak_queue_after_t0_sampled": max((s[2] for s in window_samples), default=0),
+        "peak_busy": st["peak_busy"],
+        "first_good_probe": st.get("first_good_probe"),
+        # A capacity step (t from t0, old workers, new workers) and the busy/queue samples
+        # from t0 (t from t0): what the backend did when its capacity changed.
+        "steps": [(round(x[0] - t0, 4), x[1], x[2]) for x in st.get("steps", [])],
+        "samples_after_t0": [
+            (round(x[0] - t0, 3), x[1], x[2]) for x in st["samples"] if t0 <= x[0] < t_end
+        ],
+    }
 
-    # --- validity -------------------------------------------------------------------------------
+
+def _other_region(
+    run: RunData,
+    ok_ids: set[str],
+    before: tuple[float, float],
+    after: tuple[float, float],
+    t0: float,
+) -> dict[str, Any] | None:
+    """Two regions: the other region's local goodput at its backend and its local success,
+    before the storm and during it (None with one region)."""
+    sc = run.scenario
+    regions = sc.regions
+    if len(regions) <= 1:
+        return None
+    wfs: list[list[Any]] = run.fleet["workflows"]
+    o_region = next(r for r in regions if r != sc.home)
+    o_idx = regions.index(o_region)
+    o_stats = run.backends.get(o_region) or {}
+    local_ok = [c[0] for c in o_stats.get("completions", []) if not c[2] and c[1] in ok_ids]
+    pre = rate_in(local_ok, run.t_start + 1.0, run.t_trigger)
+    during = rate_in(local_ok, t0, run.t_end)
+    return {
+        "region": o_region,
+        "local_goodput_before": pre,
+        "local_goodput_during": during,
+        "local_goodput_change": (during - pre) / pre if pre else None,
+        "foreign_arrivals_during": count_in(
+            (a[0] for a in o_stats.get("arrivals", []) if a[1]), t0, run.t_end
+        ),
+        "fresh_before": _fresh(wfs, o_idx, *before),
+        "fresh_during": _fresh(wfs, o_idx, *after),
+    }
+
+
+def _validity(run: RunData, notes: list[str]) -> dict[str, Any]:
+    """Whether the run measured the system rather than the generator (its loop lag, dropped
+    arrivals), with CPU figures; what only deserves a warning is added to `notes`."""
+    t_start, t_end = run.t_start, run.t_end
     lags = [lag * 1000.0 for t, lag in run.fleet.get("lag", []) if t_start <= t <= t_end]
     lag_p99 = percentile(lags, 99)
     invalid: list[str] = []
@@ -329,65 +433,15 @@ def analyze(run: RunData) -> dict[str, Any]:
     fleet_cpu = max(fleet_cpus, default=None)  # per process: each has one core at most
     if fleet_cpu is not None and fleet_cpu > FLEET_CPU_WARN:
         notes.append(f"generator used {fleet_cpu:.0%} of a core (close to saturating)")
-
     return {
-        "scenario": sc.name,
-        "arm": run.arm,
-        "seed": run.seed,
-        "capacity_scale": run.capacity_scale,
-        "profile": sc.clients.profile,
-        "params": {
-            "capacity": cap,
-            "workers": sc.backend.workers,
-            "service_time_s": sc.backend.service_time,
-            "thrash": sc.backend.thrash,
-            "queue_limit": sc.backend.queue_limit,
-            "fresh_rate": {r: sc.fresh_rate(r) for r in regions},
-            "fresh_rate_total": lam_total,
-            "timeout_s": timeout,
-            "backlog": sc.traffic.backlog,
-            "regions": regions,
-            "home": home,
-            "failover": sc.clients.failover,
-            "trigger": sc.trigger,
-            "outage_s": sc.timing.outage,
-            "last_window_s": lw,
-        },
-        "times": {
-            "t_start": t_start,
-            "t_trigger": run.t_trigger,
-            "t0": t0,
-            "t_end": t_end,
-            "t0_after_trigger_s": t0 - run.t_trigger,
-            "observed_after_t0_s": t_end - t0,
-        },
-        "goodput_last_window": goodput_last,
-        "goodput_last_window_fraction": goodput_last / lam_total if lam_total else None,
-        "goodput_last_window_by_region": goodput_by_region,
-        "backlog": backlog_doc,
-        "exhausted": exhausted_doc,
-        "fresh": fresh,
-        "amplification": amplification,
-        "first_tries_after_t0": first_tries,
-        "backend_arrivals_after_t0": backend_arrivals,
-        "wasted_fraction": wasted_fraction,
-        "backends": backend_docs,
-        "answers": dict(answers.most_common()),
-        "answers_after_t0": dict(answers_after.most_common()),
-        "other_region": other,
-        "validity": {
-            "valid": not invalid,
-            "invalid_reasons": invalid,
-            "loop_lag_p50_ms": percentile(lags, 50),
-            "loop_lag_p99_ms": lag_p99,
-            "loop_lag_max_ms": max(lags) if lags else None,
-            "cpu_share": run.cpu,
-            "machine_busy_cores": run.machine_busy_cores,
-            "dropped_arrivals": run.fleet.get("dropped_arrivals", 0),
-        },
-        "notes": notes,
-        "wall_s": run.wall_s,
-        "timeline": timeline(run, t0),
+        "valid": not invalid,
+        "invalid_reasons": invalid,
+        "loop_lag_p50_ms": percentile(lags, 50),
+        "loop_lag_p99_ms": lag_p99,
+        "loop_lag_max_ms": max(lags) if lags else None,
+        "cpu_share": run.cpu,
+        "machine_busy_cores": run.machine_busy_cores,
+        "dropped_arrivals": run.fleet.get("dropped_arrivals", 0),
     }
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -75,42 +75,92 @@ def header_line(r: dict[str, Any]) -> str:
     return " · ".join(parts[:2]) + "\n" + " · ".join(parts[2:])
 
 
+Cell = Callable[[dict[str, Any]], str]
+
+
+class _Rows:
+    """The table's rows: a label and one cell per arm ("unavailable" for an arm that did not
+    run), in the order added."""
+
+    def __init__(self, results: Sequence[dict[str, Any]]) -> None:
+        self.results = results
+        self.rows: list[tuple[str, list[str]]] = []
+
+    def add(self, label: str, cell: Cell) -> None:
+        """A row whose cell for each arm that ran is `cell(result)`."""
+        cells = [("unavailable" if "unavailable" in r else cell(r)) for r in self.results]
+        self.rows.append((label, cells))
+
+    def heading(self, label: str) -> None:
+        """A row with a label and no cells."""
+        self.rows.append((label, ["" for _ in self.results]))
+
+
+def _cell(fn: Callable[[dict[str, Any], str], str], key: str) -> Cell:
+    """A cell of a row that is one of several alike (per region, per answer): `fn(r, key)`."""
+    return lambda r: fn(r, key)
+
+
 def render_table(results: Sequence[dict[str, Any]]) -> str:
     """The comparison table of one scenario's arms (unavailable arms get a note)."""
     ran = [r for r in results if "unavailable" not in r]
-    lines: list[str] = []
     if not ran:
-        lines.append("no arm could run:")
+        lines = ["no arm could run:"]
         for r in results:
             lines.append(f"  {r['arm']}: {r['unavailable'].splitlines()[0]}")
         return "\n".join(lines)
     first = ran[0]
-    p = first["params"]
-    lw = p["last_window_s"]
+    rows = _Rows(results)
+    _goodput_rows(rows, first["params"])
+    _backlog_rows(rows, first)
+    _fresh_and_work_rows(rows, first["params"])
+    if first.get("other_region"):
+        _other_region_rows(rows, first["other_region"]["region"])
+    rows.heading("answers, every attempt:")
+    for code in _answer_order(ran):
+        rows.add(f"  {code}", _cell(lambda r, c: str(r.get("answers", {}).get(c, 0)), code))
+    rows.add("generator loop lag p99 (ms)", lambda r: fmt_ms(r["validity"]["loop_lag_p99_ms"]))
+    rows.add("valid", lambda r: "yes" if r["validity"]["valid"] else "NO")
+
     names = [r["arm"] for r in results]
-    rows: list[tuple[str, list[str]]] = []
+    label_w = max(len(label) for label, _ in rows.rows)
+    col_w = [
+        max(len(names[i]), *(len(vals[i]) for _, vals in rows.rows)) for i in range(len(names))
+    ]
+    out = [header_line(first), ""]
+    out.append(
+        " " * label_w + "  " + "  ".join(n.rjust(w) for n, w in zip(names, col_w, strict=True))
+    )
+    for label, vals in rows.rows:
+        cells = "  ".join(v.rjust(w) for v, w in zip(vals, col_w, strict=True))
+        out.append(f"{label.ljust(label_w)}  {cells}")
+    out.append("")
+    out.extend(validity_lines(results))
+    return "\n".join(out)
 
-    def row(label: str, fn: Any) -> None:
-        rows.append((label, [("unavailable" if "unavailable" in r else fn(r)) for r in results]))
 
-    row(
-        f"goodput, last {lw:g} s (req/s, % of λ₀)",
+def _goodput_rows(rows: _Rows, p: dict[str, Any]) -> None:
+    """Goodput in the last window, and per region with two."""
+    rows.add(
+        f"goodput, last {p['last_window_s']:g} s (req/s, % of λ₀)",
         lambda r: (
             f"{r['goodput_last_window']:.1f} ({fmt_pct(r['goodput_last_window_fraction'], 0)})"
         ),
     )
     if len(p["regions"]) > 1:
         for region in p["regions"]:
-            row(
+            rows.add(
                 f"  served by {region}",
-                lambda r, g=region: f"{r['goodput_last_window_by_region'][g]:.1f}",
+                _cell(lambda r, g: f"{r['goodput_last_window_by_region'][g]:.1f}", region),
             )
+
+
+def _backlog_rows(rows: _Rows, first: dict[str, Any]) -> None:
+    """The backlog: its size, successes, drain against the bound, release, what was left."""
+    lw = first["params"]["last_window_s"]
     bound = first["backlog"].get("bound_s")
-    row(
-        "backlog N (workflows)",
-        lambda r: str(r["backlog"]["n"]),
-    )
-    row(
+    rows.add("backlog N (workflows)", lambda r: str(r["backlog"]["n"]))
+    rows.add(
         "backlog succeeded",
         lambda r: (
             f"{fmt_pct(r['backlog']['share'])} ({r['backlog']['succeeded']}/{r['backlog']['n']})"
@@ -118,15 +168,15 @@ def render_table(results: Sequence[dict[str, Any]]) -> str:
             else "—"
         ),
     )
-    row(
+    rows.add(
         "backlog drain (\u00d7 N/(C\u2212λ₀))" + (f", bound {bound:.1f} s" if bound else ""),
         lambda r: _backlog_drain(r["backlog"]),
     )
-    row(
+    rows.add(
         "backlog released over (ms)",
         lambda r: fmt_ms(r["backlog"]["release_spread_ms"]) if r["backlog"]["n"] else "—",
     )
-    row(
+    rows.add(
         f"backlog open / its attempts, last {lw:g} s",
         lambda r: (
             f"{r['backlog']['open_at_last_window']} / {r['backlog']['attempts_in_last_window']}"
@@ -134,81 +184,72 @@ def render_table(results: Sequence[dict[str, Any]]) -> str:
             else "—"
         ),
     )
-    row(
+
+
+def _fresh_and_work_rows(rows: _Rows, p: dict[str, Any]) -> None:
+    """Fresh traffic after t0 and before; amplification, wasted work, the backends' queues."""
+    rows.add(
         "fresh success after t0",
         lambda r: f"{fmt_pct(r['fresh']['after']['success'])} (n={r['fresh']['after']['n']})",
     )
-    row(
+    rows.add(
         "fresh p50 / p99 after t0 (ms)",
         lambda r: (
             f"{fmt_ms(r['fresh']['after']['p50_ms'])} / {fmt_ms(r['fresh']['after']['p99_ms'])}"
         ),
     )
-    row(
+    rows.add(
         "fresh p50 / p99 before (ms)",
         lambda r: (
             f"{fmt_ms(r['fresh']['before']['p50_ms'])} / {fmt_ms(r['fresh']['before']['p99_ms'])}"
         ),
     )
-    row("amplification (backend ÷ first tries)", lambda r: fmt_num(r["amplification"], 2))
-    row("wasted work (of completed)", lambda r: fmt_pct(r["wasted_fraction"]))
+    rows.add("amplification (backend ÷ first tries)", lambda r: fmt_num(r["amplification"], 2))
+    rows.add("wasted work (of completed)", lambda r: fmt_pct(r["wasted_fraction"]))
     for region in p["regions"]:
-        row(
+        rows.add(
             f"peak queue behind workers ({region})",
-            lambda r, g=region: (
-                f"{r['backends'][g]['peak_queue']} (workers {r['backends'][g]['workers']})"
+            _cell(
+                lambda r, g: (
+                    f"{r['backends'][g]['peak_queue']} (workers {r['backends'][g]['workers']})"
+                ),
+                region,
             ),
         )
-    if first.get("other_region"):
-        o = first["other_region"]["region"]
 
-        def other(r: dict[str, Any]) -> dict[str, Any]:
-            return r["other_region"]  # type: ignore[no-any-return]
 
-        row(
-            f"{o} local goodput at backend, before → during",
-            lambda r: (
-                f"{other(r)['local_goodput_before']:.1f} → "
-                f"{other(r)['local_goodput_during']:.1f} "
-                f"({_signed_pct(other(r)['local_goodput_change'])})"
-            ),
-        )
-        row(
-            f"{o} local success, before / during",
-            lambda r: (
-                f"{fmt_pct(other(r)['fresh_before']['success'], 2)} / "
-                f"{fmt_pct(other(r)['fresh_during']['success'], 2)}"
-            ),
-        )
-        row(
-            f"{o} local p99, before / during (ms)",
-            lambda r: (
-                f"{fmt_ms(other(r)['fresh_before']['p99_ms'])} / "
-                f"{fmt_ms(other(r)['fresh_during']['p99_ms'])}"
-            ),
-        )
-        row(
-            f"{o} backend: requests failed over to it (during)",
-            lambda r: str(other(r)["foreign_arrivals_during"]),
-        )
-    rows.append(("answers, every attempt:", ["" for _ in results]))
-    for code in _answer_order(ran):
-        row(f"  {code}", lambda r, c=code: str(r.get("answers", {}).get(c, 0)))
-    row("generator loop lag p99 (ms)", lambda r: fmt_ms(r["validity"]["loop_lag_p99_ms"]))
-    row("valid", lambda r: "yes" if r["validity"]["valid"] else "NO")
+def _other_region_rows(rows: _Rows, o: str) -> None:
+    """Two regions: the other region `o`, before the storm and during it."""
 
-    label_w = max(len(label) for label, _ in rows)
-    col_w = [max(len(names[i]), *(len(vals[i]) for _, vals in rows)) for i in range(len(names))]
-    out = [header_line(first), ""]
-    out.append(
-        " " * label_w + "  " + "  ".join(n.rjust(w) for n, w in zip(names, col_w, strict=True))
+    def other(r: dict[str, Any]) -> dict[str, Any]:
+        return r["other_region"]  # type: ignore[no-any-return]
+
+    rows.add(
+        f"{o} local goodput at backend, before → during",
+        lambda r: (
+            f"{other(r)['local_goodput_before']:.1f} → "
+            f"{other(r)['local_goodput_during']:.1f} "
+            f"({_signed_pct(other(r)['local_goodput_change'])})"
+        ),
     )
-    for label, vals in rows:
-        cells = "  ".join(v.rjust(w) for v, w in zip(vals, col_w, strict=True))
-        out.append(f"{label.ljust(label_w)}  {cells}")
-    out.append("")
-    out.extend(validity_lines(results))
-    return "\n".join(out)
+    rows.add(
+        f"{o} local success, before / during",
+        lambda r: (
+            f"{fmt_pct(other(r)['fresh_before']['success'], 2)} / "
+            f"{fmt_pct(other(r)['fresh_during']['success'], 2)}"
+        ),
+    )
+    rows.add(
+        f"{o} local p99, before / during (ms)",
+        lambda r: (
+            f"{fmt_ms(other(r)['fresh_before']['p99_ms'])} / "
+            f"{fmt_ms(other(r)['fresh_during']['p99_ms'])}"
+        ),
+    )
+    rows.add(
+        f"{o} backend: requests failed over to it (during)",
+        lambda r: str(other(r)["foreign_arrivals_during"]),
+    )
 
 
 def _signed_pct(v: float | None) -> str:
