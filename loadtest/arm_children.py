@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import orjson
 import yaml
 
-from .fleet import FleetSpec
+from .fleet_spec import FleetSpec
 from .httpclient import ConnectError, Pool
 from .procs import Child, ProcessGroup, free_port, write_sluice_config
 from .scenario import Scenario

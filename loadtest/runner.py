@@ -36,7 +36,7 @@ from .arm_children import (
     start_fleets,
     start_proxies,
 )
-from .fleet import FleetSpec, merge_outputs
+from .fleet_spec import FleetSpec, merge_outputs
 from .httpclient import Pool
 from .procs import Child, ProcessGroup, machine_cpu
 from .profiles import make_profile

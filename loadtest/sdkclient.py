@@ -39,6 +39,8 @@ from azure.core.exceptions import (
 from azure.core.pipeline.transport import AioHttpTransport, AsyncHttpTransport
 from azure.identity.aio import ManagedIdentityCredential
 
+from .fleet_workflow import answer_code
+
 POD_IDENTITY_HOST = "AZURE_POD_IDENTITY_AUTHORITY_HOST"
 # Variables that would send ManagedIdentityCredential down another path than IMDS (App Service,
 # Arc, Azure ML, Cloud Shell, workload identity): cleared in the fleet process.
@@ -81,18 +83,6 @@ def sdk_retry_after(headers: Any) -> float | None:
             except ValueError:
                 return None
     return None
-
-
-def answer_code(status: int, headers: Any) -> str:
-    """An attempt's outcome as the analysis names it ("200", "<status> <x-sluice-reason>",
-    "<status> backend:<reason>", "<status> -")."""
-    if status == 200:
-        return "200"
-    reason = headers.get("x-sluice-reason")
-    if reason is None:
-        backend = headers.get("x-backend-reason")
-        reason = f"backend:{backend}" if backend else "-"
-    return f"{status} {reason}"
 
 
 class AttemptSink(Protocol):

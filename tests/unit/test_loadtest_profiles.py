@@ -153,7 +153,8 @@ def test_retryable_statuses() -> None:
 
 
 def test_fleet_workflows_send_their_callers_identities_and_nothing_per_workflow() -> None:
-    from loadtest.fleet import KIND_BACKLOG, KIND_FRESH, FleetSpec, FleetState, Workflow
+    from loadtest.fleet_spec import FleetSpec
+    from loadtest.fleet_workflow import KIND_BACKLOG, KIND_FRESH, FleetState, Workflow
 
     callers = [("orchestrator-a", 4), ("orchestrator-b", 1)]
     spec = FleetSpec(
@@ -202,7 +203,7 @@ def test_the_real_sdk_gets_more_fleet_processes_than_the_models() -> None:
 
 
 def test_shards_split_the_backlog_and_keep_ids_unique() -> None:
-    from loadtest.fleet import FleetSpec, merge_outputs
+    from loadtest.fleet_spec import FleetSpec, merge_outputs
 
     base: dict[str, Any] = {
         "seed": 1,
