@@ -58,15 +58,8 @@ from .procs import (
     wait_port,
     write_sluice_config,
 )
-from .users import (
-    Environment,
-    HeadlessRunner,
-    LoadTestShape,
-    OpenLoopUser,
-    User,
-    constant,
-    task,
-)
+from .users import OpenLoopUser, User, constant, task
+from .users_runner import Environment, HeadlessRunner, LoadTestShape
 
 ROOT = Path(__file__).resolve().parent.parent  # children run `-m ...` from here
 SECTIONS = ("arrival", "backend", "users", "holds", "deadlines")

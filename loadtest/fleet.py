@@ -49,19 +49,10 @@ import orjson
 from .fleet_spec import FleetSpec
 from .fleet_workflow import KIND_BACKLOG, KIND_FRESH, FleetState, Workflow, sdk_region
 from .profiles import make_profile
-from .users import (
-    Environment,
-    HeadlessRunner,
-    HttpClient,
-    LoadTestShape,
-    OpenLoopUser,
-    Prepared,
-    StopUser,
-    User,
-    intended_start,
-    task,
-    write_stats_csv,
-)
+from .users import OpenLoopUser, StopUser, User, intended_start, task
+from .users_client import HttpClient, Prepared
+from .users_runner import Environment, HeadlessRunner, LoadTestShape
+from .users_stats import write_stats_csv
 
 LAG_INTERVAL = 0.01  # the event-loop lag sampler's period
 

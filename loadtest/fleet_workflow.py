@@ -17,7 +17,8 @@ from typing import Any
 from .fleet_spec import FleetSpec
 from .identities import Identity, make_identities
 from .profiles import Failure, Profile, is_retryable_status, parse_retry_after
-from .users import Prepared, Result, User
+from .users import User
+from .users_client import Prepared, Result
 
 KIND_FRESH, KIND_BACKLOG = 0, 1
 

@@ -15,22 +15,21 @@ import pytest
 from aiohttp import web
 
 from loadtest.users import (
-    FAILURES_COLUMNS,
-    STATS_COLUMNS,
-    Environment,
-    HeadlessRunner,
-    LoadTestShape,
     OpenLoopUser,
-    RequestStats,
     StopUser,
     User,
     between,
     constant,
     constant_pacing,
-    distribute,
-    histogram_percentile,
     intended_start,
     task,
+)
+from loadtest.users_runner import Environment, HeadlessRunner, LoadTestShape, distribute
+from loadtest.users_stats import (
+    FAILURES_COLUMNS,
+    STATS_COLUMNS,
+    RequestStats,
+    histogram_percentile,
     write_stats_csv,
 )
 from tests.support import wait_for
