@@ -274,10 +274,16 @@ def _error(status: int, reason: str, description: str) -> web.Response:
     return web.Response(status=status, body=body, headers={**_JSON, "x-backend-reason": reason})
 
 
-def build_apps(sim: Simulator) -> tuple[web.Application, web.Application]:
-    """The main (token) application and the admin application."""
+class _Handlers:
+    """The backend's HTTP handlers over one simulator (see the module docstring)."""
 
-    async def token(request: web.Request) -> web.Response:
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+
+    async def token(self, request: web.Request) -> web.Response:
+        """Any path of the main listener: a token after the simulated service, or a fast
+        500 (outage) / 503 (queue full)."""
+        sim = self.sim
         foreign = "x-origin-region" in request.headers
         result = sim.admit(foreign)
         if isinstance(result, str):
@@ -307,30 +313,35 @@ def build_apps(sim: Simulator) -> tuple[web.Application, web.Application]:
         )
         return web.Response(body=body, headers=_JSON)
 
-    async def healthz(request: web.Request) -> web.Response:
-        if not sim.health():
+    async def healthz(self, request: web.Request) -> web.Response:
+        """200, or the outage's fast 500."""
+        if not self.sim.health():
             return _error(500, "outage", "the token service is broken")
         return web.Response(body=b'{"status":"ok"}', headers=_JSON)
 
-    async def ready(request: web.Request) -> web.Response:
+    async def ready(self, request: web.Request) -> web.Response:
+        """The admin listener is up."""
         return web.Response(body=b'{"status":"ready"}', headers=_JSON)
 
-    async def stats(request: web.Request) -> web.Response:
+    async def stats(self, request: web.Request) -> web.Response:
+        """Counters, peaks and the timeline (with the raw records unless `?raw=0`)."""
         raw = request.query.get("raw", "1") not in ("0", "false", "no")
-        return web.Response(body=orjson.dumps(sim.stats(raw)), headers=_JSON)
+        return web.Response(body=orjson.dumps(self.sim.stats(raw)), headers=_JSON)
 
-    async def outage(request: web.Request) -> web.Response:
+    async def outage(self, request: web.Request) -> web.Response:
+        """POST {"seconds": S}: every request fails fast for S seconds."""
         body = orjson.loads(await request.read() or b"{}")
         seconds = float(body.get("seconds", 5.0))
         if not 0 < seconds <= 3600:
             return web.Response(status=400, text="seconds must be in (0, 3600]")
-        sim.set_outage(seconds)
+        self.sim.set_outage(seconds)
         return web.Response(
-            body=orjson.dumps({"outage_until": sim.outage_until, "kind": "fast-500"}),
+            body=orjson.dumps({"outage_until": self.sim.outage_until, "kind": "fast-500"}),
             headers=_JSON,
         )
 
-    async def workers(request: web.Request) -> web.Response:
+    async def workers(self, request: web.Request) -> web.Response:
+        """POST {"workers": W, "at": T}: W workers from the monotonic instant T (default now)."""
         body = orjson.loads(await request.read() or b"{}")
         count = body.get("workers")
         if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 100_000:
@@ -341,19 +352,23 @@ def build_apps(sim: Simulator) -> tuple[web.Application, web.Application]:
             if not isinstance(at, int | float) or isinstance(at, bool):
                 return web.Response(status=400, text="at must be a monotonic instant (s)")
             delay = max(0.0, float(at) - time.monotonic())
-        asyncio.get_running_loop().call_later(delay, sim.set_workers, count)
+        asyncio.get_running_loop().call_later(delay, self.sim.set_workers, count)
         return web.Response(
             body=orjson.dumps({"workers": count, "in_s": round(delay, 4)}), headers=_JSON
         )
 
+
+def build_apps(sim: Simulator) -> tuple[web.Application, web.Application]:
+    """The main (token) application and the admin application."""
+    h = _Handlers(sim)
     main = web.Application()
-    main.router.add_get("/healthz", healthz)
-    main.router.add_route("*", "/{tail:.*}", token)
+    main.router.add_get("/healthz", h.healthz)
+    main.router.add_route("*", "/{tail:.*}", h.token)
     admin = web.Application()
-    admin.router.add_get("/ready", ready)
-    admin.router.add_get("/stats", stats)
-    admin.router.add_post("/admin/outage", outage)
-    admin.router.add_post("/admin/workers", workers)
+    admin.router.add_get("/ready", h.ready)
+    admin.router.add_get("/stats", h.stats)
+    admin.router.add_post("/admin/outage", h.outage)
+    admin.router.add_post("/admin/workers", h.workers)
     return main, admin
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import random
 import sys
@@ -168,6 +169,9 @@ async def bench_backend() -> None:
 
 # --- users ------------------------------------------------------------------------------------
 async def bench_users() -> None:
+    """The harness's users against a small aiohttp app: open-loop arrivals, a prepared burst,
+    a shape's end."""
+
     async def ok(request: web.Request) -> web.Response:
         delay = float(request.query.get("sleep", "0"))
         if delay:
@@ -179,81 +183,97 @@ async def bench_users() -> None:
     runner, port = await serve(app)
     host = f"http://127.0.0.1:{port}"
     try:
-
-        class Arrivals(OpenLoopUser):
-            rate = 200.0
-
-            @task
-            async def slow(self) -> None:
-                await self.client.get("/ok?sleep=0.3", name="slow", timeout=5.0)
-
-        Arrivals.host = host
-        env = Environment([Arrivals], seed=7)
-        try:
-            await HeadlessRunner(env).run(users=1, spawn_rate=1, run_time=0.5, stop_grace=2.0)
-        finally:
-            env.close()
-        arrivals = env.stats.entries[("GET", "slow")].num_requests
-        print(
-            f"users      open loop at 200/s for 0.5 s, answers taking 0.3 s: {arrivals} "
-            "arrivals (expected about 100)"
-        )
-
-        class Burst(User):
-            pass
-
-        Burst.host = host
-        env = Environment([Burst], seed=1)
-        user = Burst(env)
-        try:
-            prepared = [await user.client.prepare("GET", "/ok?sleep=0.05") for _ in range(50)]
-            t0 = time.perf_counter()
-            sent = sum(user.client.fire(p) for p in prepared)
-            written = time.perf_counter() - t0
-            for p in prepared:
-                await user.client.complete(p, name="burst", timeout=5.0)
-        finally:
-            env.close()
-        starts = [p.started for p in prepared]
-        print(
-            f"           a burst of {sent} prepared requests: written in {ms(written)} ms, "
-            f"sends spread over {ms(max(starts) - min(starts))} ms"
-        )
-
-        class Idle(User):
-            wait_time = constant(0.02)
-
-            @task
-            async def nothing(self) -> None:
-                await asyncio.sleep(0)
-
-        class Steps(LoadTestShape):
-            def tick(self) -> tuple[int, float] | None:
-                t = self.get_run_time()
-                if t < 0.2:
-                    return (2, 1000.0)
-                if t < 0.4:
-                    return (5, 1000.0)
-                if t < 0.6:
-                    return (1, 1000.0)
-                return None
-
-        Idle.host = host
-        env = Environment([Idle], shape=Steps(), seed=1)
-        shape_runner = HeadlessRunner(env, tick_interval=0.02)
-        t0 = time.monotonic()
-        try:
-            await shape_runner.run()
-        finally:
-            env.close()
-        took = time.monotonic() - t0
-        print(f"           a shape that ends at 0.6 s (ticks every 20 ms): ran {took:.3f} s")
+        await _users_open_loop(host)
+        await _users_burst(host)
+        await _users_shape(host)
     finally:
         await runner.cleanup()
 
 
+async def _users_open_loop(host: str) -> None:
+    """Open-loop arrivals at 200/s for 0.5 s, each answered after 0.3 s: how many arrived."""
+
+    class Arrivals(OpenLoopUser):
+        rate = 200.0
+
+        @task
+        async def slow(self) -> None:
+            await self.client.get("/ok?sleep=0.3", name="slow", timeout=5.0)
+
+    Arrivals.host = host
+    env = Environment([Arrivals], seed=7)
+    try:
+        await HeadlessRunner(env).run(users=1, spawn_rate=1, run_time=0.5, stop_grace=2.0)
+    finally:
+        env.close()
+    arrivals = env.stats.entries[("GET", "slow")].num_requests
+    print(
+        f"users      open loop at 200/s for 0.5 s, answers taking 0.3 s: {arrivals} "
+        "arrivals (expected about 100)"
+    )
+
+
+async def _users_burst(host: str) -> None:
+    """50 prepared requests fired in one loop: how long writing them took, how spread out."""
+
+    class Burst(User):
+        pass
+
+    Burst.host = host
+    env = Environment([Burst], seed=1)
+    user = Burst(env)
+    try:
+        prepared = [await user.client.prepare("GET", "/ok?sleep=0.05") for _ in range(50)]
+        t0 = time.perf_counter()
+        sent = sum(user.client.fire(p) for p in prepared)
+        written = time.perf_counter() - t0
+        for p in prepared:
+            await user.client.complete(p, name="burst", timeout=5.0)
+    finally:
+        env.close()
+    starts = [p.started for p in prepared]
+    print(
+        f"           a burst of {sent} prepared requests: written in {ms(written)} ms, "
+        f"sends spread over {ms(max(starts) - min(starts))} ms"
+    )
+
+
+async def _users_shape(host: str) -> None:
+    """A shape whose ticks end at 0.6 s: how long the run took."""
+
+    class Idle(User):
+        wait_time = constant(0.02)
+
+        @task
+        async def nothing(self) -> None:
+            await asyncio.sleep(0)
+
+    class Steps(LoadTestShape):
+        def tick(self) -> tuple[int, float] | None:
+            t = self.get_run_time()
+            if t < 0.2:
+                return (2, 1000.0)
+            if t < 0.4:
+                return (5, 1000.0)
+            if t < 0.6:
+                return (1, 1000.0)
+            return None
+
+    Idle.host = host
+    env = Environment([Idle], shape=Steps(), seed=1)
+    shape_runner = HeadlessRunner(env, tick_interval=0.02)
+    t0 = time.monotonic()
+    try:
+        await shape_runner.run()
+    finally:
+        env.close()
+    took = time.monotonic() - t0
+    print(f"           a shape that ends at 0.6 s (ticks every 20 ms): ran {took:.3f} s")
+
+
 # --- holds ------------------------------------------------------------------------------------
 async def bench_holds(rounds: int = 10) -> None:
+    """Sluice in this process with its limit held full: a held retry, then a shed request."""
     release = asyncio.Event()
 
     async def hold(request: web.Request) -> web.Response:
@@ -267,90 +287,102 @@ async def bench_holds(rounds: int = 10) -> None:
     app.router.add_get("/hold", hold)
     app.router.add_get("/echo/{tail:.*}", echo)
     backend, port = await serve(app)
-
-    def config(queue: dict[str, Any]) -> Any:
-        return load_config_data(
-            {
-                "listen": {"host": "127.0.0.1", "port": 0},
-                "upstream": {"url": f"http://127.0.0.1:{port}", "read_timeout": "30s"},
-                "admin": {"host": "127.0.0.1", "port": 0},
-                "lifecycle": {"drain_timeout": "2s", "raise_nofile": False},
-                "logging": {"level": "warning"},
-                "modes": {"protection": "on", "startup_window": "0s"},
-                "callers": {"known": [{"name": "orch"}]},
-                "limiter": {"initial": 2, "floor": 1, "ceiling": 2},
-                "retry_budget": {"floor_per_s": 0, "global_floor_per_s": 0},
-                "queue": queue,
-            }
-        )
-
-    async def at_the_limit(
-        body: Callable[[Server, aiohttp.ClientSession], Awaitable[None]], queue: dict[str, Any]
-    ) -> None:
-        server = await start_server(config(queue))
-        base = f"http://127.0.0.1:{server.proxy_port}"
-        async with aiohttp.ClientSession() as session:
-            held = [asyncio.create_task(session.get(f"{base}/hold")) for _ in range(2)]
-            try:
-                for _ in range(2000):  # the limit full: both held at the backend
-                    if server.sluice.gate.status()["in_flight"] == 2:
-                        break
-                    await asyncio.sleep(0.01)
-                await body(server, session)
-            finally:
-                release.set()
-                for resp in await asyncio.gather(*held, return_exceptions=True):
-                    if isinstance(resp, aiohttp.ClientResponse):
-                        resp.release()
-                release.clear()
-        await server.shutdown()
-
-    async def retries(server: Server, session: aiohttp.ClientSession) -> None:
-        snap = server.sluice.snapshot
-        orch = snap.classifier.caller_names().index("orch")
-        pacer = server.sluice.gate.pacer  # type: ignore[attr-defined]
-        holds, errors = [], []
-        headers = {"x-caller-id": "orch", "x-retry-attempt": "1", "x-request-timeout-ms": "600"}
-        for i in range(rounds):
-            sent = time.monotonic()
-            async with session.get(
-                f"http://127.0.0.1:{server.proxy_port}/echo/{i}", headers=headers
-            ) as r:
-                await r.read()
-                received = time.monotonic()
-                retry_after = int(r.headers["retry-after-ms"]) / 1000
-            booked = pacer.bookings[orch][-1].start + snap.config.shedding.slot_grace
-            holds.append(received - sent)
-            errors.append(abs(received + retry_after - booked))
-        print(
-            f"holds      a retry over its budget, held then refused ({rounds}x): held "
-            f"{spread(holds)}; its return (answer + Retry-After) off the booked slot by "
-            f"{spread(errors)}"
-        )
-
-    async def shed(server: Server, session: aiohttp.ClientSession) -> None:
-        waits, returns = [], []
-        for i in range(3):
-            sent = time.monotonic()
-            headers = {"x-retry-attempt": "0"}
-            async with session.get(
-                f"http://127.0.0.1:{server.proxy_port}/echo/late{i}", headers=headers
-            ) as r:
-                await r.read()
-                elapsed = time.monotonic() - sent
-                retry_after = int(r.headers.get("retry-after-ms", "0")) / 1000
-            waits.append(elapsed)
-            returns.append(elapsed + retry_after)
-        print(
-            f"           waited at the limit (normal_max_wait 200 ms), then shed (3x): answered "
-            f"after {spread(waits)}; back after {spread(returns)} (at least 1000)"
-        )
-
     try:
-        await at_the_limit(retries, {})
-        await at_the_limit(shed, {"normal_max_wait": "200ms"})
+        await _at_the_limit(port, release, functools.partial(_retries, rounds=rounds), {})
+        await _at_the_limit(port, release, _shed, {"normal_max_wait": "200ms"})
     finally:
         await backend.cleanup()
+
+
+def _holds_config(port: int, queue: dict[str, Any]) -> Any:
+    """Sluice with a limit of 2 in front of 127.0.0.1:`port`, no retry budget, `queue`."""
+    return load_config_data(
+        {
+            "listen": {"host": "127.0.0.1", "port": 0},
+            "upstream": {"url": f"http://127.0.0.1:{port}", "read_timeout": "30s"},
+            "admin": {"host": "127.0.0.1", "port": 0},
+            "lifecycle": {"drain_timeout": "2s", "raise_nofile": False},
+            "logging": {"level": "warning"},
+            "modes": {"protection": "on", "startup_window": "0s"},
+            "callers": {"known": [{"name": "orch"}]},
+            "limiter": {"initial": 2, "floor": 1, "ceiling": 2},
+            "retry_budget": {"floor_per_s": 0, "global_floor_per_s": 0},
+            "queue": queue,
+        }
+    )
+
+
+async def _at_the_limit(
+    port: int,
+    release: asyncio.Event,
+    body: Callable[[Server, aiohttp.ClientSession], Awaitable[None]],
+    queue: dict[str, Any],
+) -> None:
+    """Run `body` against a Sluice whose limit is held full by two requests the backend
+    holds until `release`."""
+    server = await start_server(_holds_config(port, queue))
+    base = f"http://127.0.0.1:{server.proxy_port}"
+    async with aiohttp.ClientSession() as session:
+        held = [asyncio.create_task(session.get(f"{base}/hold")) for _ in range(2)]
+        try:
+            for _ in range(2000):  # the limit full: both held at the backend
+                if server.sluice.gate.status()["in_flight"] == 2:
+                    break
+                await asyncio.sleep(0.01)
+            await body(server, session)
+        finally:
+            release.set()
+            for resp in await asyncio.gather(*held, return_exceptions=True):
+                if isinstance(resp, aiohttp.ClientResponse):
+                    resp.release()
+            release.clear()
+    await server.shutdown()
+
+
+async def _retries(server: Server, session: aiohttp.ClientSession, rounds: int) -> None:
+    """A retry over its budget, `rounds` times: how long it is held, and how far its return
+    (answer + Retry-After) lands from the slot booked for it."""
+    snap = server.sluice.snapshot
+    orch = snap.classifier.caller_names().index("orch")
+    pacer = server.sluice.gate.pacer  # type: ignore[attr-defined]
+    holds, errors = [], []
+    headers = {"x-caller-id": "orch", "x-retry-attempt": "1", "x-request-timeout-ms": "600"}
+    for i in range(rounds):
+        sent = time.monotonic()
+        async with session.get(
+            f"http://127.0.0.1:{server.proxy_port}/echo/{i}", headers=headers
+        ) as r:
+            await r.read()
+            received = time.monotonic()
+            retry_after = int(r.headers["retry-after-ms"]) / 1000
+        booked = pacer.bookings[orch][-1].start + snap.config.shedding.slot_grace
+        holds.append(received - sent)
+        errors.append(abs(received + retry_after - booked))
+    print(
+        f"holds      a retry over its budget, held then refused ({rounds}x): held "
+        f"{spread(holds)}; its return (answer + Retry-After) off the booked slot by "
+        f"{spread(errors)}"
+    )
+
+
+async def _shed(server: Server, session: aiohttp.ClientSession) -> None:
+    """A first try that waits at the limit, then is shed (3 times): its wait, its return."""
+    waits, returns = [], []
+    for i in range(3):
+        sent = time.monotonic()
+        headers = {"x-retry-attempt": "0"}
+        async with session.get(
+            f"http://127.0.0.1:{server.proxy_port}/echo/late{i}", headers=headers
+        ) as r:
+            await r.read()
+            elapsed = time.monotonic() - sent
+            retry_after = int(r.headers.get("retry-after-ms", "0")) / 1000
+        waits.append(elapsed)
+        returns.append(elapsed + retry_after)
+    print(
+        f"           waited at the limit (normal_max_wait 200 ms), then shed (3x): answered "
+        f"after {spread(waits)}; back after {spread(returns)} (at least 1000)"
+    )
 
 
 # --- deadlines --------------------------------------------------------------------------------

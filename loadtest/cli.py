@@ -295,8 +295,25 @@ def figures(
         flush=True,
     )
     started = time.monotonic()
+    results, interrupted = _run_plan(plan, out_dir, seed, timing)
+    summary = render_checks(results)
+    if interrupted:
+        summary = f"(interrupted after {len(results)} of {len(plan)} runs)\n" + summary
+    (out_dir / "figures.txt").write_text(summary + "\n", encoding="utf-8")
+    print(f"\n=== figures, every run ({time.monotonic() - started:.0f} s) ===")
+    print(summary)
+    print(f"\nwrote {out_dir / 'figures.txt'}")
+    if interrupted:
+        return 130
+    return 0 if len(results) == len(plan) and all_met(results) else 1
+
+
+def _run_plan(
+    plan: Sequence[FigureRun], out_dir: Path, seed: int, timing: dict[str, float] | None
+) -> tuple[list[dict[str, Any]], bool]:
+    """The sluice arm of each run of `plan`, each in its profile's (and variant's) folder; the
+    results so far, and whether Ctrl-C (or SIGTERM) cut the plan short."""
     results: list[dict[str, Any]] = []
-    interrupted = False
     try:
         for i, run in enumerate(plan, 1):
             print(f"\n=== run {i}/{len(plan)}: {run.label} ===", flush=True)
@@ -312,18 +329,9 @@ def figures(
                 variant=run.variant,
             )
     except KeyboardInterrupt:
-        interrupted = True
         print("\ninterrupted; every process started for the run was stopped", file=sys.stderr)
-    summary = render_checks(results)
-    if interrupted:
-        summary = f"(interrupted after {len(results)} of {len(plan)} runs)\n" + summary
-    (out_dir / "figures.txt").write_text(summary + "\n", encoding="utf-8")
-    print(f"\n=== figures, every run ({time.monotonic() - started:.0f} s) ===")
-    print(summary)
-    print(f"\nwrote {out_dir / 'figures.txt'}")
-    if interrupted:
-        return 130
-    return 0 if len(results) == len(plan) and all_met(results) else 1
+        return results, True
+    return results, False
 
 
 def _comma_list(value: str) -> list[str]:

@@ -33,7 +33,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 from aiohttp import web
@@ -280,9 +280,11 @@ def start_processes(args: argparse.Namespace) -> Procs:
 
 
 async def drive(args: argparse.Namespace, procs: Procs) -> int:
-    sluice, port, admin_port = procs.sluice.popen, procs.port, procs.admin_port
+    """The soak's cycles, then the reloads counted, Sluice stopped and the verdict printed;
+    the exit code."""
+    sluice = procs.sluice.popen
     tally = Tally()
-    load = Load(port, args, tally)
+    load = Load(procs.port, args, tally)
     cycles = max(3, round(args.minutes * 60 / args.cycle))
     print(
         f"soak: {cycles} cycles of {args.cycle:g}s; base {args.base_rps} rps, storm +"
@@ -297,47 +299,17 @@ async def drive(args: argparse.Namespace, procs: Procs) -> int:
     connector = aiohttp.TCPConnector(limit=args.max_outstanding, force_close=False)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         load.session = session
-        tick = 0.01
         for cycle in range(1, cycles + 1):
-            start = time.monotonic()
-            before = Counter(tally.kinds)
-            sent_before = tally.sent
-            credit = 0.0
-            hupped = sampled = False
-            bad_due = 0.0
-            while True:
-                phase = (time.monotonic() - start) / args.cycle
-                if phase >= 1:
-                    break
-                storm = STORM[0] <= phase < STORM[1]
-                credit += (args.base_rps + (args.storm_rps if storm else 0)) * tick
-                while credit >= 1:
-                    credit -= 1
-                    load.spawn(load.request(storm))
-                bad_due += args.bad_rps * tick
-                while bad_due >= 1:
-                    bad_due -= 1
-                    load.spawn(load.bad_input())
-                if not hupped and phase >= HUP_AT:
-                    procs.write_config(cycle)
-                    sluice.send_signal(signal.SIGHUP)
-                    hupped = True
-                    hups += 1
-                if not sampled and phase >= SAMPLE_AT:
-                    rss, fds, cpu = proc_figures(sluice.pid)
-                    samples.append((rss, fds))
-                    sampled = True
-                    delta = tally.kinds - before
-                    shown = ", ".join(f"{k}: {v}" for k, v in delta.most_common())
-                    sent = tally.sent - sent_before
-                    print(f"{cycle:>5} {rss:>8.1f} {fds:>5} {cpu:>7.1f} {sent:>7}  {shown}")
-                if sluice.poll() is not None:
-                    print(f"sluice exited with {sluice.returncode} mid-run")
-                    return 1
-                await asyncio.sleep(tick)
+            done = await _cycle(args, procs, load, cycle)
+            if done is None:
+                print(f"sluice exited with {sluice.returncode} mid-run")
+                return 1
+            hups += done.hupped
+            if done.sample is not None:
+                samples.append(done.sample)
         if load.tasks:
             await asyncio.wait(load.tasks, timeout=REQUEST_TIMEOUT + 5)
-        async with session.get(f"http://127.0.0.1:{admin_port}/metrics") as r:
+        async with session.get(f"http://127.0.0.1:{procs.admin_port}/metrics") as r:
             metrics = await r.text()
     reloads = sum(
         float(line.rsplit(" ", 1)[1])
@@ -346,7 +318,67 @@ async def drive(args: argparse.Namespace, procs: Procs) -> int:
     )
     sluice.send_signal(signal.SIGTERM)
     code = await asyncio.get_running_loop().run_in_executor(None, sluice.wait, 30)
+    return _verdict(tally, samples, hups, reloads, code, procs)
 
+
+class _Cycle(NamedTuple):
+    """What one cycle did: whether it reloaded Sluice, and its (RSS MB, fds) sample."""
+
+    hupped: bool
+    sample: tuple[float, int] | None
+
+
+async def _cycle(args: argparse.Namespace, procs: Procs, load: Load, cycle: int) -> _Cycle | None:
+    """One cycle: arrivals at the base rate (plus the storm's in its phase), malformed input,
+    the SIGHUP reload at HUP_AT, the sample at SAMPLE_AT (printed with the cycle's answers);
+    None if Sluice exited."""
+    sluice = procs.sluice.popen
+    tally = load.tally
+    tick = 0.01
+    start = time.monotonic()
+    before = Counter(tally.kinds)
+    sent_before = tally.sent
+    credit = bad_due = 0.0
+    hupped = False
+    sample: tuple[float, int] | None = None
+    while (phase := (time.monotonic() - start) / args.cycle) < 1:
+        storm = STORM[0] <= phase < STORM[1]
+        credit += (args.base_rps + (args.storm_rps if storm else 0)) * tick
+        while credit >= 1:
+            credit -= 1
+            load.spawn(load.request(storm))
+        bad_due += args.bad_rps * tick
+        while bad_due >= 1:
+            bad_due -= 1
+            load.spawn(load.bad_input())
+        if not hupped and phase >= HUP_AT:
+            procs.write_config(cycle)
+            sluice.send_signal(signal.SIGHUP)
+            hupped = True
+        if sample is None and phase >= SAMPLE_AT:
+            rss, fds, cpu = proc_figures(sluice.pid)
+            sample = (rss, fds)
+            delta = tally.kinds - before
+            shown = ", ".join(f"{k}: {v}" for k, v in delta.most_common())
+            sent = tally.sent - sent_before
+            print(f"{cycle:>5} {rss:>8.1f} {fds:>5} {cpu:>7.1f} {sent:>7}  {shown}")
+        if sluice.poll() is not None:
+            return None
+        await asyncio.sleep(tick)
+    return _Cycle(hupped, sample)
+
+
+def _verdict(
+    tally: Tally,
+    samples: list[tuple[float, int]],
+    hups: int,
+    reloads: float,
+    code: int,
+    procs: Procs,
+) -> int:
+    """Answers and errors by kind, RSS growth from the second cycle to the last; PASS (0) when
+    RSS stayed within 5 %, nothing was unexplained, Sluice exited cleanly and every SIGHUP
+    reloaded."""
     print("\nanswers and errors by kind (whole run):")
     for kind, n in tally.kinds.most_common():
         flag = "  <- unexplained" if kind in tally.unexplained else ""
