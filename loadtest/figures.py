@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.contracts import REASONS
+from proxy.contracts import REASONS, Reason
 
 PROTECTED_ARM = "sluice"
 DRAIN_PROFILES: tuple[str, ...] = ("sdk", "sdk-noheader", "azure-sdk")
@@ -68,7 +68,10 @@ def is_explicit_answer(code: str) -> bool:
     status, _, reason = code.partition(" ")
     if not status.isdigit():
         return False
-    allowed = REASONS.get(reason)
+    try:
+        allowed = REASONS.get(Reason(reason))
+    except ValueError:  # not a reason of the table at all
+        return False
     return allowed is not None and int(status) in allowed
 
 

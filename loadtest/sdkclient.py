@@ -221,4 +221,5 @@ async def fetch_token(credential: ManagedIdentityCredential, scope: str) -> str 
         token = await credential.get_token(scope)
     except Exception:  # the SDK raises ClientAuthenticationError / CredentialUnavailableError
         return None
-    return token.token
+    value: str = token.token
+    return value

@@ -49,7 +49,7 @@ def backlog_end(result: Mapping[str, Any], d: Draw, step_t: float | None) -> flo
     """Seconds from t0 at which less than 1 s of C was left open in the backlog (None: never,
     within the run)."""
     series = (result.get("backlog") or {}).get("series") or {}
-    width = series.get("bin_s", 0.1)
+    width = float(series.get("bin_s", 0.1))
     for i, left in enumerate(series.get("open") or []):
         t = i * width
         if left < _workers_at(t, d, step_t) / d.service_time * GOODPUT_WINDOW:
