@@ -68,6 +68,7 @@ TOKEN = "/token?resource=bench&client_id=c1"
 
 
 def ms(seconds: float) -> str:
+    """Seconds as milliseconds, one decimal."""
     return f"{seconds * 1000:.1f}"
 
 
@@ -86,6 +87,7 @@ async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
 
 # --- arrival ----------------------------------------------------------------------------------
 async def bench_arrival(samples: int = 400) -> None:
+    """ArrivalClock: how early it stamps on an idle loop, and after a real 80 ms stall."""
     clock = ArrivalClock(period=DEFAULT_PERIOD)
     clock.start()
     rng = random.Random(1)
@@ -117,6 +119,7 @@ async def bench_arrival(samples: int = 400) -> None:
 
 # --- backend ----------------------------------------------------------------------------------
 async def bench_backend() -> None:
+    """The simulated backend in wall time: thrash, queued due times across a stall, capacity."""
     loop = asyncio.get_running_loop()
     sim = Simulator(BackendConfig(workers=1, service_time=0.05, thrash=1.0, jitter=0.0))
     runner, port = await serve(build_apps(sim)[0])
@@ -421,6 +424,7 @@ async def storm(base: str, seconds: float, deadline_ms: int) -> list[tuple[float
 
 
 def report_deadlines(phase: str, results: list[tuple[float, str]], deadline: float) -> None:
+    """One phase's answers by outcome and their times against the deadline."""
     times = [t for t, _ in results]
     outcomes: dict[str, int] = {}
     for _, o in results:
@@ -437,6 +441,8 @@ def report_deadlines(phase: str, results: list[tuple[float, str]], deadline: flo
 
 
 def bench_deadlines(seconds: float) -> None:
+    """Sluice and the backend as children: a storm with deadlines against a gate that queues,
+    then with the backend SIGKILLed."""
     deadline_ms = 1000
     with tempfile.TemporaryDirectory() as tmp, ProcessGroup(Path(tmp) / "logs") as group:
         bport, badmin = free_port(), free_port()
@@ -494,6 +500,7 @@ def bench_deadlines(seconds: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line of `python -m loadtest.bench_timing`."""
     p = argparse.ArgumentParser(prog="python -m loadtest.bench_timing", description=__doc__)
     p.add_argument("--only", default=",".join(SECTIONS), help="sections, comma-separated")
     p.add_argument("--storm-seconds", type=float, default=3.0, help="each deadlines phase")

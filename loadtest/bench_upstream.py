@@ -55,6 +55,7 @@ class _Backend(asyncio.Protocol):
 
 
 def run_backend(port: int) -> None:
+    """The backend child (`--backend PORT`): _Backend on uvloop, "ready" once listening."""
     import uvloop
 
     async def main() -> None:
@@ -68,6 +69,7 @@ def run_backend(port: int) -> None:
 
 @contextlib.contextmanager
 def backend() -> Iterator[str]:
+    """The backend in a child process while in the block; its base URL."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "loadtest.bench_upstream", "--backend", str(port)],
@@ -82,6 +84,7 @@ def backend() -> Iterator[str]:
 
 
 async def drive(client: UpstreamClient, requests: int, concurrency: int) -> None:
+    """`requests` GETs through `client`, `concurrency` at a time, each body read and released."""
     headers: CIMultiDict[str] = CIMultiDict(
         {"Accept": "application/json", "x-caller-id": "bench", "x-request-id": "r-1"}
     )
@@ -119,6 +122,7 @@ async def measure(
 
 
 def main() -> None:
+    """Command line of `python -m loadtest.bench_upstream` (also its backend child)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=32)

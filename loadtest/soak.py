@@ -143,6 +143,7 @@ class Tally:
     sent: int = 0
 
     def record(self, kind: str, explained: bool = True) -> None:
+        """Count one answer or error of `kind`."""
         self.kinds[kind] += 1
         if not explained:
             self.unexplained[kind] += 1
@@ -161,6 +162,7 @@ class Load:
         self.session: aiohttp.ClientSession | None = None
 
     async def request(self, storm: bool) -> None:
+        """One token request (a storm's: unknown callers, retries, repeats), tallied."""
         rng = self.rng
         assert self.session is not None
         headers = {}
@@ -215,6 +217,7 @@ class Load:
             self.tally.record(f"bad input answered {status}", explained=ok)
 
     def spawn(self, coro: Any) -> None:
+        """Run `coro` as its own task, unless `--max-outstanding` are open (then skipped)."""
         if self.tally.outstanding >= self.args.max_outstanding:
             coro.close()
             self.tally.record("client-skipped (generator at its bound)")
@@ -403,6 +406,7 @@ def _verdict(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line of `python -m loadtest.soak` (also its backend child)."""
     p = argparse.ArgumentParser(prog="python -m loadtest.soak", description=__doc__.split("\n")[0])
     p.add_argument("--minutes", type=float, default=10.0, help="run length (default 10)")
     p.add_argument("--cycle", type=float, default=30.0, help="seconds per storm cycle")
