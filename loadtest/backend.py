@@ -168,9 +168,11 @@ class Simulator:
         now = self.clock()
         begin = now if free_since is None else min(now, max(free_since, job.arrived))
         job.due = begin + st
-        asyncio.get_running_loop().call_later(job.due - now, self._finish, job)
+        asyncio.get_running_loop().call_later(job.due - now, self.finish, job)
 
-    def _finish(self, job: _Job) -> None:
+    def finish(self, job: _Job) -> None:
+        """A job's service time ran out: answer it and start the next waiting one (public:
+        a test holds completions by replacing it)."""
         self.busy -= 1
         if not job.future.done():
             job.future.set_result(self.clock())

@@ -44,7 +44,7 @@ from .fleet_workflow import answer_code
 POD_IDENTITY_HOST = "AZURE_POD_IDENTITY_AUTHORITY_HOST"
 # Variables that would send ManagedIdentityCredential down another path than IMDS (App Service,
 # Arc, Azure ML, Cloud Shell, workload identity): cleared in the fleet process.
-_OTHER_PATHS = (
+OTHER_PATHS = (
     "IDENTITY_ENDPOINT",
     "IDENTITY_HEADER",
     "IDENTITY_SERVER_THUMBPRINT",
@@ -61,7 +61,7 @@ SDK_CONNECTION_TIMEOUT = 2.0
 
 def point_sdk_at(base_url: str) -> None:
     """Make every ManagedIdentityCredential of this process use IMDS at `base_url`."""
-    for name in _OTHER_PATHS:
+    for name in OTHER_PATHS:
         os.environ.pop(name, None)
     os.environ[POD_IDENTITY_HOST] = base_url
 

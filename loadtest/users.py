@@ -93,7 +93,7 @@ def constant_pacing(seconds: float, clock: Callable[[], float] = time.monotonic)
     be the one the user's task start is read with (`time.monotonic`; tests pass a fake)."""
 
     def wait(user: Any) -> float:
-        started: float | None = getattr(user, "_task_started", None)
+        started: float | None = getattr(user, "task_started", None)
         if started is None:
             return seconds
         return max(0.0, seconds - (clock() - started))
@@ -146,7 +146,7 @@ class User(metaclass=_UserMeta):
         self.rng = random.Random(f"{environment.seed}:{type(self).__name__}:{index}")
         self.client = HttpClient(environment, self.host or environment.host)
         self._stopping = False
-        self._task_started: float | None = None
+        self.task_started: float | None = None
 
     async def on_start(self) -> None:
         """Called once when the user starts (override)."""
@@ -178,7 +178,7 @@ class User(metaclass=_UserMeta):
         try:
             await self.on_start()
             while not self._stopping:
-                self._task_started = time.monotonic()
+                self.task_started = time.monotonic()
                 try:
                     await self.pick_task()(self)
                 except StopUser:

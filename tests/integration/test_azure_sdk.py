@@ -12,7 +12,7 @@ from aiohttp import web
 from loadtest.backend import BackendConfig, Simulator, build_apps
 from loadtest.identities import make_identities
 from loadtest.sdkclient import (
-    _OTHER_PATHS,
+    OTHER_PATHS,
     POD_IDENTITY_HOST,
     SharedSession,
     fetch_token,
@@ -56,7 +56,7 @@ async def test_real_sdk_credentials_get_tokens_through_sluice(
     sim, backend_url = simulator
     config = sluice_config(backend_url, callers={"known": [{"name": "orchestrator-a"}]})
     async with running_sluice(config) as server:
-        for name in _OTHER_PATHS:
+        for name in OTHER_PATHS:
             monkeypatch.delenv(name, raising=False)
         monkeypatch.setenv(POD_IDENTITY_HOST, f"http://127.0.0.1:{server.proxy_port}")
         shared = SharedSession()

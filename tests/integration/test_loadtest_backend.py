@@ -39,10 +39,10 @@ class HeldWork:
     until `release()`, after which jobs complete as their timers fire."""
 
     def __init__(self, sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
-        self._finish = sim._finish
+        self._finish = sim.finish
         self.held: list[Any] = []
         self.open = False
-        monkeypatch.setattr(sim, "_finish", self._hold)
+        monkeypatch.setattr(sim, "finish", self._hold)
 
     def _hold(self, job: Any) -> None:
         if self.open:

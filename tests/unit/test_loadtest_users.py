@@ -89,9 +89,9 @@ def test_wait_time_helpers() -> None:
     now = 100.0
     pacing = constant_pacing(1.0, clock=lambda: now)
     assert pacing(user) == 1.0  # no task started yet
-    user._task_started = 99.6  # the task took 0.4 s: wait the rest of the second
+    user.task_started = 99.6  # the task took 0.4 s: wait the rest of the second
     assert pacing(user) == pytest.approx(0.6)
-    user._task_started = 97.0  # it took 3 s: start the next one at once
+    user.task_started = 97.0  # it took 3 s: start the next one at once
     assert pacing(user) == 0.0
 
 
