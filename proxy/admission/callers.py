@@ -86,3 +86,52 @@ def apply_caps(callers: Sequence[Caller], caps: Sequence[int | None]) -> None:
     """Set each caller's cap (None = uncapped)."""
     for c, cap in zip(callers, caps, strict=True):
         c.cap = NO_CAP if cap is None else cap
+
+
+class CallerTable:
+    """A gate's callers for its whole life: the configured ones, then the fair buckets.
+
+    The names are fixed (a reload that changes them is refused: lanes, budgets and slots are
+    indexed by them); caps and weights follow the config and the caps source.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        names: Sequence[str],
+        bookings: Sequence[deque[Booking]],
+        caps: CallerCaps | None = None,
+    ) -> None:
+        self.names = list(names)
+        self._configured = caps is None  # caps from the config (rebuilt on reload)
+        self._caps: CallerCaps = caps or ConfiguredCaps(config)
+        self.all = build_callers(config, self.names, [], bookings, self._caps)
+        self.n_known = len(config.callers.known)
+
+    def resolve(self, index: int) -> Caller:
+        """The caller at `index`; an index past the table folds into a bucket."""
+        try:
+            return self.all[index]
+        except IndexError:
+            buckets = max(1, len(self.all) - self.n_known)
+            return self.all[self.n_known + index % buckets]
+
+    def reconfigure(self, config: Config, bookings: Sequence[deque[Booking]]) -> None:
+        """Follow a new config's caps and weights; raise ValueError if its names differ."""
+        names = [c.name for c in config.callers.known] + [
+            f"bucket-{i}" for i in range(config.callers.fair_buckets)
+        ]
+        if names != self.names:
+            raise ValueError("changing callers.known names or fair_buckets needs a restart")
+        if self._configured:
+            self._caps = ConfiguredCaps(config)
+        self.all = build_callers(config, self.names, self.all, bookings, self._caps)
+
+    def refresh_caps(self) -> None:
+        """Read the caps again (a fleet-wide source may have moved them)."""
+        apply_caps(self.all, self._caps.caps(self.names))
+
+    def allow_only(self, allow: frozenset[str]) -> None:
+        """SHIELD's allow-list: only these callers are `allowed` (empty: none)."""
+        for c in self.all:
+            c.allowed = c.name in allow

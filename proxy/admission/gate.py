@@ -41,9 +41,8 @@ from ..config import Config
 from ..contracts import Outcome, Probe, Reason, Refusal, Ticket
 from ..control.controller import Controller
 from ..control.limit import Limit, make_limiter
-from ..control.loop_lag import LoopLag
 from ..control.modes import Effect, Mode, ModeController, Transition
-from ..control.signals import ArrivalRate, Patience, UpstreamHealth
+from ..control.signals import Patience
 from ..control.ticker import Ticker
 from ..ops.commands import run_command
 from ..ops.gauges import update_gauges
@@ -53,9 +52,8 @@ from ..scheduler.tiers import N_PRIO
 from ..scheduler.waiter import Waiter
 from ..tuning import ADMISSION, AdmissionTuning
 from .budgets import LocalRetryBudgets, RetryBudgets
-from .callers import Caller, CallerCaps, ConfiguredCaps, apply_caps, build_callers
+from .callers import Caller, CallerCaps, CallerTable
 from .estimates import Estimates
-from .fresh import FreshAllowance
 from .pacing import Pacer
 from .policy import ADMIT, BUDGET_ADMITTED, BUDGET_REFUSED, QUEUE, REFUSE, Load, Policy, Verdict
 from .refusals import Refuser, key_of
@@ -92,7 +90,6 @@ class AdmissionGate:
         self.budgets: RetryBudgets = budgets or LocalRetryBudgets(
             config.retry_budget, len(caller_names), now, tuning
         )
-        self._caps: CallerCaps = caps or ConfiguredCaps(config)
         self.pacer = Pacer(config.shedding, len(caller_names), tuning)
         self.refuser = Refuser(config, self.pacer, tuning)
         self.policy = Policy(config)
@@ -111,11 +108,7 @@ class AdmissionGate:
         )
         self.queue = self.room.queue  # (read by views and tests; never replaced)
         self.ticker = Ticker(self, clock)
-        self._names = list(caller_names)
-        self.callers: list[Caller] = build_callers(
-            config, caller_names, [], self.pacer.bookings, self._caps
-        )
-        self.n_known = len(config.callers.known)
+        self.caller_table = CallerTable(config, caller_names, self.pacer.bookings, caps)
         self.in_flight = 0
         self.eff = self.limiter.limit  # the limit in force
         self.draining = False
@@ -128,29 +121,14 @@ class AdmissionGate:
 
     # --- views ------------------------------------------------------------------------------
     @property
+    def callers(self) -> list[Caller]:
+        """Every caller: the configured ones, then the fair buckets."""
+        return self.caller_table.all
+
+    @property
     def mode(self) -> Mode:
         """The mode now."""
         return self.modes.state
-
-    @property
-    def health(self) -> UpstreamHealth:
-        """The upstream's health signals."""
-        return self.control.health
-
-    @property
-    def rates(self) -> ArrivalRate:
-        """Arrival rate, baseline and retry share."""
-        return self.control.rates
-
-    @property
-    def loop(self) -> LoopLag:
-        """Our own event loop's lateness."""
-        return self.control.loop
-
-    @property
-    def fresh(self) -> FreshAllowance:
-        """The first tier's allowance."""
-        return self.room.fresh
 
     def expire(self, now: float) -> None:
         """Answer the waiters whose wait runs out before the next tick."""
@@ -179,7 +157,7 @@ class AdmissionGate:
     def refresh_estimates(self, now: float) -> None:
         """Recompute the estimates (the ticker does, every tick)."""
         est = self.estimates
-        est.refresh(now, self.limiter, self.rates.baseline or 0.0, self.patience.estimate())
+        est.refresh(now, self.limiter, self.control.rates.baseline or 0.0, self.patience.estimate())
         self.queue.on_time_for = est.on_time_for
         self._min_budget = est.min_budget
 
@@ -187,21 +165,13 @@ class AdmissionGate:
         """Apply a new config atomically; learned limit, budgets, queues and mode are kept.
         The caller table is fixed for the gate's life (a reload that changes it is refused)."""
         now = self._clock()
-        names = [c.name for c in config.callers.known] + [
-            f"bucket-{i}" for i in range(config.callers.fair_buckets)
-        ]
-        if names != self._names:
-            raise ValueError("changing callers.known names or fair_buckets needs a restart")
+        table = self.caller_table
+        table.reconfigure(config, self.pacer.bookings)
         old = self.config
         self.config = config
-        self.pacer.reconfigure(config.shedding, len(self._names))
-        if isinstance(self._caps, ConfiguredCaps):
-            self._caps = ConfiguredCaps(config)
-        self.callers = build_callers(
-            config, self._names, self.callers, self.pacer.bookings, self._caps
-        )
+        self.pacer.reconfigure(config.shedding, len(table.names))
         self.limiter.reconfigure(config.limiter)
-        self.budgets.reconfigure(config.retry_budget, len(self._names), now)
+        self.budgets.reconfigure(config.retry_budget, len(table.names), now)
         self.control.reconfigure(old, config, now)
         self.patience.set_prior(config.queue.patience)
         if old.modes.protection != config.modes.protection:
@@ -213,11 +183,7 @@ class AdmissionGate:
     # --- the request path ------------------------------------------------------------------
     def admit(self, ticket: Ticket) -> Refusal | Waiter | None:
         """Admit now (None, a slot is held), refuse (Refusal), or defer (Waiter, await it)."""
-        try:
-            c = self.callers[ticket.caller_index]
-        except IndexError:
-            buckets = max(1, len(self.callers) - self.n_known)
-            c = self.callers[self.n_known + ticket.caller_index % buckets]
+        c = self.caller_table.resolve(ticket.caller_index)
         self.tally.arrivals += 1
         if (
             self._fast
@@ -267,7 +233,7 @@ class AdmissionGate:
         if not 0 <= t.priority < N_PRIO:
             t.priority = N_PRIO - 1
         v = self._decide(t, c, now, mode)
-        if v.decision == QUEUE and self.loop.busy:
+        if v.decision == QUEUE and self.control.loop.busy:
             # Our own loop is what is saturated: a waiter (its timer, its wake-up, a booked
             # answer if it expires) costs the CPU we lack, and answers read late would teach
             # the limiter a slow backend. Refuse at once, unbooked, with our own reason.
@@ -346,8 +312,8 @@ class AdmissionGate:
             self.modes,
             self.estimates,
             self.queue.total,
-            self.rates.baseline or 0.0,
-            self.loop.stall,
+            self.control.rates.baseline or 0.0,
+            self.control.loop.stall,
         )
         if self.refuser.books(reason, c):
             self.metrics.slots_booked.inc()
@@ -398,7 +364,7 @@ class AdmissionGate:
         if now - self._last_prune >= self.tuning.prune_every:
             self._last_prune = now
             self.pacer.prune(now)
-            apply_caps(self.callers, self._caps.caps(self._names))
+            self.caller_table.refresh_caps()
         control.learn_baseline(now, waiting)
         self._evaluate(now)
         self.room.released = 0
@@ -415,7 +381,7 @@ class AdmissionGate:
 
     def on_probe(self, ok: bool, now: float) -> None:
         """Record an active health probe's result and re-evaluate the mode at once."""
-        self.health.probe(ok)
+        self.control.health.probe(ok)
         self.evaluate_now(now)
 
     def _evaluate(self, now: float) -> None:
@@ -431,12 +397,9 @@ class AdmissionGate:
     def _after_transition(self, tr: Transition, now: float) -> None:
         """The queue's part of a mode change: SHIELD's allow-list (everyone else waiting is
         refused), the limit in force, and a probe soon."""
-        for c in self.callers:
-            c.allowed = False
-        if Effect.ALLOW_LIST in tr.effects:
-            allow = self.modes.shield_allow
-            for c in self.callers:
-                c.allowed = c.name in allow
+        shield = Effect.ALLOW_LIST in tr.effects
+        self.caller_table.allow_only(self.modes.shield_allow if shield else frozenset())
+        if shield:
             self.room.refuse_all(Reason.SHIELD, now, keep=lambda c: c.allowed)
         self._set_eff(now, batch=True)
         self.ticker.probe_soon(now)

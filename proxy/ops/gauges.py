@@ -22,10 +22,10 @@ def update_gauges(gate: AdmissionGate, now: float) -> None:
     floor = gate.limiter.floor.value
     m.latency_floor.set(floor if floor is not None else 0.0)
     m.pace.set(gate.estimates.pace)
-    m.loop_lag.set(gate.loop.lag)
-    m.arrival_rate.set(gate.rates.rate(now))
-    m.arrival_baseline.set(gate.rates.baseline or 0.0)
-    m.retry_share.set(gate.rates.retry_share(now))
+    m.loop_lag.set(gate.control.loop.lag)
+    m.arrival_rate.set(gate.control.rates.rate(now))
+    m.arrival_baseline.set(gate.control.rates.baseline or 0.0)
+    m.retry_share.set(gate.control.rates.retry_share(now))
     m.slots_live.set(gate.pacer.total)
     _caller_gauges(gate)
     if gate.config.retry_budget.enabled:

@@ -29,12 +29,14 @@ def gate_status(gate: AdmissionGate) -> dict[str, Any]:
         "queue": _queue_doc(gate),
         "slots": _slots_doc(gate, now),
         "signals": {
-            "arrival_rate": round(gate.rates.rate(now), 2),
+            "arrival_rate": round(gate.control.rates.rate(now), 2),
             "arrival_baseline": (
-                round(gate.rates.baseline, 2) if gate.rates.baseline is not None else None
+                round(gate.control.rates.baseline, 2)
+                if gate.control.rates.baseline is not None
+                else None
             ),
-            "retry_share": round(gate.rates.retry_share(now), 4),
-            "upstream": _health_doc(gate.health, now),
+            "retry_share": round(gate.control.rates.retry_share(now), 4),
+            "upstream": _health_doc(gate.control.health, now),
         },
         "transitions": [t.to_dict(now) for t in reversed(modes.history)],
     }
@@ -43,7 +45,7 @@ def gate_status(gate: AdmissionGate) -> dict[str, Any]:
             "global": round(gate.budgets.remaining_global(now), 2),
             **{
                 c.name: round(gate.budgets.remaining(c.index, now), 2)
-                for c in gate.callers[: gate.n_known]
+                for c in gate.callers[: gate.caller_table.n_known]
             },
         }
     if modes.state is Mode.SHIELD:
@@ -66,9 +68,9 @@ def _limit_doc(gate: AdmissionGate) -> dict[str, Any]:
         "limit_bounds": [cfg.floor, cfg.ceiling],
         "limit_last_change": lim.last_change,
         "limit_algorithm": cfg.algorithm,
-        "loop_lag_ms": round(gate.loop.lag * 1000, 1),
-        "loop_stall_ms": round(gate.loop.stall * 1000, 1),
-        "busy": gate.loop.busy,
+        "loop_lag_ms": round(gate.control.loop.lag * 1000, 1),
+        "loop_stall_ms": round(gate.control.loop.stall * 1000, 1),
+        "busy": gate.control.loop.busy,
         "slow_start": lim.slow_start,
         "latency_floor_ms": round(floor * 1000, 2) if floor is not None else None,
         "pace_rps": round(est.pace, 1),

@@ -928,7 +928,7 @@ async def test_ticker_probes_and_stops() -> None:
         return False
 
     await h.gate.ticker.run_probe(probe, h.clock())
-    assert calls == [1] and h.gate.health.probe_fail_streak == 1
+    assert calls == [1] and h.gate.control.health.probe_fail_streak == 1
     await h.gate.start(probe)
     assert h.gate.ticker.running
     await h.gate.stop()
@@ -956,7 +956,7 @@ async def test_a_raising_probe_is_a_failed_probe() -> None:
         raise OSError("boom")
 
     await h.gate.ticker.run_probe(probe, h.clock())
-    assert h.gate.health.probe_fail_streak == 1
+    assert h.gate.control.health.probe_fail_streak == 1
 
 
 def test_unknown_caller_index_folds_into_a_bucket() -> None:
@@ -990,10 +990,10 @@ def _wave_harness() -> Harness:
     recovery(h)
     g = h.gate
     g.eff = g.in_flight  # hold the limit in force where it is: every arrival waits
-    g.rates.baseline = 10.0
+    g.control.rates.baseline = 10.0
     g.refresh_estimates(h.clock())
-    g.fresh.tokens = 3.0
-    g.fresh.at = h.clock()
+    g.room.fresh.tokens = 3.0
+    g.room.fresh.at = h.clock()
     return h
 
 
@@ -1005,7 +1005,7 @@ def test_first_tries_beyond_the_allowance_go_before_retries_read_after_them() ->
 
     h = _wave_harness()
     g = h.gate
-    g.fresh.tokens = 0.0
+    g.room.fresh.tokens = 0.0
     h.clock.advance(0.001)
     first = waiter(g.admit(h.ticket()))
     assert _tier(first) == _TIER_REST
@@ -1024,7 +1024,7 @@ def test_first_tier_allowance_accrues_between_ticks() -> None:
 
     h = _wave_harness()
     g = h.gate
-    g.fresh.tokens = 0.0
+    g.room.fresh.tokens = 0.0
     assert _tier(waiter(g.admit(h.ticket()))) == _TIER_REST
     h.clock.advance(0.1)  # 12/s x 0.1 s: one token, and no tick ran
     assert _tier(waiter(g.admit(h.ticket()))) == _TIER_FRESH
@@ -1123,7 +1123,7 @@ def test_under_lifo_the_first_tier_keeps_the_order_of_waiters_still_on_time() ->
     # `lifo_when_older_than` (or one unloaded latency), a waiter keeps its place.
     h = _wave_harness()
     g = h.gate
-    g.fresh.tokens = 10.0
+    g.room.fresh.tokens = 10.0
     late = waiter(g.admit(h.ticket("fresh")))
     h.clock.advance(0.2)
     burst = [waiter(g.admit(h.ticket(c))) for c in ("orch", "fresh")]
@@ -1140,7 +1140,7 @@ def test_under_lifo_the_first_tier_keeps_the_order_of_waiters_still_on_time() ->
 def test_under_lifo_a_first_tier_waiter_past_its_time_goes_after_newer_ones() -> None:
     h = _wave_harness()
     g = h.gate
-    g.fresh.tokens = 10.0
+    g.room.fresh.tokens = 10.0
     late = waiter(g.admit(h.ticket("fresh")))
     h.clock.advance(0.2)
     first = waiter(g.admit(h.ticket("orch")))

@@ -36,7 +36,7 @@ def _measured(h: Harness, per_tick: int, baseline: float) -> None:
     saturate(h, per_tick)
     status = h.gate.status()
     assert status["pace_measured"] and status["pace_rps"] == pytest.approx(per_tick / TICK)
-    h.gate.rates.baseline = baseline
+    h.gate.control.rates.baseline = baseline
     h.gate.refresh_estimates(h.clock())
 
 
