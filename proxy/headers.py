@@ -26,6 +26,12 @@ HOP_BY_HOP: frozenset[str] = frozenset(
 )
 
 
+# X-Forwarded-For: hops looked at from the right, and the longest hop text kept (an address
+# with a port and brackets fits; longer is not an address).
+_MAX_HOPS = 8
+_MAX_HOP_TEXT = 64
+
+
 class TrustedSources:
     """Peers (by CIDR) whose identity and forwarding headers are believed."""
 
@@ -33,6 +39,24 @@ class TrustedSources:
         self.networks = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
         # Peers repeat (sidecars see a handful of addresses); the cache keeps the check O(1).
         self.contains = lru_cache(maxsize=4096)(self._contains)
+
+    def client_of(self, peer: str, forwarded_for: str | None) -> str:
+        """The client's address: `peer`, or, when `peer` is trusted and says whom it
+        forwards for, the rightmost `X-Forwarded-For` hop that is not itself trusted (a
+        balancer in front of a fleet is every connection's peer; without this, every client
+        behind it is one caller). Hops past `_MAX_HOPS` from the right are not looked at."""
+        if not forwarded_for:
+            return peer
+        hops = forwarded_for.rsplit(",", _MAX_HOPS)
+        client = peer
+        for hop in reversed(hops[-_MAX_HOPS:]):
+            hop = hop.strip()[:_MAX_HOP_TEXT]
+            if not hop:
+                break
+            client = hop
+            if not self.contains(hop):
+                break
+        return client
 
     def _contains(self, peer: str) -> bool:
         try:

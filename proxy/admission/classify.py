@@ -65,6 +65,15 @@ def parse_nonneg_int(text: str | None) -> int | None:
     return int(text)
 
 
+def _forwarded_for(headers: Mapping[str, str]) -> str | None:
+    """Every `X-Forwarded-For` line, joined (a proxy may add its own line)."""
+    getall = getattr(headers, "getall", None)
+    if getall is None:
+        return headers.get("x-forwarded-for")
+    lines: list[str] = getall("x-forwarded-for", [])
+    return ",".join(lines) if lines else None
+
+
 class Classifier:
     """Turns a request's peer, method, target and headers into a `Ticket`.
 
@@ -124,6 +133,8 @@ class Classifier:
     ) -> Ticket:
         """Build the Ticket. `now` is monotonic seconds, `wall_ms` epoch milliseconds."""
         trusted = self.trusted.contains(peer)
+        if trusted:
+            peer = self.trusted.client_of(peer, _forwarded_for(headers))
         caller_id = headers.get(self._h_caller) if trusted else None
         caller, index, label, priority = self._caller(caller_id, peer)
         if trusted:

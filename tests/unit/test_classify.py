@@ -256,3 +256,43 @@ def test_parse_nonneg_int() -> None:
     assert parse_nonneg_int(" 7 ") == 7
     assert parse_nonneg_int(None) is None
     assert parse_nonneg_int("+1") is None
+
+
+def test_behind_a_trusted_balancer_clients_are_told_apart_by_x_forwarded_for() -> None:
+    # Every connection comes from the balancer; the SDK sends no caller header. Without the
+    # forwarded address every pod would be one caller, one bucket and one fingerprint.
+    c = classifier()
+    a = [classify(c, x_forwarded_for=f"10.0.{i}.7") for i in range(64)]
+    assert len({t.caller_index for t in a}) == 8  # spread over every bucket
+    assert len({t.fingerprint for t in a}) == 64
+    same = classify(c, x_forwarded_for="10.0.3.7")
+    assert (same.caller, same.fingerprint) == (a[3].caller, a[3].fingerprint)
+
+
+def test_the_client_is_the_rightmost_untrusted_hop() -> None:
+    c = classifier(trust={"sources": ["127.0.0.1/32", "10.9.0.0/16"]})
+    direct = classify(c, x_forwarded_for="10.0.0.5")
+    # A client that forges hops on the left is still its own rightmost untrusted hop; a
+    # trusted proxy on the right (10.9.x) is skipped.
+    forged = classify(c, x_forwarded_for="203.0.113.1, 10.0.0.5, 10.9.1.1")
+    assert forged.fingerprint == direct.fingerprint
+    assert classify(c, x_forwarded_for="203.0.113.1").fingerprint != direct.fingerprint
+
+
+def test_x_forwarded_for_from_an_untrusted_peer_is_ignored() -> None:
+    c = classifier()
+    a = classify(c, peer=UNTRUSTED, x_forwarded_for="10.0.0.1")
+    b = classify(c, peer=UNTRUSTED, x_forwarded_for="10.0.0.2")
+    assert (a.caller, a.fingerprint) == (b.caller, b.fingerprint)
+
+
+def test_forwarded_for_is_bounded() -> None:
+    from proxy.headers import TrustedSources
+
+    trusted = TrustedSources(["127.0.0.1/32"])
+    long_chain = ", ".join(["127.0.0.1"] * 100 + ["10.0.0.1"])
+    assert trusted.client_of("127.0.0.1", long_chain) == "10.0.0.1"
+    all_trusted = ", ".join(["198.51.100.1"] + ["127.0.0.1"] * 100)
+    assert trusted.client_of("127.0.0.1", all_trusted) == "127.0.0.1"  # never past 8 hops
+    assert len(trusted.client_of("127.0.0.1", "x" * 10_000)) == 64
+    assert trusted.client_of("127.0.0.1", None) == "127.0.0.1"
