@@ -22,12 +22,6 @@ limiter's free slots, while a finished request's slot is handed to the next wait
 (one for one, which never raises concurrency). Invariant, restored after every event: when
 in-flight is below `eff`, nothing queued is eligible (everything waiting is held by its
 caller's cap), which is what lets the fast path skip the queues.
-
-Waits: a waiter is answered before its deadline (`x-request-timeout-ms`, minus the margin and
-the expected latency) or, without one, before its client's patience runs out (learnt from the
-clients that gave up), with a paced Retry-After: the client holds the backlog, not us, and it
-never times out on its own. A newcomer whose expected wait already exceeds that is refused at
-once; each tick, waiters that can no longer be served in time are answered at once.
 """
 
 from __future__ import annotations
@@ -55,7 +49,7 @@ from .budgets import LocalRetryBudgets, RetryBudgets
 from .callers import Caller, CallerCaps, CallerTable
 from .estimates import Estimates
 from .pacing import Pacer
-from .policy import ADMIT, BUDGET_ADMITTED, BUDGET_REFUSED, QUEUE, REFUSE, Load, Policy, Verdict
+from .policy import ADMIT, QUEUE, REFUSE, Load, Policy, Verdict, count_budget, count_dry_run
 from .refusals import Refuser, key_of
 from .waitroom import WaitRoom
 
@@ -239,7 +233,8 @@ class AdmissionGate:
             # the limiter a slow backend. Refuse at once, unbooked, with our own reason.
             v = Verdict(REFUSE, Reason.BUSY)
         if self.dry_run:
-            self._dry_run_verdict(t, c, v, mode)
+            count_dry_run(self.metrics, t, v, mode)
+            self.take(t, c)
             return None
         if v.decision == ADMIT:
             if t.origin_region is not None:
@@ -264,24 +259,8 @@ class AdmissionGate:
             self.budgets,
             lambda: self.room.expected_wait(c, self.room.level(t, take=False, now=now), now),
         )
-        if v.budget == BUDGET_ADMITTED:
-            self.metrics.retry_admitted[c.label].inc()
-        elif v.budget == BUDGET_REFUSED:
-            self.metrics.retry_refused[c.label].inc()
+        count_budget(self.metrics, c, v)
         return v
-
-    def _dry_run_verdict(self, t: Ticket, c: Caller, v: Verdict, mode: Mode) -> None:
-        """Dry run: count what would have been done, and admit."""
-        if v.decision == REFUSE:
-            self.metrics.dry_run_decision[v.reason].inc()
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug(
-                    "dry-run refusal",
-                    extra={"reason": v.reason, "caller": t.caller, "mode": mode.value},
-                )
-        elif v.decision == QUEUE:
-            self.metrics.dry_run_deferrals.inc()
-        self.take(t, c)
 
     def _enqueue(self, t: Ticket, c: Caller, now: float, v: Verdict) -> Refusal | Waiter:
         mode = self.modes.state
@@ -317,17 +296,8 @@ class AdmissionGate:
         )
         if self.refuser.books(reason, c):
             self.metrics.slots_booked.inc()
-            self.control.backlog += 1
-            if reason == Reason.OVERLOAD or reason == Reason.OUTAGE:
-                self.tally.overloaded += 1
-                if (
-                    self.modes.state is Mode.NORMAL
-                    and self.queue.total + self.tally.overloaded
-                    == self.config.recovery.enter_queue_depth
-                ):
-                    # A wave refused by NORMAL's short queue is a reopening backlog just as
-                    # one that queues: judge it as soon as this request is answered.
-                    self.ticker.evaluate_soon()
+            if self.control.booked(reason, self.queue.total):
+                self.ticker.evaluate_soon()
         return refusal
 
     # --- the limit in force ------------------------------------------------------------------

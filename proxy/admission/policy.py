@@ -10,6 +10,7 @@ client's deadline or learnt patience) or a refusal whose Retry-After the gate bo
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,9 +19,12 @@ from typing import NamedTuple
 from ..config import Config
 from ..contracts import Reason, Ticket
 from ..control.modes import Mode
+from ..ops.metrics import Metrics
 from .budgets import RetryBudgets
 from .callers import Caller
 from .estimates import Estimates
+
+log = logging.getLogger("sluice.gate")
 
 ADMIT, QUEUE, REFUSE = 0, 1, 2
 # What the retry budget said (for its metrics).
@@ -157,3 +161,24 @@ class Policy:
         if not t.solicited and mode is not Mode.OUTAGE and expected_wait() > wait:
             return Verdict(REFUSE, full_reason, budget=budget)
         return Verdict(QUEUE, full_reason, now + wait, by_deadline, budget)
+
+
+def count_budget(metrics: Metrics, c: Caller, v: Verdict) -> None:
+    """Count what the retry budget said of a verdict."""
+    if v.budget == BUDGET_ADMITTED:
+        metrics.retry_admitted[c.label].inc()
+    elif v.budget == BUDGET_REFUSED:
+        metrics.retry_refused[c.label].inc()
+
+
+def count_dry_run(metrics: Metrics, t: Ticket, v: Verdict, mode: Mode) -> None:
+    """Dry run: count what would have been done (the request is admitted anyway)."""
+    if v.decision == REFUSE:
+        metrics.dry_run_decision[v.reason].inc()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "dry-run refusal",
+                extra={"reason": v.reason, "caller": t.caller, "mode": mode.value},
+            )
+    elif v.decision == QUEUE:
+        metrics.dry_run_deferrals.inc()

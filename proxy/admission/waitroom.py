@@ -5,6 +5,12 @@ queueing with fair eviction when full, granting waiters while the limit in force
 and answering the waiters whose wait ran out or can no longer be met (with a refusal the gate
 builds). It owns its waiters (`scheduler.waiter.WaiterOwner`): a client that goes away takes
 its waiter out in O(1), or hands back the slot it had just been granted.
+
+A waiter is answered before its deadline (`x-request-timeout-ms`, minus the margin and
+the expected latency) or, without one, before its client's patience runs out (learnt from the
+clients that gave up), with a paced Retry-After: the client holds the backlog, not us, and it
+never times out on its own. A newcomer whose expected wait already exceeds that is refused at
+once; each tick, waiters that can no longer be served in time are answered at once.
 """
 
 from __future__ import annotations

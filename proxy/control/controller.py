@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from ..admission.estimates import Estimates
 from ..config import Config
-from ..contracts import Outcome, Ticket
+from ..contracts import Outcome, Reason, Ticket
 from ..ops.metrics import Metrics
 from ..tuning import CONTROL, ControlTuning
 from .limit import Limit
@@ -160,6 +160,19 @@ class Controller:
                 t.broken_due = True
                 return True
         return False
+
+    def booked(self, reason: Reason, queued: int) -> bool:
+        """A refusal booked a return: the mode's backlog grows. True when, in NORMAL, the
+        work refused or queued for capacity reaches `recovery.enter_queue_depth`: a wave
+        refused by NORMAL's short queue is a reopening backlog just as one that queues, to
+        be judged as soon as this request is answered."""
+        self.backlog += 1
+        if reason not in (Reason.OVERLOAD, Reason.OUTAGE):
+            return False
+        t = self.tally
+        t.overloaded += 1
+        depth = self.config.recovery.enter_queue_depth
+        return self.modes.state is Mode.NORMAL and queued + t.overloaded == depth
 
     # --- each tick ----------------------------------------------------------------------------
     def fold(self, now: float, queued: int) -> tuple[int, bool]:
