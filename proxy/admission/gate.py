@@ -198,14 +198,16 @@ class AdmissionGate:
         return self._admit_slow(ticket, c)
 
     def release(self, ticket: Ticket, outcome: Outcome) -> None:
-        """Give the slot back and learn from the outcome (once per admission; extra calls
-        are ignored)."""
+        """Give the slot back, count the upstream's answer by status class and learn from the
+        outcome (once per admission; extra calls are ignored)."""
         c = ticket.gate_state
         if c is None:
             return
         ticket.gate_state = None
         self.in_flight -= 1
         c.in_flight -= 1
+        if outcome.status is not None:
+            self.metrics.upstream_answered(outcome.status)
         if self.control.learn(ticket, outcome, self._clock):
             self.ticker.evaluate_soon()  # a broken run: OUTAGE as soon as this request ends
         if self.queue.total and self.in_flight < self.eff:

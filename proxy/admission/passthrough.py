@@ -31,6 +31,8 @@ class PassThroughGate:
 
     def release(self, ticket: Ticket, outcome: Outcome) -> None:
         self.in_flight -= 1
+        if outcome.status is not None:
+            self.metrics.upstream_answered(outcome.status)
 
     def upstream_refusal(self, ticket: Ticket, status: int) -> Refusal | None:
         return None  # without protection, every upstream answer is relayed

@@ -18,7 +18,7 @@ def update_gauges(gate: AdmissionGate, now: float) -> None:
     m.limit_floor.set(gate.config.limiter.floor)
     m.shield_remaining.set(gate.modes.shield_remaining(now))
     for prio, n in zip(PRIORITY_CLASSES, gate.queue.by_priority(), strict=True):
-        m.queue_depth.labels(prio).set(n)
+        m.queue_depth_children[prio].set(n)
     floor = gate.limiter.floor.value
     m.latency_floor.set(floor if floor is not None else 0.0)
     m.pace.set(gate.estimates.pace)

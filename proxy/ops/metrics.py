@@ -1,23 +1,37 @@
 """Every Sluice metric, defined once, with label children pre-bound at start-up.
 
 Labels are bounded: reasons and error kinds come from closed tables, callers only from the
-configured list (all other callers are `other`), modes from the controller's four states.
-Nothing on the request path formats a label. The classifier's own counters are fed into
-these by `CountingInvalidHeaders` and `CountingRetrySignals`.
+configured list (all other callers are `other`), modes from the controller's four states,
+status classes from `STATUS_CLASSES`. Nothing on the request path formats a label. The
+classifier's own counters are fed into these by `CountingInvalidHeaders` and
+`CountingRetrySignals`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 
+from .. import __version__
 from ..admission.classify import InvalidHeaderCounter
 from ..admission.retries import SIGNALS, RetrySignalCounter
+from ..config import PRIORITY_CLASSES
 from ..contracts import REASONS, UPSTREAM_ERRORS
 
 MODES: tuple[str, ...] = ("NORMAL", "OUTAGE", "RECOVERY", "SHIELD")
 OUTCOMES: tuple[str, ...] = ("forwarded", "refused", "error", "cancelled")
+# Envoy's upstream_rq_1xx..5xx, HAProxy's hrsp_1xx..5xx.
+STATUS_CLASSES: tuple[str, ...] = ("1xx", "2xx", "3xx", "4xx", "5xx")
 # `_created` series double the exposition for nothing a dashboard uses.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -44,6 +58,7 @@ class Metrics:
         self._arrivals_and_returns()
         self._retry_budgets()
         self._regions()
+        self._process()
 
     def _requests(self) -> None:
         """How requests ended, what is in flight, and refusals held before they are sent."""
@@ -93,6 +108,17 @@ class Metrics:
         )
         self.probe_ok = self.probes.labels("ok")
         self.probe_failed = self.probes.labels("failed")
+        self.upstream_responses = Counter(
+            "sluice_upstream_responses",
+            "Answers the upstream gave, by status class (also the 5xx Sluice replaced with its "
+            "own 503 outage).",
+            ["status_class"],
+            registry=r,
+        )
+        by_class = [self.upstream_responses.labels(c) for c in STATUS_CLASSES]
+        # Indexed by the status's hundreds digit, so counting formats nothing. A status outside
+        # 100-599 is invalid (RFC 9110 section 15): the backend is broken, so it counts as 5xx.
+        self._by_status = (by_class[4], *by_class, *[by_class[4]] * 4)
 
     def _classification(self) -> None:
         """What the classifier made of request headers."""
@@ -196,6 +222,8 @@ class Metrics:
             ["priority"],
             registry=r,
         )
+        # Every priority from the start: a dashboard sees 0, not "no data", before a queue.
+        self.queue_depth_children = {p: self.queue_depth.labels(p) for p in PRIORITY_CLASSES}
         self.caller_queue_depth = Gauge(
             "sluice_caller_queue_depth",
             "Deferred requests waiting, by caller.",
@@ -280,6 +308,23 @@ class Metrics:
         )
         self.spillover_served = self.spillover.labels("served")
         self.spillover_refused = self.spillover.labels("refused")
+
+    def _process(self) -> None:
+        """The build, and the standard `process_*` and `python_*` collectors."""
+        r = self.registry
+        self.build_info = Gauge(
+            "sluice_build_info", "Always 1; the Sluice version as a label.", ["version"], registry=r
+        )
+        self.build_info.labels(__version__).set(1)
+        # process_* reads /proc (Linux only; elsewhere it exports nothing), python_gc_* reads
+        # gc.get_stats(), both at scrape time: no cost on the request path.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+
+    def upstream_answered(self, status: int) -> None:
+        """Count one upstream answer in its status class."""
+        self._by_status[status // 100 % 10].inc()
 
     def set_mode(self, mode: str) -> None:
         """Set the one-hot mode gauge."""
