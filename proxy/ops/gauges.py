@@ -6,6 +6,7 @@ import math
 from typing import TYPE_CHECKING
 
 from ..config import PRIORITY_CLASSES
+from .drain import gate_drain
 
 if TYPE_CHECKING:
     from ..admission.gate import AdmissionGate
@@ -30,6 +31,22 @@ def update_gauges(gate: AdmissionGate, now: float) -> None:
     _caller_gauges(gate)
     if gate.config.retry_budget.enabled:
         _budget_gauges(gate, now)
+    _drain_gauges(gate)
+
+
+def _drain_gauges(gate: AdmissionGate) -> None:
+    """RECOVERY's backlog, drain pace and expected time to drain; 0 in the other modes."""
+    m = gate.metrics
+    d = gate_drain(gate)
+    if d is None:
+        m.drain_backlog.set(0)
+        m.drain_pace.set(0)
+        m.drain_eta.set(0)
+        return
+    m.drain_backlog.set(d.backlog)
+    m.drain_pace.set(d.pace)
+    # +Inf, not a number that looks like an estimate: at this pace it does not drain.
+    m.drain_eta.set(d.eta if d.eta is not None else math.inf)
 
 
 def _caller_gauges(gate: AdmissionGate) -> None:

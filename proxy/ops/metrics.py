@@ -58,6 +58,7 @@ class Metrics:
         self._arrivals_and_returns()
         self._retry_budgets()
         self._regions()
+        self._drain()
         self._process()
 
     def _requests(self) -> None:
@@ -308,6 +309,27 @@ class Metrics:
         )
         self.spillover_served = self.spillover.labels("served")
         self.spillover_refused = self.spillover.labels("refused")
+
+    def _drain(self) -> None:
+        """RECOVERY's drain: the backlog Sluice knows of, its pace, the time to drain it."""
+        r = self.registry
+        self.drain_backlog = Gauge(
+            "sluice_drain_backlog",
+            "In RECOVERY: requests queued plus return slots booked (0 outside RECOVERY).",
+            registry=r,
+        )
+        self.drain_pace = Gauge(
+            "sluice_drain_pace",
+            "In RECOVERY: requests/s the backlog drains at, the pace less the arrival "
+            "baseline (0 outside RECOVERY).",
+            registry=r,
+        )
+        self.drain_eta = Gauge(
+            "sluice_drain_eta_seconds",
+            "In RECOVERY: expected seconds until the backlog is drained, backlog / drain pace "
+            "(+Inf when it does not drain at that pace; 0 outside RECOVERY).",
+            registry=r,
+        )
 
     def _process(self) -> None:
         """The build, and the standard `process_*` and `python_*` collectors."""

@@ -8,13 +8,15 @@ from ..config import PRIORITY_CLASSES
 from ..control.modes import Mode
 from ..control.signals import UpstreamHealth
 from ..scheduler.tiers import TIER_NAMES
+from .drain import gate_drain
 
 if TYPE_CHECKING:
     from ..admission.gate import AdmissionGate
 
 
 def gate_status(gate: AdmissionGate) -> dict[str, Any]:
-    """JSON-able state of the gate: mode, limit, estimates, queue, slots, signals."""
+    """JSON-able state of the gate: mode, limit, estimates, queue, slots, signals; in
+    RECOVERY the drain (backlog, pace, expected time), in SHIELD its TTL and allow-list."""
     now = gate.now()
     modes = gate.modes
     doc: dict[str, Any] = {
@@ -48,6 +50,9 @@ def gate_status(gate: AdmissionGate) -> dict[str, Any]:
                 for c in gate.callers[: gate.caller_table.n_known]
             },
         }
+    drain = _drain_doc(gate)
+    if drain is not None:
+        doc["drain"] = drain
     if modes.state is Mode.SHIELD:
         doc["shield"] = {
             "remaining_s": round(modes.shield_remaining(now), 3),
@@ -76,6 +81,21 @@ def _limit_doc(gate: AdmissionGate) -> dict[str, Any]:
         "pace_rps": round(est.pace, 1),
         "pace_measured": est.pace_known,
         "client_patience_s": round(est.patience, 3),
+    }
+
+
+def _drain_doc(gate: AdmissionGate) -> dict[str, Any] | None:
+    """In RECOVERY, how long until it is over (`eta_s` null: no drain at this pace)."""
+    d = gate_drain(gate)
+    if d is None:
+        return None
+    return {
+        "backlog": d.backlog,
+        "queued": d.queued,
+        "booked": d.booked,
+        "pace_rps": round(d.pace, 1),
+        "pace_measured": gate.estimates.pace_known,
+        "eta_s": round(d.eta, 1) if d.eta is not None else None,
     }
 
 
