@@ -268,6 +268,7 @@ def test_the_alerts_the_runbook_promises_exist() -> None:
         "SluiceRetryBudgetRefusals",
         "SluiceSpilloverRefused",
         "SluiceUpstreamErrors",
+        "SluiceUpstream5xxShare",
         "SluiceConfigReloadFailed",
         "SluiceDown",
         "SluiceLimitAtFloor",
@@ -351,6 +352,11 @@ def test_dashboard_covers_the_operating_questions() -> None:
         "sluice_config_reloads_total",
         "sluice_upstream_probes_total",
         "sluice_bad_input_total",
+        "sluice_upstream_responses_total",
+        "sluice_drain_eta_seconds",
+        "sluice_drain_backlog",
+        "sluice_drain_pace",
+        "sluice_build_info",
     ):
         assert name in used, name
     timelines = [p for p in all_panels(dashboard()["panels"]) if p["type"] == "state-timeline"]
