@@ -135,11 +135,15 @@ def status_figures(doc: dict[str, Any]) -> dict[str, Any]:
     if in_flight is None and limiter:
         in_flight = num(limiter.get("in_flight"))
     mode = doc.get("mode")
+    drain = doc.get("drain")
+    drain = drain if isinstance(drain, dict) else {}
     return {
         "mode": mode if isinstance(mode, str) else None,
         "limit": limit,
         "in_flight": in_flight,
         "queued": queued,
+        # The drain ETA Sluice showed (RECOVERY only; None when it showed none).
+        "eta_s": num(drain.get("eta_s")),
     }
 
 
@@ -509,6 +513,7 @@ def timeline(run: RunData, t0: float) -> dict[str, Any]:
                 "limit": [f["limit"] for _, f in figs],
                 "in_flight": [f["in_flight"] for _, f in figs],
                 "queued": [f["queued"] for _, f in figs],
+                "eta_s": [f["eta_s"] for _, f in figs],
             }
         out["regions"][region] = reg
     return out

@@ -25,6 +25,8 @@ STEP_FOLLOW_S = 2.0
 BUSY_MIN = 0.9  # after a doubling: mean busy / workers
 TIMEOUT_JUDGED_FROM = 1.0  # s: clients with a shorter timeout may time out
 LAG_VOID_MS = 50.0
+ETA_READ_AT = 2.0  # s after the release: the drain ETA /status showed then is recorded
+ETA_TOLERANCE = 0.25  # issue 19: within 25 % of the drain left, in 90 % of the polite runs
 VOID_SHARE_MAX = 0.1  # at most 4 of 40
 
 
@@ -278,6 +280,34 @@ class RunOutcome:
         return "PASS" if all(c.ok for c in self.checks) else "FAIL"
 
 
+def eta_after_release(result: Mapping[str, Any]) -> tuple[float, float | None] | None:
+    """The storm region's Sluice's first /status sample from ETA_READ_AT after t0 (the
+    release): its time after t0 and the drain ETA it showed (None outside RECOVERY, or with no
+    drain pace); None when no sample was taken then."""
+    home = str((result.get("params") or {}).get("home"))
+    regions: Mapping[str, Any] = (result.get("timeline") or {}).get("regions") or {}
+    proxy: Mapping[str, Any] = (regions.get(home) or {}).get("proxy") or {}
+    times: Sequence[float] = proxy.get("t") or []
+    etas: Sequence[float | None] = proxy.get("eta_s") or [None] * len(times)
+    for t, eta in zip(times, etas, strict=True):
+        if t >= ETA_READ_AT:
+            return t, eta
+    return None
+
+
+def _eta_figures(result: Mapping[str, Any], drain: float | None) -> dict[str, Any]:
+    """The ETA shown ETA_READ_AT after the release, against the drain that was really left."""
+    shown = eta_after_release(result)
+    at, eta = shown if shown is not None else (None, None)
+    left = None if drain is None or at is None else drain - at
+    return {
+        "eta_read_at_s": at,
+        "eta_s": eta,
+        "drain_left_s": left,
+        "eta_of_drain_left": None if eta is None or left is None or left <= 0 else eta / left,
+    }
+
+
 def run_figures(result: Mapping[str, Any], d: Draw, initial: int) -> dict[str, Any]:
     """The numbers of a run the table and the distribution show."""
     if "unavailable" in result:
@@ -314,6 +344,7 @@ def run_figures(result: Mapping[str, Any], d: Draw, initial: int) -> dict[str, A
         "lag_p99_ms": v.get("loop_lag_p99_ms"),
         "lag_max_ms": v.get("loop_lag_max_ms"),
         "machine_busy_cores": v.get("machine_busy_cores"),
+        **_eta_figures(result, drain),
     }
 
 

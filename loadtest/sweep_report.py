@@ -6,11 +6,11 @@ from collections.abc import Sequence
 
 from .analysis import percentile
 from .sweep_draw import POLITE
-from .sweep_judge import RunOutcome, max_void
+from .sweep_judge import ETA_READ_AT, ETA_TOLERANCE, RunOutcome, max_void
 
 _COLUMNS = (
     "seed", "kind", "W", "st ms", "C", "thr", "N", "λ₀", "warm", "cl", "delay", "T",
-    "step", "drain/bd", "gp min", "fresh", "p99 ms", "q/W", "TO", "CE", "gen%", "slc%",
+    "step", "drain/bd", "eta/dl", "gp min", "fresh", "p99 ms", "q/W", "TO", "CE", "gen%", "slc%",
     "lag", "verdict",
 )  # fmt: skip
 
@@ -42,6 +42,7 @@ def table_row(o: RunOutcome) -> list[str]:
         f"{d.timeout:g}",
         step,
         _f(f.get("drain_of_bound"), ".2f") if d.kind in POLITE else "—",
+        _f(f.get("eta_of_drain_left"), ".2f") if d.kind in POLITE else "—",
         _f(f.get("goodput_min"), ".2f"),
         _f(f.get("fresh_success"), ".2%"),
         _f(f.get("fresh_p99_ms"), ".0f"),
@@ -67,7 +68,8 @@ def render_table(outcomes: Sequence[RunOutcome]) -> str:
         "W workers, st service time, C = W/st req/s, thr thrash, N backlog, λ₀ fresh req/s, "
         "warm warm-up s (0: cold), cl callers,\ndelay naive retry delay s, T client timeout s, "
         "step h(alve)/d(ouble) to W at s after the release; drain/bd drain ÷ its bound "
-        "(polite kinds), gp min lowest 1 s backlog goodput ÷ (C - λ₀), fresh success and p99 "
+        "(polite kinds), eta/dl the drain ETA /status showed 2 s after the release ÷ the "
+        "drain then left, gp min lowest 1 s backlog goodput ÷ (C - λ₀), fresh success and p99 "
         "after t0,\nq/W peak backend queue ÷ workers, TO/CE client timeouts / connection "
         "errors from t0, gen%/slc% CPU of the generator / Sluice (% of a core), lag the "
         "generator's largest loop lag ms"
@@ -101,6 +103,7 @@ def render_distribution(outcomes: Sequence[RunOutcome]) -> str:
     lines.append("distribution (valid runs):")
     for key, label in (
         ("drain_of_bound", "drain ÷ bound (polite)"),
+        ("eta_of_drain_left", f"ETA at +{ETA_READ_AT:g} s ÷ drain left"),
         ("goodput_min", "lowest backlog goodput ratio"),
         ("fresh_success", "fresh success"),
         ("fresh_p99_of_bound", "fresh p99 ÷ bound"),
@@ -112,6 +115,7 @@ def render_distribution(outcomes: Sequence[RunOutcome]) -> str:
     ):
         vals = [float(o.figures[key]) for o in valid if o.figures.get(key) is not None]
         lines.append(f"  {label:30s} {_dist(vals)}")
+    lines.append(_eta_line(valid))
     kinds: dict[str, int] = {}
     for o in outcomes:
         kinds[o.draw.kind] = kinds.get(o.draw.kind, 0) + 1
@@ -131,3 +135,16 @@ def render_distribution(outcomes: Sequence[RunOutcome]) -> str:
         f"(at most {max_void(len(outcomes))} allowed)"
     )
     return "\n".join(lines)
+
+
+def _eta_line(valid: Sequence[RunOutcome]) -> str:
+    """How often the drain ETA shown after the release was near the drain then left (issue
+    19: within 25 % in 90 % of the polite runs). Reported, not judged."""
+    polite = [o for o in valid if o.draw.kind in POLITE]
+    ratios = [o.figures.get("eta_of_drain_left") for o in polite]
+    near = sum(1 for r in ratios if r is not None and abs(r - 1.0) <= ETA_TOLERANCE)
+    shown = sum(1 for r in ratios if r is not None)
+    return (
+        f"drain ETA at +{ETA_READ_AT:g} s within {ETA_TOLERANCE:.0%} of the drain left: "
+        f"{near}/{len(polite)} valid polite runs ({len(polite) - shown} with no ETA shown)"
+    )

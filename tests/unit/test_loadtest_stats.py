@@ -51,18 +51,24 @@ def test_thrash_formula() -> None:
     ("doc", "expected"),
     [
         (
-            {"mode": "RECOVERY", "limit": 12, "in_flight": 9, "queue": {"total": 40, "max": 9}},
-            {"mode": "RECOVERY", "limit": 12.0, "in_flight": 9.0, "queued": 40.0},
+            {
+                "mode": "RECOVERY",
+                "limit": 12,
+                "in_flight": 9,
+                "queue": {"total": 40, "max": 9},
+                "drain": {"backlog": 90, "eta_s": 12.5},
+            },
+            {"mode": "RECOVERY", "limit": 12.0, "in_flight": 9.0, "queued": 40.0, "eta_s": 12.5},
         ),
         (
             {"mode": "NORMAL", "protection": "off", "in_flight": 3},
-            {"mode": "NORMAL", "limit": None, "in_flight": 3.0, "queued": None},
+            {"mode": "NORMAL", "limit": None, "in_flight": 3.0, "queued": None, "eta_s": None},
         ),
         (
             {"mode": "OUTAGE", "limiter": {"limit": 4, "in_flight": 1}, "queued": 7},
-            {"mode": "OUTAGE", "limit": 4.0, "in_flight": 1.0, "queued": 7.0},
+            {"mode": "OUTAGE", "limit": 4.0, "in_flight": 1.0, "queued": 7.0, "eta_s": None},
         ),
-        ({}, {"mode": None, "limit": None, "in_flight": None, "queued": None}),
+        ({}, {"mode": None, "limit": None, "in_flight": None, "queued": None, "eta_s": None}),
     ],
 )
 def test_status_figures_tolerate_shapes(doc: dict[str, Any], expected: dict[str, Any]) -> None:
