@@ -59,5 +59,5 @@ def gate_drain(gate: AdmissionGate) -> DrainEstimate | None:
     if gate.modes.state is not Mode.RECOVERY:
         return None
     return estimate_drain(
-        gate.queue.total, gate.pacer.total, gate.estimates.pace, gate.rates.baseline
+        gate.queue.total, gate.pacer.total, gate.estimates.pace, gate.control.rates.baseline
     )

@@ -78,7 +78,7 @@ def test_status_shows_the_queue_the_bookings_and_the_time_to_drain() -> None:
     gate = h.gate
     assert gate.queue.total > 0
     gate.estimates.pace = 120.0  # what the backend serves, as if measured
-    baseline = gate.rates.baseline or 0.0
+    baseline = gate.control.rates.baseline or 0.0
     drain = gate.status()["drain"]
     backlog = gate.queue.total + gate.pacer.total
     assert drain["queued"] == gate.queue.total
@@ -101,7 +101,9 @@ def test_gauges_follow_the_gate_each_tick_and_reset_when_recovery_ends() -> None
     h = Harness(BIG)
     storm(h)
     gate = h.gate
-    d = estimate_drain(gate.queue.total, gate.pacer.total, gate.estimates.pace, gate.rates.baseline)
+    d = estimate_drain(
+        gate.queue.total, gate.pacer.total, gate.estimates.pace, gate.control.rates.baseline
+    )
     assert d.backlog > 0
     assert gauge(h, "sluice_drain_backlog") == d.backlog
     assert gauge(h, "sluice_drain_pace") == pytest.approx(d.pace)
