@@ -21,8 +21,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[dev]'
+# The runtime dependencies at the image's exact versions (requirements.lock) as constraints;
+# their hashes are dropped, since a hash in a constraints file turns on hash checking for every
+# package, the dev tools included, and those are not locked.
+$(STAMP): pyproject.toml requirements.lock | $(BIN)/python
+	sed -e '/--hash=/d' -e 's/ *\\$$//' requirements.lock > $(VENV)/constraints.txt
+	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
