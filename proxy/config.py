@@ -180,7 +180,7 @@ def load_config(path: str | Path) -> Config:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(source, [FieldError("", f"not valid YAML: {exc}")]) from None
+        raise ConfigError(source, [FieldError("", _yaml_problem(source, text, exc))]) from None
     except RecursionError:
         raise ConfigError(source, [FieldError("", "YAML nested too deeply")]) from None
     if _expanded_size(data, _MAX_NODES) > _MAX_NODES:
@@ -193,6 +193,37 @@ def load_config(path: str | Path) -> Config:
 
 
 _MAX_NODES = 100_000
+
+
+def _yaml_problem(source: str, text: str, exc: yaml.YAMLError) -> str:
+    """One line naming the file, line and column (1-based) and what is wrong there.
+
+    PyYAML's own message names `<unicode string>` (it parsed text, not the file) and spreads
+    over several lines with a snippet; an operator wants `file, line, column: problem`."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "syntax error"
+        cm = exc.context_mark
+        if exc.problem and exc.context and cm is not None and cm is not mark:
+            # e.g. "expected ',' or ']' (while parsing a flow sequence at line 1, column 9)"
+            problem += f" ({exc.context} at line {cm.line + 1}, column {cm.column + 1})"
+        elif exc.problem and exc.context:
+            problem += f" ({exc.context})"
+        if mark is None:
+            return f"not valid YAML: {source}: {problem}"
+        return f"not valid YAML: {_where(source, mark.line, mark.column)}: {problem}"
+    if isinstance(exc, yaml.reader.ReaderError):
+        # Raised before there is any mark: `position` counts characters of the text.
+        line = text.count("\n", 0, exc.position)
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1)
+        what = f"character #x{exc.character:04x}: {exc.reason}"
+        return f"not valid YAML: {_where(source, line, column)}: {what}"
+    return f"not valid YAML: {source}: {exc}"
+
+
+def _where(source: str, line: int, column: int) -> str:
+    """`file, line L, column C` from PyYAML's 0-based line and column."""
+    return f"{source}, line {line + 1}, column {column + 1}"
 
 
 def _expanded_size(data: Any, budget: int) -> int:

@@ -114,12 +114,28 @@ def test_top_level_must_be_mapping() -> None:
     assert errors_of([1, 2]) == {"": "the top level must be a mapping"}
 
 
-def test_yaml_syntax_error_is_a_config_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("text", "where", "problem"),
+    [
+        # the problem's place, and where the construct it breaks began
+        ("listen: [unclosed\n", "line 2, column 1", "while parsing a flow sequence at line 1"),
+        ("upstream:\n  url: x\n    port: 1\n", "line 3, column 9", "mapping values"),
+        ("upstream:\n  url: \x00\n", "line 2, column 8", "#x0000"),  # before any token
+        ("a: *nope\n", "line 1, column 4", "undefined alias"),
+    ],
+)
+def test_yaml_errors_name_the_file_line_and_column(
+    tmp_path: Path, text: str, where: str, problem: str
+) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text("listen: [unclosed\n")
+    path.write_text(text)
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert "not valid YAML" in str(info.value)
+    (error,) = info.value.errors
+    assert error.message.startswith(f"not valid YAML: {path}, {where}: "), error.message
+    assert problem in error.message
+    assert "\n" not in error.message  # one line, as a log field or a reload's answer shows it
+    assert "<unicode string>" not in str(info.value)
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
