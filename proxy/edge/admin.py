@@ -28,22 +28,29 @@ ReloadFn = Callable[[], Awaitable[dict[str, Any]]]
 
 
 class TokenError(Exception):
-    """The admin token could not be read safely."""
+    """The admin token could not be read safely: `field` is the config key at fault and
+    `problem` what is wrong with it (start-up and check-config report it as a field error)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
 
 
 def load_admin_token(config: AdminConfig) -> str | None:
     """The bearer token from `token_file` (refused if world-readable) or `token_env`."""
     if config.token_file is not None:
         path = Path(config.token_file)
+        field = "admin.token_file"
         try:
             mode = path.stat().st_mode
             token = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise TokenError(f"admin.token_file: cannot read {path}: {exc}") from None
+            raise TokenError(field, f"cannot read {path}: {exc}") from None
         if mode & stat.S_IRWXO:
-            raise TokenError(f"admin.token_file: {path} is world-readable; chmod 600 (or 640) it")
+            raise TokenError(field, f"{path} is world-readable; chmod 600 (or 640) it")
         if not token:
-            raise TokenError(f"admin.token_file: {path} is empty")
+            raise TokenError(field, f"{path} is empty")
         return token
     if config.token_env:
         token = os.environ.get(config.token_env, "").strip()

@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..config import ConfigError, load_config
+from ..config import ConfigError
 from ..logs import setup_logging
 from .admin import TokenError
+from .preflight import preflight
 
 DEFAULT_CONFIG = Path("/etc/sluice/sluice.yaml")
+# What `sluice --config` and `sluice check-config` exit with when the config is refused.
+EXIT_BAD_CONFIG = 2
 
 _DESCRIPTION = """\
 Sluice: a recovery-mode load-shedding reverse proxy.
@@ -29,7 +32,8 @@ an explicit answer and a paced Retry-After.
 _EPILOG = """\
 commands:
   sluice --config FILE          run the proxy (SIGHUP reloads FILE, SIGTERM drains)
-  sluice check-config FILE      validate FILE; prints every error with its field path
+  sluice check-config FILE      validate FILE as start would (exit 0, or 2 and every error
+                                with its field path)
 
 admin (127.0.0.1:9901 by default): /healthz /readyz /metrics /status, POST /reload, POST /mode
 docs: README.md (configuration reference, metrics, runbook)
@@ -56,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check-config",
         help="validate a config file and exit (0 = valid)",
-        description="Validate a config file like `nginx -t`: exit 0 when valid, otherwise 1 "
+        description="Validate a config file like `nginx -t`, with every check start makes "
+        "before it binds its ports (the admin token file too): exit 0 when valid, otherwise 2 "
         "and every error with its dotted field path.",
     )
     check.add_argument("file", type=Path, metavar="FILE")
@@ -72,12 +77,13 @@ def _print_config_error(exc: ConfigError) -> None:
 
 
 def check_config(path: Path) -> int:
-    """Validate `path`; print the verdict. Returns the exit code."""
+    """Validate `path` as start would (`preflight`); print the verdict. Returns the exit
+    code."""
     try:
-        config = load_config(path)
+        config = preflight(path)
     except ConfigError as exc:
         _print_config_error(exc)
-        return 1
+        return EXIT_BAD_CONFIG
     for note in config.deprecations:
         print(f"sluice: warning: {path}: {note}", file=sys.stderr)
     print(
@@ -109,10 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check_config(args.file)
     path = getattr(args, "run_config", None) or args.config or DEFAULT_CONFIG
     try:
-        config = load_config(path)
+        config = preflight(path)  # the same checks as check-config, before anything is bound
     except ConfigError as exc:
         _print_config_error(exc)
-        return 2
+        return EXIT_BAD_CONFIG
     setup_logging(config.logging.level)
     for note in config.deprecations:
         logging.getLogger("sluice").warning(note, extra={"file": str(path)})
@@ -120,12 +126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return _run(run(config, path))
-    except TokenError as exc:
+    except TokenError as exc:  # the file changed since preflight read it
         logging.getLogger("sluice").error("refusing to start", extra={"error": str(exc)})
-        return 2
-    except OSError as exc:
+        return EXIT_BAD_CONFIG
+    except OSError as exc:  # what only binding finds: a port in use, an address not here
         logging.getLogger("sluice").error("cannot start", extra={"error": str(exc)})
-        return 2
+        return EXIT_BAD_CONFIG
     except KeyboardInterrupt:
         return 130
 

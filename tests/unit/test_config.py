@@ -158,7 +158,7 @@ def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     bad.write_text("upstream:\n  url: http://127.0.0.1:8081\nlisten:\n  backlog: lots\n")
     assert main(["check-config", str(good)]) == 0
     assert "is valid" in capsys.readouterr().out
-    assert main(["check-config", str(bad)]) == 1
+    assert main(["check-config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "listen.backlog" in err
 
