@@ -291,8 +291,17 @@ class AdminConfig(Strict):
 
 class LoggingConfig(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
-    access_log: bool = False
-    access_log_sample: float = Field(0.01, ge=0.0, le=1.0)
+    access_log: bool = Field(True, description="one line per answer on `sluice.access`")
+    access_log_sample: float = Field(
+        0.01, ge=0.0, le=1.0, description="share of forwarded successes logged"
+    )
+    lines_per_s: float = Field(
+        100.0,
+        ge=0.0,
+        le=100_000.0,
+        description="Sluice's own answers, forwarded errors and upstream failures: lines a "
+        "second logged every one, before the rest are only counted",
+    )
 
 
 class LifecycleConfig(Strict):

@@ -124,6 +124,11 @@ class AdmissionGate:
         """The mode now."""
         return self.modes.state
 
+    @property
+    def mode_name(self) -> str:
+        """The mode now, by name (for the access log)."""
+        return self.modes.state.value
+
     def expire(self, now: float) -> None:
         """Answer the waiters whose wait runs out before the next tick."""
         self.room.expire(now)

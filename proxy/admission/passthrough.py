@@ -40,6 +40,11 @@ class PassThroughGate:
     def calm(self) -> bool:
         return not self.draining
 
+    @property
+    def mode_name(self) -> str:
+        """Always `NORMAL`: without protection there are no modes."""
+        return "NORMAL"
+
     def reconfigure(self, config: Config) -> None:
         self.config = config
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,21 +20,21 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
-from ..admission.classify import Classifier
+from ..admission.classify import Classifier, new_request_id
 from ..admission.passthrough import PassThroughGate
-from ..config import Config
-from ..contracts import Gate, Outcome, Reason, Refusal, Ticket
+from ..config import Config, LoggingConfig
+from ..contracts import Gate, Outcome, Reason, Refusal
 from ..headers import TrustedSources
 from ..logs import set_level
 from ..ops.metrics import Metrics
 from ..reload_rules import reload_refusal
 from ..upstream import UpstreamClient, UpstreamError, UpstreamRequest, make_upstream
+from .accesslog import AccessLog, UpstreamFailureLog
 from .arrival import ArrivalClock
-from .forward import Forwarder, refusal_response
-from .guard import CountingInvalidHeaders, CountingRetrySignals
+from .forward import SERVER, Forwarder, refusal_response
+from .guard import CountingInvalidHeaders, CountingRetrySignals, LoggingServer
 
 log = logging.getLogger("sluice.app")
-access_log = logging.getLogger("sluice.access")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +74,8 @@ class Sluice:
         self.snapshot = Snapshot(config, classifier, classifier.trusted, 1)
         self.metrics.config_info.set(1)
         self.gate: Gate = make_gate(config, self.metrics, classifier.caller_names())
+        self.access = AccessLog(self._logging, lambda: self.gate.mode_name)
+        self.failures = UpstreamFailureLog(self._logging)
         self.client: UpstreamClient | None = None
         self.forwarder: Forwarder | None = None
         self.draining = False
@@ -91,7 +92,7 @@ class Sluice:
         """Open the upstream pool and start the gate's background work (inside the loop)."""
         self.client = make_upstream(self.snapshot.config.upstream)
         self.arrivals.start()
-        self.forwarder = Forwarder(self.client, self.metrics, self.gate)
+        self.forwarder = Forwarder(self.client, self.metrics, self.gate, self.failures)
         await self.gate.start(self.probe)
 
     async def drain(self) -> None:
@@ -120,8 +121,9 @@ class Sluice:
                     pass
             finally:
                 resp.release()
-        except UpstreamError:
+        except UpstreamError as exc:
             self.metrics.probe_failed.inc()
+            self.failures.failed(exc, None, "probe")
             return False
         ok = resp.status < 500
         (self.metrics.probe_ok if ok else self.metrics.probe_failed).inc()
@@ -141,6 +143,9 @@ class Sluice:
         self.metrics.config_info.set(self.snapshot.generation)
         set_level(new.logging.level)
 
+    def _logging(self) -> LoggingConfig:
+        return self.snapshot.config.logging
+
     def calm(self) -> bool:
         """No surge in hand: the gate is calm (NORMAL, not draining) and so is this process."""
         return not self.draining and self.gate.calm()
@@ -157,7 +162,8 @@ class Sluice:
 
     # --- the request path -----------------------------------------------------------------
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        """classify → gate → forward; every admitted ticket is released exactly once."""
+        """classify → gate → forward; every admitted ticket is released exactly once, and
+        every answer goes to the access log."""
         snap = self.snapshot
         config = snap.config
         if request.headers.get("Expect"):
@@ -166,13 +172,10 @@ class Sluice:
             await _expect(request)
         peer = _peer(request)
         if config.listen.expose_metrics and request.path == "/metrics":
-            from .admin import metrics_response
-
-            return metrics_response(self.metrics)
+            return self._metrics()
         limit = config.listen.max_body_size
         if limit and (request.content_length or 0) > limit:
-            self.metrics.refused[Reason.BAD_REQUEST].inc()
-            return refusal_response(Refusal(Reason.BAD_REQUEST, 413, 0), None)
+            return self._too_large(request, peer)
         now = time.monotonic()
         arrived = self.arrivals.earliest(now)
         ticket = snap.classifier.classify(
@@ -184,18 +187,22 @@ class Sluice:
             (time.time() - (now - arrived)) * 1000.0,  # the wall clock at `arrived`
         )
         decision = self.gate.admit(ticket)
+        waited = 0.0
         if decision is not None and not isinstance(decision, Refusal):
             try:
                 decision = await decision.wait()
             except asyncio.CancelledError:  # its client left while it waited
                 snap.classifier.note_failure(ticket, ticket.arrived)
                 raise
+            waited = time.monotonic() - now
         if decision is not None:
             snap.classifier.note_failure(ticket, ticket.arrived)
             if decision.hold > 0.0:
                 decision = await self._hold(decision, config)
             self.metrics.refused[decision.reason].inc()
-            return refusal_response(decision, ticket.request_id)
+            answer = refusal_response(decision, ticket.request_id)
+            self.access.answer(request, peer, answer, ticket, None, waited)
+            return answer
 
         assert self.forwarder is not None
         outcome = Outcome(None, 0.0, "cancelled")
@@ -209,8 +216,23 @@ class Sluice:
             self.gate.release(ticket, outcome)
             if not outcome.good:
                 snap.classifier.note_failure(ticket, ticket.arrived)
-        if config.logging.access_log and random.random() < config.logging.access_log_sample:
-            _log_access(request, ticket, outcome, resp.status)
+        self.access.answer(request, peer, resp, ticket, outcome, waited)
+        return resp
+
+    def _metrics(self) -> web.Response:
+        """`/metrics` on the proxy listener (`listen.expose_metrics`)."""
+        from .admin import metrics_response
+
+        resp = metrics_response(self.metrics)
+        resp.headers["Server"] = SERVER
+        return resp
+
+    def _too_large(self, request: web.BaseRequest, peer: str) -> web.Response:
+        """413 for a declared body over `listen.max_body_size`, before any accounting."""
+        self.metrics.refused[Reason.BAD_REQUEST].inc()
+        request_id = request.headers.get(self.snapshot.config.headers.request_id)
+        resp = refusal_response(Refusal(Reason.BAD_REQUEST, 413, 0), request_id or new_request_id())
+        self.access.answer(request, peer, resp)
         return resp
 
     async def _hold(self, refusal: Refusal, config: Config) -> Refusal:
@@ -233,7 +255,9 @@ async def _expect(request: web.BaseRequest) -> None:
     """aiohttp's default `Expect` handling (web_urldispatcher._default_expect_handler)."""
     if request.version == HttpVersion11:
         if request.headers.get("Expect", "").lower() != "100-continue":
-            raise web.HTTPExpectationFailed(text=f"Unknown Expect: {request.headers['Expect']}")
+            raise web.HTTPExpectationFailed(
+                text=f"Unknown Expect: {request.headers['Expect']}", headers={"Server": SERVER}
+            )
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the main answer has not started yet
     await request.writer.drain()
@@ -255,23 +279,9 @@ def _probe_headers(url: str) -> CIMultiDict[str]:
     return headers
 
 
-def _log_access(request: web.BaseRequest, ticket: Ticket, outcome: Outcome, status: int) -> None:
-    access_log.info(
-        "request",
-        extra={
-            "method": request.method,
-            "path": request.path[:200],
-            "status": status,
-            "caller": ticket.caller,
-            "retry": ticket.is_retry,
-            "upstream_ms": round(outcome.latency * 1000, 2),
-            "request_id": ticket.request_id[:64],
-        },
-    )
-
-
-def build_proxy_server(sluice: Sluice, config: Config, **kwargs: Any) -> web.Server:
-    """The client-facing low-level aiohttp server: every request goes to `Sluice.handle`.
+def build_proxy_server(sluice: Sluice, config: Config, **kwargs: Any) -> LoggingServer:
+    """The client-facing low-level aiohttp server: every request goes to `Sluice.handle`,
+    and the guard wrapped around it logs its own answers to `sluice.access`.
 
     No Application, router or middlewares: per request they cost a router match, a
     `get_event_loop()` (a getpid syscall on Python 3.11) and the Expect check, which
@@ -291,4 +301,6 @@ def build_proxy_server(sluice: Sluice, config: Config, **kwargs: Any) -> web.Ser
             message, payload, protocol, writer, task, loop, client_max_size=max_size
         )
 
-    return web.Server(sluice.handle, request_factory=make_request, loop=loop, **kwargs)
+    return LoggingServer(
+        sluice.handle, sluice.access, request_factory=make_request, loop=loop, **kwargs
+    )

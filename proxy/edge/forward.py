@@ -22,6 +22,7 @@ from ..contracts import Gate, Outcome, Reason, Refusal, Ticket
 from ..headers import TrustedSources, set_forwarded, strip_hop_by_hop
 from ..ops.metrics import Metrics
 from ..upstream import UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse
+from .accesslog import OwnAnswer, RelayedStream, UpstreamFailureLog
 
 # Bodies up to this size are read whole and sent with one write (cheaper than streaming).
 _SMALL_BODY = 64 * 1024
@@ -81,19 +82,26 @@ class BrokenRequestBody(RequestPayloadError):
     broke), so aiohttp does not linger reading it after the answer but closes at once."""
 
 
+# What Sluice's own answers say in `Server` (no version: aiohttp's default names Python's and
+# its own), and forwarded answers whose backend sent none.
+SERVER = "sluice"
+
 # Per reason, the headers every refusal for it carries, built once: a refusal copies its
 # template (one C-level copy) instead of building a dict that aiohttp then converts.
 _TEMPLATES = {
-    reason: CIMultiDict({"x-sluice-reason": reason.value, "Content-Type": "application/json"})
+    reason: CIMultiDict(
+        {"x-sluice-reason": reason.value, "Content-Type": "application/json", "Server": SERVER}
+    )
     for reason in _MESSAGES
 }
 
 
-def refusal_response(refusal: Refusal, request_id: str | None) -> web.Response:
+def refusal_response(refusal: Refusal, request_id: str | None) -> OwnAnswer:
     """The explicit answer for a refusal: status, `x-sluice-reason`, paced Retry-After, JSON."""
     reason = refusal.reason
     # aiohttp copies the template into the response's own headers (one C-level copy).
-    resp = web.Response(status=refusal.status, body=_BODIES[reason], headers=_TEMPLATES[reason])
+    resp = OwnAnswer(status=refusal.status, body=_BODIES[reason], headers=_TEMPLATES[reason])
+    resp.sluice_reason = reason
     headers = resp.headers
     ms = refusal.retry_after_ms
     if ms > 0:
@@ -157,10 +165,17 @@ class Forwarder:
     own instead (`Gate.upstream_refusal`: `503 outage` for a 5xx while the backend is down).
     """
 
-    def __init__(self, client: UpstreamClient, metrics: Metrics, gate: Gate) -> None:
+    def __init__(
+        self,
+        client: UpstreamClient,
+        metrics: Metrics,
+        gate: Gate,
+        failures: UpstreamFailureLog,
+    ) -> None:
         self.client = client
         self.metrics = metrics
         self.gate = gate
+        self.failures = failures
 
     async def forward(
         self,
@@ -224,12 +239,13 @@ class Forwarder:
         return self._upstream_failed(exc, outcome, request_id)
 
     def _upstream_failed(
-        self, exc: UpstreamError, outcome: Outcome, request_id: str
+        self, exc: UpstreamError, outcome: Outcome, request_id: str, stage: str = "request"
     ) -> web.Response:
         """The explicit answer for an upstream failure before anything was sent: 504 when
         it timed out, else 502. The gate must not learn a success from it."""
         outcome.error = exc.kind
         self.metrics.upstream_error[exc.kind].inc()
+        self.failures.failed(exc, request_id, stage)
         status, reason = _ERROR_REFUSALS[exc.kind]
         self.metrics.refused[reason].inc()
         return refusal_response(Refusal(reason, status, 1000), request_id)
@@ -244,13 +260,17 @@ class Forwarder:
     ) -> web.StreamResponse:
         """Relay the upstream's answer: headers only, a small body whole, or streamed."""
         out_headers = strip_hop_by_hop(up.headers)
+        if "server" not in out_headers:  # or aiohttp would add its own, with versions
+            out_headers["Server"] = SERVER
         length_text = out_headers.get("content-length")
         length = int(length_text) if length_text and length_text.isdigit() else None
         if request.method == "HEAD" or up.status in _NO_BODY_STATUS or up.status < 200:
             return await _relay_headers(request, up, out_headers, length)
         if length is not None and length <= _SMALL_BODY:
             return await self._relay_small(up, out_headers, request_id, outcome)
-        return await self._relay_streamed(request, up, out_headers, length, gap, outcome)
+        return await self._relay_streamed(
+            request, up, out_headers, length, gap, outcome, request_id
+        )
 
     async def _relay_small(
         self,
@@ -266,7 +286,7 @@ class Forwarder:
                 parts.append(chunk)
         except UpstreamError as exc:
             # Nothing was sent yet, so the client can still get an explicit answer.
-            return self._upstream_failed(exc, outcome, request_id)
+            return self._upstream_failed(exc, outcome, request_id, "body")
         del out_headers["content-length"]
         return web.Response(
             status=up.status, reason=up.reason, body=b"".join(parts), headers=out_headers
@@ -280,10 +300,11 @@ class Forwarder:
         length: int | None,
         gap: float,
         outcome: Outcome,
+        request_id: str,
     ) -> web.StreamResponse:
         """A large or unknown-length body, chunk by chunk; a failure once the headers are
         sent aborts the client connection, so a truncated body never looks complete."""
-        resp = web.StreamResponse(status=up.status, reason=up.reason, headers=out_headers)
+        resp = RelayedStream(status=up.status, reason=up.reason, headers=out_headers)
         if length is None and request.version >= HttpVersion11:
             resp.enable_chunked_encoding()
         # An HTTP/1.0 client cannot take chunked framing: without a length the body is
@@ -295,10 +316,12 @@ class Forwarder:
                 # connection) for as long as it likes: `gap` per write, as for the upstream.
                 async with asyncio.timeout(gap):
                     await resp.write(chunk)
+                resp.body_sent += len(chunk)
         except UpstreamError as exc:
             # Headers are gone: the only honest signal left is a broken connection.
             outcome.error = exc.kind
             self.metrics.upstream_error[exc.kind].inc()
+            self.failures.failed(exc, request_id, "body")
             _abort(request)
             return resp
         except TimeoutError:

@@ -50,11 +50,13 @@ from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
 from prometheus_client import Counter
 
+from ..admission.classify import new_request_id
 from ..config import ListenConfig
 from ..contracts import Reason, Refusal
 from ..ops.metrics import CountingInvalidHeaders, CountingRetrySignals, Metrics
+from .accesslog import AccessLog, OwnAnswer, peer_host
 from .badinput import BAD_INPUT_KINDS, classify_parse_error, screen
-from .forward import BrokenRequestBody, refusal_response
+from .forward import SERVER, BrokenRequestBody, refusal_response
 
 # Re-exported: these lived here before `badinput.py` and `metrics.py` took them.
 __all__ = [
@@ -65,6 +67,7 @@ __all__ = [
     "GuardedAppRunner",
     "GuardedRequestHandler",
     "GuardedServer",
+    "LoggingServer",
     "classify_parse_error",
     "screen",
 ]
@@ -75,21 +78,34 @@ log = logging.getLogger("sluice.guard")
 _LOG_EVERY = 10.0
 
 _408_BODY = b'{"reason":"bad-request","message":"request line and headers took too long"}'
-_408 = (
+_408_HEAD = (
     b"HTTP/1.1 408 Request Timeout\r\n"
     b"Content-Type: application/json\r\n"
     b"x-sluice-reason: bad-request\r\n"
+    b"Server: " + SERVER.encode() + b"\r\n"
     b"Connection: close\r\n"
-    b"Content-Length: %d\r\n\r\n%s" % (len(_408_BODY), _408_BODY)
+    b"Content-Length: %d\r\n" % len(_408_BODY)
 )
 
 
+def _408(request_id: str) -> tuple[bytes, OwnAnswer]:
+    """The 408 written straight to the transport (there is no request to answer through
+    aiohttp), and the same answer as a response for the access log."""
+    raw = _408_HEAD + b"x-request-id: " + request_id.encode() + b"\r\n\r\n" + _408_BODY
+    logged = OwnAnswer(status=408, body=_408_BODY, headers={"x-request-id": request_id})
+    logged.sluice_reason = Reason.BAD_REQUEST
+    return raw, logged
+
+
 class Guard:
-    """Shared state of the connection guard: the live listen config, counters, log pacing."""
+    """Shared state of the connection guard: the live listen config, counters, log pacing,
+    and the access log its answers go to (`access`: set by `GuardedServer` from the server it
+    guards, when that server is a `LoggingServer`)."""
 
     def __init__(self, listen: Callable[[], ListenConfig], metrics: Metrics) -> None:
         self.listen = listen
         self.metrics = metrics
+        self.access: AccessLog | None = None
         self.bad_input = Counter(
             "sluice_bad_input",
             "Requests or connections refused for malformed, oversized or slow input, by kind.",
@@ -124,9 +140,15 @@ class Guard:
         """The reason table's bad-request answer; the connection closes after it."""
         self.count(kind, peer, detail)
         self.refused.inc()
-        resp = refusal_response(Refusal(Reason.BAD_REQUEST, status, 0), None)
+        resp = refusal_response(Refusal(Reason.BAD_REQUEST, status, 0), new_request_id())
         resp.force_close()
+        self.answered(peer, resp)
         return resp
+
+    def answered(self, peer: object, resp: web.StreamResponse) -> None:
+        """Log an answer the guard made, to input that never became a request."""
+        if self.access is not None:
+            self.access.answer(None, peer_host(peer), resp)
 
 
 class GuardedRequestHandler(RequestHandler):
@@ -161,7 +183,9 @@ class GuardedRequestHandler(RequestHandler):
         if self._header_bytes:
             self._guard.count("header-timeout", peer, f"{self._header_bytes} bytes, incomplete")
             self._guard.refused.inc()
-            transport.write(_408)
+            raw, logged = _408(new_request_id())
+            transport.write(raw)
+            self._guard.answered(peer, logged)
         else:
             self._guard.count("header-timeout", peer, "no request sent")
         self.force_close()
@@ -260,15 +284,27 @@ class GuardedRequestHandler(RequestHandler):
         message: str | None = None,
     ) -> web.StreamResponse:
         """A parse error or a screened request gets the reason table's bad-request answer
-        (414, 431 or 400), counted; any other error is aiohttp's."""
-        if status != 400 or exc is None or not isinstance(exc, HttpProcessingError):
-            return super().handle_error(request, status, exc, message)
+        (414, 431 or 400), counted; any other error is aiohttp's, saying `Server: sluice`."""
         peer = request.transport.get_extra_info("peername") if request.transport else None
+        if status != 400 or exc is None or not isinstance(exc, HttpProcessingError):
+            resp = super().handle_error(request, status, exc, message)
+            resp.headers["Server"] = SERVER
+            self._guard.answered(peer, resp)
+            return resp
         if isinstance(exc, BadHttpMessage) and message in BAD_INPUT_KINDS:
             kind, code = message, 400  # refused by _check_messages
         else:
             kind, code = classify_parse_error(exc, self._guard.listen())
         return self._guard.refuse(kind, code, peer, getattr(exc, "message", "") or str(exc))
+
+
+class LoggingServer(web.Server):
+    """aiohttp's low-level server, carrying the access log for the guard put around it
+    (the two are built apart: `app.build_proxy_server`, then `GuardedServer`)."""
+
+    def __init__(self, handler: Any, access: AccessLog, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.access = access
 
 
 class GuardedServer(web.Server):
@@ -283,6 +319,8 @@ class GuardedServer(web.Server):
             **base._kwargs,
         )
         self.guard = guard
+        if isinstance(base, LoggingServer):
+            guard.access = base.access
 
     def __call__(self) -> RequestHandler:
         listen = self.guard.listen()
