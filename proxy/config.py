@@ -44,9 +44,11 @@ from .config_schema import (
     RetryBudgetConfig,
     RetryDetectConfig,
     SheddingConfig,
+    TlsConfig,
     TrustConfig,
     UpstreamConfig,
 )
+from .upstream.tls import TlsSettingError, upstream_tls
 
 __all__ = [
     "DEPRECATED",
@@ -75,6 +77,7 @@ __all__ = [
     "RetryDetectConfig",
     "SheddingConfig",
     "Strict",
+    "TlsConfig",
     "TrustConfig",
     "UpstreamConfig",
     "duration_text",
@@ -155,8 +158,9 @@ def _without_deprecated(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]
 
 
 def load_config_data(data: Any, source: str = "<data>") -> Config:
-    """Validate already-parsed YAML data into a `Config`, or raise `ConfigError`.
-    Deprecated keys are dropped; `Config.deprecations` says which."""
+    """Validate already-parsed YAML data into a `Config`, or raise `ConfigError`: the schema,
+    then the upstream TLS files. Deprecated keys are dropped; `Config.deprecations` says
+    which."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -166,6 +170,12 @@ def load_config_data(data: Any, source: str = "<data>") -> Config:
         config = Config.model_validate(data)
     except ValidationError as exc:
         raise _from_validation_error(source, exc) from None
+    try:
+        # The files it names are loaded as start-up will load them (the context is dropped).
+        upstream_tls(config.upstream)
+    except TlsSettingError as exc:
+        errors = [FieldError(f"upstream.tls.{p.field}", p.message) for p in exc.problems]
+        raise ConfigError(source, errors) from None
     config._deprecations = tuple(notes)
     return config
 

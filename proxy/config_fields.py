@@ -1,5 +1,6 @@
 """The config's value syntax: durations (`250ms`, `5s`, `2m`, `1h`, held as float seconds),
-CIDRs, header names and ports as pydantic field types, and the strict base of every section.
+CIDRs, header names, host names and ports as pydantic field types, and the strict base of
+every section.
 """
 
 from __future__ import annotations
@@ -36,10 +37,25 @@ def _check_header_name(value: str) -> str:
     return value.lower()
 
 
+_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST_NAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*\.?$")
+
+
+def _check_host_name(value: str) -> str:
+    """A DNS name or an IP address, as TLS checks a certificate against (no port, no scheme)."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if len(value) > 253 or not _HOST_NAME_RE.match(value):
+            raise ValueError(f"not a host name or IP address: {value!r}") from None
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 Cidr = Annotated[str, AfterValidator(_check_cidr)]
 HeaderName = Annotated[str, AfterValidator(_check_header_name)]
 Port = Annotated[int, Field(ge=0, le=65535)]
+HostName = Annotated[str, AfterValidator(_check_host_name)]
 
 
 class Strict(BaseModel):

@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from .config_fields import Cidr, Duration, HeaderName, Port, Strict
+from .config_fields import Cidr, Duration, HeaderName, HostName, Port, Strict
 
 
 class ListenConfig(Strict):
@@ -26,6 +26,30 @@ class ListenConfig(Strict):
     expose_metrics: bool = False
 
 
+class TlsConfig(Strict):
+    """TLS towards an https:// upstream; the files are read at start-up (restart to change)."""
+
+    ca_file: Path | None = Field(
+        None,
+        description="PEM CA certificates trusted for the upstream's certificate, instead of "
+        "the system store",
+    )
+    cert_file: Path | None = Field(
+        None, description="client certificate (PEM, intermediates after it) for mutual TLS"
+    )
+    key_file: Path | None = Field(
+        None, description="the client certificate's unencrypted PEM key; omit if in cert_file"
+    )
+    server_name: HostName | None = Field(
+        None,
+        description="the name sent as SNI and checked against the upstream's certificate, "
+        "instead of the url's host",
+    )
+    verify: bool = Field(
+        True, description="check the upstream's certificate; off logs a warning at start"
+    )
+
+
 class UpstreamConfig(Strict):
     url: str
     client: Literal["aiohttp", "lean"] = "lean"  # passes the suite aiohttp passes, and its xfails
@@ -39,6 +63,7 @@ class UpstreamConfig(Strict):
     probe_interval: Duration = 1.0
     probe_interval_normal: Duration = 10.0
     probe_timeout: Duration = 1.0
+    tls: TlsConfig = TlsConfig()
 
     @model_validator(mode="after")
     def _check_url(self) -> UpstreamConfig:
@@ -48,6 +73,17 @@ class UpstreamConfig(Strict):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"url must be http(s)://host[:port][/prefix], got {self.url!r}")
         return self
+
+    @field_validator("tls")
+    @classmethod
+    def _tls_needs_https(cls, tls: TlsConfig, info: ValidationInfo) -> TlsConfig:
+        # Settings that would silently do nothing (a client certificate never sent) are refused.
+        from urllib.parse import urlsplit
+
+        url = info.data.get("url")
+        if isinstance(url, str) and urlsplit(url).scheme != "https" and tls != TlsConfig():
+            raise ValueError(f"TLS settings need an https:// url (upstream.url is {url!r})")
+        return tls
 
 
 class HeadersConfig(Strict):

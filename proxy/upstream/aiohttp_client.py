@@ -19,6 +19,7 @@ from .base import (
     UpstreamResetError,
     UpstreamTimeoutError,
 )
+from .tls import UpstreamTls
 
 _CHUNK = 64 * 1024
 
@@ -53,15 +54,18 @@ class AiohttpResponse:
 class AiohttpUpstream:
     """Pooled keep-alive connections through one shared ClientSession."""
 
-    def __init__(self, config: UpstreamConfig) -> None:
+    def __init__(self, config: UpstreamConfig, tls: UpstreamTls | None) -> None:
         parts = urlsplit(config.url)
         self.base = f"{parts.scheme}://{parts.netloc}"
         self.prefix = parts.path.rstrip("/")
         self.connect_timeout = config.connect_timeout
+        # The name TLS checks: the url's host unless upstream.tls.server_name overrides it.
+        self._server_hostname = tls.server_hostname if tls is not None else None
         self._connector = aiohttp.TCPConnector(
             limit=config.pool_size,
             keepalive_timeout=config.pool_idle_timeout,
             ttl_dns_cache=60,
+            ssl=tls.context if tls is not None else True,
         )
         self._session = aiohttp.ClientSession(
             connector=self._connector,
@@ -89,6 +93,7 @@ class AiohttpUpstream:
                 timeout=timeout,
                 compress=None,
                 skip_auto_headers=None,
+                server_hostname=self._server_hostname,
             )
         except aiohttp.ServerTimeoutError as exc:
             if isinstance(exc, aiohttp.ConnectionTimeoutError):

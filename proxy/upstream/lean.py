@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
@@ -31,6 +30,7 @@ from .base import (
     UpstreamResetError,
 )
 from .connection import Connection
+from .tls import UpstreamTls
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _EMPTY_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # send Content-Length: 0
@@ -86,13 +86,12 @@ class LeanResponse:
 class LeanUpstream:
     """Pooled keep-alive connections to the one configured upstream."""
 
-    def __init__(self, config: UpstreamConfig) -> None:
+    def __init__(self, config: UpstreamConfig, tls: UpstreamTls | None) -> None:
         parts = urlsplit(config.url)
         self._host = parts.hostname or ""
-        tls = parts.scheme == "https"
-        self._port = parts.port or (443 if tls else 80)
-        self._ssl = ssl.create_default_context() if tls else None
-        self._server_hostname = self._host if tls else None
+        self._port = parts.port or (443 if tls is not None else 80)
+        self._ssl = tls.context if tls is not None else None
+        self._server_hostname = tls.server_hostname if tls is not None else None
         self._prefix = parts.path.rstrip("/")
         self._host_line = f"Host: {parts.netloc.rpartition('@')[2]}\r\n"
         self._connect_timeout = config.connect_timeout
