@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -99,6 +100,8 @@ class AiohttpUpstream:
             if isinstance(exc, aiohttp.ConnectionTimeoutError):
                 raise UpstreamConnectError(f"connect timeout: {exc}") from None
             raise UpstreamTimeoutError(f"upstream read timeout: {exc}") from None
+        except aiohttp.ClientSSLError as exc:
+            raise UpstreamConnectError(f"TLS handshake failed: {exc}") from None
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamConnectError(str(exc)) from None
         except aiohttp.ServerDisconnectedError as exc:
@@ -108,6 +111,8 @@ class AiohttpUpstream:
         except aiohttp.ClientPayloadError as exc:
             raise UpstreamResetError(str(exc)) from None
         except (aiohttp.ClientError, ConnectionError) as exc:
+            if isinstance(exc.__cause__, ssl.SSLError):  # a TLS 1.3 alert after the handshake
+                raise UpstreamConnectError(f"TLS handshake failed: {exc}") from None
             raise UpstreamResetError(str(exc)) from None
         except TimeoutError:
             raise UpstreamTimeoutError("upstream did not answer in time") from None

@@ -10,13 +10,20 @@ not read until the caller takes the buffer (back-pressure all the way to the bac
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 from typing import cast
 
 import httptools
 from multidict import CIMultiDict
 
-from .base import UpstreamError, UpstreamProtocolError, UpstreamResetError, UpstreamTimeoutError
+from .base import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamResetError,
+    UpstreamTimeoutError,
+)
 
 HIGH_WATER = 256 * 1024  # response body bytes buffered before the socket stops being read
 _PARSER_ERRORS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
@@ -160,6 +167,10 @@ class Connection(asyncio.Protocol):
         if self.busy and not self.done and self.exc is None:
             if exc is None and self.headers_done and self._until_eof():
                 self.done = True  # a close-delimited body ends here
+            elif isinstance(exc, ssl.SSLError) and not self.got_bytes and not self.reused:
+                # A TLS 1.3 server refuses our certificate (or its absence) after our side of
+                # the handshake is done: its alert arrives here, in place of the first answer.
+                self.exc = UpstreamConnectError(f"TLS handshake failed: {exc}")
             else:
                 why = f": {exc!r}" if exc is not None else ""
                 self.exc = UpstreamResetError(f"upstream closed the connection{why}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
@@ -274,8 +275,11 @@ class LeanUpstream:
             self._hand_on(None)
             if isinstance(exc, TimeoutError):
                 raise UpstreamConnectError("connect timeout") from None
-            if isinstance(exc, OSError):
-                raise UpstreamConnectError(f"cannot connect to the upstream: {exc}") from None
+            if isinstance(exc, ssl.SSLError):
+                raise UpstreamConnectError(f"TLS handshake failed: {exc}") from None
+            if isinstance(exc, OSError):  # a reset mid-handshake has no message: name its type
+                why = str(exc) or repr(exc)
+                raise UpstreamConnectError(f"cannot connect to the upstream: {why}") from None
             raise
         conn.owns_slot = True
         self._conns.add(conn)

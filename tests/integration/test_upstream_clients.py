@@ -10,14 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import socket
-import ssl
-import subprocess
-import sys
-import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -868,78 +862,6 @@ async def test_request_body_error_propagates_and_frees_the_connection(kind: str)
         async with asyncio.timeout(2):
             _, body = await fetch(client, req("GET", "/"))
         assert body == b"ok"
-
-
-# -- TLS -----------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    d = tmp_path_factory.mktemp("tls")
-    cert, key = d / "cert.pem", d / "key.pem"
-    args = "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=x"
-    san = "subjectAltName=DNS:localhost,IP:127.0.0.1"
-    subprocess.run(
-        ["openssl", *args.split(), "-keyout", str(key), "-out", str(cert), "-addext", san],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
-async def tls_backend(cert: Path, key: Path) -> tuple[web.AppRunner, int]:
-    async def secure(request: web.Request) -> web.Response:
-        return web.Response(text="secure")
-
-    app = web.Application()
-    app.router.add_get("/", secure)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
-    await site.start()
-    return runner, int(runner.addresses[0][1])
-
-
-async def test_tls_untrusted_certificate_is_a_connect_error(
-    kind: str, tls_files: tuple[Path, Path]
-) -> None:
-    runner, port = await tls_backend(*tls_files)
-    try:
-        async with upstream(kind, f"https://localhost:{port}") as client:
-            with pytest.raises(UpstreamConnectError):
-                await client.send(req("GET", "/"))
-    finally:
-        await runner.cleanup()
-
-
-def test_tls_to_a_trusted_upstream(kind: str, tls_files: tuple[Path, Path]) -> None:
-    """In a subprocess, so the default SSL context reads SSL_CERT_FILE before any import."""
-    cert, key = tls_files
-    script = textwrap.dedent(
-        f"""
-        import asyncio, sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        import test_upstream_clients as t
-
-        async def main():
-            runner, port = await t.tls_backend(t.Path({str(cert)!r}), t.Path({str(key)!r}))
-            try:
-                async with t.upstream({kind!r}, f"https://localhost:{{port}}") as client:
-                    resp, body = await t.fetch(client, t.req("GET", "/"))
-                    print(resp.status, body.decode())
-            finally:
-                await runner.cleanup()
-
-        asyncio.run(main())
-        """
-    )
-    env = dict(os.environ, SSL_CERT_FILE=str(cert))
-    out = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=30
-    )
-    assert out.stdout.strip() == "200 secure", out.stderr
 
 
 # -- the lean client on uvloop (the loop Sluice runs on) ---------------------------------------
