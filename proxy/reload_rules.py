@@ -2,9 +2,9 @@
 
 A reload swaps the config of a running process. What was bound or built once at start-up
 cannot follow it: the fields config.RESTART_ONLY names (listeners, collector pacing, the
-limiter's algorithm), the choice of gate, the caller index space and the upstream pool. A
-reload that changes any of them is refused whole, with the reason, and the old config stays
-in force. Pure: no process state.
+limiter's algorithm), the choice of gate, the caller index space, the upstream pool and its
+TLS context. A reload that changes any of them is refused whole, with the reason, and the old
+config stays in force. Pure: no process state.
 """
 
 from __future__ import annotations
@@ -56,10 +56,20 @@ def upstream_pool(old: Config, new: Config) -> str | None:
     return None
 
 
+def upstream_tls(old: Config, new: Config) -> str | None:
+    """The TLS context is built once, at start-up, from `upstream.tls` and the files it names.
+    Connections in the pool keep the context they were made with, so a new one could only
+    take effect connection by connection: a restart applies it at once, to all."""
+    if old.upstream.tls != new.upstream.tls:
+        return "changing upstream.tls needs a restart"
+    return None
+
+
 # In the order they are checked: the first broken rule is the reason given.
 RULES: tuple[Callable[[Config, Config], str | None], ...] = (
     restart_only_fields,
     protection_switch,
     caller_index_space,
     upstream_pool,
+    upstream_tls,
 )

@@ -121,3 +121,14 @@ def test_the_first_broken_rule_is_the_reason_given() -> None:
     )
     everything = {**callers_and_upstream, "listen": {"port": 8081}}
     assert refusal(everything) == "these fields need a restart: listen.port"
+
+
+@pytest.mark.parametrize(
+    "tls",
+    [{"verify": False}, {"server_name": "backend.internal"}],
+    ids=["verify", "server-name"],
+)
+def test_changing_the_upstream_tls_settings_is_refused(tls: dict[str, Any]) -> None:
+    https = {"upstream": {"url": "https://127.0.0.1:8443"}}
+    why = reload_refusal(config(https), config(merge(https, {"upstream": {"tls": tls}})))
+    assert why == "changing upstream.tls needs a restart"
