@@ -93,17 +93,23 @@ def write_sluice_config(
     admin_port: int,
     base: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    drain_grace: str | None = "0s",
 ) -> Path:
     """Write the Sluice config of a child to `path`: `base` (a config document; default empty)
     listening on 127.0.0.1:`port`, forwarding to 127.0.0.1:`upstream_port`, its admin listener on
     127.0.0.1:`admin_port`, then `overrides` (see `merge_sections`). The sections keep the order
-    they have, so a config copied from a scenario reads as written."""
+    they have, so a config copied from a scenario reads as written. Unless `base` or `overrides`
+    set it, `lifecycle.drain_grace` is `drain_grace` (None: not written): 0 by default, since the
+    harness stops its children with SIGTERM when a run is over and no load balancer needs the
+    grace to notice."""
     loopback: dict[str, dict[str, Any]] = {
         "listen": {"host": "127.0.0.1", "port": port},
         "upstream": {"url": f"http://127.0.0.1:{upstream_port}"},
         "admin": {"host": "127.0.0.1", "port": admin_port},
     }
     data = merge_sections(merge_sections(base or {}, loopback), overrides or {})
+    if drain_grace is not None:
+        data.setdefault("lifecycle", {}).setdefault("drain_grace", drain_grace)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path

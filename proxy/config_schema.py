@@ -10,7 +10,12 @@ from typing import Literal
 
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from .config_fields import Cidr, Duration, HeaderName, HostName, Port, Strict
+from .config_fields import Cidr, Duration, HeaderName, HostName, Port, Strict, duration_text
+
+# The drain grace unless set: long enough for a load balancer's health check to see /readyz
+# 503 (an Envoy or HAProxy check every 1-2 s, twice), short enough to leave most of
+# drain_timeout to the requests in flight.
+DEFAULT_DRAIN_GRACE = 5.0
 
 
 class ListenConfig(Strict):
@@ -341,7 +346,17 @@ class LoggingConfig(Strict):
 
 
 class LifecycleConfig(Strict):
-    drain_timeout: Duration = 20.0
+    drain_timeout: Duration = Field(
+        20.0,
+        description="SIGTERM to exit, whatever is in flight (grace included); what still runs "
+        "then is answered 503 `draining` (or cut, if its headers were sent) and logged",
+    )
+    drain_grace: Duration | None = Field(
+        None,
+        description="the first part of drain_timeout: /readyz is 503 but the listener still "
+        "accepts and serves, so load balancers notice before connections are refused; "
+        "default min(5s, drain_timeout / 4); must be shorter than drain_timeout",
+    )
     raise_nofile: bool = True
     gc_pacing: bool = Field(
         True, description="full garbage collections only when calm (restart to change)"
@@ -349,11 +364,29 @@ class LifecycleConfig(Strict):
     gc_full_interval: Duration = Field(60.0, gt=0)
     gc_full_max_deferral: Duration = Field(600.0, gt=0)
 
+    @property
+    def grace(self) -> float:
+        """Seconds of the drain during which the listener still accepts (`drain_grace`)."""
+        if self.drain_grace is not None:
+            return self.drain_grace
+        return min(DEFAULT_DRAIN_GRACE, self.drain_timeout / 4)
+
     @model_validator(mode="after")
     def _order(self) -> LifecycleConfig:
         if self.gc_full_interval > self.gc_full_max_deferral:
             raise ValueError("need gc_full_interval <= gc_full_max_deferral")
         return self
+
+    @field_validator("drain_grace")
+    @classmethod
+    def _grace_within_drain(cls, value: float | None, info: ValidationInfo) -> float | None:
+        timeout = info.data.get("drain_timeout")  # absent when it failed its own check
+        if value is not None and timeout is not None and value >= timeout > 0:
+            raise ValueError(
+                f"must be shorter than drain_timeout ({duration_text(timeout)}): the grace is "
+                f"part of the drain (got {duration_text(value)})"
+            )
+        return value
 
 
 class Config(Strict):

@@ -49,12 +49,13 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def sluice_config(upstream_url: str, **sections: Any) -> Config:
-    """A config for in-process tests: ephemeral ports, quiet logs, quick drain."""
+    """A config for in-process tests: ephemeral ports, quiet logs, quick drain (no grace: a
+    test about the drain grace sets its own)."""
     data: dict[str, Any] = {
         "listen": {"host": "127.0.0.1", "port": 0},
         "upstream": {"url": upstream_url, "read_timeout": "5s", "connect_timeout": "1s"},
         "admin": {"host": "127.0.0.1", "port": 0, "token_env": "SLUICE_TEST_TOKEN"},
-        "lifecycle": {"drain_timeout": "2s", "raise_nofile": False},
+        "lifecycle": {"drain_timeout": "2s", "drain_grace": "0s", "raise_nofile": False},
         "modes": {"protection": DEFAULT_PROTECTION},
     }
     return load_config_data(merge(data, sections))
@@ -255,12 +256,13 @@ class SluiceProcess:
 
 
 def process_config(upstream: str, **sections: Any) -> dict[str, Any]:
-    """Config data for a Sluice subprocess on fresh ports."""
+    """Config data for a Sluice subprocess on fresh ports (no drain grace unless a test sets
+    one: every test's teardown sends SIGTERM)."""
     data: dict[str, Any] = {
         "listen": {"host": "127.0.0.1", "port": free_port()},
         "upstream": {"url": upstream, "read_timeout": "5s"},
         "admin": {"host": "127.0.0.1", "port": free_port(), "token_env": "SLUICE_TEST_TOKEN"},
-        "lifecycle": {"drain_timeout": "5s"},
+        "lifecycle": {"drain_timeout": "5s", "drain_grace": "0s"},
         "modes": {"protection": DEFAULT_PROTECTION},
     }
     return merge(data, sections)

@@ -38,7 +38,7 @@ def base_data(upstream: str, protection: str = "on") -> dict[str, Any]:
         "listen": {"host": "127.0.0.1", "port": 0},
         "upstream": {"url": upstream, "read_timeout": "5s", "client": "lean"},
         "admin": {"host": "127.0.0.1", "port": 0, "token_env": "SLUICE_TEST_TOKEN"},
-        "lifecycle": {"drain_timeout": "2s", "raise_nofile": False},
+        "lifecycle": {"drain_timeout": "2s", "drain_grace": "0s", "raise_nofile": False},
         "modes": {"protection": protection},
         "callers": {
             "known": [{"name": "orch-a", "cap": 8}, {"name": "orch-b"}],
