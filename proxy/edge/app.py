@@ -31,6 +31,7 @@ from ..reload_rules import reload_refusal
 from ..upstream import UpstreamClient, UpstreamError, UpstreamRequest, make_upstream
 from .accesslog import AccessLog, UpstreamFailureLog
 from .arrival import ArrivalClock
+from .drain import Cutoff
 from .forward import SERVER, Forwarder, refusal_response
 from .guard import CountingInvalidHeaders, CountingRetrySignals, LoggingServer
 
@@ -78,7 +79,8 @@ class Sluice:
         self.failures = UpstreamFailureLog(self._logging)
         self.client: UpstreamClient | None = None
         self.forwarder: Forwarder | None = None
-        self.draining = False
+        self.draining = False  # from SIGTERM on: /readyz 503, answers close their connection
+        self.cutoff = Cutoff(self.metrics)  # what the drain cuts at its deadline
         self.in_flight = 0
         self.holding = 0  # refusals held before they are sent (`_hold`)
         # Requests are stamped with when they may have arrived, not when the loop got to them.
@@ -94,6 +96,11 @@ class Sluice:
         self.arrivals.start()
         self.forwarder = Forwarder(self.client, self.metrics, self.gate, self.failures)
         await self.gate.start(self.probe)
+
+    def begin_drain(self) -> None:
+        """Not ready from now on (/readyz 503); requests are still served, each answer
+        closing its connection so clients move before the listener closes."""
+        self.draining = True
 
     async def drain(self) -> None:
         """Refuse new work and answer everything queued with `draining`."""
@@ -198,24 +205,29 @@ class Sluice:
         if decision is not None:
             snap.classifier.note_failure(ticket, ticket.arrived)
             if decision.hold > 0.0:
-                decision = await self._hold(decision, config)
-            self.metrics.refused[decision.reason].inc()
-            answer = refusal_response(decision, ticket.request_id)
+                decision = await self._hold(decision, config, request, ticket)
+            answer = self._refusal(decision, ticket)
             self.access.answer(request, peer, answer, ticket, None, waited)
             return answer
 
         assert self.forwarder is not None
         outcome = Outcome(None, 0.0, "cancelled")
+        task = self.cutoff.enter()  # what the drain cuts if it still runs at the deadline
         self.in_flight += 1
         try:
             resp = await self.forwarder.forward(
                 request, ticket, outcome, config, snap.trusted, peer
             )
+        except asyncio.CancelledError:  # its client left, or the drain's deadline came
+            resp = self.cutoff.answer(request, ticket, config.shedding.retry_after_unbooked)
         finally:
+            self.cutoff.running.discard(task)
             self.in_flight -= 1
             self.gate.release(ticket, outcome)
             if not outcome.good:
                 snap.classifier.note_failure(ticket, ticket.arrived)
+        if self.draining and not resp.prepared:
+            resp.force_close()  # `Connection: close`: the client moves before the listener closes
         self.access.answer(request, peer, resp, ticket, outcome, waited)
         return resp
 
@@ -235,20 +247,39 @@ class Sluice:
         self.access.answer(request, peer, resp)
         return resp
 
-    async def _hold(self, refusal: Refusal, config: Config) -> Refusal:
+    async def _hold(
+        self, refusal: Refusal, config: Config, request: web.BaseRequest, ticket: Ticket
+    ) -> Refusal:
         """Hold a refusal for `refusal.hold` seconds, then answer it. Past
         `queue.max_size` refusals held at once, or while draining, it is answered now, with
-        the hold added to its Retry-After (memory stays bounded whatever the storm)."""
+        the hold added to its Retry-After (memory stays bounded whatever the storm); a hold
+        the drain's deadline cuts short is answered the same way."""
         if self.holding >= config.queue.max_size or self.draining:
             ms = refusal.retry_after_ms + math.ceil(refusal.hold * 1000.0)
             return Refusal(refusal.reason, refusal.status, ms)
         self.holding += 1
         self.metrics.held.inc()
+        task = self.cutoff.enter()
+        until = time.monotonic() + refusal.hold
         try:
             await asyncio.sleep(refusal.hold)
+        except asyncio.CancelledError:
+            if not self.cutoff.cutting:
+                raise
+            left = until - time.monotonic()
+            return self.cutoff.held_answer(request, ticket, refusal, left)
         finally:
+            self.cutoff.running.discard(task)
             self.holding -= 1
         return refusal
+
+    def _refusal(self, refusal: Refusal, ticket: Ticket) -> web.Response:
+        """The answer for a refusal (closing its connection once draining)."""
+        self.metrics.refused[refusal.reason].inc()
+        resp = refusal_response(refusal, ticket.request_id)
+        if self.draining:
+            resp.force_close()
+        return resp
 
 
 async def _expect(request: web.BaseRequest) -> None:
