@@ -225,28 +225,24 @@ def run(args: argparse.Namespace, work: Path) -> str:
         me = ["-m", "loadtest.bench_shutdown", "--backend", str(backend_port)]
         backend = group.start("backend", [*me, "--hold", str(args.hold), "--life", str(budget)])
         wait_port(backend_port, alive=backend.alive)
-        lifecycle = {"drain_timeout": args.drain_timeout}
-        if args.drain_grace:
-            lifecycle["drain_grace"] = args.drain_grace
-        config = write_config(work / "sluice.yaml", port, backend_port, admin_port, lifecycle)
+        config = write_sluice_config(
+            work / "sluice.yaml",
+            port=port,
+            upstream_port=backend_port,
+            admin_port=admin_port,
+            overrides={
+                "upstream": {"read_timeout": "120s"},  # past the hold: the drain ends it
+                "lifecycle": {"drain_timeout": args.drain_timeout},
+            },
+            # Unset unless given: Sluice's own default (and a config the code before
+            # `drain_grace` existed accepts).
+            drain_grace=args.drain_grace,
+        )
         sluice = group.start("sluice", ["-m", "proxy", "--config", str(config)])
         wait_port(port, alive=sluice.alive)
         wait_port(admin_port, alive=sluice.alive)
         seen = asyncio.run(observe(sluice, port, admin_port, budget))
         return report(seen, args, sluice.log_path.read_text(errors="replace"))
-
-
-def write_config(
-    path: Path, port: int, backend_port: int, admin_port: int, lifecycle: dict[str, str]
-) -> Path:
-    """Sluice's config: loopback ports, the backend's read timeout past the hold."""
-    return write_sluice_config(
-        path,
-        port=port,
-        upstream_port=backend_port,
-        admin_port=admin_port,
-        overrides={"upstream": {"read_timeout": "120s"}, "lifecycle": lifecycle},
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--drain-timeout", default="3s", help="lifecycle.drain_timeout (default 3s)")
     p.add_argument("--drain-grace", default=None, help="lifecycle.drain_grace (default: unset)")
     p.add_argument("--hold", type=float, default=20.0, help="s the backend holds /hold")
+    p.add_argument("--logs", type=Path, default=None, help="keep the logs and config here")
     p.add_argument("--backend", type=int, help=argparse.SUPPRESS)
     p.add_argument("--life", type=float, default=120.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -262,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         run_backend(args.backend, args.hold, args.life)
         return 0
     interrupt_on_termination()
+    if args.logs is not None:
+        print(run(args, args.logs))
+        return 0
     with tempfile.TemporaryDirectory(prefix="sluice-bench-shutdown-") as tmp:
         print(run(args, Path(tmp)))
     return 0
