@@ -23,7 +23,7 @@ from multidict import CIMultiDict
 from ..admission.classify import Classifier, new_request_id
 from ..admission.passthrough import PassThroughGate
 from ..config import Config, LoggingConfig
-from ..contracts import Gate, Outcome, Reason, Refusal
+from ..contracts import Gate, Outcome, Reason, Refusal, Ticket
 from ..headers import TrustedSources
 from ..logs import set_level
 from ..ops.metrics import Metrics
@@ -184,15 +184,7 @@ class Sluice:
         if limit and (request.content_length or 0) > limit:
             return self._too_large(request, peer)
         now = time.monotonic()
-        arrived = self.arrivals.earliest(now)
-        ticket = snap.classifier.classify(
-            peer,
-            request.method,
-            request.raw_path,
-            request.headers,
-            arrived,
-            (time.time() - (now - arrived)) * 1000.0,  # the wall clock at `arrived`
-        )
+        ticket = self._classify(request, peer, now)
         decision = self.gate.admit(ticket)
         waited = 0.0
         if decision is not None and not isinstance(decision, Refusal):
@@ -230,6 +222,18 @@ class Sluice:
             resp.force_close()  # `Connection: close`: the client moves before the listener closes
         self.access.answer(request, peer, resp, ticket, outcome, waited)
         return resp
+
+    def _classify(self, request: web.BaseRequest, peer: str, now: float) -> Ticket:
+        """The request's Ticket, stamped with when it may have arrived (`arrival.py`)."""
+        arrived = self.arrivals.earliest(now)
+        return self.snapshot.classifier.classify(
+            peer,
+            request.method,
+            request.raw_path,
+            request.headers,
+            arrived,
+            (time.time() - (now - arrived)) * 1000.0,  # the wall clock at `arrived`
+        )
 
     def _metrics(self) -> web.Response:
         """`/metrics` on the proxy listener (`listen.expose_metrics`)."""
