@@ -21,6 +21,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from ..config import AdminConfig
 from ..ops.metrics import Metrics
+from .forward import SERVER
 
 log = logging.getLogger("sluice.admin")
 
@@ -152,9 +153,16 @@ class Admin:
         return _json(result)
 
 
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Admin answers are Sluice's own: `Server: sluice`, no versions (aiohttp's default names
+    Python's and its own)."""
+    response.headers["Server"] = SERVER
+
+
 def build_admin_app(admin: Admin) -> web.Application:
     """The admin aiohttp application."""
     app = web.Application(client_max_size=64 * 1024)
+    app.on_response_prepare.append(_server_header)
     app.router.add_get("/healthz", admin.healthz)
     app.router.add_get("/readyz", admin.readyz)
     app.router.add_get("/metrics", make_aiohttp_handler(admin.metrics.registry))

@@ -133,8 +133,11 @@ async def test_admin_reload_requires_bearer_token(
             assert (await r.json()) == {"ok": True, "generation": 2}
         async with s.get(f"http://127.0.0.1:{proc.admin_port}/healthz") as r:
             assert r.status == 200
+            assert r.headers["Server"] == "sluice"  # Sluice's own answer, no versions
         async with s.get(f"http://127.0.0.1:{proc.admin_port}/readyz") as r:
             assert r.status == 200
+        async with s.post(url) as r:
+            assert r.headers["Server"] == "sluice"
     assert "bad or missing bearer token" in proc.log()
 
 
