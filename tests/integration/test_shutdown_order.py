@@ -148,7 +148,9 @@ async def watch(proc: SluiceProcess, events: list[str]) -> list[int]:
 async def test_sigterm_not_ready_then_serving_through_the_grace_then_refusing_then_cut_then_exit(
     backend: Backend, procs: list[SluiceProcess], tmp_path: Path
 ) -> None:
-    proc = start(procs, tmp_path, backend.url, drain_timeout="5s", drain_grace="2s")
+    # The deadline well after the grace: the listener must close long before the cut, even on
+    # a loaded machine (a 3 s gap failed once in CI).
+    proc = start(procs, tmp_path, backend.url, drain_timeout="9s", drain_grace="2s")
     base = f"http://127.0.0.1:{proc.port}"
     admin = f"http://127.0.0.1:{proc.admin_port}"
     events: list[str] = []
