@@ -80,11 +80,10 @@ class Refuser:
     ) -> Refusal:
         """The refusal of `t` for `reason`, its return booked where it books one."""
         sh = self.config.shedding
-        if reason in UNBOOKED:
-            return Refusal(reason, self.status_for(reason), _ms(sh.retry_after_unbooked))
-        if reason == Reason.CALLER_CAP and c.cap == 0:
-            # It will be refused again: come late.
-            return Refusal(reason, self.status_for(reason), _ms(sh.retry_after_max))
+        if not self.books(reason, c):
+            # A cap of 0 will refuse it again: come late. The rest cannot say when.
+            later = sh.retry_after_unbooked if reason in UNBOOKED else sh.retry_after_max
+            return Refusal(reason, self.status_for(reason), _ms(later))
         ms = self._book(t, c, reason, now, modes, est, queued, baseline)
         if reason in HELD and sh.hold_max > 0:
             return self._held(t, reason, ms, now, est, stall)
