@@ -200,6 +200,17 @@ class GuardedRequestHandler(RequestHandler):
         self._disarm()
         super().connection_lost(exc)
 
+    def close(self) -> None:
+        """What the drain calls as the listener closes: a connection with a request in hand
+        closes after its answer (aiohttp's); one with none closes now. aiohttp's own would
+        stop reading it yet leave it open until teardown, so a request sent on it then (on a
+        pooled keep-alive connection, or one accepted in that instant) would wait unanswered
+        to the drain's deadline; closed, it is retried elsewhere at once, never processed."""
+        if self._request_in_progress or self._messages:
+            super().close()
+        else:
+            self.force_close()
+
     def data_received(self, data: bytes) -> None:
         """aiohttp's parsing, timed: the timer (re)starts with the first byte of a request on
         a kept-alive connection and stops once its headers are parsed, which are screened."""

@@ -230,3 +230,36 @@ async def test_a_request_whose_answer_had_begun_is_cut_and_logged(
     [cut] = [line for line in proc.log().splitlines() if "cut off at the drain deadline" in line]
     assert '"path":"/stream"' in cut
     assert "bytes of the answer, then the connection aborted" in cut
+
+
+async def test_an_idle_keep_alive_connection_closes_with_the_listener(
+    backend: Backend, procs: list[SluiceProcess], tmp_path: Path
+) -> None:
+    # A request sent on a pooled connection as the listener closes must not wait unanswered to
+    # the drain's deadline: the connection closes at once (its client retries elsewhere).
+    proc = start(procs, tmp_path, backend.url, drain_timeout="9s", drain_grace="0s")
+    base = f"http://127.0.0.1:{proc.port}"
+    admin = f"http://127.0.0.1:{proc.admin_port}"
+    reader, writer = await asyncio.open_connection("127.0.0.1", proc.port)
+    request = b"GET /fast HTTP/1.1\r\nHost: x\r\nx-retry-attempt: 0\r\n\r\n"
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" not in head
+    [length] = [ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:")]
+    await reader.readexactly(int(length.split(b":")[1]))
+    async with aiohttp.ClientSession() as s:
+        held = asyncio.create_task(get(s, base + "/hold"))  # keeps the process in its drain
+        await in_progress(s, admin, 1)
+        proc.signal(signal.SIGTERM)
+        await until(lambda: not_ready(admin))
+        await wait_for(lambda: '"msg":"listener closed"' in proc.log())
+        writer.write(request)
+        try:
+            rest = await asyncio.wait_for(reader.read(), 30)
+        except ConnectionResetError:  # the request reached an already closed socket
+            rest = b""
+        assert not held.done()  # closed with the listener, not at the drain's deadline
+        status, _, _ = await asyncio.wait_for(held, 30)
+    writer.close()
+    assert rest == b""  # closed, never answered
+    assert status == 503
