@@ -4,7 +4,11 @@ The backlog is what Sluice knows of: requests waiting in its queue, and the clie
 come back (return slots booked on the pacer's calendar, not yet redeemed or expired). Clients
 that gave up, or were never refused by this Sluice, are not in it. The backlog drains at what
 the backend absorbs (the gate's pace estimate) less what fresh traffic takes of it (the arrival
-baseline, learnt before the incident); the expected time to drain is one over the other.
+baseline, learnt before the incident); the expected time to drain is one over the other, and
+never earlier than the last booked return: a client told to come back in 12 s is not served
+before then, however fast the backend is (the calendar was paced at what the pace was when it
+booked, often lower than now, so without this bound the ETA fell to seconds while the last
+returns were still 10 s out).
 
 Pure: `estimate_drain` takes the numbers, `gate_drain` reads them off the gate once per tick
 (gauges) or per `/status` request.
@@ -38,9 +42,12 @@ class DrainEstimate:
         return self.queued + self.booked
 
 
-def estimate_drain(queued: int, booked: int, pace: float, baseline: float | None) -> DrainEstimate:
+def estimate_drain(
+    queued: int, booked: int, pace: float, baseline: float | None, last_return: float = 0.0
+) -> DrainEstimate:
     """The drain of `queued` + `booked` requests at the backend's `pace` (requests/s) less the
-    fresh arrivals' `baseline` (requests/s; None before one is learnt, taken as 0)."""
+    fresh arrivals' `baseline` (requests/s; None before one is learnt, taken as 0), ending no
+    earlier than `last_return` (seconds until the latest booked return is due)."""
     if queued < 0 or booked < 0:
         raise ValueError(f"a backlog cannot be negative (queued {queued}, booked {booked})")
     drain_pace = max(0.0, pace - (baseline or 0.0))
@@ -49,6 +56,8 @@ def estimate_drain(queued: int, booked: int, pace: float, baseline: float | None
         eta: float | None = 0.0
     elif drain_pace > 0.0:
         eta = backlog / drain_pace
+        if booked:
+            eta = max(eta, last_return)
     else:
         eta = None
     return DrainEstimate(queued, booked, drain_pace, eta)
@@ -59,5 +68,9 @@ def gate_drain(gate: AdmissionGate) -> DrainEstimate | None:
     if gate.modes.state is not Mode.RECOVERY:
         return None
     return estimate_drain(
-        gate.queue.total, gate.pacer.total, gate.estimates.pace, gate.control.rates.baseline
+        gate.queue.total,
+        gate.pacer.total,
+        gate.estimates.pace,
+        gate.control.rates.baseline,
+        gate.pacer.next_free(gate.now()),
     )

@@ -42,6 +42,16 @@ def test_no_drain_pace_means_no_eta(pace: float, baseline: float | None) -> None
     assert d.eta is None
 
 
+def test_the_drain_ends_no_earlier_than_the_last_booked_return() -> None:
+    # 100 left at 100/s is one second of work, but the last client told to come back returns
+    # in 12 s: it cannot be served before.
+    d = estimate_drain(queued=50, booked=50, pace=100.0, baseline=0.0, last_return=12.0)
+    assert d.eta == 12.0
+    # The calendar bounds only a drain with bookings; a slower drain than the calendar wins.
+    assert estimate_drain(50, 0, pace=100.0, baseline=0.0, last_return=12.0).eta == 0.5
+    assert estimate_drain(50, 950, pace=50.0, baseline=0.0, last_return=12.0).eta == 20.0
+
+
 def test_a_negative_backlog_is_an_error() -> None:
     with pytest.raises(ValueError, match="cannot be negative"):
         estimate_drain(queued=-1, booked=0, pace=10.0, baseline=None)
@@ -85,7 +95,21 @@ def test_status_shows_the_queue_the_bookings_and_the_time_to_drain() -> None:
     assert drain["booked"] == gate.pacer.total
     assert drain["backlog"] == backlog
     assert drain["pace_rps"] == round(120.0 - baseline, 1)
-    assert drain["eta_s"] == round(backlog / (120.0 - baseline), 1)
+    last_return = gate.pacer.next_free(h.clock.now)
+    assert drain["eta_s"] == round(max(backlog / (120.0 - baseline), last_return), 1)
+
+
+def test_status_eta_waits_for_the_last_booked_return() -> None:
+    # A small queue: most of the burst is refused and booked to come back over the next second.
+    h = Harness({**BIG, "queue": {"max_size": 20}})
+    storm(h)
+    gate = h.gate
+    gate.estimates.pace = 1000.0  # the backend could serve the lot in a fifth of a second
+    last_return = gate.pacer.next_free(h.clock.now)
+    assert gate.pacer.total > 100 and last_return > 0.5
+    drain = gate.status()["drain"]
+    assert drain["booked"] == gate.pacer.total
+    assert drain["eta_s"] == round(last_return, 1)
 
 
 def test_status_has_no_eta_when_fresh_traffic_takes_all_the_pace() -> None:
@@ -102,7 +126,11 @@ def test_gauges_follow_the_gate_each_tick_and_reset_when_recovery_ends() -> None
     storm(h)
     gate = h.gate
     d = estimate_drain(
-        gate.queue.total, gate.pacer.total, gate.estimates.pace, gate.control.rates.baseline
+        gate.queue.total,
+        gate.pacer.total,
+        gate.estimates.pace,
+        gate.control.rates.baseline,
+        gate.pacer.next_free(h.clock.now),
     )
     assert d.backlog > 0
     assert gauge(h, "sluice_drain_backlog") == d.backlog
