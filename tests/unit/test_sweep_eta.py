@@ -61,12 +61,23 @@ def test_no_sample_no_eta_no_drain_no_ratio() -> None:
 
 def test_the_distribution_counts_etas_within_a_quarter() -> None:
     runs = []
-    for seed, eta in ((1, 8.0), (2, 10.9), (3, 13.0), (4, None)):
+    for seed, eta, step in (
+        (1, 8.0, "none"),
+        (2, 10.9, "double"),
+        (3, 13.0, "none"),
+        (4, None, "none"),
+    ):
         r = result([2.0], [eta], drain=12.0)  # 10 s left at +2 s
         d = polite(seed)
+        if step != "none":
+            d = replace(d, step=step, step_workers=2 * d.workers, step_at=5.0)
+        else:
+            d = replace(d, step=step, step_workers=None, step_at=None)
         runs.append(sj.RunOutcome(d, [], [], sj.run_figures(r, d, INITIAL)))
     text = sr.render_distribution(runs)
-    # ETA ÷ drain left: 0.8 and 1.09 are within a quarter, 1.3 is not, and one showed none.
-    assert "within 25% of the drain left: 2/4 valid polite runs (1 with no ETA shown)" in text
+    # ETA ÷ drain left: 0.8 and 1.09 are within a quarter, 1.3 is not, and one showed none;
+    # without the run whose capacity stepped (1.09), 1 of 3.
+    assert "within 25% of the drain left: 2/4 (1 with no ETA shown) valid polite runs" in text
+    assert "1/3 (1 with no ETA shown) of those without a capacity step" in text
     assert "ETA at +2 s ÷ drain left" in text
     assert "eta/dl" in sr.render_table(runs)
