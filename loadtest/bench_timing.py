@@ -21,68 +21,41 @@ child processes of `deadlines` are stopped on exit, error or Ctrl-C.
 - holds: Sluice in this process, its limit held full: a retry over budget is held, then refused;
   the hold, and the client's return time (answer + Retry-After) against the slot booked for it
   (asserted +/- 50 ms); a request that waits at the limit, then is shed: its wait plus its
-  Retry-After (asserted >= 1 s) (tests/integration/test_admission.py).
+  Retry-After (asserted >= 1 s once; since `shedding.retry_after_min` is 100 ms, the refusal
+  + 100 ms) (tests/integration/test_admission.py); in `bench_timing_holds.py`.
 - deadlines: Sluice and the simulated backend as child processes, a 200/s storm with
   `x-request-timeout-ms: 1000` against a gate that queues, then with the backend SIGKILLed:
   each answer's time against its deadline (asserted: within deadline + 100 ms)
-  (tests/integration/test_fault_recovery.py).
+  (tests/integration/test_fault_recovery.py); in `bench_timing_deadlines.py`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import os
 import random
 import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from pathlib import Path
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
-from proxy.config import load_config_data
 from proxy.edge.arrival import DEFAULT_PERIOD, ArrivalClock
-from proxy.edge.lifecycle import Server, start_server
 
 from .backend import BackendConfig, Simulator, build_apps
-from .bench_load import pct
+from .bench_timing_common import TOKEN, ms, serve, spread
+from .bench_timing_deadlines import bench_deadlines
+from .bench_timing_holds import bench_holds
 from .httpclient import Pool
 from .procs import (
-    ProcessGroup,
-    free_port,
     interrupt_on_termination,
-    wait_port,
-    write_sluice_config,
 )
 from .users import OpenLoopUser, User, constant, task
 from .users_runner import Environment, HeadlessRunner, LoadTestShape
 
-ROOT = Path(__file__).resolve().parent.parent  # children run `-m ...` from here
 SECTIONS = ("arrival", "backend", "users", "holds", "deadlines")
-TOKEN = "/token?resource=bench&client_id=c1"
-
-
-def ms(seconds: float) -> str:
-    """Seconds as milliseconds, one decimal."""
-    return f"{seconds * 1000:.1f}"
-
-
-def spread(values: Sequence[float]) -> str:
-    """p50 / p99 / max in ms."""
-    return f"p50 {ms(pct(values, 0.5))}, p99 {ms(pct(values, 0.99))}, max {ms(max(values))} ms"
-
-
-async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
-    """`app` on an ephemeral loopback port."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    return runner, int(runner.addresses[0][1])
 
 
 # --- arrival ----------------------------------------------------------------------------------
@@ -272,231 +245,6 @@ async def _users_shape(host: str) -> None:
         env.close()
     took = time.monotonic() - t0
     print(f"           a shape that ends at 0.6 s (ticks every 20 ms): ran {took:.3f} s")
-
-
-# --- holds ------------------------------------------------------------------------------------
-async def bench_holds(rounds: int = 10) -> None:
-    """Sluice in this process with its limit held full: a held retry, then a shed request."""
-    release = asyncio.Event()
-
-    async def hold(request: web.Request) -> web.Response:
-        await release.wait()
-        return web.Response(text="held")
-
-    async def echo(request: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_get("/hold", hold)
-    app.router.add_get("/echo/{tail:.*}", echo)
-    backend, port = await serve(app)
-    try:
-        await _at_the_limit(port, release, functools.partial(_retries, rounds=rounds), {})
-        await _at_the_limit(port, release, _shed, {"normal_max_wait": "200ms"})
-    finally:
-        await backend.cleanup()
-
-
-def _holds_config(port: int, queue: dict[str, Any]) -> Any:
-    """Sluice with a limit of 2 in front of 127.0.0.1:`port`, no retry budget, `queue`."""
-    return load_config_data(
-        {
-            "listen": {"host": "127.0.0.1", "port": 0},
-            "upstream": {"url": f"http://127.0.0.1:{port}", "read_timeout": "30s"},
-            "admin": {"host": "127.0.0.1", "port": 0},
-            "lifecycle": {"drain_timeout": "2s", "raise_nofile": False},
-            "logging": {"level": "warning"},
-            "modes": {"protection": "on", "startup_window": "0s"},
-            "callers": {"known": [{"name": "orch"}]},
-            "limiter": {"initial": 2, "floor": 1, "ceiling": 2},
-            "retry_budget": {"floor_per_s": 0, "global_floor_per_s": 0},
-            "queue": queue,
-        }
-    )
-
-
-async def _at_the_limit(
-    port: int,
-    release: asyncio.Event,
-    body: Callable[[Server, aiohttp.ClientSession], Awaitable[None]],
-    queue: dict[str, Any],
-) -> None:
-    """Run `body` against a Sluice whose limit is held full by two requests the backend
-    holds until `release`."""
-    server = await start_server(_holds_config(port, queue))
-    base = f"http://127.0.0.1:{server.proxy_port}"
-    async with aiohttp.ClientSession() as session:
-        held = [asyncio.create_task(session.get(f"{base}/hold")) for _ in range(2)]
-        try:
-            for _ in range(2000):  # the limit full: both held at the backend
-                if server.sluice.gate.status()["in_flight"] == 2:
-                    break
-                await asyncio.sleep(0.01)
-            await body(server, session)
-        finally:
-            release.set()
-            for resp in await asyncio.gather(*held, return_exceptions=True):
-                if isinstance(resp, aiohttp.ClientResponse):
-                    resp.release()
-            release.clear()
-    await server.shutdown()
-
-
-async def _retries(server: Server, session: aiohttp.ClientSession, rounds: int) -> None:
-    """A retry over its budget, `rounds` times: how long it is held, and how far its return
-    (answer + Retry-After) lands from the slot booked for it."""
-    snap = server.sluice.snapshot
-    orch = snap.classifier.caller_names().index("orch")
-    pacer = server.sluice.gate.pacer  # type: ignore[attr-defined]
-    holds, errors = [], []
-    headers = {"x-caller-id": "orch", "x-retry-attempt": "1", "x-request-timeout-ms": "600"}
-    for i in range(rounds):
-        sent = time.monotonic()
-        async with session.get(
-            f"http://127.0.0.1:{server.proxy_port}/echo/{i}", headers=headers
-        ) as r:
-            await r.read()
-            received = time.monotonic()
-            retry_after = int(r.headers["retry-after-ms"]) / 1000
-        booked = pacer.bookings[orch][-1].start + snap.config.shedding.slot_grace
-        holds.append(received - sent)
-        errors.append(abs(received + retry_after - booked))
-    print(
-        f"holds      a retry over its budget, held then refused ({rounds}x): held "
-        f"{spread(holds)}; its return (answer + Retry-After) off the booked slot by "
-        f"{spread(errors)}"
-    )
-
-
-async def _shed(server: Server, session: aiohttp.ClientSession) -> None:
-    """A first try that waits at the limit, then is shed (3 times): its wait, its return."""
-    waits, returns = [], []
-    for i in range(3):
-        sent = time.monotonic()
-        headers = {"x-retry-attempt": "0"}
-        async with session.get(
-            f"http://127.0.0.1:{server.proxy_port}/echo/late{i}", headers=headers
-        ) as r:
-            await r.read()
-            elapsed = time.monotonic() - sent
-            retry_after = int(r.headers.get("retry-after-ms", "0")) / 1000
-        waits.append(elapsed)
-        returns.append(elapsed + retry_after)
-    print(
-        f"           waited at the limit (normal_max_wait 200 ms), then shed (3x): answered "
-        f"after {spread(waits)}; back after {spread(returns)} (at least 1000)"
-    )
-
-
-# --- deadlines --------------------------------------------------------------------------------
-async def storm(base: str, seconds: float, deadline_ms: int) -> list[tuple[float, str]]:
-    """200 requests/s for `seconds`, each with a deadline: (answer time, outcome) each."""
-    loop = asyncio.get_running_loop()
-    results: list[tuple[float, str]] = []
-    headers = {"x-retry-attempt": "0", "x-request-timeout-ms": str(deadline_ms)}
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def one(n: int) -> None:
-            sent = loop.time()
-            try:
-                async with asyncio.timeout(deadline_ms / 1000 + 10.0):
-                    async with session.get(f"{base}/token?n={n}", headers=headers) as r:
-                        await r.read()
-                        outcome = (
-                            "200"
-                            if r.status == 200
-                            else f"{r.status} {r.headers.get('x-sluice-reason')}"
-                        )
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                outcome = type(exc).__name__
-            results.append((loop.time() - sent, outcome))
-
-        start = loop.time()
-        tasks = []
-        n = 0
-        while (due := start + n / 200.0) < start + seconds:
-            await asyncio.sleep(max(0.0, due - loop.time()))
-            tasks.append(asyncio.create_task(one(n)))
-            n += 1
-        await asyncio.gather(*tasks)
-    return results
-
-
-def report_deadlines(phase: str, results: list[tuple[float, str]], deadline: float) -> None:
-    """One phase's answers by outcome and their times against the deadline."""
-    times = [t for t, _ in results]
-    outcomes: dict[str, int] = {}
-    for _, o in results:
-        outcomes[o] = outcomes.get(o, 0) + 1
-    late = sum(t > deadline for t in times)
-    slack = sum(t > deadline + 0.1 for t in times)
-    margin = deadline - max(times)
-    print(
-        f"deadlines  {phase}: {len(results)} requests {dict(sorted(outcomes.items()))}\n"
-        f"           answered after {spread(times)}; past the {ms(deadline)} ms deadline: {late} "
-        f"(past it + 100 ms: {slack}); the last answer {ms(abs(margin))} ms "
-        f"{'before' if margin >= 0 else 'after'} it"
-    )
-
-
-def bench_deadlines(seconds: float) -> None:
-    """Sluice and the backend as children: a storm with deadlines against a gate that queues,
-    then with the backend SIGKILLed."""
-    deadline_ms = 1000
-    with tempfile.TemporaryDirectory() as tmp, ProcessGroup(Path(tmp) / "logs") as group:
-        bport, badmin = free_port(), free_port()
-        backend = group.start(
-            "backend",
-            [
-                "-m",
-                "loadtest.backend",
-                *("--port", str(bport), "--admin-port", str(badmin)),
-                *("--workers", "32", "--service-time", "0.05"),
-                *("--max-lifetime", "120", "--parent-pid", str(os.getpid())),
-            ],
-            cwd=ROOT,
-        )
-        wait_port(badmin, timeout=20.0)
-        sport, sadmin = free_port(), free_port()
-        path = write_sluice_config(
-            Path(tmp) / "sluice.yaml",
-            port=sport,
-            upstream_port=bport,
-            admin_port=sadmin,
-            overrides={
-                "upstream": {
-                    "read_timeout": "2s",
-                    "connect_timeout": "500ms",
-                    "probe_interval": "100ms",
-                    "probe_interval_normal": "200ms",
-                    "probe_timeout": "300ms",
-                },
-                "lifecycle": {"drain_timeout": "2s"},
-                "logging": {"level": "warning"},
-                "modes": {
-                    "protection": "on",
-                    "startup_window": "0s",
-                    "min_dwell": "300ms",
-                    "error_window": "1s",
-                    "outage_min_samples": 5,
-                },
-                # About 80/s through a ceiling of 4 x 50 ms: a 200/s storm queues behind it.
-                "limiter": {"floor": 2, "initial": 4, "ceiling": 4},
-                "queue": {"max_size": 200},
-                "recovery": {"hold": "500ms", "batch_interval": "400ms"},
-                "shedding": {"deadline_margin": "200ms"},
-            },
-        )
-        group.start("sluice", ["-m", "proxy", "--config", str(path)], cwd=ROOT)
-        wait_port(sadmin, timeout=20.0)
-        base = f"http://127.0.0.1:{sport}"
-        busy = asyncio.run(storm(base, seconds, deadline_ms))
-        report_deadlines("a gate that queues", busy, deadline_ms / 1000)
-        backend.popen.kill()
-        backend.popen.wait(10)
-        dead = asyncio.run(storm(base, seconds, deadline_ms))
-        report_deadlines("the backend SIGKILLed", dead, deadline_ms / 1000)
 
 
 def main(argv: list[str] | None = None) -> int:
