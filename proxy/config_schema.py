@@ -389,6 +389,69 @@ class LifecycleConfig(Strict):
         return value
 
 
+class FleetConfig(Strict):
+    """Shared state for a fleet of sidecars behind one load balancer (README, "A fleet of
+    sidecars"). Without `redis`, standalone: nothing is shared and no link runs. Read once at
+    start-up: a reload that changes this section is refused (restart to change)."""
+
+    redis: str | None = Field(
+        None,
+        description="redis://[user:password@]host:port/db (rediss:// for TLS, unix:///path); "
+        "absent = standalone",
+    )
+    key_prefix: str = Field("sluice", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
+    service: str = Field(
+        "default",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="the name every sidecar of one fleet shares (it is part of every key)",
+    )
+    instance: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="this sidecar's id among its peers (default hostname:pid)",
+    )
+    op_timeout: Duration = Field(
+        0.05, gt=0, description="one exchange with Redis; a slower one is abandoned, not waited"
+    )
+    connect_timeout: Duration = Field(0.5, gt=0)
+    tick: Duration | None = Field(
+        None, gt=0, description="one exchange every tick (default recovery.batch_interval)"
+    )
+    hint_ttl: Duration = Field(
+        5.0,
+        gt=0,
+        description="how long peers believe this sidecar's RECOVERY/OUTAGE hint after its "
+        "last exchange (renewed every tick while in the mode)",
+    )
+    hint_share: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="with a peer's hint, the share of a local threshold that is enough to "
+        "enter the mode (never the hint alone)",
+    )
+
+    @field_validator("redis")
+    @classmethod
+    def _redis_url(cls, url: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if url is None:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme in ("redis", "rediss") and parts.hostname:
+            return url
+        if parts.scheme == "unix" and parts.path:
+            return url
+        raise ValueError(
+            f"must be redis://host[:port][/db], rediss://... or unix:///path, got {url!r}"
+        )
+
+
 class Config(Strict):
     """The whole Sluice configuration (one YAML file)."""
 
@@ -408,6 +471,7 @@ class Config(Strict):
     admin: AdminConfig = AdminConfig()
     logging: LoggingConfig = LoggingConfig()
     lifecycle: LifecycleConfig = LifecycleConfig()
+    fleet: FleetConfig = FleetConfig()
     _deprecations: tuple[str, ...] = PrivateAttr(default=())
 
     @property

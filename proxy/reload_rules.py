@@ -3,8 +3,8 @@
 A reload swaps the config of a running process. What was bound or built once at start-up
 cannot follow it: the fields config.RESTART_ONLY names (listeners, collector pacing, the
 limiter's algorithm), the choice of gate, the caller index space, the upstream pool and its
-TLS context. A reload that changes any of them is refused whole, with the reason, and the old
-config stays in force. Pure: no process state.
+TLS context, the fleet link. A reload that changes any of them is refused whole, with the
+reason, and the old config stays in force. Pure: no process state.
 """
 
 from __future__ import annotations
@@ -65,6 +65,15 @@ def upstream_tls(old: Config, new: Config) -> str | None:
     return None
 
 
+def fleet_link(old: Config, new: Config) -> str | None:
+    """The fleet link (`fleet`) is opened once, at start-up, for one Redis, one service and
+    one instance id: peers know this sidecar by them, and a link moved mid-flight would leave
+    bookings behind in the old place. A restart applies it."""
+    if old.fleet != new.fleet:
+        return "changing fleet needs a restart"
+    return None
+
+
 # In the order they are checked: the first broken rule is the reason given.
 RULES: tuple[Callable[[Config, Config], str | None], ...] = (
     restart_only_fields,
@@ -72,4 +81,5 @@ RULES: tuple[Callable[[Config, Config], str | None], ...] = (
     caller_index_space,
     upstream_pool,
     upstream_tls,
+    fleet_link,
 )

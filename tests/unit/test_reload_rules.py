@@ -132,3 +132,17 @@ def test_changing_the_upstream_tls_settings_is_refused(tls: dict[str, Any]) -> N
     https = {"upstream": {"url": "https://127.0.0.1:8443"}}
     why = reload_refusal(config(https), config(merge(https, {"upstream": {"tls": tls}})))
     assert why == "changing upstream.tls needs a restart"
+
+
+@pytest.mark.parametrize(
+    "fleet",
+    [
+        {"redis": "redis://127.0.0.1:6379/0"},
+        {"service": "other"},
+        {"op_timeout": "80ms"},
+        {"hint_share": 0.5},
+    ],
+    ids=["redis", "service", "op-timeout", "hint-share"],
+)
+def test_changing_the_fleet_section_is_refused(fleet: dict[str, Any]) -> None:
+    assert refusal({"fleet": fleet}) == "changing fleet needs a restart"
