@@ -7,10 +7,11 @@ buckets so every per-caller structure downstream stays bounded.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from ..config import PRIORITY_CLASSES, Config
 from ..contracts import Ticket
@@ -37,6 +38,14 @@ _ids = random.Random()
 os.register_at_fork(after_in_child=_ids.seed)  # a forked worker must not repeat the parent's
 _UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
 _UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def stable_hash(parts: tuple[str | None, ...]) -> int:
+    """A 64-bit hash of `parts` that every process computes alike (Python's `hash` of a str is
+    salted per process): the keys a fleet's sidecars share. None and "" differ."""
+    text = "\x1f".join("\x00" if p is None else p for p in parts)
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def new_request_id() -> str:
@@ -100,6 +109,11 @@ class Classifier:
         self._n_buckets = config.callers.fair_buckets
         self._bucket_names = [f"bucket-{i}" for i in range(self._n_buckets)]
         self._h_call_ids = tuple(h.call_ids)
+        # In a fleet, fingerprints and call keys are shared with peers: they must hash alike
+        # in every process. Standalone keeps the cheaper per-process `hash`.
+        self._hash: Callable[[tuple[str | None, ...]], int] = (
+            stable_hash if config.fleet.redis is not None else hash
+        )
         ttl = config.retry_detect.fingerprint_ttl
         size = config.retry_detect.fingerprint_cache_size
         if memory is None or memory.capacity != size:
@@ -147,7 +161,7 @@ class Classifier:
 
         # Who sent it as well as what: every pod of an identity sends the same request, and one
         # pod's failure says nothing about another's (pods differ by address).
-        fingerprint = hash((caller_id, peer, method, path_qs))
+        fingerprint = self._hash((caller_id, peer, method, path_qs))
         call_key = self._call_key(headers)
         if attempt is not None:
             is_retry = attempt > 0
@@ -241,7 +255,7 @@ class Classifier:
             if not raw or len(raw) > MAX_CALL_ID:
                 self.invalid_headers.hit()
                 return 0
-            return hash((name, raw)) or 1
+            return self._hash((name, raw)) or 1
         return 0
 
     def _recognise(self, call_key: int, fingerprint: int, now: float) -> tuple[int | None, bool]:

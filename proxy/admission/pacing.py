@@ -18,6 +18,13 @@ pod of an identity, and each refused pod is owed its own return (one booking per
 each new refusal cancel the previous pod's slot, and returns on time were taken for
 retries). A return takes the earliest open slot of its key. Memory is bounded by
 `max_bookings`; beyond it Retry-After is still paced, just not remembered.
+
+In a fleet (`fleet.redis`), the bookings other sidecars made are added here as *foreign*
+bookings (`add_foreign`), so a client sent back by one sidecar is recognised by whichever one
+the balancer hands its return to; a return redeemed elsewhere closes the booking here
+(`close`). What this pacer books and redeems is written to its `journal` for the fleet link.
+Foreign bookings take no room in the calendar: each sidecar paces by its own backend's share,
+and the balancer spreads every sidecar's returns over all of them.
 """
 
 from __future__ import annotations
@@ -26,21 +33,33 @@ import heapq
 import math
 from collections import deque
 from itertools import count
+from typing import Protocol
 
 from ..config import SheddingConfig
 from ..tuning import ADMISSION, AdmissionTuning
 
 
+class BookingJournal(Protocol):
+    """Where a fleet's sidecar writes what its pacer did, for its peers (`fleet.journal`)."""
+
+    def booked(self, caller: int, key: int, start: float, end: float) -> None:
+        """A return was booked for `caller`'s `key`, welcome from `start` to `end`."""
+
+    def redeemed(self, caller: int, key: int, at: float) -> None:
+        """A return of `caller`'s `key` came back in its slot at `at`."""
+
+
 class Booking:
     """One booked return: its caller and when it may come back."""
 
-    __slots__ = ("caller", "end", "live", "start")
+    __slots__ = ("caller", "end", "foreign", "live", "start")
 
-    def __init__(self, caller: int, start: float, end: float) -> None:
+    def __init__(self, caller: int, start: float, end: float, foreign: bool = False) -> None:
         self.caller = caller
         self.start = start
         self.end = end
         self.live = True  # False once redeemed or expired
+        self.foreign = foreign  # booked by another sidecar of the fleet
 
 
 class Pacer:
@@ -63,6 +82,10 @@ class Pacer:
         self.booked = 0  # bookings made (counter, for status)
         self.redeemed = 0  # solicited returns recognised (counter)
         self.expired = 0  # bookings whose window passed unused (counter)
+        self.foreign = 0  # bookings received from the fleet (counter)
+        self.redeemed_foreign = 0  # solicited returns whose slot a peer booked (counter)
+        self.closed = 0  # bookings closed because a peer redeemed them (counter)
+        self.journal: BookingJournal | None = None  # set in a fleet
         self._last_due = 0.0  # the latest return time handed out
         n = math.ceil(config.retry_after_max) + 2
         self._occ = [0] * n  # returns booked per one-second bucket (calendar ring)
@@ -109,12 +132,38 @@ class Pacer:
             header_s = max(1, math.ceil(after_ms / 1000))  # what a Retry-After-only client reads
             grace = cfg.slot_grace
             b = Booking(caller, at - grace, now + max(after, header_s) + grace)
-            heapq.heappush(self._open.setdefault((caller, key), []), (b.start, next(self._seq), b))
-            self._entries += 1
-            self.bookings[caller].append(b)
-            self._live[caller] += 1
-            self.total += 1
+            self._remember(b, key)
+            if self.journal is not None:
+                self.journal.booked(caller, key, b.start, b.end)
         return after_ms
+
+    def _remember(self, b: Booking, key: int) -> None:
+        heapq.heappush(self._open.setdefault((b.caller, key), []), (b.start, next(self._seq), b))
+        self._entries += 1
+        self.bookings[b.caller].append(b)
+        self._live[b.caller] += 1
+        self.total += 1
+
+    def add_foreign(self, caller: int, key: int, start: float, end: float, now: float) -> bool:
+        """Remember a booking another sidecar made (its window on our clock); False when it
+        is already over, the caller unknown, or `max_bookings` are remembered."""
+        if end < now or not 0 <= caller < len(self.bookings):
+            return False
+        if self.total >= self.config.max_bookings:
+            return False
+        self._remember(Booking(caller, start, end, foreign=True), key)
+        self.foreign += 1
+        return True
+
+    def close(self, caller: int, key: int, at: float) -> bool:
+        """A peer redeemed a return of `caller`'s `key` at `at`: the earliest booking of that
+        key whose window holds `at` is used up here too (never counted as redeemed here)."""
+        for _, _, b in sorted(self._open.get((caller, key), ())):
+            if b.live and b.start <= at <= b.end:
+                self._kill(b)
+                self.closed += 1
+                return True
+        return False
 
     def _take(self, start: float, latest: float, return_pace: float) -> float:
         """The earliest time at or after `start` in a bucket with room; `latest` when every
@@ -169,6 +218,10 @@ class Pacer:
             del self._open[(caller, key)]
         self._kill(b)
         self.redeemed += 1
+        if b.foreign:
+            self.redeemed_foreign += 1
+        if self.journal is not None:
+            self.journal.redeemed(caller, key, now)
         return True
 
     def _expire(self, caller: int, now: float) -> None:

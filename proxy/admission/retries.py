@@ -16,11 +16,17 @@ Identical requests are normal for token services (every pod of one identity send
 URL), so a repeat after a success, or two identical requests in flight at once, prove
 nothing. The retries counted by fingerprint never exceed the failures that could have caused
 them. Both memories are LRU-bounded: memory stays fixed whatever arrives.
+
+In a fleet (`fleet.redis`), first sightings of call ids and failures are written to a
+`journal` for the fleet link, and the peers' are added here (`foreign`, `foreign_failure`), so
+a retry that the balancer sends to another sidecar is still a retry there. Peers' entries
+share the same bounds.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Protocol
 
 # Signal labels, in trust order (bounded: they are metric labels).
 SIGNAL_ATTEMPT = "attempt-header"
@@ -48,6 +54,16 @@ def parse_amz_sdk_request(text: str) -> int | None:
     return None
 
 
+class SightingJournal(Protocol):
+    """Where a fleet's sidecar writes the retry evidence it saw, for its peers."""
+
+    def sighted(self, call_key: int, at: float) -> None:
+        """A call id was seen for the first time at `at`."""
+
+    def failed(self, fingerprint: int, at: float) -> None:
+        """A request with this fingerprint failed at `at`."""
+
+
 class CallIds:
     """Sightings of per-call ids within `ttl`: the n-th sighting of an id is attempt n-1."""
 
@@ -55,9 +71,21 @@ class CallIds:
         self.capacity = capacity
         self.ttl = ttl
         self._seen: OrderedDict[int, tuple[int, float]] = OrderedDict()
+        self.journal: SightingJournal | None = None  # set in a fleet
 
     def __len__(self) -> int:
         return len(self._seen)
+
+    def foreign(self, key: int, at: float, now: float) -> None:
+        """A peer saw `key` first at `at`: one earlier sighting here, unless we knew of it."""
+        if self.capacity <= 0 or now - at > self.ttl:
+            return
+        seen = self._seen
+        if key in seen:
+            return
+        seen[key] = (1, at)
+        if len(seen) > self.capacity:
+            seen.popitem(last=False)
 
     def sighting(self, key: int, now: float) -> int:
         """Record one sighting of `key`; return how many earlier ones fall within `ttl`."""
@@ -69,6 +97,8 @@ class CallIds:
         seen[key] = (n + 1, now)
         if len(seen) > self.capacity:
             seen.popitem(last=False)
+        if not n and self.journal is not None:
+            self.journal.sighted(key, now)
         return n
 
 
@@ -80,6 +110,7 @@ class FailureCredits:
         self.capacity = capacity
         self.ttl = ttl
         self._credits: OrderedDict[int, tuple[int, float]] = OrderedDict()
+        self.journal: SightingJournal | None = None  # set in a fleet
 
     def __len__(self) -> int:
         return len(self._credits)
@@ -88,10 +119,21 @@ class FailureCredits:
         """A request with this fingerprint failed: one later repeat may count as a retry."""
         if self.capacity <= 0:
             return
+        if self.journal is not None:
+            self.journal.failed(fingerprint, now)
+        self.foreign_failure(fingerprint, now)
+
+    def foreign_failure(self, fingerprint: int, now: float) -> None:
+        """A failure of this fingerprint (here, or at a peer at `now` on our clock)."""
+        if self.capacity <= 0:
+            return
         credits = self._credits
         held = credits.pop(fingerprint, None)
-        n = held[0] if held is not None and now - held[1] <= self.ttl else 0
-        credits[fingerprint] = (min(n + 1, _MAX_CREDITS), now)
+        n, at = 0, now
+        if held is not None and now - held[1] <= self.ttl:
+            # A peer's failure can be older than one seen here: the latest one keeps its time.
+            n, at = held[0], max(now, held[1])
+        credits[fingerprint] = (min(n + 1, _MAX_CREDITS), at)
         if len(credits) > self.capacity:
             credits.popitem(last=False)
 
@@ -116,6 +158,11 @@ class RetryMemory:
         self.capacity = capacity
         self.call_ids = CallIds(capacity, ttl)
         self.failures = FailureCredits(capacity, ttl)
+
+    def set_journal(self, journal: SightingJournal | None) -> None:
+        """Write first sightings and failures to `journal` (a fleet's), or stop (None)."""
+        self.call_ids.journal = journal
+        self.failures.journal = journal
 
     def set_ttl(self, ttl: float) -> None:
         """Apply a reloaded `retry_detect.fingerprint_ttl`."""

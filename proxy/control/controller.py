@@ -107,6 +107,9 @@ class Controller:
         self.started_at = now
         self.backlog = 0  # requests held or shed since the mode began
         self._last_tick = now
+        # A peer sidecar's RECOVERY or OUTAGE (`fleet`), and until when it holds (our clock).
+        self.hint_mode: Mode | None = None
+        self.hint_until = 0.0
         self._saturated_ticks = 0
         self._loaded_at_start = False  # saturated during the start-up window
         # Bound up front: no series appears on the request path (or on a transition).
@@ -260,6 +263,12 @@ class Controller:
             return None
         return self.modes.apply(Event.BROKEN, now, REASON_ERRORS, f"{n} broken answers in a row")
 
+    def note_fleet_hint(self, mode: str | None, until: float) -> None:
+        """The strongest mode hint of the fleet's peers (None: none), believed until `until`
+        on our clock (the fleet link calls this after each exchange)."""
+        self.hint_mode = Mode(mode) if mode in (Mode.RECOVERY.value, Mode.OUTAGE.value) else None
+        self.hint_until = until if self.hint_mode is not None else 0.0
+
     def snapshot(self, now: float, queued: int, returns_ahead: float) -> Snapshot:
         """The signals the mode machine decides on."""
         normal = self.modes.state is Mode.NORMAL
@@ -274,6 +283,7 @@ class Controller:
             loaded=self._loaded_at_start,
             limit_growing=self.limiter.growing(),
             returns_ahead=returns_ahead,
+            fleet_hint=self.hint_mode if now < self.hint_until else None,
         )
 
     def apply(self, tr: Transition, now: float, queued: int, in_flight: int) -> None:

@@ -17,14 +17,19 @@ logs and counts the `Transition` records it returns.
 | RECOVERY | BROKEN           | OUTAGE   | broken again                                       |
 | RECOVERY | CALM             | NORMAL   | queue short, limit settled, healthy, for `hold`    |
 | SHIELD   | SHIELD_EXPIRED   | RECOVERY | TTL over (never straight to NORMAL)                |
+| NORMAL   | SURGE (hinted)   | RECOVERY | a peer is in RECOVERY/OUTAGE and a smaller local   |
+|          |                  |          | signal (`fleet.hint_share` of a threshold) holds   |
 | any      | OPERATOR_*       | ...      | see TRANSITIONS (SHIELD exits only to RECOVERY)    |
 
 Overload is not an outage: pushback and timeouts never make BROKEN while the backend answers.
+A fleet's mode hint (a peer sidecar in RECOVERY or OUTAGE, `Snapshot.fleet_hint`) is one more
+input: it lowers a threshold, it never fires an event alone.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +103,7 @@ REASON_HEALTHY = "upstream-healthy"
 REASON_DRAINED = "drained"
 REASON_SHIELD_EXPIRED = "shield-expired"
 REASON_OPERATOR = "operator"
+REASON_FLEET = "fleet-hint"  # a smaller local signal, with a peer in RECOVERY or OUTAGE
 TRANSITION_REASONS: tuple[str, ...] = (
     REASON_ERRORS,
     REASON_PROBES,
@@ -109,15 +115,16 @@ TRANSITION_REASONS: tuple[str, ...] = (
     REASON_DRAINED,
     REASON_SHIELD_EXPIRED,
     REASON_OPERATOR,
+    REASON_FLEET,
 )
 
 
 # The reasons each event can carry (so every transition series can be bound up front).
 EVENT_REASONS: dict[Event, tuple[str, ...]] = {
-    Event.BROKEN: (REASON_ERRORS, REASON_PROBES),
+    Event.BROKEN: (REASON_ERRORS, REASON_PROBES, REASON_FLEET),
     Event.HEALTHY: (REASON_HEALTHY,),
     Event.HEALTHY_BACKLOG: (REASON_HEALTHY,),
-    Event.SURGE: (REASON_QUEUE, REASON_SURGE, REASON_RETRIES),
+    Event.SURGE: (REASON_QUEUE, REASON_SURGE, REASON_RETRIES, REASON_FLEET),
     Event.LOADED_AT_START: (REASON_LOADED,),
     Event.CALM: (REASON_DRAINED,),
     Event.SHIELD_EXPIRED: (REASON_SHIELD_EXPIRED,),
@@ -235,6 +242,7 @@ class Snapshot:
     limit_growing: bool
     loaded: bool = False  # saturated at start while the backend queued or did not answer
     returns_ahead: float = 0.0  # seconds until the last booked return slot (0: none ahead)
+    fleet_hint: Mode | None = None  # a peer sidecar's RECOVERY or OUTAGE, while it holds
 
 
 class ModeController:
@@ -279,8 +287,9 @@ class ModeController:
         return transition
 
     # --- policy ----------------------------------------------------------------------------
-    def broken_reason(self, h: HealthView) -> str | None:
-        """Why the upstream counts as broken (not merely busy), or None."""
+    def broken_reason(self, h: HealthView, hint: Mode | None = None) -> str | None:
+        """Why the upstream counts as broken (not merely busy), or None. With a peer in
+        OUTAGE (`hint`), `fleet.hint_share` of the samples is enough evidence."""
         m = self.config.modes
         if h.samples >= m.outage_min_samples and h.broken_ratio >= m.outage_error_ratio:
             return REASON_ERRORS
@@ -288,6 +297,9 @@ class ModeController:
         # else got an answer either.
         if h.probe_fail_streak >= m.outage_probe_failures and not h.answering:
             return REASON_PROBES
+        enough = math.ceil(m.outage_min_samples * self.config.fleet.hint_share)
+        if hint is Mode.OUTAGE and h.samples >= enough and h.broken_ratio >= m.outage_error_ratio:
+            return REASON_FLEET
         return None
 
     def evaluate(self, s: Snapshot, now: float) -> Transition | None:
@@ -298,7 +310,7 @@ class ModeController:
             if now >= self.shield_until:
                 return self.apply(Event.SHIELD_EXPIRED, now, REASON_SHIELD_EXPIRED, "ttl over")
             return None
-        broken = self.broken_reason(s.health)
+        broken = self.broken_reason(s.health, s.fleet_hint)
         if mode is Mode.RECOVERY:
             calm = (
                 broken is None
@@ -367,6 +379,23 @@ class ModeController:
             if s.retry_share >= rec.enter_retry_share and h.answering:
                 detail = f"retries {s.retry_share:.0%} of {s.arrival_rate:.0f}/s"
                 return self.apply(Event.SURGE, now, REASON_RETRIES, detail)
+        if s.fleet_hint is not None:
+            return self._hinted(s, now, pressed)
+        return None
+
+    def _hinted(self, s: Snapshot, now: float, pressed: bool) -> Transition | None:
+        """A peer is in RECOVERY or OUTAGE: a share (`fleet.hint_share`) of the queue or surge
+        threshold is enough, but some local pressure must be there (never the hint alone)."""
+        share = self.config.fleet.hint_share
+        rec = self.config.recovery
+        peer = s.fleet_hint.value if s.fleet_hint is not None else ""
+        if s.queue_depth >= max(1, math.ceil(rec.enter_queue_depth * share)):
+            detail = f"queue depth {s.queue_depth}, a peer in {peer}"
+            return self.apply(Event.SURGE, now, REASON_FLEET, detail)
+        ratio = 1.0 + (rec.enter_arrival_ratio - 1.0) * share
+        if pressed and s.arrival_rate >= rec.enter_min_rate * share and s.surge_ratio >= ratio:
+            detail = f"arrivals {s.surge_ratio:.1f}x baseline, a peer in {peer}"
+            return self.apply(Event.SURGE, now, REASON_FLEET, detail)
         return None
 
     def expected_outage_left(self, now: float) -> float:

@@ -9,7 +9,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -34,6 +34,9 @@ from .arrival import ArrivalClock
 from .drain import Cutoff
 from .forward import SERVER, Forwarder, refusal_response
 from .guard import CountingInvalidHeaders, CountingRetrySignals, LoggingServer
+
+if TYPE_CHECKING:
+    from ..fleet.link import FleetLink
 
 log = logging.getLogger("sluice.app")
 
@@ -88,6 +91,12 @@ class Sluice:
         # The gauge reads the plain counter at scrape time: no locked inc/dec per request.
         self.metrics.in_flight.set_function(lambda: self.in_flight)
         self.metrics.holding.set_function(lambda: self.holding)
+        # The fleet link (`fleet.redis`): None standalone, where nothing of it is imported.
+        self.fleet: FleetLink | None = None
+        if config.fleet.redis is not None:
+            from .fleet import join_fleet
+
+            self.fleet = join_fleet(self)
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -96,6 +105,8 @@ class Sluice:
         self.arrivals.start()
         self.forwarder = Forwarder(self.client, self.metrics, self.gate, self.failures)
         await self.gate.start(self.probe)
+        if self.fleet is not None:
+            await self.fleet.start()
 
     def begin_drain(self) -> None:
         """Not ready from now on (/readyz 503); requests are still served, each answer
@@ -110,6 +121,8 @@ class Sluice:
     async def close(self) -> None:
         """Stop the gate and close the upstream pool."""
         self.arrivals.stop()
+        if self.fleet is not None:
+            await self.fleet.stop()
         await self.gate.stop()
         if self.client is not None:
             await self.client.close()
@@ -145,6 +158,8 @@ class Sluice:
         classifier = Classifier(new, self.snapshot.classifier.memory)
         classifier.invalid_headers = self.invalid_headers
         classifier.retry_signals = self.retry_signals
+        if self.fleet is not None:  # a new cache size makes a new memory: keep it journalled
+            classifier.memory.set_journal(self.fleet.journal)
         self.gate.reconfigure(new)
         self.snapshot = Snapshot(new, classifier, classifier.trusted, self.snapshot.generation + 1)
         self.metrics.config_info.set(self.snapshot.generation)
@@ -165,6 +180,10 @@ class Sluice:
         doc["requests_in_progress"] = self.in_flight
         if self.client is not None:
             doc["upstream"] = self.client.stats()
+        if self.fleet is not None:
+            from .fleet import status
+
+            doc["fleet"] = status(self.fleet, self, time.monotonic())
         return doc
 
     # --- the request path -----------------------------------------------------------------

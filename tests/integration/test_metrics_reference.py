@@ -12,7 +12,8 @@ import pytest
 
 from proxy import __version__
 from proxy.edge.lifecycle import Server
-from tests.support import running_backend, running_sluice, sluice_config
+from tests.redis_server import RedisServer
+from tests.support import running_backend, running_sluice, sluice_config, wait_for
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 # A name in a table cell: `sluice_x_total`, `process_y`, `python_z`, `status_class`.
@@ -61,14 +62,14 @@ async def scrape(server: Server) -> str:
         return await r.text()
 
 
-@pytest.mark.parametrize("protection", ["on", "off"])
-async def test_the_readme_lists_exactly_the_metrics_served(protection: str) -> None:
-    async with (
-        running_backend() as backend,
-        running_sluice(sluice_config(backend.url, modes={"protection": protection})) as server,
-    ):
-        served = exposed_metrics(await scrape(server))
+FLEET_PREFIX = "sluice_fleet_"  # served only with `fleet.redis` (none standalone)
+
+
+def compare(served: dict[str, set[str] | None], fleet: bool) -> None:
     documented = readme_metrics(README.read_text(encoding="utf-8"))
+    assert any(n.startswith(FLEET_PREFIX) for n in documented)
+    if not fleet:
+        documented = {n: v for n, v in documented.items() if not n.startswith(FLEET_PREFIX)}
     assert documented["sluice_requests_total"] == {"outcome", "reason"}  # the section was read
     assert sorted(served.keys() - documented.keys()) == [], "served, not in the README"
     assert sorted(documented.keys() - served.keys()) == [], "in the README, not served"
@@ -78,10 +79,36 @@ async def test_the_readme_lists_exactly_the_metrics_served(protection: str) -> N
         if labels is not None and labels != documented[name]
     }
     assert wrong == {}
+
+
+@pytest.mark.parametrize("protection", ["on", "off"])
+async def test_the_readme_lists_exactly_the_metrics_served(protection: str) -> None:
+    async with (
+        running_backend() as backend,
+        running_sluice(sluice_config(backend.url, modes={"protection": protection})) as server,
+    ):
+        served = exposed_metrics(await scrape(server))
+    compare(served, fleet=False)
     unchecked = sorted(name for name, labels in served.items() if labels is None)
     # With protection off no mode ever changes: no transition has a series to check.
     allowed = [] if protection == "on" else ["sluice_mode_transitions_total"]
     assert unchecked == allowed, "families with no series to check the labels of"
+
+
+async def test_in_a_fleet_the_readme_lists_exactly_the_metrics_served(
+    redis_server: RedisServer,
+) -> None:
+    async with (
+        running_backend() as backend,
+        running_sluice(sluice_config(backend.url, fleet={"redis": redis_server.url})) as server,
+    ):
+        link = server.sluice.fleet
+        assert link is not None
+        await wait_for(lambda: link.ok >= 2)  # every labelled series has been touched
+        served = exposed_metrics(await scrape(server))
+    compare(served, fleet=True)
+    unchecked = sorted(name for name, labels in served.items() if labels is None)
+    assert unchecked == [], "families with no series to check the labels of"
 
 
 def test_the_readme_reader_reads_names_and_labels_of_table_rows_only() -> None:

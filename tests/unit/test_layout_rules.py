@@ -1,7 +1,8 @@
 """The rules the layout promises (README, "Where each line lives"), checked on the source.
 
-- asyncio and aiohttp only in the edge, the upstream pool, the scheduler's waiter and the
-  control ticker: every other module of proxy/ is pure and takes `now`;
+- asyncio, aiohttp and the Redis client only in the edge, the upstream pool, the scheduler's
+  waiter, the control ticker and the fleet link: every other module of proxy/ is pure and
+  takes `now`;
 - no function in proxy/ over 60 lines;
 - no test reaches into a private name of another module (tests use public views).
 """
@@ -15,8 +16,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PROXY = ROOT / "proxy"
 TESTS = ROOT / "tests"
-ASYNC_HOMES = ("edge/", "upstream/", "scheduler/waiter.py", "control/ticker.py")
-EVENT_LOOP = {"asyncio", "aiohttp", "uvloop"}
+# fleet/link.py: the fleet's one I/O module (the Redis client runs its exchange as a task);
+# everything else of fleet/ is pure.
+ASYNC_HOMES = (
+    "edge/",
+    "upstream/",
+    "scheduler/waiter.py",
+    "control/ticker.py",
+    "fleet/link.py",
+)
+EVENT_LOOP = {"asyncio", "aiohttp", "uvloop", "redis"}
 MAX_FUNCTION = 60
 
 

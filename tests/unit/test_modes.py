@@ -11,6 +11,7 @@ from proxy.control.modes import (
     OPERATOR_EVENTS,
     REASON_DRAINED,
     REASON_ERRORS,
+    REASON_FLEET,
     REASON_LOADED,
     REASON_PROBES,
     REASON_QUEUE,
@@ -347,3 +348,39 @@ def test_each_transition_s_effects_come_from_the_table() -> None:
     for mode, moves in TRANSITIONS.items():
         for event, to in moves.items():
             assert isinstance(effects_of(mode, to, event), tuple)
+
+
+# --- a fleet's mode hint ------------------------------------------------------------------------
+def test_a_peer_s_recovery_hint_lowers_the_queue_threshold_never_to_nothing() -> None:
+    # enter_queue_depth 64 by default, hint_share 0.25: 16 queued is enough with a hint.
+    queued = replace(CALM, queue_depth=16)
+    assert controller().evaluate(queued, T0 + 3) is None  # no hint: 16 is a short queue
+    hinted = replace(queued, fleet_hint=Mode.RECOVERY)
+    tr = controller().evaluate(hinted, T0 + 3)
+    assert tr is not None and (tr.to_mode, tr.reason) == (Mode.RECOVERY, REASON_FLEET)
+    assert tr.reason in TRANSITION_REASONS
+    # The hint alone (nothing queued, nothing saturated) moves nothing.
+    for hint in (Mode.RECOVERY, Mode.OUTAGE):
+        assert controller().evaluate(replace(CALM, fleet_hint=hint), T0 + 3) is None
+    assert controller().evaluate(replace(hinted, queue_depth=15), T0 + 3) is None
+
+
+def test_a_peer_s_hint_lowers_the_surge_threshold_under_pressure() -> None:
+    # enter_arrival_ratio 3: with a hint, 1 + 2 * 0.25 = 1.5 x the baseline under pressure.
+    surge = replace(CALM, surge_ratio=1.6, saturated=True, arrival_rate=50.0)
+    assert controller().evaluate(surge, T0 + 3) is None
+    tr = controller().evaluate(replace(surge, fleet_hint=Mode.OUTAGE), T0 + 3)
+    assert tr is not None and tr.reason == REASON_FLEET
+    calm_surge = replace(surge, saturated=False, fleet_hint=Mode.RECOVERY)
+    assert controller().evaluate(calm_surge, T0 + 3) is None  # not pressed: not a recovery
+
+
+def test_a_peer_s_outage_hint_makes_fewer_broken_answers_enough() -> None:
+    few = replace(CALM, health=health(ok=1, broken=4))  # 5 samples < outage_min_samples 10
+    assert controller().evaluate(few, T0 + 3) is None
+    tr = controller().evaluate(replace(few, fleet_hint=Mode.OUTAGE), T0 + 3)
+    assert tr is not None and (tr.to_mode, tr.reason) == (Mode.OUTAGE, REASON_FLEET)
+    # A RECOVERY hint says nothing of the backend being down.
+    assert controller().evaluate(replace(few, fleet_hint=Mode.RECOVERY), T0 + 3) is None
+    healthy = replace(CALM, health=health(ok=5), fleet_hint=Mode.OUTAGE)
+    assert controller().evaluate(healthy, T0 + 3) is None
