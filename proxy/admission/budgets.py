@@ -9,8 +9,9 @@ What is *not* here, because it is the gate's business: solicited returns (a call
 slot we booked for it) are never charged, and a retry over budget may still use capacity that
 nothing else wants (work-conserving), it just never queues.
 
-`RetryBudgets` is the interface the gate uses (a shared store can implement it later);
-`LocalRetryBudgets` is the in-process default. A window is kept in `budget_buckets` time
+`RetryBudgets` is the interface the gate uses; `LocalRetryBudgets` is the in-process default,
+and a fleet's `fleet.totals.FleetRetryBudgets` adds its peers' deposits and withdrawals (the
+budget is then the fleet's total). A window is kept in `budget_buckets` time
 buckets (`tuning.AdmissionTuning`; docs/tuning.md).
 """
 
@@ -118,8 +119,22 @@ class LocalRetryBudgets:
         self._rings[caller].pending += 1
         self._global.pending += 1
 
-    def _balance(self, ring: _Ring, ratio: float, reserve: float) -> float:
-        return ratio * ring.dep_sum + reserve - ring.wd_sum
+    def _balance(
+        self, ring: _Ring, ratio: float, reserve: float, peers: tuple[float, float] = (0.0, 0.0)
+    ) -> float:
+        return ratio * (ring.dep_sum + peers[0]) + reserve - ring.wd_sum - peers[1]
+
+    def peer_sums(self, caller: int | None) -> tuple[float, float]:
+        """Deposits and withdrawals other processes add to `caller`'s budget (None: the
+        global one) in the window: none here (a fleet's budgets add their peers')."""
+        return (0.0, 0.0)
+
+    def window_sums(self) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+        """This process's own (deposits, withdrawals) in the window, per caller and global
+        (what a fleet's sidecar publishes to its peers)."""
+        per = [(r.dep_sum + r.pending, r.wd_sum) for r in self._rings]
+        g = self._global
+        return per, (g.dep_sum + g.pending, g.wd_sum)
 
     def try_withdraw(self, caller: int, now: float) -> bool:
         """Charge one retry if the caller's and the global budget both have one left."""
@@ -128,9 +143,10 @@ class LocalRetryBudgets:
         ring.advance(epoch)
         self._global.advance(epoch)
         cfg = self.config
-        if self._balance(ring, cfg.ratio, self._reserve) < 1.0:
+        if self._balance(ring, cfg.ratio, self._reserve, self.peer_sums(caller)) < 1.0:
             return False
-        if self._balance(self._global, cfg.global_ratio, self._g_reserve) < 1.0:
+        g_peers = self.peer_sums(None)
+        if self._balance(self._global, cfg.global_ratio, self._g_reserve, g_peers) < 1.0:
             return False
         ring.withdraw()
         self._global.withdraw()
@@ -140,12 +156,13 @@ class LocalRetryBudgets:
         """Retries the caller may still make now."""
         ring = self._rings[caller]
         ring.advance(self._epoch(now))
-        return self._balance(ring, self.config.ratio, self._reserve)
+        return self._balance(ring, self.config.ratio, self._reserve, self.peer_sums(caller))
 
     def remaining_global(self, now: float) -> float:
         """Retries all callers together may still make now."""
         self._global.advance(self._epoch(now))
-        return self._balance(self._global, self.config.global_ratio, self._g_reserve)
+        cfg = self.config
+        return self._balance(self._global, cfg.global_ratio, self._g_reserve, self.peer_sums(None))
 
     def roll(self, now: float) -> None:
         """Age every ring once per bucket, so idle callers' deposits expire on time."""

@@ -127,6 +127,12 @@ class CallerTable:
             self._caps = ConfiguredCaps(config)
         self.all = build_callers(config, self.names, self.all, bookings, self._caps)
 
+    def use_caps(self, caps: CallerCaps) -> None:
+        """Take caps from `caps` from now on (a fleet's totals); it follows reloads itself."""
+        self._configured = False
+        self._caps = caps
+        apply_caps(self.all, caps.caps(self.names))
+
     def refresh_caps(self) -> None:
         """Read the caps again (a fleet-wide source may have moved them)."""
         apply_caps(self.all, self._caps.caps(self.names))

@@ -12,6 +12,7 @@ from ..admission.gate import AdmissionGate
 from ..fleet.exchange import Exchange
 from ..fleet.journal import Journal
 from ..fleet.link import FleetLink
+from ..fleet.totals import FleetCaps, FleetRetryBudgets, PeerTotals, own_counters
 from ..ops.fleet import FleetMetricsSync, fleet_status
 
 if TYPE_CHECKING:
@@ -46,9 +47,25 @@ def join_fleet(sluice: Sluice) -> FleetLink:
         lambda: sluice.snapshot.classifier.memory,
         on_hint,
     )
+    if admission is not None:
+        share_totals(admission, exchange)
     link = FleetLink(config, exchange, journal, lambda: sluice.gate.mode_name)
     link.after = FleetMetricsSync(sluice.metrics.add_fleet(), link, pacer)
     return link
+
+
+def share_totals(gate: AdmissionGate, exchange: Exchange) -> None:
+    """Retry budgets and caller caps as fleet totals (`fleet.totals`): the gate's in-process
+    budgets are replaced (before any request) and its caps read the peers' in-flight."""
+    table = gate.caller_table
+    totals = PeerTotals(table.names)
+    budgets = FleetRetryBudgets(
+        gate.config.retry_budget, len(table.names), gate.now(), totals, gate.tuning
+    )
+    gate.budgets = budgets
+    table.use_caps(FleetCaps(lambda: gate.config, totals))
+    exchange.totals = totals
+    exchange.counters = lambda: own_counters(budgets, table.all)
 
 
 def status(link: FleetLink, sluice: Sluice, now: float) -> dict[str, Any]:

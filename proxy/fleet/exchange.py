@@ -27,7 +27,8 @@ from ..admission.pacing import Pacer
 from ..admission.retries import RetryMemory
 from ..config import Config
 from .journal import Batch
-from .peers import PeerView, read_peers
+from .peers import PeerView, own_record, read_peers
+from .totals import PeerTotals
 
 KINDS: tuple[str, ...] = ("booking", "redemption", "call-id", "failure")
 # Entries kept in the stream (MAXLEN ~): one per sidecar and tick with news, so at 10 ticks a
@@ -84,6 +85,14 @@ class Exchange:
         self.received = dict.fromkeys(KINDS, 0)
         self.invalid = 0  # entries or items that could not be read
         self.view = PeerView((), (), 0)
+        # Fleet totals (step 5): this sidecar's counters out, the peers' summed in.
+        self.counters: Callable[[], dict[str, Any]] | None = None
+        self.totals: PeerTotals | None = None
+
+    def record(self, wall: float, mode: str, hint_ttl: float) -> bytes:
+        """This sidecar's peer record: its mode (the hint) and its counters."""
+        counters = self.counters() if self.counters is not None else None
+        return own_record(wall, mode, hint_ttl, counters)
 
     # --- out --------------------------------------------------------------------------------
     def outgoing(self, batch: Batch, offset: float) -> bytes | None:
@@ -171,6 +180,8 @@ class Exchange:
         wall = now + offset
         view = read_peers(records, self.instance, wall)
         self.view = view
+        if self.totals is not None:
+            self.totals.update(view.peers)
         mode, until = view.hint(wall)
         self.on_hint(mode, until - offset if mode is not None else 0.0)
         return view

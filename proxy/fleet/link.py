@@ -26,7 +26,7 @@ from redis.backoff import NoBackoff
 from ..config import Config
 from .exchange import READ_COUNT, STREAM_MAXLEN, Exchange, Keys, lookback
 from .journal import Journal
-from .peers import PEER_FORGET, own_record
+from .peers import PEER_FORGET
 
 log = logging.getLogger("sluice.fleet")
 
@@ -127,7 +127,7 @@ class FleetLink:
         batch = self.journal.take()
         offset = self.offset = self._wall() - now
         payload = self.exchange.outgoing(batch, offset)
-        record = own_record(now + offset, self._mode(), self.hint_ttl)
+        record = self.exchange.record(now + offset, self._mode(), self.hint_ttl)
         budget = self.op_timeout + (self.connect_timeout if self._client is None else 0.0)
         try:
             async with asyncio.timeout(budget):

@@ -20,10 +20,15 @@ PEER_STALE = 10.0
 PEER_FORGET = 60.0
 
 
-def own_record(wall: float, mode: str, hint_ttl: float) -> bytes:
-    """This sidecar's record for the peers hash."""
+def own_record(
+    wall: float, mode: str, hint_ttl: float, counters: dict[str, Any] | None = None
+) -> bytes:
+    """This sidecar's record for the peers hash (`counters`: `totals.own_counters`)."""
     until = wall + hint_ttl if mode in HINT_MODES else 0.0
-    return orjson.dumps({"v": 1, "t": round(wall, 3), "mode": mode, "until": round(until, 3)})
+    doc = {"v": 1, "t": round(wall, 3), "mode": mode, "until": round(until, 3)}
+    if counters:
+        doc["n"] = counters
+    return orjson.dumps(doc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +39,7 @@ class Peer:
     seen: float  # wall clock of its last record
     mode: str
     until: float  # wall clock its hint holds until (0: no hint)
+    counters: dict[str, Any]  # its per-caller budget sums and in-flight (`totals`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +65,12 @@ def _peer(instance: str, raw: bytes) -> Peer | None:
     try:
         doc: Any = orjson.loads(raw)
         seen, mode, until = float(doc["t"]), str(doc["mode"]), float(doc["until"])
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        counters = doc.get("n") or {}
+        if not isinstance(counters, dict):
+            raise TypeError("counters")
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return None
-    return Peer(instance, seen, mode, until)
+    return Peer(instance, seen, mode, until, counters)
 
 
 def read_peers(records: dict[bytes, bytes], me: str, wall: float) -> PeerView:
