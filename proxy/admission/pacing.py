@@ -83,6 +83,7 @@ class Pacer:
         self.redeemed = 0  # solicited returns recognised (counter)
         self.expired = 0  # bookings whose window passed unused (counter)
         self.foreign = 0  # bookings received from the fleet (counter)
+        self.foreign_live = 0  # of `total`, the peers' bookings (their returns may land here)
         self.redeemed_foreign = 0  # solicited returns whose slot a peer booked (counter)
         self.closed = 0  # bookings closed because a peer redeemed them (counter)
         self.journal: BookingJournal | None = None  # set in a fleet
@@ -153,7 +154,13 @@ class Pacer:
             return False
         self._remember(Booking(caller, start, end, foreign=True), key)
         self.foreign += 1
+        self.foreign_live += 1
         return True
+
+    @property
+    def own_total(self) -> int:
+        """Live bookings this sidecar made (a peer's returns are counted at the peer)."""
+        return self.total - self.foreign_live
 
     def close(self, caller: int, key: int, at: float) -> bool:
         """A peer redeemed a return of `caller`'s `key` at `at`: the earliest booking of that
@@ -195,6 +202,8 @@ class Pacer:
             b.live = False
             self._live[b.caller] -= 1
             self.total -= 1
+            if b.foreign:
+                self.foreign_live -= 1
 
     def redeem(self, caller: int, key: int, now: float) -> bool:
         """True (and the booking is used up) when this request is back inside a slot booked
@@ -230,7 +239,8 @@ class Pacer:
             b = dq.popleft()
             if b.live:
                 self._kill(b)
-                self.expired += 1
+                if not b.foreign:  # a peer's booking unused here is counted at the peer
+                    self.expired += 1
 
     def prune(self, now: float) -> None:
         """Forget bookings whose window has passed (the gate's ticker calls this)."""

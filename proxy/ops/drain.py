@@ -68,8 +68,10 @@ def gate_drain(gate: AdmissionGate) -> DrainEstimate | None:
     if gate.modes.state is not Mode.RECOVERY:
         return None
     return estimate_drain(
+        # Only the returns it booked: in a fleet each sidecar books for the returns the
+        # balancer spreads over all of them, so its own bookings are its share of the backlog.
         gate.queue.total,
-        gate.pacer.total,
+        gate.pacer.own_total,
         gate.estimates.pace,
         gate.control.rates.baseline,
         gate.pacer.next_free(gate.now()),

@@ -228,3 +228,13 @@ def test_the_hint_reaches_the_controller_on_its_own_clock(fleet: tuple[Sidecar, 
     assert a.hints == [("OUTAGE", pytest.approx(a.clock(WALL + 5.0)))]
     a.exchange.merge_peers({b"b": own_record(WALL, "NORMAL", 5.0)}, a.clock(WALL), a.offset)
     assert a.hints[-1] == (None, 0.0)
+
+
+def test_a_peer_s_bookings_are_not_this_sidecar_s_backlog(fleet: tuple[Sidecar, Sidecar]) -> None:
+    a, b = fleet
+    a.pacer.book(1, a.clock(WALL), pace=10.0, fresh_rate=0.0, queued=0, key=7)
+    b.pacer.book(1, b.clock(WALL), pace=10.0, fresh_rate=0.0, queued=0, key=8)
+    b.receive([a.send()], WALL)
+    assert (b.pacer.total, b.pacer.own_total) == (2, 1)
+    b.pacer.prune(b.clock(WALL + 120.0))  # both windows pass unused
+    assert (b.pacer.total, b.pacer.own_total, b.pacer.expired) == (0, 0, 1)

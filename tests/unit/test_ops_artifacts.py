@@ -60,6 +60,7 @@ def exposition() -> dict[str, dict[str, set[str]]]:
     `_total` / `_bucket` / `_sum` / `_count` suffixes) count even when it has no child yet.
     """
     m = Metrics(["orch-a"])
+    m.add_fleet()  # what a sidecar of a fleet (`fleet.redis`) serves besides
     config = Config.model_validate(
         {"upstream": {"url": "http://127.0.0.1:1"}, "callers": {"known": [{"name": "orch-a"}]}}
     )
