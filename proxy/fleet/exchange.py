@@ -186,6 +186,15 @@ class Exchange:
         self.on_hint(mode, until - offset if mode is not None else 0.0)
         return view
 
+    def forget_peers(self) -> None:
+        """The link is down: the peers' counters and hints are no longer known, and must not
+        hold this sidecar's caps down or its thresholds low (bookings and sightings already
+        merged stay: they expire by themselves)."""
+        self.view = PeerView((), (), 0)
+        if self.totals is not None:
+            self.totals.update(())
+        self.on_hint(None, 0.0)
+
 
 def _times(*values: Any) -> bool:
     return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)

@@ -202,6 +202,7 @@ class FleetLink:
         self._retry_at = now + self._backoff
         self._backoff = min(self._backoff * 2, max(BACKOFF_MAX, self.tick))
         was_up, self.up = self.up, False
+        self.exchange.forget_peers()
         await self._drop_client()  # a connection cut mid-reply is not reused
         if was_up or not self._down_logged:
             self._down_logged = True

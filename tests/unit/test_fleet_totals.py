@@ -85,3 +85,20 @@ def test_garbage_counters_are_ignored() -> None:
     totals.update(read_peers({b"p": own_record(WALL, "NORMAL", 5.0, bad)}, "me", WALL).peers)
     assert totals.deposits == [0, 0, 0] and totals.in_flight == [0, 0, 0]
     assert totals.global_sums == (0, 0)
+
+
+def test_when_the_link_drops_the_peers_counters_and_hints_are_forgotten() -> None:
+    from proxy.admission.retries import RetryMemory
+    from proxy.fleet.exchange import Exchange
+
+    hints: list[tuple[str | None, float]] = []
+    memory = RetryMemory(10, 30.0)
+    exchange = Exchange("me", NAMES, None, lambda: memory, lambda m, u: hints.append((m, u)))
+    exchange.totals = totals = PeerTotals(NAMES)
+    busy = callers()
+    busy[1].in_flight = 4
+    record = own_record(WALL, "RECOVERY", 5.0, own_counters(None, busy))
+    exchange.merge_peers({b"p": record}, 100.0, WALL - 100.0)
+    assert totals.in_flight[1] == 4 and hints[-1][0] == "RECOVERY"
+    exchange.forget_peers()
+    assert totals.in_flight[1] == 0 and hints[-1] == (None, 0.0) and not exchange.view.peers
