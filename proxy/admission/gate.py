@@ -336,7 +336,6 @@ class AdmissionGate:
         self.refresh_estimates(now)
         if self.queue.total and mode is not Mode.OUTAGE:
             self.room.rejudge(now)
-        self.control.measuring_since = self.limiter.measuring_since
         self.budgets.roll(now)
         if now - self._last_prune >= self.tuning.prune_every:
             self._last_prune = now

@@ -52,6 +52,7 @@ class Tally:
         "broken_due",
         "broken_streak",
         "clean",
+        "clean_slack",
         "clean_sum",
         "lat_sum",
         "ok",
@@ -66,8 +67,9 @@ class Tally:
         self.retries = 0  # unsolicited retries among the arrivals
         self.ok = 0
         self.lat_sum = 0.0
-        self.clean = 0  # good answers sent during a floor re-measurement
+        self.clean = 0  # good answers to requests sent since the limiter's `measuring_since`
         self.clean_sum = 0.0
+        self.clean_slack = 0.0  # their summed `Outcome.slack`
         self.push = 0
         self.timeouts = 0
         self.broken = 0
@@ -103,7 +105,6 @@ class Controller:
         )
         self.loop = LoopLag(now)
         self.tally = Tally()
-        self.measuring_since: float | None = None  # clean answers count from here (limiter)
         self.started_at = now
         self.backlog = 0  # requests held or shed since the mode began
         self._last_tick = now
@@ -142,10 +143,11 @@ class Controller:
             t.ok += 1
             t.lat_sum += outcome.latency
             t.broken_streak = 0
-            since = self.measuring_since
+            since = self.limiter.measuring_since  # read now: a mode change may have moved it
             if since is not None and clock() - outcome.latency >= since:
                 t.clean += 1
                 t.clean_sum += outcome.latency
+                t.clean_slack += outcome.slack
             return False
         kind = classify_outcome(
             outcome.status, outcome.latency, outcome.error, self.config.modes.fast_error
@@ -190,10 +192,12 @@ class Controller:
         ok = t.ok
         self.estimates.observe(ok, dt)
         self.health.record(now, ok, t.push, t.timeouts, t.broken)
-        self.limiter.add(ok, t.lat_sum, t.push + t.timeouts, t.broken, t.clean, t.clean_sum)
+        self.limiter.add(
+            ok, t.lat_sum, t.push + t.timeouts, t.broken, t.clean, t.clean_sum, t.clean_slack
+        )
         self.rates.record(now, t.arrivals, t.retries)
         t.ok = t.push = t.timeouts = t.broken = t.clean = t.arrivals = t.retries = 0
-        t.lat_sum = t.clean_sum = 0.0
+        t.lat_sum = t.clean_sum = t.clean_slack = 0.0
         return ok, bool(t.overloaded or queued)
 
     def note_saturation(self, now: float, ok: int, queued: int, in_flight: int, eff: int) -> None:
@@ -317,6 +321,9 @@ class Controller:
             self.health.reset_window()
         if Effect.SLOW_START in effects or Effect.COLD_START in effects:
             self.limiter.enter_slow_start(now, from_floor=Effect.COLD_START in effects)
+            # Answers since the last tick were counted clean against the instant before.
+            t = self.tally
+            t.clean, t.clean_sum, t.clean_slack = 0, 0.0, 0.0
             self.metrics.limit.set(self.limiter.limit)
         if Effect.REBASE in effects:
             ratio = self.config.recovery.enter_arrival_ratio

@@ -29,10 +29,12 @@ class Limit(Protocol):
         broken: int,
         clean_ok: int = 0,
         clean_latency_sum: float = 0.0,
+        clean_slack_sum: float = 0.0,
     ) -> None:
         """Fold in the answers since the last call: good ones with their summed latency,
         pushback (429/503/timeouts/slow 5xx), broken ones (connect failures, fast 5xx), and
-        the good answers to requests sent after `measuring_since` (while it is set)."""
+        the good answers to requests sent after `measuring_since` (while it is set), with
+        their summed latency and slack (`contracts.Outcome.slack`)."""
         ...
 
     def note_lag(self, lag: float) -> None:
@@ -97,8 +99,8 @@ class Limit(Protocol):
 
     @property
     def measuring_since(self) -> float | None:
-        """While the unloaded latency is re-measured: the instant after which sent requests
-        count as clean (`add`'s `clean_*`); None otherwise."""
+        """The instant after which sent requests count as clean (`add`'s `clean_*`): they
+        are evidence of the limit in force; None when the limiter reads no clean answers."""
         ...
 
     @property

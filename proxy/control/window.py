@@ -39,6 +39,7 @@ class Window:
     _broken: int
     _clean_ok: int
     _clean_lat: float
+    _clean_slack: float
     _lag: float
 
     def add(
@@ -49,13 +50,15 @@ class Window:
         broken: int,
         clean_ok: int = 0,
         clean_latency_sum: float = 0.0,
+        clean_slack_sum: float = 0.0,
     ) -> None:
         """Fold in answers since the last call: good ones with their summed latency, pushback
         (429/503/timeouts/slow 5xx) and broken ones (connect failures, fast 5xx).
 
-        `clean_*` are the good answers to requests *sent* after `measuring_since` (the gate
-        counts them only while the gradient limiter re-measures its floor): requests sent
-        earlier queued behind our old concurrency and would bias the measurement up.
+        `clean_*` are the good answers to requests *sent* after `measuring_since` (while a
+        limiter sets it): requests sent earlier ran at another concurrency. Their slack is
+        how long, in sum, they may have waited for our own loop to read them
+        (`contracts.Outcome.slack`).
         """
         self._ok += ok
         self._lat_sum += latency_sum
@@ -63,6 +66,7 @@ class Window:
         self._broken += broken
         self._clean_ok += clean_ok
         self._clean_lat += clean_latency_sum
+        self._clean_slack += clean_slack_sum
 
     def note_lag(self, lag: float) -> None:
         """Our own event loop stalled this long (a tick came late): answers read during the
@@ -95,6 +99,7 @@ class Window:
         self._broken = 0
         self._clean_ok = 0
         self._clean_lat = 0.0
+        self._clean_slack = 0.0
         self._lag = 0.0  # the worst stall of our own event loop in this window
 
     def reconfigure(self, config: LimiterConfig) -> None:

@@ -103,7 +103,9 @@ class Sluice:
         """Open the upstream pool and start the gate's background work (inside the loop)."""
         self.client = make_upstream(self.snapshot.config.upstream)
         self.arrivals.start()
-        self.forwarder = Forwarder(self.client, self.metrics, self.gate, self.failures)
+        self.forwarder = Forwarder(
+            self.client, self.metrics, self.gate, self.failures, self.arrivals
+        )
         await self.gate.start(self.probe)
         if self.fleet is not None:
             await self.fleet.start()

@@ -23,6 +23,7 @@ from ..headers import TrustedSources, set_forwarded, strip_hop_by_hop
 from ..ops.metrics import Metrics
 from ..upstream import UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse
 from .accesslog import OwnAnswer, RelayedStream, UpstreamFailureLog
+from .arrival import ArrivalClock
 
 # Bodies up to this size are read whole and sent with one write (cheaper than streaming).
 _SMALL_BODY = 64 * 1024
@@ -171,11 +172,14 @@ class Forwarder:
         metrics: Metrics,
         gate: Gate,
         failures: UpstreamFailureLog,
+        arrivals: ArrivalClock,
     ) -> None:
         self.client = client
         self.metrics = metrics
         self.gate = gate
         self.failures = failures
+        # When an answer read now may have arrived: our loop's share of its latency.
+        self.arrivals = arrivals
 
     async def forward(
         self,
@@ -201,7 +205,9 @@ class Forwarder:
             outcome.latency = time.monotonic() - started
             return self._send_failed(exc, body, outcome, ticket.request_id)
 
-        outcome.latency = time.monotonic() - started
+        now = time.monotonic()
+        outcome.latency = now - started
+        outcome.slack = min(outcome.latency, now - self.arrivals.earliest(now))
         outcome.status = upstream.status
         outcome.error = None  # answered: the gate learns from it (not "cancelled")
         metrics = self.metrics
