@@ -109,8 +109,9 @@ class Outcome:
     status: int | None  # None when no response arrived
     latency: float  # seconds from forwarding to response headers (or failure)
     error: str | None = None  # one of UPSTREAM_ERRORS, "cancelled", or None
-    # Of `latency`, how long the answer may already have waited for our own event loop to
-    # read it (`edge.arrival`): the backend's own latency is at least latency - slack.
+    # Of `latency`, how much longer than on an idle loop the answer may have waited for our
+    # own event loop to read it (`edge.arrival.ArrivalClock.late`): the backend's own
+    # latency was about latency - slack.
     slack: float = 0.0
 
     @property

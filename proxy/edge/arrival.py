@@ -53,6 +53,13 @@ class ArrivalClock:
         beats[2] = time.monotonic()
         self._handle = asyncio.get_running_loop().call_later(self._period, self._beat)
 
+    def late(self, now: float) -> float:
+        """How much longer than on an idle loop something handled at `now` may have waited
+        for the loop (since the third-last heartbeat, less the three beats that span on an
+        idle loop): 0 when the loop kept up, about its stall after one. An upstream answer
+        read late by this much looks that much slower than the backend was."""
+        return max(0.0, now - self.earliest(now) - 3 * self._period)
+
     def earliest(self, now: float) -> float:
         """When a request handled at `now` may have arrived (<= now). Without a running
         heartbeat (tests, before start) it is `now`."""

@@ -207,7 +207,7 @@ class Forwarder:
 
         now = time.monotonic()
         outcome.latency = now - started
-        outcome.slack = min(outcome.latency, now - self.arrivals.earliest(now))
+        outcome.slack = min(outcome.latency, self.arrivals.late(now))
         outcome.status = upstream.status
         outcome.error = None  # answered: the gate learns from it (not "cancelled")
         metrics = self.metrics

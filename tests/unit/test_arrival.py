@@ -94,3 +94,20 @@ async def test_never_later_than_now_and_stops(fake_time: FakeTime) -> None:
     await _iterations(3)
     assert len(fake_time.reads) == beats  # no heartbeat after stop
     assert clock.earliest(60.0) == 60.0
+
+
+async def test_late_is_the_wait_beyond_an_idle_loops_heartbeats(fake_time: FakeTime) -> None:
+    # An upstream answer read after a stall waited for our loop about as long as the stall:
+    # its latency looks that much longer than the backend's (the limiter takes it out).
+    assert ArrivalClock().late(5.0) == 0.0  # no heartbeat: nothing to tell
+    clock = ArrivalClock(period=0.0)
+    fake_time.now = 10.0
+    clock.start()
+    try:
+        await _iterations(3)
+        assert clock.late(10.0) == 0.0  # the loop kept up
+        fake_time.now = 10.08  # a long iteration
+        await _iterations(2)
+        assert clock.late(10.09) == pytest.approx(0.09)  # since the beat before the stall
+    finally:
+        clock.stop()
