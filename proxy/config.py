@@ -142,7 +142,12 @@ def _from_validation_error(source: str, exc: ValidationError) -> ConfigError:
 # Keys a release removed, still accepted for one more release and ignored, with a warning:
 # unknown keys are errors, and an upgrade must not stop a running config from reloading.
 # "section.key" -> what to do instead.
-DEPRECATED: Mapping[str, str] = MappingProxyType({})
+DEPRECATED: Mapping[str, str] = MappingProxyType(
+    {
+        "limiter.growth": "the limit grows by a step that starts at limiter.knee_growth after "
+        "a cut and doubles with each healthy window",
+    }
+)
 
 
 def _without_deprecated(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:

@@ -164,17 +164,14 @@ class LimiterConfig(Strict):
     initial: int = Field(16, ge=1)
     floor: int = Field(4, ge=1)
     ceiling: int = Field(1000, ge=1)
-    growth: float = Field(
-        1.0, gt=0, description="additive growth per healthy window, in units of sqrt(limit)"
-    )
     slow_start_factor: float = Field(
         2.0, gt=1.0, le=4.0, description="multiplicative growth per healthy window in slow start"
     )
     knee_growth: float = Field(
         1.0,
         gt=0,
-        description="additive growth per healthy window while a knee (a cut for queueing or "
-        "pushback) was found lately",
+        description="additive growth of the first healthy window after a cut (for queueing or "
+        "pushback); each healthy window after it doubles the step, up to slow_start_factor",
     )
     backoff: float = Field(0.9, gt=0, lt=1, description="multiplicative back-off")
     latency_tolerance: float = Field(

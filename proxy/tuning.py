@@ -168,10 +168,6 @@ class GradientTuning(WindowTuning):
     max_cut: float = 0.5
     """One latency cut leaves at least this share of the limit."""
 
-    near_knee: float = 0.85
-    """At or above this share of where the last cut put the limit (while that cut is
-    remembered), the limit grows by `limiter.knee_growth` per window, not by sqrt(limit)."""
-
 
 @dataclass(frozen=True, kw_only=True)
 class DeliveryTuning(WindowTuning):

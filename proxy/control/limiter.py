@@ -4,20 +4,33 @@ In the spirit of Netflix's Gradient2 and Envoy's adaptive-concurrency gradient c
 
 - The yardstick is the backend's *unloaded* latency (`signals.LatencyFloor`): the lowest mean
   latency of a window, re-measured at reduced concurrency when no window has come near it for
-  `floor_probe_interval` (Envoy's periodic minRTT window). Without re-measurement the yardstick
-  drifts up under constant load, and the limit with it.
-- Each window (`window`, at least a few unloaded latencies so a window always holds answers)
-  compares its mean latency with the floor. Above `latency_tolerance` * floor the backend is
-  queueing: the limit is scaled by tolerance * floor / latency (at most halved per window).
-  For a backend of W workers this lands the limit near tolerance * W, i.e. a backend queue of
-  (tolerance - 1) rounds of its workers, never more.
-- Pushback (429/503, timeouts) or broken answers past `backpressure_ratio` multiply the limit
-  by `backoff`.
-- A healthy window whose peak concurrency reached most of the limit (`GradientTuning.used`)
-  grows it: by `growth` * sqrt(limit) (Gradient2's queue headroom), by `knee_growth` just
-  below a knee found lately, or by `slow_start_factor` in slow start, which RECOVERY turns on
-  and the first sign of queueing or pushback turns off. A window that used less learns
-  nothing about capacity, so the limit does not grow on idle traffic.
+  `floor_probe_interval` (Envoy's periodic minRTT window), and at the least concurrency
+  whenever the limit sits there (below).
+- A window judges the limit it ran at: only answers to requests *sent* since the limit last
+  changed count (`measuring_since`). Requests sent before ran at another concurrency, and
+  since a new request is sent only once in-flight is under the new limit, the ones sent after
+  see the backend as this limit leaves it (no second cut for the queue of the first, no
+  overshoot hidden behind answers from below it).
+- Our own event loop reads answers late when it is busy. Each answer comes with how long it
+  may have waited for us (`Outcome.slack`, from the arrival heartbeat), and a window is judged
+  on what the backend served: its answers' latency less their slack, against a floor learned
+  the same way. Our lateness can neither cut the limit nor keep it from growing; at worst a
+  slack that overstates it hides that much of a backend queue.
+- A cut scales the limit by tolerance x floor / latency (its square root when deep, at most
+  halved). For a backend of W workers this lands the limit near tolerance x W, a backend
+  queue of (tolerance - 1) rounds of its workers. Pushback (429/503, timeouts) or broken
+  answers past `backpressure_ratio` multiply it by `backoff`.
+- A healthy window whose peak concurrency reached most of the limit in force
+  (`GradientTuning.used`) grows it: in slow start (RECOVERY's ramp) by `slow_start_factor`,
+  otherwise by a step that restarts at `knee_growth` after every cut and doubles with each
+  healthy window after it, at most `slow_start_factor` - 1 of the limit (BBRv2's probe-up):
+  one request at a time near a knee just found, a few windows to leave a knee the backend
+  has outgrown. A window that used less learns nothing about capacity.
+- At the floor the limit cannot go lower: a window there whose latency is past tolerance
+  re-measures the floor from its answers, all sent at the least concurrency (Envoy's minRTT
+  at its minimum concurrency), whatever slowed them: a backend slower than it was, or our own
+  loop. The limit then grows from it instead of waiting at the floor for a window that never
+  looks fast.
 
 Nothing here states a backend capacity: `initial`, `floor` and `ceiling` only bound the search.
 The internal numbers are `tuning.GradientTuning`'s (why each value: docs/tuning.md).
@@ -62,12 +75,9 @@ class Limiter(Window):
         # backend has been seen to take without queueing.
         self.proven = 0
         self.grown = 0.0  # the limit before a ramp restarted it lower (0: none)
-        # The limit a ramp restarted below while the backend stayed up (RECOVERY entry on a
-        # surge): the ramp may climb back to it through our own stalls (0: none).
-        self.resume = 0.0
-        self._cooldown = False  # the window after a latency cut judges no second cut
+        self.step = float(config.knee_growth)  # the next growth outside slow start
+        self._since = now  # answers to requests sent from here on judge the limit in force
         self._reset_window(now)
-        self.knee_value = 0.0  # where the last cut put the limit (its estimate of the knee)
         self._stage = _IDLE
         self._saved = self.value
         self._history = deque(maxlen=2 * config.stable_windows)
@@ -93,7 +103,7 @@ class Limiter(Window):
                 return False
         before = self.limit
         self._close(now, in_flight, may_probe)
-        return self.limit != before
+        return self._moved(now, before)
 
     # --- outputs ---------------------------------------------------------------------------
     @property
@@ -103,8 +113,9 @@ class Limiter(Window):
 
     @property
     def measuring_since(self) -> float | None:
-        """While re-measuring the floor: the instant after which sent requests count."""
-        return self._window_start if self._stage == _MEASURING else None
+        """The instant after which sent requests are evidence of the limit in force: when it
+        last changed, or a floor re-measurement began."""
+        return self._since
 
     @property
     def probing(self) -> bool:
@@ -131,7 +142,7 @@ class Limiter(Window):
         at that earlier limit (a guess: the ramp will likely get there)."""
         limit = float(self.limit)
         if self.knee_at is None or self.slow_start:
-            # (`grown` is dropped once a ramp ends: see `_close`)
+            # (`grown` is dropped once a ramp ends: see `_cut`, `_back_off`)
             limit = max(limit, self.grown)
         latency = self.latency or self.floor.value
         if latency is None or latency <= 0:
@@ -152,7 +163,6 @@ class Limiter(Window):
         outage or repair, or we started while it was loaded, and its capacity is unknown.
         """
         self._end_probe(restore=True)
-        self.resume = 0.0
         if from_floor:
             # The backend's capacity is unknown again; what the limit was before stays a
             # hint for optimistic pacing until the ramp finds a knee.
@@ -166,12 +176,14 @@ class Limiter(Window):
             # backend: start the ramp from what was seen to cause no queueing. (What it
             # had grown to stays a hint for optimistic pacing until a knee is found.)
             self.grown = self.value
-            self.resume = self.value
             self.value = max(float(self.config.floor), min(self.value, float(self.proven)))
         self.slow_start = True
-        self._cooldown = False  # a cut before this ramp says nothing about its first window
+        self.step = float(self.config.knee_growth)
         self.last_change = "slow-start"
         self._reset_window(now)
+        # The ramp judges what it sends: answers sent before (a surge at the old limit) say
+        # nothing about its first window.
+        self._since = now
 
     def reconfigure(self, config: LimiterConfig) -> None:
         """`Window.reconfigure`; the limit saved for a floor re-measurement is clamped too."""
@@ -182,6 +194,14 @@ class Limiter(Window):
     def _reset_window(self, now: float) -> None:
         self._reset_tallies(now)
         self._peak = 0
+
+    def _moved(self, now: float, before: int) -> bool:
+        """Whether the limit in force moved from `before`; if so, only what is sent from
+        `now` on is evidence of it."""
+        if self.limit == before:
+            return False
+        self._since = now
+        return True
 
     def _close(self, now: float, in_flight: int, may_probe: bool) -> None:
         # A window short of answers is stretched, up to `max_stretch` lengths.
@@ -194,26 +214,26 @@ class Limiter(Window):
             if in_flight <= self.limit or overdue:
                 self._stage = _MEASURING
                 self._reset_window(now)
+                self._since = now
             return
         n = self._ok + self._pushback + self._broken
-        if n < self.config.min_samples:
+        enough = n >= self.config.min_samples
+        if enough and self._pushed_back(n):
+            self._back_off(now)
+        elif self._clean_ok >= self.config.min_samples:
+            self._judge(now)
+        else:
+            # Too few answers to requests sent at this limit: stretch, then start over.
             if overdue:
-                if self._peak < self.tuning.used * self.value:
+                if self._peak < self.tuning.used * self.limit:
                     self.slow_start = False  # too little traffic to need a ramp
                 self._reset_window(now)
             return
-        mean = self._lat_sum / self._ok if self._ok else None
-        if mean is not None and self._slow_by_own_lag(mean):
-            self._skip_lagged(now, mean)
-            return
-        if self._pushed_back(n):
-            self._back_off(now)
-        elif mean is not None:
-            self._judge(now, mean)
         self._history.append(self.value)
         if (
             may_probe
             and not self.slow_start
+            and self._stage == _IDLE
             and self.floor.stale(now, self.config.floor_probe_interval)
         ):
             self._start_probe()
@@ -222,7 +242,7 @@ class Limiter(Window):
     def _close_measurement(self, now: float, overdue: bool) -> None:
         """The window of a floor re-measurement: its clean answers are the new floor."""
         if self._clean_ok >= self.config.min_samples:
-            self.floor.reset_to(now, self._clean_lat / self._clean_ok)
+            self.floor.reset_to(now, (self._clean_lat - self._clean_slack) / self._clean_ok)
             self._end_probe(restore=True)
             self._reset_window(now)
         elif overdue:  # too little traffic to measure: try again an interval later
@@ -230,81 +250,38 @@ class Limiter(Window):
             self._end_probe(restore=True)
             self._reset_window(now)
 
-    def _slow_by_own_lag(self, mean: float) -> bool:
-        """Our own loop stalled longer than the queueing we tolerate (a wave of arrivals being
-        read) and the window looks slow by no more than the stall: its latency may measure
-        us, not the backend.
-
-        (A window within tolerance is judged as usual: what we measure is the backend's
-        latency plus our delay, an upper bound. So is one slower than the stall explains:
-        no answer was read later than the stall made it, so the backend queued. A slow start
-        that overshot is cut then, not held for the windows in which our loop has a few ms
-        stalls.)"""
-        floor = self.floor.value
-        if floor is None:
-            return False
-        tol = self.config.latency_tolerance
-        return (
-            self._lag > (tol - 1.0) * floor
-            and mean > tol * floor
-            and mean - self._lag <= tol * floor
-        )
-
-    def _skip_lagged(self, now: float, mean: float) -> None:
-        """A window `_slow_by_own_lag` judges nothing, but a ramp full of work, with nothing
-        against it but our own stall, climbs back towards the limit it restarted below
-        (which the backend took without queueing), no further."""
-        self.last_change = "own-lag"
-        if (
-            self.slow_start
-            and self._peak >= self.tuning.used * self.value
-            and self.value < self.resume
-        ):
-            # Held below `resume`, the ramp would keep the limit under the backend's workers
-            # for as long as the storm that stalls us lasts; past it, a window that looks
-            # healthy net of our stall may still have seen the backend queue.
-            floor = self.floor.value
-            assert floor is not None  # `_slow_by_own_lag` needs one
-            factor = self._ramp_factor((mean - self._lag) / floor)
-            self.value = min(self.resume, self.value * factor)
-            self.last_change = "growth"
-            self._history.append(self.value)
-        self._reset_window(now)
-
     def _back_off(self, now: float) -> None:
         """Pushback or broken answers past `backpressure_ratio`: the backend says it is full."""
         cfg = self.config
         self.value = max(float(cfg.floor), self.value * cfg.backoff)
-        self.knee_value = self.value
-        self.grown = 0.0
-        self.slow_start = False
-        self.last_change = "backoff"
-        self.knee_at = now
+        self._knee(now, "backoff")
 
-    def _judge(self, now: float, mean: float) -> None:
-        """A window with good answers and no pushback: learn the floor and latency from it,
-        then cut, hold, grow or note it idle by its latency gradient."""
-        self.floor.observe(now, mean)
+    def _judge(self, now: float) -> None:
+        """A window with enough answers sent at this limit and no pushback: learn the floor
+        and latency from them, then cut, grow or note it idle by the latency gradient of what
+        the backend served (what we measured, less what our own loop may have added)."""
+        ok = self._clean_ok
+        mean = self._clean_lat / ok
+        served = mean - self._clean_slack / ok
+        self.floor.observe(now, served)
+        alpha = self.tuning.latency_alpha
         self.latency = (
-            mean
-            if self.latency is None
-            else self.latency + self.tuning.latency_alpha * (mean - self.latency)
+            mean if self.latency is None else self.latency + alpha * (mean - self.latency)
         )
         floor = self.floor.value
         assert floor is not None  # just observed
-        if mean <= floor * self.tuning.floor_confirm:
+        if served <= floor * self.tuning.floor_confirm:
             self._note_proven(now)
-        gradient = self.config.latency_tolerance * floor / mean
-        if gradient < 1.0 and self._cooldown:
-            # Most answers in this window were sent before the last cut, at the old
-            # concurrency: they say nothing about the new limit. Judge the next window.
-            self._cooldown = False
-            self.last_change = "cooldown"
-        elif gradient < 1.0:
-            self._cut(now, gradient)
-        elif self._peak >= self.tuning.used * self.value:
-            self._cooldown = False
-            self._grow(now, mean / floor)
+        tolerated = self.config.latency_tolerance * floor
+        if served > tolerated and self.limit <= self.config.floor:
+            # Nothing lower to try: at the least concurrency, what the backend serves is its
+            # unloaded latency (it is slower than it was).
+            self.floor.reset_to(now, served)
+            self.last_change = "floor-reset"
+        elif served > tolerated:
+            self._cut(now, tolerated / served)
+        elif self._peak >= self.tuning.used * self.limit:
+            self._grow(served / floor)
             self.last_change = "growth"
         else:
             self.slow_start = False  # the traffic does not use what we have: ramp done
@@ -327,29 +304,28 @@ class Limiter(Window):
         tuning = self.tuning
         cut = math.sqrt(gradient) if gradient < tuning.deep_cut else gradient
         self.value = max(float(self.config.floor), self.value * max(tuning.max_cut, cut))
-        self.knee_value = self.value  # the cut's estimate of where the knee is
+        self._knee(now, "latency")
+
+    def _knee(self, now: float, why: str) -> None:
+        """A cut found where the backend is full: the ramp, its hint, and growth restart."""
         self.grown = 0.0
         self.slow_start = False
-        self.last_change = "latency"
+        self.step = float(self.config.knee_growth)
+        self.last_change = why
         self.knee_at = now
-        self._cooldown = True
 
-    def _grow(self, now: float, ratio: float) -> None:
-        """A healthy window that used the limit; `ratio` is its mean latency over the floor."""
+    def _grow(self, ratio: float) -> None:
+        """A healthy window that used the limit; `ratio` is its mean latency over the floor.
+        Outside slow start by the step, which doubles for the next window, within what slow
+        start would take."""
         cfg = self.config
         if self.slow_start:
-            self.value = min(float(cfg.ceiling), self.value * self._ramp_factor(ratio))
-        elif (
-            self.knee_at is not None
-            and now - self.knee_at <= self.tuning.knee_memory * self._window_length()
-            and self.value >= self.tuning.near_knee * self.knee_value
-        ):
-            # Just below a knee found lately: probe upward gently. A backend that slows down
-            # with its own queue (thrashing) loses more to a limit that overshoots by
-            # sqrt(limit) every other window than to a slow climb.
-            self.value = min(float(cfg.ceiling), self.value + cfg.knee_growth)
+            value = self.value * self._ramp_factor(ratio)
         else:
-            self.value = min(float(cfg.ceiling), self.value + cfg.growth * math.sqrt(self.value))
+            value = self.value + self.step
+            most = (cfg.slow_start_factor - 1.0) * value
+            self.step = max(float(cfg.knee_growth), min(2.0 * self.step, most))
+        self.value = min(float(cfg.ceiling), value)
 
     def _ramp_factor(self, ratio: float) -> float:
         """Slow start's growth for a window whose latency is `ratio` x the floor: double while

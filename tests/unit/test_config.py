@@ -76,6 +76,13 @@ def test_a_deprecated_key_is_ignored_with_a_warning_not_refused(
     assert "limiter.grwoth" in errors_of({**BASE, "limiter": {"grwoth": 3.0}})
 
 
+def test_limiter_growth_is_deprecated_not_refused() -> None:
+    # Gone with the step growth (issue 16): a running config that sets it still loads.
+    config = load_config_data({**BASE, "limiter": {"growth": 2.0, "knee_growth": 3.0}})
+    assert config.limiter.knee_growth == 3.0
+    assert len(config.deprecations) == 1 and "limiter.growth" in config.deprecations[0]
+
+
 def test_unknown_key_named_with_its_path() -> None:
     errs = errors_of({**BASE, "listen": {"prot": 80}})
     assert errs == {"listen.prot": "unknown key"}

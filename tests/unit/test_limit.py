@@ -32,7 +32,9 @@ def drive(lim: Limit, n_workers: int, service: float, seconds: float, t: float) 
         acc += n * dt / latency
         k = int(acc)
         acc -= k
-        lim.add(k, k * latency, 0, 0)
+        since = lim.measuring_since  # answers to requests sent before it judge nothing
+        clean = k if since is not None and t - latency >= since else 0
+        lim.add(k, k * latency, 0, 0, clean, clean * latency)
         t += dt
         lim.tick(t, n)
     return t
@@ -46,7 +48,10 @@ def test_the_factory_builds_the_limiter_the_config_names(algorithm: str) -> None
     assert lim.config.algorithm == algorithm
     assert lim.last_change == "initial"
     assert lim.floor.value is None and lim.latency is None and lim.knee_at is None
-    assert not lim.slow_start and not lim.probing and lim.measuring_since is None
+    assert not lim.slow_start and not lim.probing
+    # The gradient limiter judges what was sent since its limit last changed (from the start
+    # on); the delivery limiter reads no clean answers.
+    assert lim.measuring_since == (0.0 if algorithm == "gradient" else None)
     assert lim.pace() > 0
 
 

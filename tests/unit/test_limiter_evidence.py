@@ -1,0 +1,151 @@
+"""What the gradient limiter may learn from (issue 16), on a fake clock: it escapes its floor
+while the backend answers well, follows a backend that grew within seconds, is not collapsed
+by answers our own loop read late, and still gives way to pushback and to a backend that lost
+capacity within two windows. Driven through the closed loop of `_limit_loop` with the
+settings the load-test replays use (a backend that slows down with its own queue)."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.config import LimiterConfig
+from proxy.control.limiter import Limiter
+
+from ._limit_loop import Backend, Loop
+
+TICKS_PER_WINDOW = 5  # 500 ms windows, 100 ms ticks
+
+
+def cfg(**kw: object) -> LimiterConfig:
+    base: dict[str, object] = {
+        "initial": 16,
+        "floor": 4,
+        "ceiling": 1000,
+        "latency_tolerance": 1.05,
+        "slow_start_factor": 1.5,
+    }
+    base.update(kw)
+    return LimiterConfig.model_validate(base)
+
+
+def settled(backend: Backend, seconds: float = 15.0, **kw: object) -> Loop:
+    """A limiter that learned `backend` with work always waiting."""
+    loop = Loop(Limiter(cfg(**kw), 0.0), backend)
+    loop.run(seconds)
+    return loop
+
+
+def to_the_floor(loop: Loop) -> None:
+    """Pushback until the limit sits at its floor (the backend said it was full)."""
+    loop.pushback = 0.5
+    while loop.lim.limit > loop.lim.config.floor:
+        loop.run(0.5)
+    loop.pushback = 0.0
+
+
+def test_it_settles_on_the_workers_with_their_queue_within_one_round() -> None:
+    loop = settled(Backend(20, 0.05, thrash=1.0), seconds=30.0)
+    tail = loop.run(15.0)
+    assert min(tail) >= 18 and max(tail) <= 2 * 20, (min(tail), max(tail))
+    assert sum(x < 20 for x in tail) <= 0.1 * len(tail)
+
+
+def test_a_limit_just_above_the_floor_is_used_when_it_is_full() -> None:
+    # Backed off from 5 to 4.5: 4 in force. Four in flight fill it: a healthy window grows
+    # it (it compared the peak with 90 % of 4.5, and idled at 4 for good: sweep seed 7).
+    lim = Limiter(cfg(initial=5, backoff=0.9), 0.0)
+    lim.add(20, 1.0, 5, 0, 20, 1.0, 0.04)
+    lim.tick(0.5, 5)
+    assert lim.limit == 4 and lim.last_change == "backoff"
+    lim.add(40, 2.0, 0, 0, 40, 2.0, 0.08)
+    lim.tick(1.0, 4)
+    assert lim.limit > 4 and lim.last_change == "growth"
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.03])
+def test_at_the_floor_a_slower_backend_is_measured_again_and_the_limit_climbs(
+    delay: float,
+) -> None:
+    # Learned at 50 ms; pushback drove the limit to the floor; the backend now answers in
+    # 80 ms (and our loop may read it late): no window at the floor looks fast. The floor
+    # is what the least concurrency measures, and the limit leaves it within two windows.
+    loop = settled(Backend(20, 0.05, thrash=1.0))
+    to_the_floor(loop)
+    loop.backend.service, loop.delay = 0.08, delay
+    limits = loop.run(8.0)
+    assert max(limits[: 4 * TICKS_PER_WINDOW]) > 4, limits[:20]
+    assert limits[-1] >= 20, limits
+    # What the backend serves, our loop's lateness taken out of it.
+    assert loop.lim.floor.value == pytest.approx(0.08, rel=0.1)
+
+
+def test_a_ramp_whose_first_answers_queued_before_it_does_not_stay_at_the_floor() -> None:
+    # Sweep seed 7: 7 workers x 63 ms that thrash; the limit had grown to 15 on light traffic
+    # and a wave filled it; RECOVERY's ramp restarts lower. It must not sit at the floor.
+    loop = Loop(Limiter(cfg(initial=15), 0.0), Backend(7, 0.063, thrash=1.74), offered=3)
+    loop.run(5.0)
+    loop.offered = None
+    loop.run(0.2)  # the wave at 15 in flight
+    loop.lim.enter_slow_start(loop.t, from_floor=False)
+    limits = loop.run(10.0)
+    floor_ticks = sum(x == 4 for x in limits)
+    assert floor_ticks <= 3 * TICKS_PER_WINDOW, limits
+    assert sum(x >= 7 for x in limits[-50:]) >= 40, limits[-50:]
+
+
+def test_capacity_that_doubles_is_used_within_seconds() -> None:
+    loop = settled(Backend(20, 0.05, thrash=1.0), seconds=20.0)
+    assert loop.lim.knee_at is not None and loop.lim.limit <= 26
+    loop.backend.resize(40, loop.t)
+    limits = loop.run(3.0)
+    assert max(limits) >= 40 and limits[-1] >= 36, limits
+    assert max(loop.run(10.0)) <= 2 * 40
+
+
+@pytest.mark.parametrize("delay", [0.02, 0.04])
+def test_answers_our_loop_read_late_do_not_collapse_the_limit(delay: float) -> None:
+    # Our loop reads every answer `delay` late for 20 s (a storm it reads slowly): answers
+    # look slow, but the backend is not what is slow.
+    loop = settled(Backend(20, 0.05, thrash=1.0))
+    learned = loop.lim.limit
+    loop.delay = delay
+    limits = loop.run(20.0)
+    assert min(limits) >= 20, (learned, min(limits))
+
+
+def test_a_cold_ramp_into_a_lagging_loop_still_climbs() -> None:
+    # The issue's collapse: the storm arrives with the limiter cold and our loop busy.
+    lim = Limiter(cfg(), 0.0)
+    lim.enter_slow_start(0.0, from_floor=False)
+    loop = Loop(lim, Backend(20, 0.05, thrash=1.0), delay=0.02)
+    limits = loop.run(10.0)
+    assert limits[-1] >= 20, limits
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.04])
+def test_pushback_lowers_the_limit_within_two_windows(delay: float) -> None:
+    loop = settled(Backend(20, 0.05, thrash=1.0))
+    loop.delay = delay
+    loop.run(2.0)
+    before = loop.lim.limit
+    loop.pushback = 0.1  # 429s (timeouts count the same)
+    limits = loop.run(1.0)
+    assert limits[2 * TICKS_PER_WINDOW - 1] < before, (before, limits)
+    assert loop.lim.last_change == "backoff"
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.04])
+def test_a_backend_that_lost_half_its_workers_is_followed_within_two_windows(
+    delay: float,
+) -> None:
+    loop = settled(Backend(40, 0.05, thrash=1.0))
+    loop.delay = delay
+    loop.run(3.0)
+    assert loop.lim.limit >= 36
+    loop.backend.resize(20, loop.t)
+    limits = loop.run(4.0)
+    # 20 workers are kept busy by 20 x (50 + delay) / 50 ms in flight: our loop holds the
+    # slots of answers it has not read yet.
+    fill = 20 * (0.05 + delay) / 0.05 * 1.05
+    assert limits[2 * TICKS_PER_WINDOW] <= 1.3 * fill, limits[: 2 * TICKS_PER_WINDOW + 1]
+    assert max(limits[-10:]) <= 1.3 * fill, limits[-10:]
