@@ -4,8 +4,9 @@ In the spirit of Netflix's Gradient2 and Envoy's adaptive-concurrency gradient c
 
 - The yardstick is the backend's *unloaded* latency (`signals.LatencyFloor`): the lowest mean
   latency of a window, re-measured at reduced concurrency when no window has come near it for
-  `floor_probe_interval` (Envoy's periodic minRTT window), and at the least concurrency
-  whenever the limit sits there (below).
+  `floor_probe_interval` (Envoy's periodic minRTT window), first thing when the first window
+  ran at a full limit (a start under load: its latency may be a queue's), and at the least
+  concurrency whenever the limit sits there (below).
 - A window judges the limit it ran at: only answers to requests *sent* since the limit last
   changed count (`measuring_since`). Requests sent before ran at another concurrency, and
   since a new request is sent only once in-flight is under the new limit, the ones sent after
@@ -221,11 +222,11 @@ class Limiter(Window):
         if enough and self._pushed_back(n):
             self._back_off(now)
         elif self._clean_ok >= self.config.min_samples:
-            self._judge(now)
+            self._judge(now, may_probe)
         else:
             # Too few answers to requests sent at this limit: stretch, then start over.
             if overdue:
-                if self._peak < self.tuning.used * self.limit:
+                if not self._full():
                     self.slow_start = False  # too little traffic to need a ramp
                 self._reset_window(now)
             return
@@ -256,10 +257,17 @@ class Limiter(Window):
         self.value = max(float(cfg.floor), self.value * cfg.backoff)
         self._knee(now, "backoff")
 
-    def _judge(self, now: float) -> None:
+    def _judge(self, now: float, may_probe: bool) -> None:
         """A window with enough answers sent at this limit and no pushback: learn the floor
         and latency from them, then cut, grow or note it idle by the latency gradient of what
         the backend served (what we measured, less what our own loop may have added)."""
+        cfg = self.config
+        if may_probe and self.floor.value is None and self._full() and self.limit > cfg.floor:
+            # The first answers came at a full limit (a start under load): their latency may
+            # be a queue's. The unloaded latency is measured at a low limit first (Envoy's
+            # first minRTT window), or the yardstick would hide that queue for good.
+            self._start_probe()
+            return
         ok = self._clean_ok
         mean = self._clean_lat / ok
         served = mean - self._clean_slack / ok
@@ -272,20 +280,25 @@ class Limiter(Window):
         assert floor is not None  # just observed
         if served <= floor * self.tuning.floor_confirm:
             self._note_proven(now)
-        tolerated = self.config.latency_tolerance * floor
-        if served > tolerated and self.limit <= self.config.floor:
+        tolerated = cfg.latency_tolerance * floor
+        if served > tolerated and self.limit <= cfg.floor:
             # Nothing lower to try: at the least concurrency, what the backend serves is its
             # unloaded latency (it is slower than it was).
             self.floor.reset_to(now, served)
             self.last_change = "floor-reset"
         elif served > tolerated:
             self._cut(now, tolerated / served)
-        elif self._peak >= self.tuning.used * self.limit:
+        elif self._full():
             self._grow(served / floor)
             self.last_change = "growth"
         else:
             self.slow_start = False  # the traffic does not use what we have: ramp done
             self.last_change = "idle"
+
+    def _full(self) -> bool:
+        """The window's peak concurrency reached most of the limit in force: it measured
+        the limit, not the traffic."""
+        return self._peak >= self.tuning.used * self.limit
 
     def _note_proven(self, now: float) -> None:
         """A window at floor latency proves the backend takes its concurrency without queueing.

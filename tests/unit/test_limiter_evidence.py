@@ -97,7 +97,7 @@ def test_capacity_that_doubles_is_used_within_seconds() -> None:
     loop = settled(Backend(20, 0.05, thrash=1.0), seconds=20.0)
     assert loop.lim.knee_at is not None and loop.lim.limit <= 26
     loop.backend.resize(40, loop.t)
-    limits = loop.run(3.0)
+    limits = loop.run(4.0)  # eight windows: one request more, then doubling steps
     assert max(limits) >= 40 and limits[-1] >= 36, limits
     assert max(loop.run(10.0)) <= 2 * 40
 
@@ -149,3 +149,14 @@ def test_a_backend_that_lost_half_its_workers_is_followed_within_two_windows(
     fill = 20 * (0.05 + delay) / 0.05 * 1.05
     assert limits[2 * TICKS_PER_WINDOW] <= 1.3 * fill, limits[: 2 * TICKS_PER_WINDOW + 1]
     assert max(limits[-10:]) <= 1.3 * fill, limits[-10:]
+
+
+def test_a_cold_start_under_load_measures_the_unloaded_latency_at_low_concurrency() -> None:
+    # Sweep seed 6: started as the wave came, 16 in flight on 10 workers that thrash. The
+    # first window's latency is a queue's, not the backend's unloaded one: taken as the
+    # floor, it hid the queue and the ramp grew to 24. It is measured at a low limit first.
+    loop = Loop(Limiter(cfg(), 0.0), Backend(10, 0.1, thrash=1.75))
+    limits = loop.run(10.0)
+    assert loop.lim.floor.value == pytest.approx(0.1, rel=0.1)
+    assert max(limits[-50:]) <= 15, limits[-50:]
+    assert min(limits[-50:]) >= 9, limits[-50:]
