@@ -1,9 +1,9 @@
 """A concurrency limit from the backend's delivery rate and unloaded latency (BBR-style).
 
-`limiter.algorithm: delivery` (issue 16). The latency-gradient limiter (`limiter.py`) reads
-its evidence from answer latencies, which our own event loop inflates when it is busy: a
-storm that keeps the loop busy looked like a slow backend, the limit fell to its floor, and
-every later window looked slow too, so it never climbed. This one keeps the limit at
+`limiter.algorithm: delivery` (issue 16), an alternative to the latency-gradient limiter
+(`limiter.py`, the default), whose evidence was answer latencies that our own event loop
+inflated when it was busy (it now takes each answer's slack out of them). This one keeps the
+limit at
 
     limit = gain x (delivery rate) x (unloaded latency)          (the bandwidth-delay product)
 

@@ -83,7 +83,8 @@ class Limiter(Window):
         self._saved = self.value
         self._history = deque(maxlen=2 * config.stable_windows)
 
-    # --- inputs (`add` and `note_lag` are `Window`'s) -------------------------------------
+    # --- inputs (`add` and `note_lag` are `Window`'s; the window's worst lag is not read
+    # here: each clean answer's own slack is) ----------------------------------------------
     def tick(
         self, now: float, in_flight: int, may_probe: bool = True, waiting: bool = True
     ) -> bool:

@@ -160,3 +160,15 @@ def test_a_cold_start_under_load_measures_the_unloaded_latency_at_low_concurrenc
     assert loop.lim.floor.value == pytest.approx(0.1, rel=0.1)
     assert max(limits[-50:]) <= 15, limits[-50:]
     assert min(limits[-50:]) >= 9, limits[-50:]
+
+
+def test_a_backend_whose_service_slowed_is_followed_down_and_back_to_its_workers() -> None:
+    # Twice the service time on the same 20 workers looks like a queue at first: cuts take
+    # the limit down; at the floor the slower latency is measured as the unloaded one, and
+    # the limit climbs back to the workers instead of waiting there.
+    loop = settled(Backend(20, 0.05, thrash=1.0))
+    loop.backend.service = 0.1
+    limits = loop.run(10.0)
+    assert min(limits) < 15  # it did give way
+    assert min(limits[-20:]) >= 18, limits
+    assert loop.lim.floor.value == pytest.approx(0.1, rel=0.1)
