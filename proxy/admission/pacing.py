@@ -8,8 +8,10 @@ returns land spread over the expected drain time at the rate the backend can tak
 bucket left with room (its pace was underestimated, or it is near) is filled before later
 ones, so the schedule does not drift away from the present when the estimate changes.
 
-Each booking is remembered for its caller and key as a window [slot - grace, latest + grace]
-where `latest` is when a client reading only the whole-second `Retry-After` would come back.
+Each booking is remembered for its caller and key as a window [slot - grace, slot + 1 s +
+grace]: a client reading only the whole-second `Retry-After` comes back less than a second
+after its slot, whatever part of the wait a hold took (`refusals`: the header counts from the
+hold's end, and is rounded up from there).
 The key is the request's per-call id when it has one, else its fingerprint (caller, client
 address, method, path+query). A request of that caller and key arriving inside the window is a
 *solicited* return: the gate admits it ahead of the caller's fresh arrivals and never charges
@@ -37,6 +39,11 @@ from typing import Protocol
 
 from ..config import SheddingConfig
 from ..tuning import ADMISSION, AdmissionTuning
+
+# Seconds: the `Retry-After` header's resolution (HTTP's delay-seconds are whole). A client
+# that reads only it is told a whole number of seconds from when the answer is sent, rounded
+# up, at least 1: it comes back less than this after the return it was booked.
+RETRY_AFTER_STEP = 1.0
 
 
 class BookingJournal(Protocol):
@@ -130,9 +137,8 @@ class Pacer:
         self.booked += 1
         self._last_due = max(self._last_due, at)
         if remember and self.total < cfg.max_bookings:
-            header_s = max(1, math.ceil(after_ms / 1000))  # what a Retry-After-only client reads
             grace = cfg.slot_grace
-            b = Booking(caller, at - grace, now + max(after, header_s) + grace)
+            b = Booking(caller, at - grace, at + RETRY_AFTER_STEP + grace)
             self._remember(b, key)
             if self.journal is not None:
                 self.journal.booked(caller, key, b.start, b.end)

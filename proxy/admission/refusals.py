@@ -141,7 +141,8 @@ class Refuser:
         its deadline, less the margin and our last stall: 1/4 to 3/4 of it at the default
         `hold_share` and `hold_spread`), at most `shedding.hold_max` and the booked return,
         spread evenly: a wave read together and held alike would be answered, and come back,
-        together."""
+        together. Where that range holds the booked wait's fraction of a second, the hold is
+        that fraction, so the Retry-After left is whole seconds."""
         tuning = self.tuning
         left = t.deadline if t.deadline is not None else t.arrived + est.patience
         room = left - now - self.config.shedding.deadline_margin - stall
@@ -149,6 +150,13 @@ class Refuser:
         status = self.status_for(reason)
         if longest < tuning.hold_min:
             return Refusal(reason, status, ms)
+        # A hold of the booked wait's fraction of a second leaves a Retry-After of whole
+        # seconds: a client reading only the header (delay-seconds are whole, and rounded up)
+        # comes back at its slot, not up to a second after it. Taken when it is in the range
+        # the spread would hold; its returns are spread by their slots already.
+        part = ms % 1000
+        if ms >= 1000 and longest * (1.0 - tuning.hold_spread) <= part / 1000.0 <= longest:
+            return Refusal(reason, status, ms - part, part / 1000.0)
         self._hold_phase = (self._hold_phase + _GOLDEN) % 1.0  # evenly spread, no RNG
         hold = longest * (1.0 - tuning.hold_spread * self._hold_phase)
         return Refusal(reason, status, max(1, ms - int(hold * 1000.0)), hold)

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import math
 from collections import Counter
 from typing import Any
 
@@ -266,10 +267,11 @@ def test_a_retry_over_budget_is_held_a_quarter_to_three_quarters_of_its_clients_
     room = 0.8 - h.config.shedding.deadline_margin
     holds = []
     for _ in range(20):
-        # Each refusal on a whole second of its own, 2 s after the last (past that return's
-        # window, so it is not taken for it): nothing is queued or booked ahead of it, and
-        # its return is the earliest there is, `retry_after_min` (1 s) from now.
-        h.clock.advance(2.0)
+        # Each refusal on a whole second of its own, 3 s after the last (past that return's
+        # window, a second after its slot and the grace, so it is not taken for it): nothing
+        # is queued or booked ahead of it, and its return is the earliest there is,
+        # `retry_after_min` (1 s) from now.
+        h.clock.advance(3.0)
         r = refusal(h.gate.admit(h.ticket(retry=True, timeout=0.8)))
         assert r.reason == "retry-budget"
         assert room / 4 - 1e-9 <= r.hold <= room * 0.75 + 1e-9
@@ -281,6 +283,24 @@ def test_a_retry_over_budget_is_held_a_quarter_to_three_quarters_of_its_clients_
     # quarter of it has some of the 20.
     quarters = {min(3, int((x - room / 4) / (room / 2) * 4)) for x in holds}
     assert quarters == {0, 1, 2, 3}
+
+
+def test_a_held_answer_leaves_whole_seconds_where_the_hold_can_take_the_fraction() -> None:
+    # A client reading only the whole-second Retry-After (azure-core) comes back at
+    # hold + ceil(header): when the hold is the booked wait's fraction of a second, that is
+    # its booked slot, not up to a second after it.
+    h = Harness(NO_FLOOR)
+    congest(h)
+    longest = (0.8 - h.config.shedding.deadline_margin) * 0.75
+    aligned = 0
+    for _ in range(300):  # at one instant: each return is booked after the last
+        r = refusal(h.gate.admit(h.ticket(retry=True, timeout=0.8)))
+        booked = r.retry_after_ms + round(r.hold * 1000)
+        part = booked % 1000 / 1000
+        if booked >= 1000 and longest / 3 + 0.002 < part < longest - 0.002:
+            assert r.hold + math.ceil(r.retry_after_ms / 1000) == pytest.approx(booked / 1000)
+            aligned += 1
+    assert aligned >= 10
 
 
 def test_a_retry_without_a_deadline_is_held_within_its_clients_patience() -> None:

@@ -122,6 +122,17 @@ def test_a_retry_after_only_client_is_recognised_at_the_whole_second() -> None:
     assert p.redeem(0, 150, math.ceil(2.5) + 0.1)
 
 
+def test_a_whole_second_reader_held_before_its_answer_is_recognised_after_its_slot() -> None:
+    # Booked 0.8 s ahead and answered after a 0.6 s hold: Retry-After 200 ms, whose header
+    # says 1 s, so a client reading only the header comes back at 1.6 s, 0.8 s after its
+    # slot. The window ends a second after the slot (plus grace), wherever the hold was.
+    p = pacer(retry_after_min="800ms")
+    assert p.book(0, 0.0, pace=100.0, fresh_rate=0.0, queued=0, key=9) == 800
+    assert p.redeem(0, 9, 0.6 + 1.0)
+    p.book(0, 0.0, pace=100.0, fresh_rate=0.0, queued=0, key=10)  # its slot: 0.81 -> 0.9 s
+    assert not p.redeem(0, 10, 0.9 + 1.0 + 0.2 + 0.01)  # past the second and the grace
+
+
 def test_expired_bookings_are_forgotten() -> None:
     p = pacer()
     for i in range(5):
