@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from .lb_analysis import lb_doc, region_stats
 from .profiles import make_profile
 from .scenario import Scenario
 
@@ -53,6 +54,12 @@ class RunData:
     machine_busy_cores: float | None = None
     wall_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    # A fleet arm (issue 18): its region's members (backend/sidecar names), the balancer's
+    # algorithm, each sidecar's final /status and /metrics counters. Empty / None otherwise.
+    members: dict[str, list[str]] = field(default_factory=dict)
+    lb: str | None = None
+    proxy_final: dict[str, dict[str, Any]] = field(default_factory=dict)
+    proxy_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -189,7 +196,7 @@ def analyze(run: RunData) -> dict[str, Any]:
         "seed": run.seed,
         "capacity_scale": run.capacity_scale,
         "profile": sc.clients.profile,
-        "params": _params(sc),
+        "params": _params(run),
         "times": _times(run, t0),
         "goodput_last_window": goodput_last,
         "goodput_last_window_fraction": goodput_last / lam_total if lam_total else None,
@@ -211,6 +218,7 @@ def analyze(run: RunData) -> dict[str, Any]:
         "answers": dict(Counter(a[5] for a in atts).most_common()),
         "answers_after_t0": dict(Counter(a[5] for a in atts if a[3] >= t0).most_common()),
         "other_region": _other_region(run, ok_ids, before, after, t0),
+        "lb": _lb(run, backlog, ok_ids, t0),
         "validity": validity,
         "notes": notes,
         "wall_s": run.wall_s,
@@ -218,9 +226,35 @@ def analyze(run: RunData) -> dict[str, Any]:
     }
 
 
-def _params(sc: Scenario) -> dict[str, Any]:
-    """The scenario's parameters as run (capacity after any scaling)."""
+def _lb(
+    run: RunData, backlog: Sequence[Sequence[Any]], ok_ids: set[str], t0: float
+) -> dict[str, Any] | None:
+    """A fleet arm's own figures (loadtest.lb_analysis); None without a balancer."""
+    if run.lb is None:
+        return None
+    names = run.members.get(run.scenario.home, [])
+    proxies = {
+        n: {
+            "samples": run.proxy_samples.get(n, []),
+            "final": run.proxy_final.get(n),
+            "counters": run.proxy_metrics.get(n),
+        }
+        for n in names
+        if n in run.proxy_samples
+    }
+    members = {n: run.backends[n] for n in names}
+    return lb_doc(len(names), run.lb, members, proxies, backlog, ok_ids, (t0, run.t_end))
+
+
+def _params(run: RunData) -> dict[str, Any]:
+    """The scenario's parameters as run (capacity after any scaling; ΣC of a fleet, whose
+    members share the workers, each member's in `member_workers`)."""
+    sc = run.scenario
+    names = run.members.get(sc.home, [])
     return {
+        "fleet": len(names) if run.lb is not None else 1,
+        "lb": run.lb,
+        "member_workers": [run.backends[n]["config"]["workers"] for n in names],
         "capacity": sc.backend.capacity,
         "workers": sc.backend.workers,
         "service_time_s": sc.backend.service_time,
@@ -479,7 +513,7 @@ def timeline(run: RunData, t0: float) -> dict[str, Any]:
         "regions": {},
     }
     for i, region in enumerate(sc.regions):
-        st = run.backends.get(region, {})
+        st = region_stats(run.backends, run.members.get(region, [region]), lo, hi, w)
         comps = st.get("completions", [])
         reg: dict[str, Any] = {
             "fresh_offered": [
@@ -506,14 +540,26 @@ def timeline(run: RunData, t0: float) -> dict[str, Any]:
         }
         samples = run.proxy_samples.get(region, [])
         if samples:
-            figs = [(t - t0, status_figures(doc)) for t, doc in samples]
-            reg["proxy"] = {
-                "t": [round(t, 3) for t, _ in figs],
-                "mode": [f["mode"] for _, f in figs],
-                "limit": [f["limit"] for _, f in figs],
-                "in_flight": [f["in_flight"] for _, f in figs],
-                "queued": [f["queued"] for _, f in figs],
-                "eta_s": [f["eta_s"] for _, f in figs],
+            reg["proxy"] = proxy_series(samples, t0)
+        members = run.members.get(region, [])
+        if members:  # a fleet's sidecars, each its own series
+            reg["proxies"] = {
+                m: proxy_series(run.proxy_samples[m], t0)
+                for m in members
+                if run.proxy_samples.get(m)
             }
         out["regions"][region] = reg
     return out
+
+
+def proxy_series(samples: Sequence[tuple[float, dict[str, Any]]], t0: float) -> dict[str, Any]:
+    """A proxy's /status samples as the plot's series, x in seconds from t0."""
+    figs = [(t - t0, status_figures(doc)) for t, doc in samples]
+    return {
+        "t": [round(t, 3) for t, _ in figs],
+        "mode": [f["mode"] for _, f in figs],
+        "limit": [f["limit"] for _, f in figs],
+        "in_flight": [f["in_flight"] for _, f in figs],
+        "queued": [f["queued"] for _, f in figs],
+        "eta_s": [f["eta_s"] for _, f in figs],
+    }

@@ -11,7 +11,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -33,11 +33,15 @@ class ArmUnavailable(Exception):
 
 
 class Backend(NamedTuple):
-    """A simulated backend of one region: its port, a pool on its admin listener, the child."""
+    """A simulated backend (of a region, or a fleet's member): its port, a pool on its admin
+    listener, the child, and its workers after the scenario's capacity step (None: the step's
+    own; a fleet member has its share)."""
 
     port: int
     admin: Pool
     child: Child
+    workers: int = 0
+    step_workers: int | None = None
 
 
 class Proxy(NamedTuple):
@@ -57,23 +61,42 @@ async def start_backends(
     """One backend per region (seeded apart, living at most `budget` s), each ready."""
     backends: dict[str, Backend] = {}
     for i, region in enumerate(sc.regions):
-        port, admin = free_port(), free_port()
         b = sc.backend
-        child = group.start(
-            f"{tag}-backend-{region}",
-            [
-                "-m", "loadtest.backend",
-                "--port", str(port), "--admin-port", str(admin), "--name", region,
-                "--workers", str(b.workers), "--service-time", str(b.service_time),
-                "--queue-limit", str(b.queue_limit), "--thrash", str(b.thrash),
-                "--jitter", str(b.jitter), "--seed", str(seed * 100 + i),
-                "--max-lifetime", str(budget), "--parent-pid", str(os.getpid()),
-            ],
-        )  # fmt: skip
-        backends[region] = Backend(port, pool(admin), child)
+        spec = BackendArgs(region, b.workers, b.queue_limit, seed * 100 + i)
+        backends[region] = launch_backend(group, sc, tag, spec, budget, pool)
     for backend in backends.values():
         await wait_ready(backend.child, backend.admin, "/ready")
     return backends
+
+
+class BackendArgs(NamedTuple):
+    """What differs between the backends of one arm: name, workers, queue limit, seed."""
+
+    name: str
+    workers: int
+    queue_limit: int
+    seed: int
+
+
+def launch_backend(
+    group: ProcessGroup, sc: Scenario, tag: str, spec: BackendArgs, budget: float, pool: PoolFor
+) -> Backend:
+    """Start one backend: the scenario's service time, thrash and jitter with `spec`'s
+    workers, queue limit and seed, living at most `budget` s (not waited for)."""
+    port, admin = free_port(), free_port()
+    b = sc.backend
+    child = group.start(
+        f"{tag}-backend-{spec.name}",
+        [
+            "-m", "loadtest.backend",
+            "--port", str(port), "--admin-port", str(admin), "--name", spec.name,
+            "--workers", str(spec.workers), "--service-time", str(b.service_time),
+            "--queue-limit", str(spec.queue_limit), "--thrash", str(b.thrash),
+            "--jitter", str(b.jitter), "--seed", str(spec.seed),
+            "--max-lifetime", str(budget), "--parent-pid", str(os.getpid()),
+        ],
+    )  # fmt: skip
+    return Backend(port, pool(admin), child, spec.workers)
 
 
 async def start_proxies(
@@ -84,32 +107,39 @@ async def start_proxies(
     configs_dir: Path,
     backends: dict[str, Backend],
     pool: PoolFor,
+    region_of: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Proxy]:
-    """One Sluice per region in front of its backend (`base_config` with this run's ports,
-    region and protection, checked first), each ready and accepting."""
+    """One Sluice in front of each backend, named as it is (`base_config` with this run's
+    ports, region (`region_of[name]`, default the name) and protection, then `overrides`;
+    each checked first), all started together, each ready and accepting."""
     token = secrets.token_hex(16)
-    proxies: dict[str, Proxy] = {}
-    for region, backend in backends.items():
+    ports: dict[str, tuple[int, int, Path]] = {}
+    for name, backend in backends.items():
         lport, aport = free_port(), free_port()
         cfg = write_proxy_config(
             base_config,
-            configs_dir / f"{tag}-{region}.sluice.yaml",
+            configs_dir / f"{tag}-{name}.sluice.yaml",
             port=lport,
             upstream_port=backend.port,
             admin_port=aport,
-            region=region,
+            region=(region_of or {}).get(name, name),
             protection=protection,
+            overrides=overrides,
         )
-        await check_proxy_config(cfg)
+        ports[name] = (lport, aport, cfg)
+    await asyncio.gather(*(check_proxy_config(cfg) for _, _, cfg in ports.values()))
+    proxies: dict[str, Proxy] = {}
+    for name, (lport, aport, cfg) in ports.items():
         child = group.start(
-            f"{tag}-sluice-{region}",
+            f"{tag}-sluice-{name}",
             ["-m", "proxy", "--config", str(cfg)],
             env={"SLUICE_ADMIN_TOKEN": token},
         )
-        admin_pool = pool(aport)
-        await wait_ready(child, admin_pool, "/healthz")
-        await wait_accepting(child, lport)
-        proxies[region] = Proxy(lport, admin_pool, child)
+        proxies[name] = Proxy(lport, pool(aport), child)
+    for proxy in proxies.values():
+        await wait_ready(proxy.child, proxy.admin, "/healthz")
+        await wait_accepting(proxy.child, proxy.port)
     return proxies
 
 
@@ -187,15 +217,21 @@ def write_proxy_config(
     admin_port: int,
     region: str,
     protection: str,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
-    """The scenario's Sluice config with this run's ports, region and protection filled in."""
+    """The scenario's Sluice config with this run's ports, region and protection filled in
+    (and `overrides`' sections merged last)."""
     return write_sluice_config(
         dest,
         port=port,
         upstream_port=upstream_port,
         admin_port=admin_port,
         base=yaml.safe_load(base_file.read_text(encoding="utf-8")) or {},
-        overrides={"region": {"name": region}, "modes": {"protection": protection}},
+        overrides={
+            "region": {"name": region},
+            "modes": {"protection": protection},
+            **(overrides or {}),
+        },
     )
 
 

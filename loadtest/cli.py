@@ -8,6 +8,11 @@ python -m loadtest figures [--scenarios A,B] [--profiles P,Q] [--scales 1,2]
 python -m loadtest sweep [--runs 40 | --seeds 1-4] [--sluice-config FILE] [--draws-only]
                                # the seeded storm sweep (issue 16; loadtest/sweep.py)
 python -m loadtest list        # the shipped scenarios
+python -m loadtest --scenario reopen --fleet 3 [--lb roundrobin|leastconn] [--arm sluice]
+                               # K backends, K sidecars, HAProxy in front (issue 18)
+python -m loadtest fleet-table --fleet 1,3,5 --lb roundrobin,leastconn
+                   --scenarios reopen,backend-outage --profiles sdk,naive [--arms sluice]
+                               # the K table (loadtest/fleet_table.py)
 """
 
 from __future__ import annotations
@@ -92,8 +97,13 @@ def run_scenario(
     write: bool = True,
     echo: bool = True,
     variant: str = "",
+    fleet: int = 1,
+    lb: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run `arms` of scenario `name` one after another; returns each arm's results dict.
+
+    `fleet` and `lb` (issue 18): K backends sharing the scenario's capacity, each with its
+    sidecar, behind HAProxy balancing with `lb` (None: no balancer, K must be 1).
 
     `variant` (a key of VARIANTS, e.g. `cold`) applies its timing on top of `timing` and is
     named in the results and file names. With `write`, the table, a PNG timeline and the JSON
@@ -112,7 +122,7 @@ def run_scenario(
     for arm in arms:
         if echo:
             print(f"[{name}] running arm {arm} ...", flush=True)
-        plan = ArmPlan(scenario, path, arm, seed, capacity_scale, out_dir)
+        plan = ArmPlan(scenario, path, arm, seed, capacity_scale, out_dir, fleet=fleet, lb=lb)
         res = run_arm_sync(plan)
         if variant:
             res["variant"] = variant
@@ -348,13 +358,23 @@ def _scale_list(value: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"not a list of numbers: {value!r}") from None
 
 
+def _int_list(value: str) -> list[int]:
+    try:
+        return [int(v) for v in _comma_list(value)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {value!r}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m loadtest",
         description="Incident replay: run a scenario with and without Sluice, side by side.",
     )
     p.add_argument(
-        "command", nargs="?", choices=("run", "demo", "figures", "sweep", "list"), default="run"
+        "command",
+        nargs="?",
+        choices=("run", "demo", "figures", "sweep", "list", "fleet-table"),
+        default="run",
     )
     p.add_argument("--scenario", "-s", help="scenario name (loadtest/scenarios/NAME.yaml)")
     p.add_argument("--arm", default="all", choices=(*ARMS, "all"))
@@ -376,6 +396,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--scenarios", type=_comma_list, default=None, help="e.g. reopen,two-region")
     g.add_argument("--profiles", type=_comma_list, default=None, help="e.g. sdk,naive")
     g.add_argument("--scales", type=_scale_list, default=None, help="capacity scales, e.g. 1,2")
+    f = p.add_argument_group("fleet", "K sidecars behind HAProxy (issue 18; `fleet-table`: lists)")
+    f.add_argument("--fleet", type=_int_list, default=None, help="K backends, e.g. 3 (or 1,3,5)")
+    f.add_argument("--lb", type=_comma_list, default=None, help="roundrobin or leastconn")
+    f.add_argument("--arms", type=_comma_list, default=None, help="fleet-table's arms (sluice)")
+    f.add_argument("--render", type=_comma_list, default=None, help="fleet-table: print DIRs'")
     w = p.add_argument_group("sweep", "the seeded storm sweep (loadtest/sweep.py)")
     w.add_argument(
         "--runs", type=int, default=None, help="run seeds 1..RUNS (default 40, all of them)"
@@ -441,6 +466,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
     if args.command == "sweep":
         return _sweep(args)
+    if args.command == "fleet-table":
+        from .fleet_cli import fleet_table_command
+
+        return fleet_table_command(args, default_out_dir)
     timing = {}
     if args.warmup is not None:
         timing["warmup"] = args.warmup
@@ -465,6 +494,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("give --cold or --warmup, not both", file=sys.stderr)
         return 2
     arms = ARMS if args.arm == "all" else (args.arm,)
+    from .fleet_cli import fleet_of_run
+
+    fleet, lb = fleet_of_run(args.fleet, args.lb, args.scenario)
+    if fleet < 1:
+        return 2
     try:
         results = run_scenario(
             args.scenario,
@@ -475,6 +509,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             out_dir=args.out,
             timing=timing or None,
             variant="cold" if args.cold else "",
+            fleet=fleet,
+            lb=lb,
         )
     except ScenarioError as exc:
         print(str(exc), file=sys.stderr)

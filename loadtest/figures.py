@@ -10,7 +10,8 @@ and says, per figure, what was measured, what the target is and whether it was m
   queue behind its workers ≤ one round of its workers, fresh success after t0 ≥ 99.5 %, fresh
   p99 after t0 ≤ 2 · before, no client timeouts, no connection errors, every other non-200 an
   explicit answer from the reason table of DESIGN.md §4 (`naive` and `hostile` may fail, but
-  only explicitly).
+  only explicitly). A fleet arm (issue 18) is held to the same, per backend for the queue, and
+  its backends' served counts per worker within 10 % of each other while a backlog waits.
 - `check_isolation`: `two-region`: the other region's local goodput changes by under 5 %, its
   local success stays ≥ 99.5 %, its p99 ≤ 2 · before; plus the storm region's recovery figures.
 - `checks_for` picks the set for an arm (only the `sluice` arm has figures to reach);
@@ -30,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.contracts import REASONS, Reason
+
+from .lb_analysis import SERVED_SPREAD_MAX
 
 PROTECTED_ARM = "sluice"
 DRAIN_PROFILES: tuple[str, ...] = ("sdk", "sdk-noheader", "azure-sdk")
@@ -223,6 +226,21 @@ def _exhausted_check(result: Mapping[str, Any]) -> Check:
     )
 
 
+def _served_spread_check(lb: Mapping[str, Any]) -> Check:
+    """A fleet's backends served alike while the backlog waited (per worker: members' workers
+    differ by one when K does not divide the scenario's)."""
+    members: Mapping[str, Mapping[str, Any]] = lb.get("members") or {}
+    per = [m.get("served_per_worker") for m in members.values()]
+    value = lb.get("served_spread")
+    shown = ", ".join("—" if v is None else f"{v:.0f}" for v in per)
+    return Check(
+        figure="backends' served per worker, max/min - 1",
+        measured=("—" if value is None else _pct(value, 1)) + f" ({shown})",
+        target=f"≤ {_pct(SERVED_SPREAD_MAX, 0)}",
+        ok=value is not None and value <= SERVED_SPREAD_MAX,
+    )
+
+
 def check_recovery(result: Mapping[str, Any]) -> list[Check]:
     """The recovery figures (issue 4) of a `sluice` arm's results dict."""
     checks: list[Check] = []
@@ -247,6 +265,8 @@ def check_recovery(result: Mapping[str, Any]) -> list[Check]:
         )
     if not regions:
         checks.append(Check("peak queue behind workers", "—", "a backend measured", ok=False))
+    if result.get("lb"):
+        checks.append(_served_spread_check(result["lb"]))
     home = params.get("home", "")
     suffix = f" ({home})" if home else ""
     fresh: Mapping[str, Any] = result.get("fresh") or {}

@@ -172,6 +172,7 @@ class Child:
     log_path: Path
     popen: subprocess.Popen[bytes]
     cpu_marks: dict[str, float] = field(default_factory=dict)
+    cpu_tree: bool = False  # measure its descendants too (a wrapper such as `timeout`)
 
     @property
     def pid(self) -> int:
@@ -192,7 +193,7 @@ class Child:
 
     def mark_cpu(self, label: str) -> None:
         """Remember its CPU seconds under `label` (to compute a share between two marks)."""
-        value = cpu_seconds(self.pid)
+        value = tree_cpu_seconds(self.pid) if self.cpu_tree else cpu_seconds(self.pid)
         if value is not None:
             self.cpu_marks[label] = value
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .lb_report import lb_rows
+
 
 def fmt_num(v: float | None, digits: int = 1) -> str:
     """A number, or an em dash for None."""
@@ -68,6 +70,9 @@ def header_line(r: dict[str, Any]) -> str:
         parts.append(f"N = {p['backlog']} released at t0")
     else:
         parts.append(f"outage {p['outage_s']:g} s, N = workflows open at the first good probe (t0)")
+    if p.get("lb"):
+        split = " + ".join(str(w) for w in p["member_workers"])
+        parts.append(f"fleet of {p['fleet']} ({split} workers) behind HAProxy {p['lb']}")
     if len(p["regions"]) > 1:
         parts.append(f"regions {'/'.join(p['regions'])}, storm in {p['home']}")
         if p["failover"]:
@@ -113,7 +118,9 @@ def render_table(results: Sequence[dict[str, Any]]) -> str:
     rows = _Rows(results)
     _goodput_rows(rows, first["params"])
     _backlog_rows(rows, first)
-    _fresh_and_work_rows(rows, first["params"])
+    _fresh_and_work_rows(rows, first["params"] | {"members": list(first["backends"])})
+    if first.get("lb"):
+        lb_rows(rows, first["lb"])
     if first.get("other_region"):
         _other_region_rows(rows, first["other_region"]["region"])
     rows.heading("answers, every attempt:")
@@ -206,7 +213,7 @@ def _fresh_and_work_rows(rows: _Rows, p: dict[str, Any]) -> None:
     )
     rows.add("amplification (backend ÷ first tries)", lambda r: fmt_num(r["amplification"], 2))
     rows.add("wasted work (of completed)", lambda r: fmt_pct(r["wasted_fraction"]))
-    for region in p["regions"]:
+    for region in p.get("members") or p["regions"]:
         rows.add(
             f"peak queue behind workers ({region})",
             _cell(

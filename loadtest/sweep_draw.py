@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .runner import FLEET_STARTUP, backlog_lead
+from .arm_schedule import FLEET_STARTUP, backlog_lead
 from .scenario import Scenario
 
 # --- the draw's bounds ---------------------------------------------------------------------

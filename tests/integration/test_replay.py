@@ -16,7 +16,7 @@ was itself starved (its event-loop lag p99 past 20 ms, or arrivals dropped: the 
 over a core of it measures the machine: their tests skip and say why (the passthrough arm
 only when its collapse does not show: a starved generator sends less of the storm, so a
 collapse it shows anyway is measured). No assertion reads a
-wall clock; each test is bounded by the harness's own budget for its arms (runner.arm_budget).
+wall clock; each test is bounded by the harness's own budget for its arms (arm_schedule.arm_budget).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from typing import Any
 import pytest
 
 from loadtest.analysis import MACHINE_BUSY_WARN
+from loadtest.arm_schedule import arm_budget
 from loadtest.cli import run_scenario
 from loadtest.figures import CONNECTION_ERROR, TIMEOUT, is_explicit_answer
-from loadtest.runner import arm_budget
 from loadtest.scenario import SCENARIO_DIR, load_scenario, sluice_config_path
 from proxy.config import load_config
 

@@ -193,7 +193,7 @@ def test_fleet_workflows_send_their_callers_identities_and_nothing_per_workflow(
 
 
 def test_the_real_sdk_gets_more_fleet_processes_than_the_models() -> None:
-    from loadtest.runner import fleet_processes
+    from loadtest.arm_schedule import fleet_processes
 
     assert fleet_processes(False, 2000, 240.0) == 1  # the lean clients: one process
     assert fleet_processes(True, 1000, 120.0) == 1  # reopen x1
