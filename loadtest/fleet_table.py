@@ -47,7 +47,7 @@ class GridRun(NamedTuple):
     @property
     def folder(self) -> str:
         """Its output folder under the grid's."""
-        return f"k{self.k}-{self.lb}/{self.scenario}-{self.profile}" + (
+        return f"k{self.k}-{self.lb}/{Path(self.scenario).stem}-{self.profile}" + (
             "" if self.arm == "sluice" else f"-{self.arm}"
         )
 
@@ -124,7 +124,7 @@ def fleet_table(plan: Sequence[GridRun], seed: int, out_dir: Path) -> int:
                 fleet=run.k,
                 lb=run.lb,
             )
-            rows.append(row_of(results[0], run.k, run.lb))
+            rows.append(row_of(results[0], run.k, run.lb) | {"run": run._asdict()})
             _write(rows, out_dir)
     except KeyboardInterrupt:
         print("\ninterrupted; every process started for the run was stopped", file=sys.stderr)
@@ -142,13 +142,25 @@ def _write(rows: list[dict[str, Any]], out_dir: Path) -> None:
 
 
 def render_saved(dirs: Sequence[Path]) -> int:
-    """Print the rows of earlier grids (their fleet-table.json) as one table."""
+    """Print the rows of earlier grids (their fleet-table.json) as one table, each row made
+    again from its run's results where they are still there (so a row reads as this code
+    reads it)."""
     rows: list[dict[str, Any]] = []
     for d in dirs:
         path = d / TABLE_JSON if d.is_dir() else d
         if not path.exists():
             print(f"no {TABLE_JSON} in {d}", file=sys.stderr)
             return 2
-        rows += orjson.loads(path.read_bytes())
+        rows += [_again(row, path.parent) for row in orjson.loads(path.read_bytes())]
     print(render_rows(rows))
     return 0
+
+
+def _again(row: dict[str, Any], grid_dir: Path) -> dict[str, Any]:
+    """`row` made again from its run's results JSON (`<folder>/<scenario>-<profile>.json`),
+    or as saved when they are gone."""
+    run = GridRun(int(row["k"]), row["lb"], row["scenario"], row["profile"], row["arm"])
+    results = grid_dir / run.folder / f"{Path(run.scenario).stem}-{run.profile}.json"
+    if not results.exists():
+        return row
+    return row_of(orjson.loads(results.read_bytes())[0], run.k, run.lb) | {"run": run._asdict()}

@@ -33,6 +33,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("unsol. retries adm/ref", "unsolicited"),
     ("figures", "figures"),
     ("CPU run/machine", "cpu"),
+    ("lag p99/max ms", "lag"),
     ("verdict", "verdict"),
 )
 
@@ -75,9 +76,19 @@ def _cpu(validity: Mapping[str, Any]) -> str:
     return f"{own:.2f}/{'—' if machine is None else f'{machine:.2f}'}"
 
 
+def _lag(validity: Mapping[str, Any]) -> str:
+    """The generator's loop lag p99 / max (ms): what VOID is judged on."""
+    p99, top = validity.get("loop_lag_p99_ms"), validity.get("loop_lag_max_ms")
+    return f"{_ms(p99)}/{_ms(top)}"
+
+
 def _void(r: Mapping[str, Any]) -> list[str]:
+    """Why a run is VOID: analysis's invalid reasons, and the sweep's void reasons (its
+    release check only where there is a release: an outage's backlog is never prepared)."""
     v: Mapping[str, Any] = r.get("validity") or {}
     reasons = list(v.get("invalid_reasons") or [])
+    if (r.get("params") or {}).get("trigger") != "reopen":
+        r = {**r, "backlog": {}}
     return reasons + [x for x in void_reasons(r) if x not in reasons]
 
 
@@ -119,6 +130,7 @@ def row_of(r: Mapping[str, Any], k: int, lb: str) -> dict[str, Any]:
         "unsolicited": _unsolicited(lbd),
         "figures": f"{sum(c.ok for c in checks)}/{len(checks)}" if checks else "—",
         "cpu": _cpu(r.get("validity") or {}),
+        "lag": _lag(r.get("validity") or {}),
         "verdict": "VOID" if void else "valid",
         "why": "; ".join(void),
         "cpu_share": (r.get("validity") or {}).get("cpu_share") or {},

@@ -232,3 +232,13 @@ def test_a_run_without_fleet_options_is_todays_single_instance(
     assert fleet_of_run([3], ["leastconn", "roundrobin"], "reopen") == (0, None)
     assert fleet_of_run([3], None, "two-region") == (0, None)
     assert "single-region" in capsys.readouterr().err
+
+
+def test_an_outage_run_is_not_void_for_a_release_it_never_had() -> None:
+    r = analyze(_fleet_run())
+    r["validity"] = {"valid": True, "invalid_reasons": [], "loop_lag_max_ms": 5.0}
+    r["backlog"]["release_prepared"] = 0  # nothing is prepared when nothing is released
+    r["params"]["trigger"] = "outage"
+    assert row_of(r, 2, "roundrobin")["verdict"] == "valid"
+    r["params"]["trigger"] = "reopen"
+    assert row_of(r, 2, "roundrobin")["why"] == "release: 0 of 2 backlog requests prepared"
