@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from .fleet_shared import shared_doc
 from .lb_analysis import lb_doc, region_stats
 from .profiles import make_profile
 from .scenario import Scenario
@@ -60,6 +61,8 @@ class RunData:
     lb: str | None = None
     proxy_final: dict[str, dict[str, Any]] = field(default_factory=dict)
     proxy_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The fleet's shared state (--fleet-redis): its URL, a fault's events, the scraped gauge.
+    redis: dict[str, Any] | None = None
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -219,6 +222,7 @@ def analyze(run: RunData) -> dict[str, Any]:
         "answers_after_t0": dict(Counter(a[5] for a in atts if a[3] >= t0).most_common()),
         "other_region": _other_region(run, ok_ids, before, after, t0),
         "lb": _lb(run, backlog, ok_ids, t0),
+        "fleet_redis": shared_doc(run.redis, wfs, atts, t0, t_end - SETTLE) if run.lb else None,
         "validity": validity,
         "notes": notes,
         "wall_s": run.wall_s,

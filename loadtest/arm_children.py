@@ -109,10 +109,12 @@ async def start_proxies(
     pool: PoolFor,
     region_of: Mapping[str, str] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    own: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
 ) -> dict[str, Proxy]:
     """One Sluice in front of each backend, named as it is (`base_config` with this run's
-    ports, region (`region_of[name]`, default the name) and protection, then `overrides`;
-    each checked first), all started together, each ready and accepting."""
+    ports, region (`region_of[name]`, default the name) and protection, then `overrides`,
+    then its `own[name]` sections (a fleet sidecar's `fleet:`); each checked first), all
+    started together, each ready and accepting."""
     token = secrets.token_hex(16)
     ports: dict[str, tuple[int, int, Path]] = {}
     for name, backend in backends.items():
@@ -125,7 +127,7 @@ async def start_proxies(
             admin_port=aport,
             region=(region_of or {}).get(name, name),
             protection=protection,
-            overrides=overrides,
+            overrides={**(overrides or {}), **(own or {}).get(name, {})},
         )
         ports[name] = (lport, aport, cfg)
     await asyncio.gather(*(check_proxy_config(cfg) for _, _, cfg in ports.values()))

@@ -10,7 +10,9 @@ python -m loadtest sweep [--runs 40 | --seeds 1-4] [--sluice-config FILE] [--dra
 python -m loadtest list        # the shipped scenarios
 python -m loadtest --scenario reopen --fleet 3 [--lb roundrobin|leastconn] [--arm sluice]
                                # K backends, K sidecars, HAProxy in front (issue 18)
-python -m loadtest fleet-table --fleet 1,3,5 --lb roundrobin,leastconn
+python -m loadtest fleet-table --fleet 1,3,5 --lb roundrobin,leastconn [--fleet-redis]
+python -m loadtest --scenario reopen --fleet 3 --lb roundrobin --fleet-redis \
+                   [--redis-kill-at 3 --redis-restart-after 5]   # shared state, a Redis fault
                    --scenarios reopen,backend-outage --profiles sdk,naive [--arms sluice]
                                # the K table (loadtest/fleet_table.py)
 """
@@ -28,6 +30,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from .figures import PROTECTED_ARM, all_met, render_checks
+from .fleet_redis import RedisPlan
 from .procs import interrupt_on_termination
 from .profiles import PROFILE_NAMES
 from .runner import ARMS, ArmPlan, run_arm_sync
@@ -99,11 +102,13 @@ def run_scenario(
     variant: str = "",
     fleet: int = 1,
     lb: str | None = None,
+    redis: RedisPlan | None = None,
 ) -> list[dict[str, Any]]:
     """Run `arms` of scenario `name` one after another; returns each arm's results dict.
 
     `fleet` and `lb` (issue 18): K backends sharing the scenario's capacity, each with its
-    sidecar, behind HAProxy balancing with `lb` (None: no balancer, K must be 1).
+    sidecar, behind HAProxy balancing with `lb` (None: no balancer, K must be 1); `redis`:
+    whether the sidecars share state on a Redis the harness runs, and a fault to inject.
 
     `variant` (a key of VARIANTS, e.g. `cold`) applies its timing on top of `timing` and is
     named in the results and file names. With `write`, the table, a PNG timeline and the JSON
@@ -123,6 +128,7 @@ def run_scenario(
         if echo:
             print(f"[{name}] running arm {arm} ...", flush=True)
         plan = ArmPlan(scenario, path, arm, seed, capacity_scale, out_dir, fleet=fleet, lb=lb)
+        plan.redis = redis or RedisPlan()
         res = run_arm_sync(plan)
         if variant:
             res["variant"] = variant
@@ -401,6 +407,15 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--lb", type=_comma_list, default=None, help="roundrobin or leastconn")
     f.add_argument("--arms", type=_comma_list, default=None, help="fleet-table's arms (sluice)")
     f.add_argument("--render", type=_comma_list, default=None, help="fleet-table: print DIRs'")
+    f.add_argument(
+        "--fleet-redis", action="store_true", help="the sidecars share state on a real Redis"
+    )
+    f.add_argument(
+        "--redis-kill-at", type=float, default=None, help="SIGKILL Redis S s after the trigger"
+    )
+    f.add_argument(
+        "--redis-restart-after", type=float, default=5.0, help="restart it this long after"
+    )
     w = p.add_argument_group("sweep", "the seeded storm sweep (loadtest/sweep.py)")
     w.add_argument(
         "--runs", type=int, default=None, help="run seeds 1..RUNS (default 40, all of them)"
@@ -494,10 +509,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("give --cold or --warmup, not both", file=sys.stderr)
         return 2
     arms = ARMS if args.arm == "all" else (args.arm,)
-    from .fleet_cli import fleet_of_run
+    from .fleet_cli import fleet_of_run, redis_of_args
 
     fleet, lb = fleet_of_run(args.fleet, args.lb, args.scenario)
     if fleet < 1:
+        return 2
+    redis = redis_of_args(args, lb is not None)
+    if redis is None:
         return 2
     try:
         results = run_scenario(
@@ -511,6 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             variant="cold" if args.cold else "",
             fleet=fleet,
             lb=lb,
+            redis=redis,
         )
     except ScenarioError as exc:
         print(str(exc), file=sys.stderr)

@@ -279,7 +279,9 @@ def check_recovery(result: Mapping[str, Any]) -> list[Check]:
     checks.append(_zero_answers(result, TIMEOUT, "client timeouts"))
     checks.append(_zero_answers(result, CONNECTION_ERROR, "connection errors"))
     checks.append(_reason_table(result))
-    return checks
+    from .fault_figures import fault_checks  # it builds on this module's Check
+
+    return checks + fault_checks(result)
 
 
 def check_isolation(result: Mapping[str, Any]) -> list[Check]:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .balancer import HAPROXY, HAPROXY_MISSING, LB_ALGORITHMS
+from .fleet_redis import RedisPlan
 from .runner import FLEET_REGIONS
 from .scenario import ScenarioError, load_scenario
 
@@ -54,6 +55,21 @@ def fleet_of_run(
     return k, algo
 
 
+def redis_of_args(args: argparse.Namespace, fleet: bool) -> RedisPlan | None:
+    """The run's shared state and fault from `--fleet-redis`, `--redis-kill-at` and
+    `--redis-restart-after`; None after printing why they cannot run."""
+    plan = RedisPlan(
+        bool(getattr(args, "fleet_redis", False)),
+        getattr(args, "redis_kill_at", None),
+        float(getattr(args, "redis_restart_after", 5.0)),
+    )
+    why = plan.check(fleet)
+    if why is not None:
+        print(why, file=sys.stderr)
+        return None
+    return plan
+
+
 def fleet_table_command(args: argparse.Namespace, default_out: Callable[[], Path]) -> int:
     """`python -m loadtest fleet-table`: run the grid (or `--render` earlier ones)."""
     from .fleet_table import fleet_table, plan_grid, render_saved
@@ -71,4 +87,7 @@ def fleet_table_command(args: argparse.Namespace, default_out: Callable[[], Path
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    return fleet_table(plan, args.seed, args.out or default_out())
+    redis = redis_of_args(args, True)
+    if redis is None:
+        return 2
+    return fleet_table(plan, args.seed, args.out or default_out(), redis)

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from .balancer import HAPROXY, HAPROXY_MISSING, LB_ALGORITHMS
+from .fleet_redis import RedisPlan
 from .fleet_table_rows import render_rows, row_of
 from .runner import ARMS, FLEET_REGIONS
 from .scenario import ScenarioError, load_scenario
@@ -95,9 +96,12 @@ def expected_seconds(plan: Sequence[GridRun]) -> float:
     return total
 
 
-def fleet_table(plan: Sequence[GridRun], seed: int, out_dir: Path) -> int:
-    """Run every run of `plan` (one arm each), print and write the table; 0 when every run
-    ran (whatever its figures), 1 if one could not, 130 when interrupted."""
+def fleet_table(
+    plan: Sequence[GridRun], seed: int, out_dir: Path, redis: RedisPlan | None = None
+) -> int:
+    """Run every run of `plan` (one arm each; `redis`: the sidecars share state on Redis),
+    print and write the table; 0 when every run ran (whatever its figures), 1 if one could
+    not, 130 when interrupted."""
     from .cli import run_scenario  # cli dispatches here: imported when run, not at import
 
     if shutil.which(HAPROXY) is None:
@@ -123,6 +127,7 @@ def fleet_table(plan: Sequence[GridRun], seed: int, out_dir: Path) -> int:
                 out_dir=out_dir / run.folder,
                 fleet=run.k,
                 lb=run.lb,
+                redis=redis,
             )
             rows.append(row_of(results[0], run.k, run.lb) | {"run": run._asdict()})
             _write(rows, out_dir)

@@ -20,6 +20,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("scenario", "scenario"),
     ("profile", "profile"),
     ("arm", "arm"),
+    ("state", "state"),
     ("backlog ok", "backlog"),
     ("drain \u00d7", "drain"),
     ("fresh ok", "fresh"),
@@ -59,7 +60,9 @@ def _returns(lb: Mapping[str, Any]) -> str:
     ret = lb.get("returns") or {}
     if not lb.get("sidecars"):
         return "—"
-    return f"{ret.get('redeemed', 0)}/{ret.get('booked', 0)} ({_pct(ret.get('redeemed_share'), 0)})"
+    share = _pct(ret.get("redeemed_share"), 0)
+    foreign = f", {ret['redeemed_foreign']} foreign" if ret.get("redeemed_foreign") else ""
+    return f"{ret.get('redeemed', 0)}/{ret.get('booked', 0)} ({share}{foreign})"
 
 
 def _unsolicited(lb: Mapping[str, Any]) -> str:
@@ -100,6 +103,7 @@ def row_of(r: Mapping[str, Any], k: int, lb: str) -> dict[str, Any]:
         "scenario": str(r.get("scenario")),
         "profile": str(r.get("profile")),
         "arm": str(r.get("arm")),
+        "state": "redis" if (r.get("fleet_redis") or {}).get("shared") else "local",
     }
     if "unavailable" in r:
         lines = str(r["unavailable"]).strip().splitlines()

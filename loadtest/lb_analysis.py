@@ -24,6 +24,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from .fleet_shared import sidecar_fleet
+
 WAITING_SHARE = 0.1  # "while a backlog waits": until all but this share of it has finished
 SERVED_SPREAD_MAX = 0.10  # issue 18: the backends' served counts within 10 % of each other
 
@@ -130,6 +132,7 @@ def sidecar_figures(
         "slots_redeemed": slots.get("redeemed"),
         "slots_expired": slots.get("expired"),
         "counters": dict(counters or {}),
+        "fleet": sidecar_fleet(samples, final, t0),
     }
 
 
@@ -138,6 +141,10 @@ def returns_doc(sidecars: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     retries by decision, summed over its sidecars."""
     booked = sum(int(s.get("slots_booked") or 0) for s in sidecars.values())
     redeemed = sum(int(s.get("slots_redeemed") or 0) for s in sidecars.values())
+    # Of those, returns whose slot another sidecar booked (shared state only; in `redeemed`).
+    foreign = sum(
+        int((s.get("fleet") or {}).get("redeemed_foreign") or 0) for s in sidecars.values()
+    )
     retries: dict[str, float] = defaultdict(float)
     for s in sidecars.values():
         for decision, n in ((s.get("counters") or {}).get("retries") or {}).items():
@@ -146,6 +153,7 @@ def returns_doc(sidecars: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         "booked": booked,
         "redeemed": redeemed,
         "redeemed_share": redeemed / booked if booked else None,
+        "redeemed_foreign": foreign,
         "unsolicited_retries": dict(retries),
     }
 

@@ -86,3 +86,75 @@ def lb_rows(rows: Rows, lb: Mapping[str, Any]) -> None:
         rows.add(f"  sidecar {name}: slots redeemed / booked", _sidecar(name, slots_text))
     rows.add("fleet: return slots redeemed / booked", _returns)
     rows.add("fleet: unsolicited retries by decision", _unsolicited)
+
+
+def _fleet_of(name: str, fn: Callable[[Mapping[str, Any]], str]) -> Cell:
+    return _sidecar(name, lambda s: "—" if not s.get("fleet") else fn(s["fleet"]))
+
+
+def _shared(r: dict[str, Any]) -> str:
+    return "Redis" if (r.get("fleet_redis") or {}).get("shared") else "none (each sidecar alone)"
+
+
+def _fault(key: str, fn: Callable[[Mapping[str, Any]], str]) -> Cell:
+    def cell(r: dict[str, Any]) -> str:
+        fault = (r.get("fleet_redis") or {}).get("fault") or {}
+        return "—" if key not in fault else fn(fault[key])
+
+    return cell
+
+
+def _attempts_text(a: Mapping[str, Any]) -> str:
+    ans = a.get("answers") or {}
+    n = int(a.get("n") or 0)
+    bad = ", ".join(f"{c} {k}" for c, k in ans.items() if c != "200") or "none"
+    p50, p99 = _num(a.get("p50_ms")), _num(a.get("p99_ms"))
+    return f"{n}, 200 {ans.get('200', 0)}; p50/p99 {p50}/{p99} ms; non-200: {bad}"
+
+
+def _changes(changes: Any) -> str:
+    return ", ".join(
+        f"{('up' if v else 'down') if isinstance(v, bool) else _num(v)} at {t:+.1f}"
+        for t, v in changes
+    )
+
+
+def shared_rows(rows: Rows, first: Mapping[str, Any]) -> None:
+    """Whether the fleet shared state on Redis; each sidecar's link (peers, exchanges, the
+    slots of its peers it knew and redeemed); a Redis fault's windows and gauges."""
+    rows.add("fleet: shared state", _shared)
+    shared = first.get("fleet_redis") or {}
+    if not shared.get("shared"):
+        return
+    for name in (first.get("lb") or {}).get("members") or {}:
+        rows.add(
+            f"  sidecar {name}: peers, exchanges ok/failed",
+            _fleet_of(name, lambda f: f"{f['peers']}, {(f.get('exchanges') or {}).get('ok')}"
+                      f"/{(f.get('exchanges') or {}).get('failed')}"),
+        )  # fmt: skip
+        rows.add(
+            f"  sidecar {name}: peers' slots known / redeemed here",
+            _fleet_of(name, lambda f: f"{_num(f.get('slots_foreign'))} / "
+                      f"{_num(f.get('redeemed_foreign'))}"),
+        )  # fmt: skip
+        rows.add(f"  sidecar {name}: link up/down (s from t0)",
+                 _fleet_of(name, lambda f: _changes(f.get("link_changes") or [])))  # fmt: skip
+    if not shared.get("fault"):
+        return
+    rows.add("Redis fault: events (s from t0)", _fault("events_s", lambda e: ", ".join(
+        f"{k} {v:+.2f}" for k, v in e.items())))  # fmt: skip
+    rows.add("  attempts sent around it", _fault("attempts_during", _attempts_text))
+    rows.add("  attempts sent from t0, the rest", _fault("attempts_rest", _attempts_text))
+    for key, label in (("fresh_during", "around it"), ("fresh_rest", "the rest")):
+        rows.add(f"  fresh workflows started {label}: n, success, p99", _fault(key, _fresh_text))
+    for name in shared["fault"].get("redis_up_metric") or {}:
+        rows.add(f"  sidecar {name}: sluice_fleet_redis_up (s from t0)", _gauge(name))
+
+
+def _fresh_text(f: Mapping[str, Any]) -> str:
+    ok = f.get("success")
+    return f"{f['n']}, {'—' if ok is None else f'{ok * 100:.1f}%'}, {_num(f['p99_ms'])} ms"
+
+
+def _gauge(name: str) -> Cell:
+    return _fault("redis_up_metric", lambda g: _changes(g.get(name) or []))

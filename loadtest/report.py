@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .lb_report import lb_rows
+from .lb_report import lb_rows, shared_rows
 
 
 def fmt_num(v: float | None, digits: int = 1) -> str:
@@ -121,6 +121,7 @@ def render_table(results: Sequence[dict[str, Any]]) -> str:
     _fresh_and_work_rows(rows, first["params"] | {"members": list(first["backends"])})
     if first.get("lb"):
         lb_rows(rows, first["lb"])
+        shared_rows(rows, first)
     if first.get("other_region"):
         _other_region_rows(rows, first["other_region"]["region"])
     rows.heading("answers, every attempt:")

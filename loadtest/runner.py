@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -42,6 +42,15 @@ from .arm_collect import (
 from .arm_fleet import Front, servers_of, start_front, start_members
 from .arm_schedule import Schedule, arm_budget, fleet_spec, schedule
 from .balancer import SIDECAR_TRUST
+from .fleet_redis import (
+    METRICS_AROUND,
+    RedisChild,
+    RedisPlan,
+    redis_fault,
+    scrape_redis_up,
+    sidecar_overrides,
+    start_redis,
+)
 from .httpclient import Pool
 from .procs import Child, ProcessGroup, machine_cpu
 from .scenario import Scenario, sluice_config_path
@@ -66,12 +75,14 @@ class ArmPlan:
     sluice_config: Path | None = None  # None: the scenario's NAME.sluice.yaml
     fleet: int = 1  # K: backends (each with its sidecar) behind the balancer
     lb: str | None = None  # the balancer's algorithm; None: no balancer (K must be 1)
+    redis: RedisPlan = field(default_factory=RedisPlan)  # shared state on Redis, a fault
 
     @property
     def tag(self) -> str:
         """File-name prefix of this arm's outputs."""
         scale = "" if self.capacity_scale == 1 else f"-x{self.capacity_scale:g}"
         fleet = "" if self.lb is None else f"-k{self.fleet}-{self.lb}"
+        fleet += "-redis" if self.redis.shared else ""
         return f"{self.scenario.name}{scale}{fleet}-{self.arm}"
 
 
@@ -82,6 +93,7 @@ class _Children(NamedTuple):
     backends: dict[str, Backend]
     proxies: dict[str, Proxy]
     front: Front | None
+    redis: RedisChild | None = None
 
     def targets(self, sc: Scenario) -> dict[str, str]:
         """Where each region's clients send: the balancer, else the region's proxy or (direct)
@@ -94,10 +106,12 @@ class _Children(NamedTuple):
     def measured(self) -> list[Child]:
         """Their children, in the order the results list their CPU."""
         front = [self.front.child] if self.front is not None else []
+        redis = [self.redis.child] if self.redis is not None else []
         return (
             [b.child for b in self.backends.values()]
             + [p.child for p in self.proxies.values()]
             + front
+            + redis
         )
 
 
@@ -124,8 +138,13 @@ async def run_arm(plan: ArmPlan) -> RunData:
         # Whose CPU is measured, in the order the results list it.
         measured = [ch for ch, _ in fleets] + children.measured()
         samples: StatusSamples = {r: [] for r in children.proxies}
-        watched = await _watch(plan, children, fleets, measured, samples, sched, pool)
+        shared = _shared_doc(children)
+        watched = await _watch(
+            plan, children, fleets, measured, samples, sched, pool,
+            (group, shared) if shared is not None else None,
+        )  # fmt: skip
         run = await _collect(plan, children, fleets, samples, sched)
+        run.redis = shared
         run.cpu = cpu_shares(measured, plan.tag, watched)
         run.machine_busy_cores = watched.machine_busy / watched.span
         run.wall_s = time.monotonic() - wall0
@@ -146,7 +165,10 @@ async def _start_children(plan: ArmPlan, group: ProcessGroup, pool: PoolFor) -> 
         raise ArmUnavailable(FLEET_REGIONS)
     else:
         backends = await start_members(group, sc, plan.tag, plan.seed, budget, pool, plan.fleet)
-    proxies = await _start_proxies(plan, group, backends, pool)
+    redis = None
+    if plan.redis.shared and plan.lb is not None and plan.arm != "direct":
+        redis = await start_redis(group, f"{plan.tag}-redis", plan.out_dir / "redis", budget)
+    proxies = await _start_proxies(plan, group, backends, pool, redis)
     front = None
     if plan.lb is not None:
         front = await start_front(
@@ -158,7 +180,15 @@ async def _start_children(plan: ArmPlan, group: ProcessGroup, pool: PoolFor) -> 
             sc.clients.timeout,
             budget,
         )
-    return _Children(backends, proxies, front)
+    return _Children(backends, proxies, front, redis)
+
+
+def _shared_doc(children: _Children) -> dict[str, Any] | None:
+    """The run's shared state as the results carry it (None: each sidecar on its own); the
+    fault's events and each sidecar's scraped gauge are added as the run goes."""
+    if children.redis is None:
+        return None
+    return {"url": children.redis.url, "events": [], "redis_up_metric": {}}
 
 
 async def _collect(
@@ -202,11 +232,15 @@ def _home_names(plan: ArmPlan, backends: dict[str, Backend]) -> list[str]:
 
 
 async def _start_proxies(
-    plan: ArmPlan, group: ProcessGroup, backends: dict[str, Backend], pool: PoolFor
+    plan: ArmPlan,
+    group: ProcessGroup,
+    backends: dict[str, Backend],
+    pool: PoolFor,
+    redis: RedisChild | None,
 ) -> dict[str, Proxy]:
     """A Sluice per backend unless the arm is `direct` (protection on for `sluice` only); a
     fleet's sidecars are the storm region's and believe forwarding headers from the balancer
-    alone."""
+    alone; with `redis`, each gets a `fleet:` section (the run's Redis, its own name)."""
     if plan.arm == "direct":
         return {}
     fleet = plan.lb is not None
@@ -220,6 +254,7 @@ async def _start_proxies(
         pool,
         region_of={name: plan.scenario.home for name in backends} if fleet else None,
         overrides={"trust": SIDECAR_TRUST} if fleet else None,
+        own=sidecar_overrides(backends, redis.url) if redis else None,
     )
 
 
@@ -231,9 +266,11 @@ async def _watch(
     samples: StatusSamples,
     sched: Schedule,
     pool: PoolFor,
+    shared: tuple[ProcessGroup, dict[str, Any]] | None = None,
 ) -> Watched:
     """From the start to the end: the capacity step booked, CPU marks, /status samples, the
-    outage switch and the harness's probes; the fleet must stay alive throughout."""
+    outage switch and the harness's probes, a Redis fault; the fleet must stay alive
+    throughout."""
     await _book_steps(plan, children.backends, sched)
     await sleep_until(sched.t_start)
     for ch in measured:
@@ -244,6 +281,8 @@ async def _watch(
         for name, proxy in children.proxies.items()
     ]
     try:
+        if shared is not None and children.redis is not None and plan.redis.kill_at is not None:
+            background += _fault(plan, children, children.redis, sched, *shared)
         if plan.scenario.trigger == "outage":
             home = [children.backends[n] for n in _home_names(plan, children.backends)]
             background += await _outage(plan.scenario, home, sched, pool)
@@ -262,6 +301,31 @@ async def _watch(
     harness = None if own_start is None or own_end is None else own_end - own_start
     span = time.monotonic() - sched.t_start
     return Watched(span, harness, machine_end[0] - machine_start[0])
+
+
+def _fault(
+    plan: ArmPlan,
+    children: _Children,
+    redis: RedisChild,
+    sched: Schedule,
+    group: ProcessGroup,
+    shared: dict[str, Any],
+) -> list[asyncio.Task[None]]:
+    """The Redis fault of `plan.redis` and, around it, each sidecar's sluice_fleet_redis_up."""
+    rp = plan.redis
+    assert rp.kill_at is not None
+    t_kill = sched.t_trigger + rp.kill_at
+    lo, hi = t_kill - METRICS_AROUND[0], t_kill + rp.restart_after + METRICS_AROUND[1]
+    budget_until = sched.t_start + arm_budget(plan.scenario)
+    workdir = plan.out_dir / "redis"
+    events = shared["events"]
+    tasks = [asyncio.create_task(redis_fault(group, redis, rp, sched.t_trigger,
+                                             workdir, budget_until, events))]  # fmt: skip
+    for name, proxy in children.proxies.items():
+        series: list[tuple[float, float | None]] = shared["redis_up_metric"].setdefault(name, [])
+        tasks.append(asyncio.create_task(scrape_redis_up(proxy.admin, lo, min(hi, sched.t_end),
+                                                         series)))  # fmt: skip
+    return tasks
 
 
 async def _book_steps(plan: ArmPlan, backends: dict[str, Backend], sched: Schedule) -> None:
