@@ -4,12 +4,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv lint lint-deploy typecheck test demo figures sweep run bench soak clean
+.PHONY: help venv lint lint-deploy typecheck test demo figures sweep fleet run bench soak clean
 
 help:
 	@echo "make demo   incident replay: unprotected vs protected, table + plot"
 	@echo "make figures  acceptance figures (issues 4, 5, 15): sluice arm, 22 runs, PASS/FAIL (~14 min)"
 	@echo "make sweep  storm sweep (issue 16): seeds 1-40 drawn at random, sluice arm, PASS/FAIL (~37 min)"
+	@echo "make fleet  fleet replay (issue 18): K = 1, 3, 5 sidecars behind HAProxy sharing state on Redis, the K table (~25 min)"
 	@echo "make test   lint, type-check and run the test suite"
 	@echo "make lint   ruff (format check + lint) and mypy only"
 	@echo "make lint-deploy  promtool, hadolint and kubernetes-validate on deploy/ and the Dockerfile"
@@ -77,6 +78,12 @@ figures: $(STAMP)
 # Not part of `make test`: 40 runs of the sluice arm, seeds 1-40 fixed.
 sweep: $(STAMP)
 	$(BIN)/python -m loadtest sweep --runs 40
+
+# Not part of `make test`: needs haproxy and redis-server on PATH (Debian packages; .ci/run
+# installs them). One run per cell, K = 1 on the first balancer only.
+fleet: $(STAMP)
+	$(BIN)/python -m loadtest fleet-table --fleet 1,3,5 --lb roundrobin,leastconn \
+		--scenarios reopen,backend-outage --profiles sdk,naive --fleet-redis
 
 run: $(STAMP)
 	$(BIN)/sluice --config config/sluice.yaml
