@@ -499,6 +499,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             scales=args.scales,
             timing=timing or None,
         )
+    return _run(args, timing)
+
+
+def _run(args: argparse.Namespace, timing: dict[str, float]) -> int:
+    """One scenario's arms (`python -m loadtest --scenario NAME ...`)."""
     if not args.scenario:
         print("give --scenario NAME (or `demo` / `list`)", file=sys.stderr)
         return 2
