@@ -43,14 +43,23 @@ class DrainEstimate:
 
 
 def estimate_drain(
-    queued: int, booked: int, pace: float, baseline: float | None, last_return: float = 0.0
+    queued: int,
+    booked: int,
+    pace: float,
+    baseline: float | None,
+    last_return: float = 0.0,
+    min_share: float = 0.0,
 ) -> DrainEstimate:
     """The drain of `queued` + `booked` requests at the backend's `pace` (requests/s) less the
-    fresh arrivals' `baseline` (requests/s; None before one is learnt, taken as 0), ending no
-    earlier than `last_return` (seconds until the latest booked return is due)."""
+    fresh arrivals' `baseline` (requests/s; None before one is learnt, taken as 0) but never
+    under `min_share` of the pace (what the pacer and the wait model keep for the backlog:
+    `shedding.min_return_share`), ending no earlier than `last_return` (seconds until the
+    latest booked return is due)."""
     if queued < 0 or booked < 0:
         raise ValueError(f"a backlog cannot be negative (queued {queued}, booked {booked})")
-    drain_pace = max(0.0, pace - (baseline or 0.0))
+    # Without the share's floor a pace barely above the baseline (a limit still ramping) read
+    # as an ETA of minutes for a drain of seconds (sweep seed 1: 355 s at +2 s).
+    drain_pace = max(0.0, pace - (baseline or 0.0), pace * min_share)
     backlog = queued + booked
     if backlog == 0:
         eta: float | None = 0.0
@@ -75,4 +84,5 @@ def gate_drain(gate: AdmissionGate) -> DrainEstimate | None:
         gate.estimates.pace,
         gate.control.rates.baseline,
         gate.pacer.next_free(gate.now()),
+        gate.config.shedding.min_return_share,
     )

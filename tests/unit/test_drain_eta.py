@@ -52,6 +52,14 @@ def test_the_drain_ends_no_earlier_than_the_last_booked_return() -> None:
     assert estimate_drain(50, 950, pace=50.0, baseline=0.0, last_return=12.0).eta == 20.0
 
 
+def test_the_backlog_keeps_its_share_of_the_pace_whatever_the_baseline() -> None:
+    # Fresh traffic would take all but 2 of 100 req/s; the pacer still books returns at a
+    # quarter of the pace, so the drain goes at 25/s, not 2/s.
+    d = estimate_drain(queued=0, booked=100, pace=100.0, baseline=98.0, min_share=0.25)
+    assert d.pace == 25.0 and d.eta == 4.0
+    assert estimate_drain(0, 100, pace=100.0, baseline=10.0, min_share=0.25).pace == 90.0
+
+
 def test_a_negative_backlog_is_an_error() -> None:
     with pytest.raises(ValueError, match="cannot be negative"):
         estimate_drain(queued=-1, booked=0, pace=10.0, baseline=None)
@@ -131,6 +139,7 @@ def test_gauges_follow_the_gate_each_tick_and_reset_when_recovery_ends() -> None
         gate.estimates.pace,
         gate.control.rates.baseline,
         gate.pacer.next_free(h.clock.now),
+        gate.config.shedding.min_return_share,
     )
     assert d.backlog > 0
     assert gauge(h, "sluice_drain_backlog") == d.backlog
