@@ -131,6 +131,17 @@ class BlockedWorkflow(User):
         raise StopUser
 
 
+def _release_prepared(state: FleetState) -> int | None:
+    """First attempts ready at the release: written on connections opened ahead, or for the
+    real SDK built and held at its transport (which opens its connection then, as a real
+    one does). None when nothing is prepared ahead (no `prewarm`, or no backlog)."""
+    if not state.spec.prewarm or not state.spec.backlog:
+        return None
+    if state.profile.real_sdk:
+        return state.sdk_held
+    return sum(1 for p in state.prepared if p.future is not None)
+
+
 class IncidentShape(LoadTestShape):
     """Every user from the start (backlog users spawned fast, then blocked); stop at the end.
 
@@ -254,7 +265,7 @@ async def run_fleet(spec: FleetSpec) -> dict[str, Any]:
         "t_started": started,
         "t_release": state.t_release,
         "t_release_written": state.release_written,
-        "release_prepared": sum(1 for p in state.prepared if p.future is not None),
+        "release_prepared": _release_prepared(state),
         "t_stopped": runner.stopped_at,
         "profile": profile.name,
         "workflows": state.workflows,

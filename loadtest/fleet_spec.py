@@ -78,7 +78,7 @@ def merge_outputs(outs: list[dict[str, Any]]) -> dict[str, Any]:
         "t_started": min(o["t_started"] for o in outs),
         "t_release": min(releases) if releases else None,
         "t_release_written": max(written) if written else None,
-        "release_prepared": sum(o.get("release_prepared", 0) for o in outs),
+        "release_prepared": _sum_known([o.get("release_prepared") for o in outs]),
         "t_stopped": max(stopped) if stopped else None,
         "profile": outs[0]["profile"],
         "workflows": sorted((w for o in outs for w in o["workflows"]), key=lambda w: w[0]),
@@ -89,3 +89,9 @@ def merge_outputs(outs: list[dict[str, Any]]) -> dict[str, Any]:
         "pid": [o.get("pid") for o in outs],
         "shards": len(outs),
     }
+
+
+def _sum_known(values: list[int | None]) -> int | None:
+    """The sum of the shards' counts; None when no shard counted (not applicable)."""
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None

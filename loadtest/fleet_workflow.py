@@ -53,6 +53,7 @@ class FleetState:
     t_release: float | None = None
     dropped_arrivals: int = 0
     prepared: list[Prepared] = field(default_factory=list)
+    sdk_held: int = 0  # azure-sdk first attempts built and held at the transport (the release)
     release_written: float | None = None
     sdk: Any = None  # loadtest.sdkclient.SharedSession with the azure-sdk profile
 
@@ -161,6 +162,10 @@ class Workflow:
             exception=None if code == "200" else code,
             context=None,
         )
+
+    def attempt_held(self) -> None:
+        """The SDK built the first attempt ahead of the release (its `prepared` write)."""
+        self.state.sdk_held += 1
 
     async def run_sdk(self, credential: Any = None) -> None:
         """`get_token` through the real SDK (its own retries); ok when it returned a token."""

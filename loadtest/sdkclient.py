@@ -97,6 +97,9 @@ class AttemptSink(Protocol):
         """One attempt ended (monotonic times; code as `answer_code`, or timeout /
         connection-error)."""
 
+    def attempt_held(self) -> None:
+        """The first attempt is built and waits at the transport for the release."""
+
 
 class SharedSession:
     """One aiohttp session and azure-core transport for every credential of the fleet.
@@ -179,6 +182,7 @@ class RecordingTransport(AsyncHttpTransport):  # type: ignore[type-arg]
                 parts._replace(scheme=self.base.scheme, netloc=self.base.netloc)
             )
         if attempt == 0 and self.hold is not None and not self.hold.is_set():
+            self.sink.attempt_held()
             await self.hold.wait()
         started = time.monotonic()
         try:

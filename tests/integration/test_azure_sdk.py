@@ -3,6 +3,7 @@ simulated token backend: the SDK's own IMDS request, retry policy and token pars
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,6 +28,7 @@ class Sink:
     def __init__(self, n: int) -> None:
         self.n = n
         self.attempts: list[tuple[int, str, float | None]] = []
+        self.held = 0
 
     def attempt_headers(self, attempt: int) -> list[tuple[str, str]]:
         return [("x-caller-id", "orchestrator-a"), ("x-request-id", f"{self.n:x}.{attempt}")]
@@ -36,6 +38,9 @@ class Sink:
     ) -> None:
         assert finished >= started
         self.attempts.append((attempt, code, ra))
+
+    def attempt_held(self) -> None:
+        self.held += 1
 
 
 @pytest.fixture
@@ -82,3 +87,35 @@ async def test_real_sdk_credentials_get_tokens_through_sluice(
     # Each attempt reached the backend with the harness's request id (the analysis's join key).
     assert sorted(c[1] for c in sim.completions) == [f"{n:x}.0" for n in range(5)]
     assert sim.counts["arrivals"] == 5
+
+
+async def test_held_sdk_attempts_are_counted_and_sent_only_at_the_release(
+    simulator: tuple[Simulator, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sweep judges a reopening void when fewer first attempts than N were ready at the
+    # release: for the real SDK "ready" is built and held at the transport (counted here).
+    sim, backend_url = simulator
+    for name in OTHER_PATHS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(POD_IDENTITY_HOST, backend_url)
+    shared = SharedSession()
+    release = asyncio.Event()
+    identity = make_identities(1, ["orchestrator-a"], per_caller=1)[0][0]
+    sinks = [Sink(n) for n in range(3)]
+    creds = [make_credential(shared, s, identity.client_id, hold=release) for s in sinks]
+    try:
+        tasks = [asyncio.create_task(fetch_token(c, identity.scope)) for c in creds]
+        for _ in range(200):  # bounded: 2 s
+            if sum(s.held for s in sinks) == len(sinks):
+                break
+            await asyncio.sleep(0.01)
+        assert [s.held for s in sinks] == [1, 1, 1]
+        assert sim.counts["arrivals"] == 0  # nothing sent before the release
+        release.set()
+        tokens = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    finally:
+        for cred in creds:
+            await cred.close()
+        await shared.close()
+    assert tokens == [sim.token] * 3
+    assert [s.held for s in sinks] == [1, 1, 1]  # retries and later attempts are never held

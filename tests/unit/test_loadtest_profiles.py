@@ -229,7 +229,7 @@ def test_shards_split_the_backlog_and_keep_ids_unique() -> None:
             "t_started": 10.0 + shard,
             "t_release": release,
             "t_release_written": release + 0.1,
-            "release_prepared": 0,
+            "release_prepared": n,
             "t_stopped": 40.0 + shard,
             "profile": "azure-sdk",
             "workflows": [[i, 1, 0, 0, release, release + 1, 1, 1] for i in ids],
@@ -246,5 +246,8 @@ def test_shards_split_the_backlog_and_keep_ids_unique() -> None:
     assert [w[0] for w in merged["workflows"]] == [0, 1, 2, 3, 4, 7]
     assert len(merged["attempts"]) == 6 and len(merged["lag"]) == 3
     assert merged["dropped_arrivals"] == 3 and merged["shards"] == 3
+    assert merged["release_prepared"] == 6  # every shard's held first attempts
+    unprepared = [out(s, 1, 5.0) | {"release_prepared": None} for s in range(2)]
+    assert merge_outputs(unprepared)["release_prepared"] is None  # nothing to judge
     single = out(0, 1, 5.0)
     assert merge_outputs([single]) is single
