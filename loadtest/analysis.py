@@ -1,13 +1,7 @@
-"""From raw records to the figures of one arm (pure functions, no I/O).
+"""From raw records to the figures of one arm: `analyze` (pure functions, no I/O).
 
-Raw records (all times absolute `time.monotonic()` seconds, shared by every process):
-- fleet workflows: [id, kind (0 fresh / 1 backlog), home region index, caller index,
-  intended start, end (None if unfinished), ok (0/1), attempts]
-- fleet attempts: (workflow id, attempt, target region index, sent, done, code, retry-after s)
-  where code is "200", "timeout", "connection-error" or "<status> <reason>"
-- backend stats (per region): arrivals (t, foreign), completions (t, request id, foreign, gone),
-  samples (t, busy, queued), peaks, first good probe after an outage.
-- proxy samples (per region): (t, /status document).
+The records are described in `run_data.py`; the backends' work, the run's validity and the
+timeline are their own modules (`backend_work.py`, `validity.py`, `timeline.py`).
 
 Windows: *before* is [start + 1 s, trigger - T); *after* is [t0, end - settle) for fresh
 workflows (settle lets late starters finish), [t0, end] for rates; the *last window* is the final
@@ -16,145 +10,22 @@ workflows (settle lets late starters finish), [t0, end] for rates; the *last win
 
 from __future__ import annotations
 
-import bisect
-import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any
 
+from .backend_work import backend_work
 from .fleet_shared import shared_doc
-from .lb_analysis import lb_doc, region_stats
+from .lb_analysis import lb_doc
 from .profiles import make_profile
+from .run_data import RunData, request_id
 from .scenario import Scenario
+from .stats import count_in, rate_in
+from .stats import percentile as percentile  # sweep_report imports it from here
+from .timeline import backlog_series, timeline
+from .validity import run_validity
 
-LAG_LIMIT_MS = 20.0  # a run whose generator lag p99 passes this measures the generator
-FLEET_CPU_WARN = 0.7  # share of one core above which the generator is close to saturating
-MACHINE_BUSY_WARN = 1.8  # cores (of 2) busy over the run: other work competes for the CPU
 SETTLE = 2.0  # fresh workflows starting this close to the end are left out of ratios
-TIMELINE_BIN = 0.5
-SERIES_BIN = 0.1  # the backlog series (successes per bin, open workflows) from t0
-
-
-@dataclass
-class RunData:
-    """Everything one arm's run produced."""
-
-    scenario: Scenario
-    arm: str
-    seed: int
-    capacity_scale: float
-    t_start: float
-    t_trigger: float
-    t_end: float
-    t0: float | None
-    fleet: dict[str, Any]
-    backends: dict[str, dict[str, Any]]
-    proxy_samples: dict[str, list[tuple[float, dict[str, Any]]]] = field(default_factory=dict)
-    cpu: dict[str, float] = field(default_factory=dict)
-    machine_busy_cores: float | None = None
-    wall_s: float = 0.0
-    notes: list[str] = field(default_factory=list)
-    # A fleet arm (issue 18): its region's members (backend/sidecar names), the balancer's
-    # algorithm, each sidecar's final /status and /metrics counters. Empty / None otherwise.
-    members: dict[str, list[str]] = field(default_factory=dict)
-    lb: str | None = None
-    proxy_final: dict[str, dict[str, Any]] = field(default_factory=dict)
-    proxy_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # The fleet's shared state (--fleet-redis): its URL, a fault's events, the scraped gauge.
-    redis: dict[str, Any] | None = None
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100) of `values`; None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
-
-
-def count_in(times: Iterable[float], lo: float, hi: float) -> int:
-    """How many of `times` fall in [lo, hi)."""
-    return sum(1 for t in times if lo <= t < hi)
-
-
-def rate_in(times: Iterable[float], lo: float, hi: float) -> float:
-    """Events per second in [lo, hi)."""
-    return count_in(times, lo, hi) / (hi - lo) if hi > lo else 0.0
-
-
-def bin_counts(times: Iterable[float], lo: float, hi: float, width: float) -> list[int]:
-    """Counts of `times` per bin of `width` seconds from `lo` (bins cover [lo, hi))."""
-    n = max(0, math.ceil((hi - lo) / width))
-    out = [0] * n
-    for t in times:
-        i = int((t - lo) // width)
-        if 0 <= i < n:
-            out[i] += 1
-    return out
-
-
-def bin_max(
-    points: Iterable[tuple[float, float]], lo: float, hi: float, width: float
-) -> list[float]:
-    """Max value per bin of (t, value) points (0 for empty bins)."""
-    n = max(0, math.ceil((hi - lo) / width))
-    out = [0.0] * n
-    for t, v in points:
-        i = int((t - lo) // width)
-        if 0 <= i < n and v > out[i]:
-            out[i] = v
-    return out
-
-
-def request_id(wf_id: int, attempt: int) -> str:
-    """The x-request-id the fleet sends for an attempt (the backend records it)."""
-    return f"{wf_id:x}.{attempt}"
-
-
-def status_figures(doc: dict[str, Any]) -> dict[str, Any]:
-    """Mode, limit, in-flight and queued from a /status document, tolerant of its shape."""
-
-    def num(v: Any) -> float | None:
-        if isinstance(v, bool):
-            return None
-        if isinstance(v, int | float):
-            return float(v)
-        if isinstance(v, dict):
-            for key in ("depth", "total", "size", "length", "current", "value", "limit"):
-                if isinstance(v.get(key), int | float):
-                    return float(v[key])
-            parts = [
-                x for x in v.values() if isinstance(x, int | float) and not isinstance(x, bool)
-            ]
-            return float(sum(parts)) if parts else None
-        return None
-
-    limiter = doc.get("limiter") if isinstance(doc.get("limiter"), dict) else {}
-    limit = num(doc.get("limit"))
-    if limit is None and limiter:
-        limit = num(limiter.get("limit"))
-    queued = None
-    for key in ("queued", "queue_depth", "queue", "deferred", "waiting"):
-        if key in doc:
-            queued = num(doc[key])
-            if queued is not None:
-                break
-    in_flight = num(doc.get("in_flight"))
-    if in_flight is None and limiter:
-        in_flight = num(limiter.get("in_flight"))
-    mode = doc.get("mode")
-    drain = doc.get("drain")
-    drain = drain if isinstance(drain, dict) else {}
-    return {
-        "mode": mode if isinstance(mode, str) else None,
-        "limit": limit,
-        "in_flight": in_flight,
-        "queued": queued,
-        # The drain ETA Sluice showed (RECOVERY only; None when it showed none).
-        "eta_s": num(drain.get("eta_s")),
-    }
 
 
 def _fresh(wfs: Sequence[Sequence[Any]], region_idx: int, lo: float, hi: float) -> dict[str, Any]:
@@ -191,8 +62,8 @@ def analyze(run: RunData) -> dict[str, Any]:
     ok_ids = {request_id(a[0], a[1]) for a in atts if a[5] == "200"}
     lw = sc.timing.last_window
     goodput_last = rate_in((a[4] for a in atts if a[5] == "200"), t_end - lw, t_end)
-    work = _backend_work(run, atts, backlog, ok_ids, t0)
-    validity = _validity(run, notes)
+    work = backend_work(run, atts, backlog, ok_ids, t0)
+    validity = run_validity(run, notes)
     return {
         "scenario": sc.name,
         "arm": run.arm,
@@ -353,71 +224,6 @@ def _exhausted(sc: Scenario, wfs: Sequence[Sequence[Any]]) -> dict[str, Any]:
     }
 
 
-class _Work(NamedTuple):
-    """What the backends did from t0 on, against the work the clients owed."""
-
-    amplification: float | None
-    first_tries: int
-    arrivals: int
-    wasted_fraction: float | None
-    backends: dict[str, Any]
-
-
-def _backend_work(
-    run: RunData,
-    atts: Sequence[Sequence[Any]],
-    backlog: Sequence[Sequence[Any]],
-    ok_ids: set[str],
-    t0: float,
-) -> _Work:
-    """Each backend's figures from t0, amplification (backend arrivals per unit of work owed)
-    and the share of completed work nobody received (wasted)."""
-    first_tries = count_in((a[3] for a in atts if a[1] == 0), t0, run.t_end)
-    docs = {r: _backend_doc(st, ok_ids, t0, run.t_end) for r, st in run.backends.items()}
-    arrivals = sum(d["arrivals"] for d in docs.values())
-    completed = sum(d["completed"] for d in docs.values())
-    wasted = sum(d["wasted"] for d in docs.values())
-    # Work owed at t0 counts as a first try: after an outage the open workflows made theirs
-    # before t0, yet each still needs one attempt (without this, a perfect drain of N would
-    # read as (λ₀·T + N) / (λ₀·T) amplification).
-    first_try_at = {a[0]: a[3] for a in atts if a[1] == 0}
-    carried = sum(1 for w in backlog if first_try_at.get(w[0], t0) < t0)
-    units = first_tries + carried
-    return _Work(
-        amplification=arrivals / units if units else None,
-        first_tries=first_tries,
-        arrivals=arrivals,
-        wasted_fraction=wasted / completed if completed else None,
-        backends=docs,
-    )
-
-
-def _backend_doc(st: dict[str, Any], ok_ids: set[str], t0: float, t_end: float) -> dict[str, Any]:
-    """One backend's figures over [t0, t_end)."""
-    arr = count_in((a[0] for a in st["arrivals"]), t0, t_end)
-    comp = [c for c in st["completions"] if t0 <= c[0] < t_end]
-    window_samples = [s for s in st["samples"] if t0 <= s[0] < t_end]
-    return {
-        "capacity": st["capacity"],
-        "workers": st["config"]["workers"],
-        "arrivals": arr,
-        "completed": len(comp),
-        "wasted": sum(1 for c in comp if c[1] not in ok_ids),
-        "client_gone": sum(1 for c in comp if c[3]),
-        "rejected": Counter(r[2] for r in st["rejections"]),
-        "peak_queue": st["peak_queue"],
-        "peak_queue_after_t0_sampled": max((s[2] for s in window_samples), default=0),
-        "peak_busy": st["peak_busy"],
-        "first_good_probe": st.get("first_good_probe"),
-        # A capacity step (t from t0, old workers, new workers) and the busy/queue samples
-        # from t0 (t from t0): what the backend did when its capacity changed.
-        "steps": [(round(x[0] - t0, 4), x[1], x[2]) for x in st.get("steps", [])],
-        "samples_after_t0": [
-            (round(x[0] - t0, 3), x[1], x[2]) for x in st["samples"] if t0 <= x[0] < t_end
-        ],
-    }
-
-
 def _other_region(
     run: RunData,
     ok_ids: set[str],
@@ -448,122 +254,4 @@ def _other_region(
         ),
         "fresh_before": _fresh(wfs, o_idx, *before),
         "fresh_during": _fresh(wfs, o_idx, *after),
-    }
-
-
-def _validity(run: RunData, notes: list[str]) -> dict[str, Any]:
-    """Whether the run measured the system rather than the generator (its loop lag, dropped
-    arrivals), with CPU figures; what only deserves a warning is added to `notes`."""
-    t_start, t_end = run.t_start, run.t_end
-    lags = [lag * 1000.0 for t, lag in run.fleet.get("lag", []) if t_start <= t <= t_end]
-    lag_p99 = percentile(lags, 99)
-    invalid: list[str] = []
-    if lag_p99 is not None and lag_p99 > LAG_LIMIT_MS:
-        invalid.append(f"generator loop lag p99 {lag_p99:.1f} ms > {LAG_LIMIT_MS:.0f} ms")
-    if run.fleet.get("dropped_arrivals"):
-        invalid.append(f"{run.fleet['dropped_arrivals']} arrivals dropped by the generator")
-    late = run.fleet.get("t_started", t_start) - t_start
-    if late > 0.1:
-        notes.append(f"generator started {late * 1000:.0f} ms late")
-    if run.machine_busy_cores is not None and run.machine_busy_cores > MACHINE_BUSY_WARN:
-        own = sum(run.cpu.values())
-        notes.append(
-            f"machine near saturation: {run.machine_busy_cores:.2f} cores busy, "
-            f"{own:.2f} of them this run's processes"
-        )
-    fleet_cpus = [v for k, v in run.cpu.items() if k == "fleet" or k.startswith("fleet-")]
-    fleet_cpu = max(fleet_cpus, default=None)  # per process: each has one core at most
-    if fleet_cpu is not None and fleet_cpu > FLEET_CPU_WARN:
-        notes.append(f"generator used {fleet_cpu:.0%} of a core (close to saturating)")
-    return {
-        "valid": not invalid,
-        "invalid_reasons": invalid,
-        "loop_lag_p50_ms": percentile(lags, 50),
-        "loop_lag_p99_ms": lag_p99,
-        "loop_lag_max_ms": max(lags) if lags else None,
-        "cpu_share": run.cpu,
-        "machine_busy_cores": run.machine_busy_cores,
-        "dropped_arrivals": run.fleet.get("dropped_arrivals", 0),
-    }
-
-
-def backlog_series(
-    backlog: Sequence[Sequence[Any]], t0: float, t_end: float, width: float = SERIES_BIN
-) -> dict[str, Any]:
-    """From t0 to the end in bins of `width`: the backlog workflows that succeeded in each bin
-    (`ok`) and those still open (not finished) at each bin's start (`open`)."""
-    n = max(0, math.ceil((t_end - t0) / width - 1e-9))
-    ok = bin_counts((w[5] for w in backlog if w[6] and w[5] is not None), t0, t0 + n * width, width)
-    ends = sorted(w[5] for w in backlog if w[5] is not None)
-    total = len(backlog)
-    # Open at a bin's start: not finished by then (a workflow ending exactly there is closed).
-    open_ = [total - bisect.bisect_right(ends, t0 + i * width) for i in range(n)]
-    return {"bin_s": width, "ok": ok, "open": open_}
-
-
-def timeline(run: RunData, t0: float) -> dict[str, Any]:
-    """Per-bin series for the plot, x in seconds from t0."""
-    sc = run.scenario
-    lo = run.t_start
-    hi = run.t_end + sc.timing.grace
-    w = TIMELINE_BIN
-    atts = run.fleet["attempts"]
-    wfs = run.fleet["workflows"]
-    ok_ids = {request_id(a[0], a[1]) for a in atts if a[5] == "200"}
-    n = max(0, math.ceil((hi - lo) / w))
-    out: dict[str, Any] = {
-        "bin_s": w,
-        "x": [round(lo + (i + 0.5) * w - t0, 3) for i in range(n)],
-        "regions": {},
-    }
-    for i, region in enumerate(sc.regions):
-        st = region_stats(run.backends, run.members.get(region, [region]), lo, hi, w)
-        comps = st.get("completions", [])
-        reg: dict[str, Any] = {
-            "fresh_offered": [
-                c / w for c in bin_counts((x[4] for x in wfs if x[1] == 0 and x[2] == i), lo, hi, w)
-            ],
-            "client_ok": [
-                c / w
-                for c in bin_counts((a[4] for a in atts if a[5] == "200" and a[2] == i), lo, hi, w)
-            ],
-            "offered": [c / w for c in bin_counts((a[3] for a in atts if a[2] == i), lo, hi, w)],
-            "backend_useful": [
-                c / w for c in bin_counts((c[0] for c in comps if c[1] in ok_ids), lo, hi, w)
-            ],
-            "backend_local_useful": [
-                c / w
-                for c in bin_counts((c[0] for c in comps if c[1] in ok_ids and not c[2]), lo, hi, w)
-            ],
-            "backend_wasted": [
-                c / w for c in bin_counts((c[0] for c in comps if c[1] not in ok_ids), lo, hi, w)
-            ],
-            "backend_busy": bin_max(((s[0], s[1]) for s in st.get("samples", [])), lo, hi, w),
-            "backend_queue": bin_max(((s[0], s[2]) for s in st.get("samples", [])), lo, hi, w),
-            "workers": st.get("config", {}).get("workers"),
-        }
-        samples = run.proxy_samples.get(region, [])
-        if samples:
-            reg["proxy"] = proxy_series(samples, t0)
-        members = run.members.get(region, [])
-        if members:  # a fleet's sidecars, each its own series
-            reg["proxies"] = {
-                m: proxy_series(run.proxy_samples[m], t0)
-                for m in members
-                if run.proxy_samples.get(m)
-            }
-        out["regions"][region] = reg
-    return out
-
-
-def proxy_series(samples: Sequence[tuple[float, dict[str, Any]]], t0: float) -> dict[str, Any]:
-    """A proxy's /status samples as the plot's series, x in seconds from t0."""
-    figs = [(t - t0, status_figures(doc)) for t, doc in samples]
-    return {
-        "t": [round(t, 3) for t, _ in figs],
-        "mode": [f["mode"] for _, f in figs],
-        "limit": [f["limit"] for _, f in figs],
-        "in_flight": [f["in_flight"] for _, f in figs],
-        "queued": [f["queued"] for _, f in figs],
-        "eta_s": [f["eta_s"] for _, f in figs],
     }

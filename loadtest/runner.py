@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .analysis import RunData, analyze
+from .analysis import analyze
 from .arm_children import (
     ArmUnavailable,
     Backend,
@@ -53,6 +53,7 @@ from .fleet_redis import (
 )
 from .httpclient import Pool
 from .procs import Child, ProcessGroup, machine_cpu
+from .run_data import RunData
 from .scenario import Scenario, sluice_config_path
 
 ARMS: tuple[str, ...] = ("direct", "passthrough", "sluice")

@@ -10,7 +10,7 @@ import prometheus_client
 import pytest
 
 from loadtest import balancer as lb
-from loadtest.analysis import RunData, analyze
+from loadtest.analysis import analyze
 from loadtest.figures import checks_for
 from loadtest.fleet_cli import fleet_of_run
 from loadtest.fleet_table import plan_grid
@@ -23,6 +23,7 @@ from loadtest.lb_analysis import (
     waiting_until,
 )
 from loadtest.report import render_table
+from loadtest.run_data import RunData
 from proxy.contracts import Reason
 from proxy.ops.metrics import Metrics
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from loadtest import fleet_redis as fr
-from loadtest.analysis import RunData, analyze
+from loadtest.analysis import analyze
 from loadtest.arm_children import write_proxy_config
 from loadtest.fault_figures import fault_checks
 from loadtest.figures import checks_for
@@ -19,6 +19,7 @@ from loadtest.fleet_cli import redis_of_args
 from loadtest.fleet_shared import fault_doc, link_changes, sidecar_fleet
 from loadtest.fleet_table_rows import row_of
 from loadtest.report import render_table
+from loadtest.run_data import RunData
 from loadtest.runner import ArmPlan
 from loadtest.scenario import load_scenario
 from proxy.config import load_config

@@ -6,19 +6,12 @@ from typing import Any
 
 import pytest
 
-from loadtest.analysis import (
-    RunData,
-    analyze,
-    bin_counts,
-    bin_max,
-    count_in,
-    percentile,
-    rate_in,
-    request_id,
-    status_figures,
-)
+from loadtest.analysis import analyze
 from loadtest.backend import thrashed_service_time
+from loadtest.proxy_status import status_figures
+from loadtest.run_data import RunData, request_id
 from loadtest.scenario import load_scenario
+from loadtest.stats import bin_counts, bin_max, count_in, percentile, rate_in
 
 
 def test_percentile_is_nearest_rank() -> None:

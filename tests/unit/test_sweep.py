@@ -17,12 +17,12 @@ from loadtest import sweep as sw
 from loadtest import sweep_draw as sd
 from loadtest import sweep_judge as sj
 from loadtest import sweep_report as sr
-from loadtest.analysis import backlog_series
 from loadtest.arm_schedule import backlog_lead, backlog_spawn_at
 from loadtest.backend import BackendConfig, Simulator
 from loadtest.fleet import IncidentShape
 from loadtest.profiles import PROFILE_NAMES, make_profile
 from loadtest.scenario import Scenario, load_scenario
+from loadtest.timeline import backlog_series
 
 SEEDS = range(1, sw.SWEEP_RUNS + 1)
 INITIAL = 16

@@ -9,7 +9,7 @@ from typing import Any
 from loadtest import sweep_draw as sd
 from loadtest import sweep_judge as sj
 from loadtest import sweep_report as sr
-from loadtest.analysis import status_figures
+from loadtest.proxy_status import status_figures
 
 INITIAL = 16
 
