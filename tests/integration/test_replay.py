@@ -28,9 +28,9 @@ from typing import Any
 import pytest
 
 from loadtest.arm_schedule import arm_budget
-from loadtest.cli import run_scenario
 from loadtest.figures import CONNECTION_ERROR, TIMEOUT, is_explicit_answer
 from loadtest.scenario import SCENARIO_DIR, load_scenario, sluice_config_path
+from loadtest.scenario_run import run_scenario
 from loadtest.validity import MACHINE_BUSY_WARN
 from proxy.config import load_config
 

@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 
-from loadtest import cli
+from loadtest import figures_matrix, scenario_run
 from loadtest.analysis import analyze
-from loadtest.cli import figures_plan
 from loadtest.figures import (
     Check,
     check_isolation,
@@ -20,6 +19,7 @@ from loadtest.figures import (
     is_explicit_answer,
     render_checks,
 )
+from loadtest.figures_matrix import figures_plan
 
 from .test_loadtest_stats import _synthetic_run
 
@@ -384,8 +384,8 @@ def test_figures_command_runs_the_plan_and_writes_the_summary(
             | ({"amplification": 2.0, "wasted_fraction": 0.5} if bad else {})
         ]
 
-    monkeypatch.setattr(cli, "run_scenario", fake_run)
-    rc = cli.figures(tmp_path, scenarios=["reopen"], profiles=["sdk", "hostile"])
+    monkeypatch.setattr(figures_matrix, "run_scenario", fake_run)
+    rc = figures_matrix.figures(tmp_path, scenarios=["reopen"], profiles=["sdk", "hostile"])
     assert rc == 0  # hostile has no drain figures: amplification does not count
     assert [(c[0], c[2], c[3]) for c in calls] == [
         ("reopen", 1.0, "sdk"),
@@ -402,11 +402,14 @@ def test_figures_command_runs_the_plan_and_writes_the_summary(
 
     calls.clear()
     monkeypatch.setattr(
-        cli,
+        figures_matrix,
         "run_scenario",
         lambda name, arms, **kw: [_result(kw["profile"], **{"backlog.succeeded": 1})],
     )
-    assert cli.figures(tmp_path, scenarios=["backend-outage"], profiles=["sdk"], scales=[1]) == 1
+    assert (
+        figures_matrix.figures(tmp_path, scenarios=["backend-outage"], profiles=["sdk"], scales=[1])
+        == 1
+    )
     assert "figures: 9/10 met" in (tmp_path / "figures.txt").read_text(encoding="utf-8")
 
 
@@ -417,11 +420,11 @@ def test_a_table_with_a_sluice_arm_gets_its_figures(
 
     monkeypatch.setattr(loadtest.plot, "plot_scenario", lambda results, path: None)
     direct = analyze(_synthetic_run())
-    cli.write_outputs([direct], tmp_path, echo=False)
+    scenario_run.write_outputs([direct], tmp_path, echo=False)
     assert "figures" not in (tmp_path / "reopen-naive.txt").read_text(encoding="utf-8")
     protected = analyze(_synthetic_run())
     protected["arm"] = "sluice"
-    cli.write_outputs([direct, protected], tmp_path, echo=False)
+    scenario_run.write_outputs([direct, protected], tmp_path, echo=False)
     text = (tmp_path / "reopen-naive.txt").read_text(encoding="utf-8")
     assert "figures of the sluice arm:" in text
     assert text.rstrip().endswith(render_checks([direct, protected]).splitlines()[-1])
@@ -450,12 +453,12 @@ def test_cold_runs_are_run_cold_and_named_so(
         calls.append(kw)
         return [_result(kw["profile"]) | ({"variant": kw["variant"]} if kw["variant"] else {})]
 
-    monkeypatch.setattr(cli, "run_scenario", fake_run)
-    assert cli.figures(tmp_path, profiles=["azure-sdk"], scales=[1]) == 0
+    monkeypatch.setattr(figures_matrix, "run_scenario", fake_run)
+    assert figures_matrix.figures(tmp_path, profiles=["azure-sdk"], scales=[1]) == 0
     assert [(c["variant"], c["out_dir"]) for c in calls] == [
         ("", tmp_path / "azure-sdk"),
         ("cold", tmp_path / "azure-sdk-cold"),
     ]
     summary = (tmp_path / "figures.txt").read_text(encoding="utf-8")
     assert "reopen \u00d71 azure-sdk cold: 11/11 met" in summary
-    assert cli.VARIANTS["cold"] == {"warmup": cli.COLD_WARMUP}
+    assert scenario_run.VARIANTS["cold"] == {"warmup": scenario_run.COLD_WARMUP}
