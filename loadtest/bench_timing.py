@@ -44,7 +44,8 @@ from aiohttp import web
 
 from proxy.edge.arrival import DEFAULT_PERIOD, ArrivalClock
 
-from .backend import BackendConfig, Simulator, build_apps
+from .backend_http import build_apps
+from .backend_sim import BackendConfig, Simulator
 from .bench_timing_common import TOKEN, ms, serve, spread
 from .bench_timing_deadlines import bench_deadlines
 from .bench_timing_holds import bench_holds

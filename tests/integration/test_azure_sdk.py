@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from loadtest.backend import BackendConfig, Simulator, build_apps
+from loadtest.backend_http import build_apps
+from loadtest.backend_sim import BackendConfig, Simulator
 from loadtest.identities import make_identities
 from loadtest.sdkclient import (
     OTHER_PATHS,

@@ -16,7 +16,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from loadtest.backend import BackendConfig, Simulator, build_apps
+from loadtest.backend_http import build_apps
+from loadtest.backend_sim import BackendConfig, Simulator
 from loadtest.httpclient import ConnectError, Pool
 from loadtest.procs import free_port
 from tests.support import wait_for

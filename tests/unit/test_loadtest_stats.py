@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from loadtest.analysis import analyze
-from loadtest.backend import thrashed_service_time
+from loadtest.backend_sim import thrashed_service_time
 from loadtest.proxy_status import status_figures
 from loadtest.run_data import RunData, request_id
 from loadtest.scenario import load_scenario

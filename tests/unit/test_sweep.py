@@ -18,7 +18,7 @@ from loadtest import sweep_draw as sd
 from loadtest import sweep_judge as sj
 from loadtest import sweep_report as sr
 from loadtest.arm_schedule import backlog_lead, backlog_spawn_at
-from loadtest.backend import BackendConfig, Simulator
+from loadtest.backend_sim import BackendConfig, Simulator
 from loadtest.fleet import IncidentShape
 from loadtest.profiles import PROFILE_NAMES, make_profile
 from loadtest.scenario import Scenario, load_scenario
