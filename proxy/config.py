@@ -1,9 +1,11 @@
 """Sluice configuration: YAML loading, errors that name the field, deprecated keys, and the
 fields a reload cannot change.
 
-The schema is in `config_schema.py`, the value syntax (durations are written `250ms`, `5s`,
-`2m`, `1h` and held as float seconds) in `config_fields.py`; both are re-exported here, so
-`from proxy.config import Config, parse_duration, ...` keeps working.
+The schema is in `config_schema.py` (its sections by concern in `config_network.py`,
+`config_admission.py`, `config_control.py` and `config_process.py`), the value syntax
+(durations are written `250ms`, `5s`, `2m`, `1h` and held as float seconds) in
+`config_fields.py`; all are re-exported here, so `from proxy.config import Config,
+parse_duration, ...` keeps working.
 """
 
 from __future__ import annotations
@@ -17,6 +19,16 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from .config_admission import (
+    CallerConfig,
+    CallersConfig,
+    QueueConfig,
+    RegionConfig,
+    RetryBudgetConfig,
+    RetryDetectConfig,
+    SheddingConfig,
+)
+from .config_control import LimiterConfig, ModesConfig, RecoveryConfig
 from .config_fields import (
     Cidr,
     Duration,
@@ -26,29 +38,16 @@ from .config_fields import (
     duration_text,
     parse_duration,
 )
-from .config_schema import (
-    PRIORITY_CLASSES,
+from .config_network import (
     AdminConfig,
-    CallerConfig,
-    CallersConfig,
-    Config,
-    FleetConfig,
     HeadersConfig,
-    LifecycleConfig,
-    LimiterConfig,
     ListenConfig,
-    LoggingConfig,
-    ModesConfig,
-    QueueConfig,
-    RecoveryConfig,
-    RegionConfig,
-    RetryBudgetConfig,
-    RetryDetectConfig,
-    SheddingConfig,
     TlsConfig,
     TrustConfig,
     UpstreamConfig,
 )
+from .config_process import FleetConfig, LifecycleConfig, LoggingConfig
+from .config_schema import PRIORITY_CLASSES, Config
 from .upstream.tls import TlsSettingError, upstream_tls
 
 __all__ = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 # From the schema, not ..config: config imports .tls to check the files at load time.
-from ..config_schema import UpstreamConfig
+from ..config_network import UpstreamConfig
 from .base import (
     UpstreamClient,
     UpstreamConnectError,

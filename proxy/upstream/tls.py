@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ..config_schema import TlsConfig, UpstreamConfig
+from ..config_network import TlsConfig, UpstreamConfig
 
 
 @dataclass(frozen=True, slots=True)
