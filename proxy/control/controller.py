@@ -20,16 +20,15 @@ from ..ops.metrics import Metrics
 from ..tuning import CONTROL, ControlTuning
 from .limit import Limit
 from .loop_lag import LoopLag
-from .modes import (
+from .mode_table import (
     REASON_ERRORS,
     Effect,
     Event,
     Mode,
-    ModeController,
-    Snapshot,
     Transition,
     possible_transitions,
 )
+from .modes import ModeController, Snapshot
 from .signals import (
     BROKEN,
     PUSHBACK,

@@ -10,7 +10,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from ..config import parse_duration
-from ..control.modes import REASON_OPERATOR, Event, IllegalTransition, Mode, Transition
+from ..control.mode_table import REASON_OPERATOR, Event, IllegalTransition, Mode, Transition
 
 if TYPE_CHECKING:
     from ..admission.gate import AdmissionGate

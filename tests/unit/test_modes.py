@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from proxy.control.modes import (
+from proxy.control.mode_table import (
     OPERATOR_EVENTS,
     REASON_DRAINED,
     REASON_ERRORS,
@@ -23,10 +23,9 @@ from proxy.control.modes import (
     Event,
     IllegalTransition,
     Mode,
-    ModeController,
-    Snapshot,
     next_mode,
 )
+from proxy.control.modes import ModeController, Snapshot
 from proxy.control.signals import HealthView
 
 from ._admission import make_config
@@ -328,7 +327,7 @@ def test_shield_default_ttl_and_renewal() -> None:
 
 
 def test_each_transition_s_effects_come_from_the_table() -> None:
-    from proxy.control.modes import Effect, effects_of
+    from proxy.control.mode_table import Effect, effects_of
 
     assert effects_of(Mode.NORMAL, Mode.OUTAGE, Event.BROKEN) == (Effect.FRESH_EVIDENCE,)
     assert effects_of(Mode.OUTAGE, Mode.RECOVERY, Event.HEALTHY_BACKLOG) == (
