@@ -53,7 +53,8 @@ from prometheus_client import Counter
 from ..admission.classify import new_request_id
 from ..config import ListenConfig
 from ..contracts import Reason, Refusal
-from ..ops.metrics import CountingInvalidHeaders, CountingRetrySignals, Metrics
+from ..ops.classifier_counters import CountingInvalidHeaders, CountingRetrySignals
+from ..ops.metrics import Metrics
 from .accesslog import AccessLog, OwnAnswer, peer_host
 from .badinput import BAD_INPUT_KINDS, classify_parse_error, screen
 from .forward import SERVER, BrokenRequestBody, refusal_response

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from .metrics import FleetMetrics
+from .fleet_metrics import FleetMetrics
 
 if TYPE_CHECKING:
     from ..admission.pacing import Pacer

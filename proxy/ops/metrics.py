@@ -3,8 +3,8 @@
 Labels are bounded: reasons and error kinds come from closed tables, callers only from the
 configured list (all other callers are `other`), modes from the controller's four states,
 status classes from `STATUS_CLASSES`. Nothing on the request path formats a label. The
-classifier's own counters are fed into these by `CountingInvalidHeaders` and
-`CountingRetrySignals`.
+classifier's own counters are fed into these by `classifier_counters`; the fleet link's
+metrics are `fleet_metrics.FleetMetrics`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from prometheus_client import (
 )
 
 from .. import __version__
-from ..admission.classify import InvalidHeaderCounter
-from ..admission.retries import SIGNALS, RetrySignalCounter
+from ..admission.retries import SIGNALS
 from ..config import PRIORITY_CLASSES
 from ..contracts import REASONS, UPSTREAM_ERRORS
+from .fleet_metrics import FleetMetrics
 
 MODES: tuple[str, ...] = ("NORMAL", "OUTAGE", "RECOVERY", "SHIELD")
 OUTCOMES: tuple[str, ...] = ("forwarded", "refused", "error", "cancelled")
@@ -359,96 +359,3 @@ class Metrics:
         """Set the one-hot mode gauge."""
         for name, child in self.mode_children.items():
             child.set(1 if name == mode else 0)
-
-
-class FleetMetrics:
-    """The fleet link's metrics, registered only when `fleet.redis` is configured (standalone
-    serves none of them). Counters follow the link's and the pacer's own tallies once per
-    exchange (`ops.fleet.update_fleet_metrics`); nothing here is touched by a request."""
-
-    KINDS: tuple[str, ...] = ("booking", "redemption", "call-id", "failure")
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        r = registry
-        self.redis_up = Gauge(
-            "sluice_fleet_redis_up",
-            "1 while the fleet link exchanges with Redis; 0 while it is down (local state only).",
-            registry=r,
-        )
-        self.exchanges = Counter(
-            "sluice_fleet_exchanges",
-            "Exchanges with Redis by result (failed: an error, or over fleet.op_timeout).",
-            ["result"],
-            registry=r,
-        )
-        self.exchange_ok = self.exchanges.labels("ok")
-        self.exchange_failed = self.exchanges.labels("failed")
-        self.peers = Gauge(
-            "sluice_fleet_peers", "Other sidecars of the fleet heard from lately.", registry=r
-        )
-        self.exchange_age = Gauge(
-            "sluice_fleet_last_exchange_age_seconds",
-            "Seconds since the last good exchange with Redis (+Inf before the first).",
-            registry=r,
-        )
-        self.shared = Counter(
-            "sluice_fleet_shared",
-            "Entries shared with the fleet, by kind and direction (sent, received).",
-            ["kind", "direction"],
-            registry=r,
-        )
-        self.sent = {k: self.shared.labels(k, "sent") for k in self.KINDS}
-        self.received = {k: self.shared.labels(k, "received") for k in self.KINDS}
-        self.unshared = Counter(
-            "sluice_fleet_unshared",
-            "Entries not shared: over the per-tick cap, or learnt while the link was down.",
-            registry=r,
-        )
-        self.redeemed_foreign = Counter(
-            "sluice_fleet_slots_redeemed_foreign",
-            "Solicited returns whose slot another sidecar of the fleet booked.",
-            registry=r,
-        )
-        self.closed = Counter(
-            "sluice_fleet_slots_closed",
-            "Booked slots closed here because a peer redeemed them.",
-            registry=r,
-        )
-        self.hint = Gauge(
-            "sluice_fleet_hint",
-            "1 for the mode a peer sidecar hints (RECOVERY or OUTAGE) while the hint holds.",
-            ["mode"],
-            registry=r,
-        )
-        self.hint_children = {m: self.hint.labels(m) for m in ("RECOVERY", "OUTAGE")}
-
-
-class CountingInvalidHeaders(InvalidHeaderCounter):
-    """The classifier's invalid-header counter, also feeding `sluice_invalid_headers`.
-
-    Only the invalid path pays for the metric; one instance is shared by every classifier
-    across reloads so the series never goes backwards.
-    """
-
-    def __init__(self, metrics: Metrics) -> None:
-        super().__init__()
-        self._inc = metrics.invalid_headers.inc
-
-    def hit(self) -> None:
-        """Count one unusable header, in the classifier's tally and the metric."""
-        self.count += 1
-        self._inc()
-
-
-class CountingRetrySignals(RetrySignalCounter):
-    """The classifier's retry-signal counter, also feeding `sluice_retries_recognised`;
-    shared across reloads like `CountingInvalidHeaders`."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        super().__init__()
-        self._incs = [c.inc for c in metrics.retry_signal]
-
-    def hit(self, signal: int) -> None:
-        """Count one retry recognised by `signal`, in the classifier's tally and the metric."""
-        self.counts[signal] += 1
-        self._incs[signal]()
