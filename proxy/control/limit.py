@@ -72,6 +72,12 @@ class Limit(Protocol):
         ...
 
     @property
+    def least(self) -> int:
+        """The lowest the limit goes: `config.floor`, or lower where the backend was seen to
+        serve fewer requests at once."""
+        ...
+
+    @property
     def floor(self) -> LatencyFloor:
         """The backend's learned unloaded latency (`floor.value`, None before a window)."""
         ...

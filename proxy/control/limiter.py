@@ -32,6 +32,17 @@ In the spirit of Netflix's Gradient2 and Envoy's adaptive-concurrency gradient c
   at its minimum concurrency), whatever slowed them: a backend slower than it was, or our own
   loop. The limit then grows from it instead of waiting at the floor for a window that never
   looks fast.
+- That floor (`least`) is `limiter.floor`, but never above the concurrency the backend was
+  seen to serve: the best delivery rate of a full window that queued (so the backend, not
+  the traffic, set the rate) times the unloaded latency (BBR's BDP), at least 1. A backend
+  with fewer workers than `limiter.floor` (a small member of a fleet) would otherwise keep a
+  queue no cut can drain, slow down with it (thrash), and have that queue re-measured as
+  its unloaded latency at the floor.
+- A window that did not use the limit (the traffic held it, not the backend) brings a limit
+  above what was proven down to `slow_start_factor` x `proven`, not under `limiter.floor`
+  (RFC 7661's congestion window validation): `initial`, or a limit grown long ago, is not
+  evidence, and a storm arriving on it would queue that much at the backend before the
+  first window could judge it.
 
 Nothing here states a backend capacity: `initial`, `floor` and `ceiling` only bound the search.
 The internal numbers are `tuning.GradientTuning`'s (why each value: docs/tuning.md).
@@ -75,6 +86,9 @@ class Limiter(Window):
         # The highest concurrency of a window whose latency stayed near the floor: what the
         # backend has been seen to take without queueing.
         self.proven = 0
+        # The most concurrency the backend was seen to serve: a window's delivery rate x the
+        # unloaded latency, the best of any window (0: none measured yet).
+        self.served = 0.0
         self.grown = 0.0  # the limit before a ramp restarted it lower (0: none)
         self.step = float(config.knee_growth)  # the next growth outside slow start
         self._since = now  # answers to requests sent from here on judge the limit in force
@@ -111,7 +125,16 @@ class Limiter(Window):
     @property
     def limit(self) -> int:
         """The concurrency limit in force."""
-        return max(self.config.floor, int(self.value))
+        return max(self.least, int(self.value))
+
+    @property
+    def least(self) -> int:
+        """The lowest the limit goes: `limiter.floor`, or what the backend was seen to serve
+        at once (`served`, rounded, at least 1) where that is lower."""
+        floor = self.config.floor
+        if self.served <= 0.0:
+            return floor
+        return max(1, min(floor, round(self.served)))
 
     @property
     def measuring_since(self) -> float | None:
@@ -172,13 +195,13 @@ class Limiter(Window):
             # From what the traffic before was seen to take without queueing (at least the
             # floor): fresh traffic is served at once, and a weaker backend shows in the
             # first (half) window.
-            self.value = max(float(self.config.floor), min(self.value, float(self.proven)))
+            self.value = max(float(self.least), min(self.value, float(self.proven)))
         elif self.proven:
             # A limit that grew on traffic that never filled it says nothing about the
             # backend: start the ramp from what was seen to cause no queueing. (What it
             # had grown to stays a hint for optimistic pacing until a knee is found.)
             self.grown = self.value
-            self.value = max(float(self.config.floor), min(self.value, float(self.proven)))
+            self.value = max(float(self.least), min(self.value, float(self.proven)))
         self.slow_start = True
         self.step = float(self.config.knee_growth)
         self.last_change = "slow-start"
@@ -188,9 +211,12 @@ class Limiter(Window):
         self._since = now
 
     def reconfigure(self, config: LimiterConfig) -> None:
-        """`Window.reconfigure`; the limit saved for a floor re-measurement is clamped too."""
+        """`Window.reconfigure` within `least` (not `limiter.floor`); the limit saved for a
+        floor re-measurement is clamped too."""
+        value = self.value
         super().reconfigure(config)
-        self._saved = min(float(config.ceiling), max(float(config.floor), self._saved))
+        self.value = min(float(config.ceiling), max(float(self.least), value))
+        self._saved = min(float(config.ceiling), max(float(self.least), self._saved))
 
     # --- internals -------------------------------------------------------------------------
     def _reset_window(self, now: float) -> None:
@@ -204,6 +230,13 @@ class Limiter(Window):
             return False
         self._since = now
         return True
+
+    def _note_served(self, now: float, floor: float) -> None:
+        """A full window that queued: its delivery rate is what the backend serves, and
+        times the unloaded latency, how many it serves at once (its busy workers)."""
+        span = now - self._window_start
+        if span > 0.0:
+            self.served = max(self.served, self._ok / span * floor)
 
     def _close(self, now: float, in_flight: int, may_probe: bool) -> None:
         # A window short of answers is stretched, up to `max_stretch` lengths.
@@ -255,7 +288,7 @@ class Limiter(Window):
     def _back_off(self, now: float) -> None:
         """Pushback or broken answers past `backpressure_ratio`: the backend says it is full."""
         cfg = self.config
-        self.value = max(float(cfg.floor), self.value * cfg.backoff)
+        self.value = max(float(self.least), self.value * cfg.backoff)
         self._knee(now, "backoff")
 
     def _judge(self, now: float, may_probe: bool) -> None:
@@ -282,7 +315,9 @@ class Limiter(Window):
         if served <= floor * self.tuning.floor_confirm:
             self._note_proven(now)
         tolerated = cfg.latency_tolerance * floor
-        if served > tolerated and self.limit <= cfg.floor:
+        if served > tolerated and self._full():
+            self._note_served(now, floor)  # before the floor it may lower is judged
+        if served > tolerated and self.limit <= self.least:
             # Nothing lower to try: at the least concurrency, what the backend serves is its
             # unloaded latency (it is slower than it was).
             self.floor.reset_to(now, served)
@@ -295,11 +330,22 @@ class Limiter(Window):
         else:
             self.slow_start = False  # the traffic does not use what we have: ramp done
             self.last_change = "idle"
+            self._validate()
 
     def _full(self) -> bool:
         """The window's peak concurrency reached most of the limit in force: it measured
         the limit, not the traffic."""
         return self._peak >= self.tuning.used * self.limit
+
+    def _validate(self) -> None:
+        """A window the traffic did not fill: a limit above `slow_start_factor` x what was
+        proven comes down to it (nothing has shown the backend takes more; growth on a full
+        window takes it back up)."""
+        if self.proven <= 0:
+            return
+        cfg = self.config
+        held = max(float(cfg.floor), cfg.slow_start_factor * self.proven)
+        self.value = min(self.value, held)
 
     def _note_proven(self, now: float) -> None:
         """A window at floor latency proves the backend takes its concurrency without queueing.
@@ -317,7 +363,7 @@ class Limiter(Window):
         the plain gradient, so the limit settles on it. Never more than halved."""
         tuning = self.tuning
         cut = math.sqrt(gradient) if gradient < tuning.deep_cut else gradient
-        self.value = max(float(self.config.floor), self.value * max(tuning.max_cut, cut))
+        self.value = max(float(self.least), self.value * max(tuning.max_cut, cut))
         self._knee(now, "latency")
 
     def _knee(self, now: float, why: str) -> None:
@@ -356,7 +402,7 @@ class Limiter(Window):
         """Lower the limit to re-measure the unloaded latency (it is restored after)."""
         cfg = self.config
         self._saved = self.value
-        self.value = max(float(cfg.floor), self.value * cfg.floor_probe_fraction)
+        self.value = max(float(self.least), self.value * cfg.floor_probe_fraction)
         self._stage = _DRAINING
         self.last_change = "floor-probe"
 

@@ -42,6 +42,12 @@ class Window:
     _clean_slack: float
     _lag: float
 
+    @property
+    def least(self) -> int:
+        """The lowest the limit goes (`Limit.least`): `config.floor`, unless a subclass
+        learns a lower one."""
+        return self.config.floor
+
     def add(
         self,
         ok: int,

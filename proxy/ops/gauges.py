@@ -16,7 +16,7 @@ def update_gauges(gate: AdmissionGate, now: float) -> None:
     """Set every gauge the gate owns from its current state."""
     m = gate.metrics
     m.limit.set(gate.limiter.limit)
-    m.limit_floor.set(gate.config.limiter.floor)
+    m.limit_floor.set(gate.limiter.least)
     m.shield_remaining.set(gate.modes.shield_remaining(now))
     for prio, n in zip(PRIORITY_CLASSES, gate.queue.by_priority(), strict=True):
         m.queue_depth_children[prio].set(n)

@@ -70,7 +70,7 @@ def _limit_doc(gate: AdmissionGate) -> dict[str, Any]:
     return {
         "limit": lim.limit,
         "limit_in_force": min(gate.eff, lim.limit),
-        "limit_bounds": [cfg.floor, cfg.ceiling],
+        "limit_bounds": [lim.least, cfg.ceiling],
         "limit_last_change": lim.last_change,
         "limit_algorithm": cfg.algorithm,
         "loop_lag_ms": round(gate.control.loop.lag * 1000, 1),
