@@ -11,15 +11,18 @@ never decides anything the sidecars are measured on: no server `maxconn` (and a 
 frontend one far above any run's connections), no stickiness, `retries 0` and no
 `option redispatch` (a refused request is the client's to retry, through the balancer, as in
 the incident), `option forwardfor` (each sidecar tells clients apart by `X-Forwarded-For`, its
-peer being the balancer), keep-alive on both sides, timeouts longer than any client's, and no
-health checks (a check would take every server out during `backend-outage` and HAProxy would
-answer 503 itself: an answer from the balancer, not the system under test).
+peer being the balancer), `X-Request-Start` set to when HAProxy received the request (each
+sidecar counts a request's time from there, `trust.request_start`: at a release, time a
+request spends in front of a sidecar is invisible to the sidecar's loop heartbeat),
+keep-alive on both sides, timeouts longer than any client's, and no health checks (a check
+would take every server out during `backend-outage` and HAProxy would answer 503 itself: an
+answer from the balancer, not the system under test).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 LB_ALGORITHMS: tuple[str, ...] = ("roundrobin", "leastconn")
 HAPROXY = "haproxy"
@@ -96,6 +99,8 @@ def haproxy_config(port: int, servers: Sequence[Server], balance: str, timeout_s
         *(f"    timeout {name} {t}" for name in ("http-keep-alive", "queue")),
         "frontend fleet",
         f"    bind 127.0.0.1:{port}",
+        # When HAProxy received the request, for the sidecars (`trust.request_start`).
+        "    http-request set-header X-Request-Start t=%[date(0,us)]",
         "    default_backend members",
         "backend members",
         f"    balance {balance}",
@@ -109,4 +114,5 @@ def haproxy_config(port: int, servers: Sequence[Server], balance: str, timeout_s
 # A sidecar behind the balancer believes forwarding headers from the balancer alone: every
 # connection's peer is HAProxy on 127.0.0.1, the clients connect from 127.1.x.y (untrusted), so
 # the client is the rightmost untrusted X-Forwarded-For hop (proxy/headers.py TrustedSources).
-SIDECAR_TRUST: dict[str, list[str]] = {"sources": ["127.0.0.1/32", "::1/128"]}
+# The balancer's X-Request-Start is believed too (same host, same clock).
+SIDECAR_TRUST: dict[str, Any] = {"sources": ["127.0.0.1/32", "::1/128"], "request_start": True}

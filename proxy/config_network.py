@@ -99,6 +99,7 @@ class HeadersConfig(Strict):
     priority: HeaderName = "x-priority"
     request_timeout_ms: HeaderName = "x-request-timeout-ms"
     request_deadline_ms: HeaderName = "x-request-deadline-ms"
+    request_start: HeaderName = "x-request-start"
     request_id: HeaderName = "x-request-id"
 
 
@@ -109,6 +110,12 @@ class TrustConfig(Strict):
     )
     absolute_deadline: bool = Field(
         False, description="honour x-request-deadline-ms (epoch ms); clocks skew, so off"
+    )
+    request_start: bool = Field(
+        False,
+        description="from trusted peers, count a request's time from x-request-start (when "
+        "the balancer in front received it: epoch s, ms or us, `t=` prefix optional), so "
+        "the time it waited there counts against its timeout; two hosts' clocks skew, so off",
     )
 
 

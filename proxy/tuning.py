@@ -19,6 +19,10 @@ class AdmissionTuning:
     """The gate's estimates, held refusals and housekeeping (`admission.estimates`,
     `admission.refusals`, `admission.gate`, `admission.pacing`, `admission.budgets`)."""
 
+    request_start_max: float = 10.0
+    """Seconds: a balancer's request-start header (`trust.request_start`) further back than
+    this is not believed (its clock is behind ours, or the header is garbage)."""
+
     throughput_alpha: float = 0.2
     """Weight of the newest tick in the smoothed throughput (good answers per second)."""
 

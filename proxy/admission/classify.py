@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from ..config import PRIORITY_CLASSES, Config
 from ..contracts import Ticket
 from ..headers import TrustedSources
+from ..tuning import ADMISSION
 from .retries import (
     BY_ATTEMPT,
     BY_CALL_ID,
@@ -30,6 +31,7 @@ _NORMAL_PRIORITY = PRIORITY_CLASSES.index("normal")
 _PRIORITY_INDEX = {name: i for i, name in enumerate(PRIORITY_CLASSES)}
 # Longest attempt / budget header value we bother to parse (anything longer is garbage).
 _MAX_INT_TEXT = 12
+_MAX_START_TEXT = 24  # a request-start time: microseconds since the epoch are 16 digits
 
 # Request ids have uuid.uuid4().hex's form (32 hex digits, version 4, RFC 4122 variant) but
 # come from a generator seeded once, not a syscall per id: they only correlate logs and need
@@ -74,6 +76,26 @@ def parse_nonneg_int(text: str | None) -> int | None:
     return int(text)
 
 
+def parse_request_start(text: str) -> float | None:
+    """Epoch milliseconds from a balancer's request-start header: an optional `t=` and a
+    number of seconds (nginx's `$msec`: 1700000000.123), milliseconds, or microseconds
+    (HAProxy's `%[date(0,us)]`), told apart by magnitude as Heroku's and New Relic's readers
+    do; None when unusable."""
+    text = text.strip()
+    if text.startswith("t="):
+        text = text[2:]
+    if not text or len(text) > _MAX_START_TEXT or text.count(".") > 1:
+        return None
+    if not text.replace(".", "", 1).isdigit() or not text.isascii():
+        return None
+    value = float(text)
+    if value >= 1e14:
+        return value / 1000.0  # microseconds
+    if value >= 1e11:
+        return value  # milliseconds
+    return value * 1000.0  # seconds
+
+
 def _forwarded_for(headers: Mapping[str, str]) -> str | None:
     """Every `X-Forwarded-For` line, joined (a proxy may add its own line)."""
     getall = getattr(headers, "getall", None)
@@ -99,6 +121,7 @@ class Classifier:
         self._h_priority = h.priority
         self._h_timeout = h.request_timeout_ms
         self._h_deadline = h.request_deadline_ms if config.trust.absolute_deadline else None
+        self._h_start = h.request_start if config.trust.request_start else None
         self._h_request_id = h.request_id
         self._local_region = config.region.name
         self.trusted = TrustedSources(config.trust.sources)
@@ -157,7 +180,10 @@ class Classifier:
                 priority = _PRIORITY_INDEX.get(p.strip().lower(), priority)
         attempt = self._attempt(headers)
         origin = self._origin(headers.get(self._h_region)) if trusted else None
-        deadline = self._deadline(headers, now, wall_ms)
+        arrived = now
+        if trusted and self._h_start is not None:
+            arrived, wall_ms = self._started(headers.get(self._h_start), now, wall_ms)
+        deadline = self._deadline(headers, arrived, wall_ms)
 
         # Who sent it as well as what: every pod of an identity sends the same request, and one
         # pod's failure says nothing about another's (pods differ by address).
@@ -179,7 +205,7 @@ class Classifier:
             attempt=attempt,
             is_retry=is_retry,
             origin_region=origin,
-            arrived=now,
+            arrived=arrived,
             deadline=deadline,
             request_id=request_id,
             fingerprint=fingerprint,
@@ -206,6 +232,22 @@ class Classifier:
             if region and region != self._local_region:
                 return region[:64]
         return None
+
+    def _started(self, raw: str | None, now: float, wall_ms: float) -> tuple[float, float]:
+        """(monotonic, epoch ms) of when the balancer in front received the request, from its
+        request-start header: the time it waited there, its client counted too. Not believed
+        when later than `now` (its clock ahead of ours) or further back than
+        `request_start_max` (behind): then `now`, as without the header."""
+        if raw is None:
+            return now, wall_ms
+        start_ms = parse_request_start(raw)
+        if start_ms is None:
+            self.invalid_headers.hit()
+            return now, wall_ms
+        waited = (wall_ms - start_ms) / 1000.0
+        if waited <= 0.0 or waited > ADMISSION.request_start_max:
+            return now, wall_ms
+        return now - waited, start_ms
 
     def _deadline(self, headers: Mapping[str, str], now: float, wall_ms: float) -> float | None:
         """The request's deadline on our monotonic clock, from its timeout header or (if

@@ -216,6 +216,49 @@ def test_absolute_deadline_only_when_configured() -> None:
     assert classify(c, now=10.0, **h).deadline == pytest.approx(12.0)
 
 
+WALL_MS = 1_700_000_000_000.0  # the wall clock in the request-start tests: Nov 2023
+
+
+def started(c: Classifier, raw: str, peer: str = TRUSTED, **h: str):  # type: ignore[no-untyped-def]
+    headers = {"x-request-start": raw} | {k.replace("_", "-"): v for k, v in h.items()}
+    return c.classify(peer, "GET", "/t", headers, 50.0, WALL_MS)
+
+
+def test_time_waiting_in_the_balancer_counts_against_the_timeout_when_trusted() -> None:
+    # The balancer received the request 400 ms before we read it.
+    raw = "t=1699999999600000"
+    off = started(classifier(), raw, x_request_timeout_ms="1000")
+    assert (off.arrived, off.deadline) == (50.0, pytest.approx(51.0))
+    c = classifier(trust={"request_start": True})
+    t = started(c, raw, x_request_timeout_ms="1000")
+    assert t.arrived == pytest.approx(49.6) and t.deadline == pytest.approx(50.6)
+    untrusted = started(c, raw, peer=UNTRUSTED, x_request_timeout_ms="1000")
+    assert untrusted.deadline == pytest.approx(51.0)
+
+
+@pytest.mark.parametrize(
+    ("raw", "arrived"),
+    [
+        ("t=1699999999600000", 49.6),  # microseconds (HAProxy's date(0,us))
+        ("1699999999600", 49.6),  # milliseconds
+        ("t=1699999999.600", 49.6),  # seconds with a fraction (nginx's $msec)
+        ("t=1700000000200", 50.0),  # later than our clock (skew): not believed
+        ("t=1699999900.0", 50.0),  # 100 s back: past request_start_max, not believed
+    ],
+)
+def test_request_start_units_and_skew(raw: str, arrived: float) -> None:
+    c = classifier(trust={"request_start": True})
+    assert started(c, raw).arrived == pytest.approx(arrived)
+    assert c.invalid_headers.count == 0
+
+
+@pytest.mark.parametrize("bad", ["", "t=", "nan", "1e9", "t=1.2.3", "-5", "t=٣٣٣"])
+def test_unusable_request_start_is_ignored_and_counted(bad: str) -> None:
+    c = classifier(trust={"request_start": True})
+    assert started(c, bad).arrived == 50.0
+    assert c.invalid_headers.count == 1
+
+
 def test_origin_region_trusted_only_and_local_is_none() -> None:
     assert classify(classifier(), x_origin_region="westus").origin_region == "westus"
     assert classify(classifier(), x_origin_region="eastus").origin_region is None
