@@ -99,7 +99,8 @@ class Pacer:
         self._occ = [0] * n  # returns booked per one-second bucket (calendar ring)
         self._epoch = [-1] * n  # which absolute second each ring entry holds
         # Every second before `_full_before` was full at a pace of `_full_pace` (buckets only
-        # fill up), so a booking at no higher pace need not look at them again.
+        # fill up), so a booking at no higher pace need not look at them again; a higher one
+        # looks again from its start (`_mark_full` keeps the lowest pace a scan proved).
         self._full_before = 0
         self._full_pace = 0.0
 
@@ -197,11 +198,20 @@ class Pacer:
             place = max(self._occ[i], math.ceil((start - second) * return_pace - 1e-9))
             if place < return_pace:
                 self._occ[i] = place + 1
-                self._full_before = second  # the buckets skipped on the way are full
+                self._mark_full(second, return_pace)
                 return min(latest, second + place / return_pace)
             second += 1
-        self._full_before = second
+        self._mark_full(second, return_pace)
         return latest
+
+    def _mark_full(self, before: float, return_pace: float) -> None:
+        """Every bucket before `before` is full at `return_pace` (and those before the old
+        mark at the old pace): the mark holds for the lower of the two. Keeping the higher one
+        let a calendar filled at a low pace (a rebooking just after a limit cut) pass for full
+        at the high pace of an earlier wave, so no later booking at a recovered pace went back
+        to fill it: its returns were spread thin for seconds while the backend idled."""
+        self._full_before = int(before)
+        self._full_pace = min(self._full_pace, return_pace)
 
     def _kill(self, b: Booking) -> None:
         if b.live:

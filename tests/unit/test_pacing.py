@@ -81,6 +81,22 @@ def test_the_calendar_moves_with_time_and_fills_gaps() -> None:
     assert fast < max(slow)
 
 
+def test_buckets_filled_at_a_low_pace_are_refilled_when_the_pace_recovers() -> None:
+    # The sweep's seed 8: a wave booked at a high (optimistic) pace, its returns refused
+    # again and rebooked just after a limit cut at a low pace, then more rebookings once the
+    # pace had recovered, though not to the wave's. The recovered pace must go back to the
+    # seconds the low pace left thin, not past them (they read full at the wave's pace).
+    p = pacer()
+    wave = [p.book(0, 0.0, pace=100.0, fresh_rate=0.0, queued=0) for _ in range(200)]
+    assert max(wave) == 3000  # seconds 1 and 2 at 100/s
+    thin = [p.book(0, 0.5, pace=10.0, fresh_rate=0.0, queued=0) for _ in range(50)]
+    assert max(thin) == pytest.approx(7400, abs=100)  # seconds 3 to 7 at 10/s
+    later = [p.book(0, 2.0, pace=50.0, fresh_rate=0.0, queued=0) for _ in range(100)]
+    # Seconds 3 to 7 had room for 40 more each at 50/s: all 100 land there, none after.
+    assert max(later) < 6000
+    assert max(later) < max(thin)
+
+
 def test_redeem_inside_the_booked_window_once() -> None:
     p = pacer()
     ms = p.book(2, 0.0, pace=100.0, fresh_rate=0.0, queued=0, key=77)
