@@ -30,7 +30,10 @@ class AdmissionTuning:
     """Seconds of saturated ticks one capacity sample (goodput over the run) spans."""
 
     samples_kept: float = 10.0
-    """The measured capacity is the best sample of the last this many seconds."""
+    """Seconds a capacity sample counts for (older ones are dropped)."""
+
+    samples_median: int = 3
+    """The measured capacity is the median of the last this many samples (of those kept)."""
 
     capacity_ttl: float = 60.0
     """Seconds without a saturated run after which the measured capacity is forgotten."""

@@ -4,7 +4,9 @@ Pure and clock-injected: the gate feeds it each tick's goodput and asks for a re
 
 Pace: with the delivery limiter, its own delivery-rate estimate. With the gradient limiter,
 the backend's capacity is measured here as goodput over runs of ticks in which the limiter,
-at the knee of the latency curve, was full with work waiting; before a few such runs it is
+at the knee of the latency curve, was full with work waiting (the median of the last few such
+runs, so one run of answers read in a burst, or one slow run, does not move it, and a halving
+does within two); before a few such runs it is
 only guessed (what the limit would allow, Little's law at the knee, at least what we measure).
 Returns are booked at the pace less the baseline (`pacing.Pacer`), optimistically while the
 pace is a guess or the limit still ramps: an early return costs the backend nothing (it waits
@@ -77,17 +79,25 @@ class Estimates:
         if self._run_ok <= 0:
             self._run_start = now  # nothing answered: a stall, not a pace (health's business)
             return
-        # Whatever holds the limit off the knee (above it the backend thrashes, below it
-        # workers idle) only lowers goodput, so the best recent sample is the best estimate.
         samples = self._samples
         samples.append((now, self._run_ok / span))
         while samples and now - samples[0][0] > self.tuning.samples_kept:
             samples.popleft()
-        self.capacity = max(v for _, v in samples)
+        self.capacity = self._robust(samples)
         self.n_samples += 1
         self.capacity_at = now
         self._run_start = now
         self._run_ok = 0.0
+
+    def _robust(self, samples: deque[tuple[float, float]]) -> float:
+        """The median of the last `samples_median` samples: the best recent sample let one
+        run of answers read together (a loop that was busy) book the calendar above what
+        the backend delivers, and after a halving kept the old capacity for the whole
+        `samples_kept`; a median follows a sustained change within two samples (at the
+        defaults) and moves for no single slow or fast run."""
+        last = sorted(v for _, v in list(samples)[-self.tuning.samples_median :])
+        mid = len(last) // 2
+        return last[mid] if len(last) % 2 else (last[mid - 1] + last[mid]) / 2.0
 
     def refresh(self, now: float, lim: Limit, baseline: float, patience: float) -> None:
         """Recompute every estimate from the limiter, the arrival baseline and the learnt

@@ -38,6 +38,7 @@ def test_the_defaults_are_the_values_the_code_ran_with() -> None:
         "throughput_alpha": 0.2,
         "run_min": 0.5,
         "samples_kept": 10.0,
+        "samples_median": 3,
         "capacity_ttl": 60.0,
         "samples_known": 3,
         "fresh_headroom": 1.2,
