@@ -45,6 +45,10 @@ from ..tuning import ADMISSION, AdmissionTuning
 # up, at least 1: it comes back less than this after the return it was booked.
 RETRY_AFTER_STEP = 1.0
 
+# Paces the calendar remembers its full seconds for: a wave books at one or two paces at a
+# time (first tries boosted, returns not), and each mark only saves a look over full seconds.
+_MARKS = 8
+
 
 class BookingJournal(Protocol):
     """Where a fleet's sidecar writes what its pacer did, for its peers (`fleet.journal`)."""
@@ -98,11 +102,10 @@ class Pacer:
         n = math.ceil(config.retry_after_max) + 2
         self._occ = [0] * n  # returns booked per one-second bucket (calendar ring)
         self._epoch = [-1] * n  # which absolute second each ring entry holds
-        # Every second before `_full_before` was full at a pace of `_full_pace` (buckets only
-        # fill up), so a booking at no higher pace need not look at them again; a higher one
-        # looks again from its start (`_mark_full` keeps the lowest pace a scan proved).
-        self._full_before = 0
-        self._full_pace = 0.0
+        # (return pace, second): every second before it was full at that pace (buckets only
+        # fill up), so a booking at no higher pace need not look at them again. Paces
+        # descending, seconds ascending, a few entries (`_mark_full`).
+        self._marks: list[tuple[float, int]] = []
 
     def next_free(self, now: float) -> float:
         """Seconds until the latest booked return (0 when none is ahead)."""
@@ -183,11 +186,7 @@ class Pacer:
         """The earliest time at or after `start` in a bucket with room; `latest` when every
         bucket up to the horizon is full (everyone past it is told the maximum)."""
         n = len(self._occ)
-        second = int(start)
-        if return_pace > self._full_pace:  # buckets judged full may have room at this pace
-            self._full_pace = return_pace
-            self._full_before = 0
-        second = max(second, self._full_before)
+        second = max(int(start), self._full_before(return_pace))
         while second <= latest:
             i = second % n
             if self._epoch[i] != second:
@@ -204,14 +203,31 @@ class Pacer:
         self._mark_full(second, return_pace)
         return latest
 
+    def _full_before(self, return_pace: float) -> int:
+        """The first second not known to be full at `return_pace`."""
+        before = 0
+        for pace, second in self._marks:  # the entries at this pace or higher are a prefix
+            if pace < return_pace:
+                break
+            before = second
+        return before
+
     def _mark_full(self, before: float, return_pace: float) -> None:
-        """Every bucket before `before` is full at `return_pace` (and those before the old
-        mark at the old pace): the mark holds for the lower of the two. Keeping the higher one
-        let a calendar filled at a low pace (a rebooking just after a limit cut) pass for full
-        at the high pace of an earlier wave, so no later booking at a recovered pace went back
-        to fill it: its returns were spread thin for seconds while the backend idled."""
-        self._full_before = int(before)
-        self._full_pace = min(self._full_pace, return_pace)
+        """Every second before `before` is full at `return_pace`. Kept per pace: one mark at
+        the highest pace ever booked let seconds filled at a low pace (rebookings just after
+        a limit cut) pass for full at a recovered one, so no later booking went back to them
+        and their returns came spread thin for seconds while the backend idled (issue 16)."""
+        at = int(before)
+        marks = self._marks
+        k = 0
+        while k < len(marks) and marks[k][0] > return_pace:
+            k += 1  # higher paces: their seconds are no later (the look started past them)
+        j = k
+        while j < len(marks) and marks[j][1] <= at:
+            j += 1  # this pace's old mark and lower paces' that say less than this one
+        marks[k:j] = [(return_pace, at)]
+        if len(marks) > _MARKS:
+            del marks[0]  # the highest pace's, the least said; dropping one costs a longer look
 
     def _kill(self, b: Booking) -> None:
         if b.live:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
@@ -95,6 +96,29 @@ def test_buckets_filled_at_a_low_pace_are_refilled_when_the_pace_recovers() -> N
     # Seconds 3 to 7 had room for 40 more each at 50/s: all 100 land there, none after.
     assert max(later) < 6000
     assert max(later) < max(thin)
+
+
+def test_what_the_calendar_remembers_only_saves_looks() -> None:
+    # Bookings at paces that go up and down (first tries boosted, returns not; a limit cut,
+    # a ramp) land where a look at every second from the start would put them.
+    rng = random.Random(16)
+    p = pacer(retry_after_min="1s", retry_after_max="60s")  # never reached: 40 s at most
+    occupied: dict[int, int] = {}
+    now = 0.0
+    for _ in range(3000):
+        now += rng.choice((0.0, 0.0, 0.0, 0.01))
+        pace = rng.choice((12.0, 30.0, 45.0, 80.0, 150.0)) * rng.uniform(0.9, 1.1)
+        ms = p.book(0, now, pace=pace, fresh_rate=0.0, queued=0, remember=False)
+        start = now + 1.0
+        second = int(start)
+        while True:  # the reference: the first second with room, looked at one by one
+            place = max(occupied.get(second, 0), math.ceil((start - second) * pace - 1e-9))
+            if place < pace:
+                occupied[second] = place + 1
+                break
+            second += 1
+        at = min(now + 60.0, math.ceil((second + place / pace) / 0.1 - 1e-9) * 0.1)
+        assert ms == max(1, math.ceil((at - now) * 1000.0 - 1e-6))
 
 
 def test_redeem_inside_the_booked_window_once() -> None:
