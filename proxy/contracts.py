@@ -113,6 +113,10 @@ class Outcome:
     # own event loop to read it (`edge.arrival.ArrivalClock.late`): the backend's own
     # latency was about latency - slack.
     slack: float = 0.0
+    # The client was answered at its deadline but the backend still works on the request: its
+    # slot stays taken until the backend's late answer (which the forwarder releases with),
+    # so that in-flight counts what the backend holds.
+    held: bool = False
 
     @property
     def good(self) -> bool:

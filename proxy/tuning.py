@@ -69,6 +69,13 @@ class AdmissionTuning:
     budget_buckets: int = 10
     """Time buckets per retry-budget window: deposits expire with this granularity."""
 
+    latency_samples: int = 32
+    """The expected latency is at least the median of this many recent requests' latencies,
+    a timeout's counted as the time it waited (a censored sample) ..."""
+
+    latency_kept: float = 5.0
+    """... of the last this many seconds."""
+
     booking_slack: int = 64
     """The pacer compacts its per-key heaps once they hold more than twice the live bookings
     plus this many entries (used and expired ones linger until then)."""

@@ -23,6 +23,33 @@ from ..scheduler.tiers import TIER_FRESH, TIER_SOLICITED, tier_of
 from ..tuning import ADMISSION, AdmissionTuning
 
 
+class RecentLatency:
+    """The latencies of the last requests, each counted once: an answer's, or a timeout's time
+    waited (a censored sample: its latency was at least that). Their median is a lower bound
+    of the median latency, so it never overstates it; answers alone would understate it by
+    exactly the requests too slow to answer (survivors' bias), the ones that matter when a
+    request is sent with little of its deadline left. Bounded in count and in age (a backend
+    that recovered is not judged by what it was)."""
+
+    def __init__(self, size: int, kept: float) -> None:
+        self.kept = kept
+        self._samples: deque[tuple[float, float]] = deque(maxlen=size)
+
+    def add(self, now: float, latency: float) -> None:
+        """A request finished (or was given up) after `latency` seconds."""
+        self._samples.append((now, latency))
+
+    def median(self, now: float) -> float:
+        """The median of the samples kept (0 with none)."""
+        samples = self._samples
+        while samples and now - samples[0][0] > self.kept:
+            samples.popleft()
+        if not samples:
+            return 0.0
+        values = sorted(v for _, v in samples)
+        return values[(len(values) - 1) // 2]  # the lower median: never above it
+
+
 class Estimates:
     """The gate's estimates, refreshed every tick (and on reconfiguration). The internal
     numbers are `tuning.AdmissionTuning`'s (why each value: docs/tuning.md)."""
@@ -46,6 +73,7 @@ class Estimates:
         self._run_start: float | None = None  # the current run of saturated ticks
         self._run_ok = 0.0
         self._samples: deque[tuple[float, float]] = deque()  # (at, goodput/s)
+        self.recent = RecentLatency(tuning.latency_samples, tuning.latency_kept)
 
     def observe(self, ok: int, dt: float) -> None:
         """One tick's good answers over `dt` seconds."""
@@ -104,7 +132,8 @@ class Estimates:
         client patience."""
         cfg = self.config
         floor = lim.floor.value or 0.0
-        self.expected_latency = max(floor, lim.latency or 0.0)
+        # The limiter's latency learns only from answers; timeouts raise it through `recent`.
+        self.expected_latency = max(floor, lim.latency or 0.0, self.recent.median(now))
         # Under adaptive LIFO, a waiter of a level served as one queue keeps its place in
         # arrival order for this long after it was read: one unloaded latency.
         self.on_time_for = max(cfg.queue.lifo_when_older_than, floor)

@@ -10,7 +10,8 @@ A waiter is answered before its deadline (`x-request-timeout-ms`, minus the marg
 the expected latency) or, without one, before its client's patience runs out (learnt from the
 clients that gave up), with a paced Retry-After: the client holds the backlog, not us, and it
 never times out on its own. A newcomer whose expected wait already exceeds that is refused at
-once; each tick, waiters that can no longer be served in time are answered at once.
+once; each tick, waiters that can no longer be served in time are answered at once; and a
+waiter is sent only with at least the expected latency (as learnt since it was queued) left.
 """
 
 from __future__ import annotations
@@ -158,10 +159,19 @@ class WaitRoom:
         """Grant waiters while the limit in force has room; returns how many."""
         granted = 0
         queue, host = self.queue, self.host
+        # What a request sent now needs of its deadline: the expected latency is learnt since
+        # it was queued (timeouts included), so its expiry may no longer leave enough.
+        needs = self.config.shedding.deadline_margin + self.estimates.expected_latency
         while queue.total and host.in_flight < host.eff:
             w = queue.pick(now)
             if w is None:
                 break
+            deadline = w.ticket.deadline
+            if deadline is not None and deadline - now < needs:
+                # Sent, it would be answered after its client left: the backend would work
+                # for no one, and hold the slot meanwhile. Its return is booked instead.
+                self._refuse(w, Reason.DEADLINE, now)
+                continue
             self._admit(w, now)
             granted += 1
         if granted and self.modes.state is Mode.RECOVERY:

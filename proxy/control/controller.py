@@ -142,8 +142,10 @@ class Controller:
             t.ok += 1
             t.lat_sum += outcome.latency
             t.broken_streak = 0
+            now = clock()
+            self.estimates.recent.add(now, outcome.latency)
             since = self.limiter.measuring_since  # read now: a mode change may have moved it
-            if since is not None and clock() - outcome.latency >= since:
+            if since is not None and now - outcome.latency >= since:
                 t.clean += 1
                 t.clean_sum += outcome.latency
                 t.clean_slack += outcome.slack
@@ -151,6 +153,9 @@ class Controller:
         kind = classify_outcome(
             outcome.status, outcome.latency, outcome.error, self.config.modes.fast_error
         )
+        if kind == TIMEOUT:
+            # A censored sample: it would have taken at least this long.
+            self.estimates.recent.add(clock(), outcome.latency)
         if outcome.error == "cancelled" and ticket.deadline is None:
             self.patience.observe(clock() - ticket.arrived)  # its client left
         if kind == PUSHBACK:

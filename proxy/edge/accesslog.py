@@ -251,6 +251,7 @@ class UpstreamFailureLog:
 
     def failed(self, exc: UpstreamError, request_id: str | None, stage: str) -> None:
         """Log one failure; `stage` is where it happened: `request` (before the answer's
-        headers), `body` (while relaying the answer) or `probe`."""
+        headers), `deadline` (the client's deadline came first; the backend's answer is still
+        read, its slot held), `body` (while relaying the answer) or `probe`."""
         if self.lines.allow(exc.kind, self.settings().lines_per_s):
             upstream_logger.warning("upstream failed", extra=failure_fields(exc, request_id, stage))

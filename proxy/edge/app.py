@@ -126,6 +126,8 @@ class Sluice:
         if self.fleet is not None:
             await self.fleet.stop()
         await self.gate.stop()
+        if self.forwarder is not None:
+            await self.forwarder.close()
         if self.client is not None:
             await self.client.close()
 
@@ -182,6 +184,9 @@ class Sluice:
         doc["requests_in_progress"] = self.in_flight
         if self.client is not None:
             doc["upstream"] = self.client.stats()
+            if self.forwarder is not None:
+                # Answered at their deadline, the backend's answer still awaited (slot held).
+                doc["upstream"]["lingering"] = len(self.forwarder.lingering)
         if self.fleet is not None:
             from .fleet import status
 
@@ -236,7 +241,8 @@ class Sluice:
         finally:
             self.cutoff.running.discard(task)
             self.in_flight -= 1
-            self.gate.release(ticket, outcome)
+            if not outcome.held:  # (else the forwarder releases it with the late answer)
+                self.gate.release(ticket, outcome)
             if not outcome.good:
                 snap.classifier.note_failure(ticket, ticket.arrived)
         if self.draining and not resp.prepared:

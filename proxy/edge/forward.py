@@ -21,7 +21,14 @@ from ..config import Config
 from ..contracts import Gate, Outcome, Reason, Refusal, Ticket
 from ..headers import TrustedSources, set_forwarded, strip_hop_by_hop
 from ..ops.metrics import Metrics
-from ..upstream import UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse
+from ..upstream import (
+    LateAnswer,
+    UpstreamAbandoned,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamRequest,
+    UpstreamResponse,
+)
 from .accesslog import OwnAnswer, RelayedStream, UpstreamFailureLog
 from .arrival import ArrivalClock
 
@@ -180,6 +187,9 @@ class Forwarder:
         self.failures = failures
         # When an answer read now may have arrived: our loop's share of its latency.
         self.arrivals = arrivals
+        # Requests answered at their client's deadline whose backend answer is still read,
+        # each holding its gate slot: at most the limit in force, so bounded.
+        self.lingering: set[asyncio.Task[None]] = set()
 
     async def forward(
         self,
@@ -195,12 +205,20 @@ class Forwarder:
         body = None
         if request.body_exists:
             body = BodyStream(request, config.listen.max_body_size, timeout)
+        # Past the client's deadline the backend (which does not know it left) still works
+        # on the request until the upstream's own timeout: its answer is awaited that long.
+        linger = max(0.0, config.upstream.read_timeout - timeout)
 
         started = time.monotonic()
         try:
             upstream = await self.client.send(
-                UpstreamRequest(request.method, request.raw_path, headers, body, timeout)
+                UpstreamRequest(request.method, request.raw_path, headers, body, timeout, linger)
             )
+        except UpstreamAbandoned as exc:
+            outcome.latency = time.monotonic() - started
+            outcome.held = True  # released by `_linger` with the late answer
+            self._hold(ticket, exc.late, started)
+            return self._upstream_failed(exc, outcome, ticket.request_id, "deadline")
         except (UpstreamError, RequestBodyError) as exc:
             outcome.latency = time.monotonic() - started
             return self._send_failed(exc, body, outcome, ticket.request_id)
@@ -225,6 +243,45 @@ class Forwarder:
             return await self._respond(request, upstream, ticket.request_id, timeout, outcome)
         finally:
             upstream.release()
+
+    def _hold(self, ticket: Ticket, late: LateAnswer, started: float) -> None:
+        """Keep `ticket`'s slot until the backend's late answer (`_linger`)."""
+        task = asyncio.ensure_future(self._linger(ticket, late, started))
+        self.lingering.add(task)
+        task.add_done_callback(self.lingering.discard)
+
+    async def _linger(self, ticket: Ticket, late: LateAnswer, started: float) -> None:
+        """Read and discard the answer to a request its client no longer waits for, then
+        release its slot with what the backend did: the late answer is a true latency sample
+        (the client's deadline only censored it); none by the upstream's timeout, a timeout.
+
+        Freeing the slot at the client's deadline instead would send the next request while
+        the backend still holds this one: its queue fills with abandoned work that in-flight
+        never shows (issue: a limit its own load cannot collapse)."""
+        outcome = Outcome(None, 0.0, "cancelled")
+        try:
+            status = await late.status()
+            now = time.monotonic()
+            outcome.latency = now - started
+            outcome.slack = min(outcome.latency, self.arrivals.late(now))
+            outcome.status = status
+            outcome.error = None
+            self.metrics.upstream_latency.observe(outcome.latency)
+            await late.finish()
+        except UpstreamError as exc:  # (counted once, as the client's 504)
+            outcome.latency = time.monotonic() - started
+            outcome.error = exc.kind
+        finally:
+            late.close()
+            self.gate.release(ticket, outcome)
+
+    async def close(self) -> None:
+        """Cut the late answers still awaited (shutdown): their slots are released."""
+        tasks = list(self.lingering)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def _send_failed(
         self,

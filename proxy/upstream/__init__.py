@@ -7,6 +7,8 @@ import logging
 # From the schema, not ..config: config imports .tls to check the files at load time.
 from ..config_network import UpstreamConfig
 from .base import (
+    LateAnswer,
+    UpstreamAbandoned,
     UpstreamClient,
     UpstreamConnectError,
     UpstreamError,
@@ -19,7 +21,9 @@ from .base import (
 from .tls import TlsSettingError, UpstreamTls, upstream_tls
 
 __all__ = [
+    "LateAnswer",
     "TlsSettingError",
+    "UpstreamAbandoned",
     "UpstreamClient",
     "UpstreamConnectError",
     "UpstreamError",

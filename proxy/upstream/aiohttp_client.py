@@ -13,6 +13,7 @@ from yarl import URL
 
 from ..config import UpstreamConfig
 from .base import (
+    UpstreamAbandoned,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
@@ -52,6 +53,44 @@ class AiohttpResponse:
         self._resp.release()
 
 
+class AiohttpLate:
+    """An exchange given up at its caller's deadline, still running as its own task (with the
+    upstream's own read timeout): its answer is read and discarded."""
+
+    __slots__ = ("_resp", "_task")
+
+    def __init__(self, task: asyncio.Task[AiohttpResponse]) -> None:
+        self._task = task
+        self._resp: AiohttpResponse | None = None
+
+    async def status(self) -> int:
+        try:
+            self._resp = await self._task
+        except BaseException:
+            self.close()
+            raise
+        return self._resp.status
+
+    async def finish(self) -> None:
+        resp = self._resp
+        if resp is None:
+            self.close()
+            return
+        try:
+            while await resp.read_chunk():
+                pass
+        except UpstreamError:
+            pass
+        finally:
+            resp.release()
+
+    def close(self) -> None:
+        if not self._task.done():
+            self._task.cancel()
+        elif self._resp is not None:
+            self._resp._resp.close()  # not read to its end: never reuse the connection
+
+
 class AiohttpUpstream:
     """Pooled keep-alive connections through one shared ClientSession."""
 
@@ -77,11 +116,26 @@ class AiohttpUpstream:
         )
 
     async def send(self, request: UpstreamRequest) -> AiohttpResponse:
+        if request.linger <= 0 or request.body is not None:
+            # (A body may still be streaming from our client: the exchange is cut with it.)
+            return await self._send(request, request.timeout)
+        # Its own task, so that giving up at the caller's deadline does not cut it.
+        task = asyncio.ensure_future(self._send(request, request.timeout + request.linger))
+        try:
+            done, _ = await asyncio.wait((task,), timeout=request.timeout)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if done:
+            return task.result()
+        raise UpstreamAbandoned("upstream did not answer in time", AiohttpLate(task))
+
+    async def _send(self, request: UpstreamRequest, read_timeout: float) -> AiohttpResponse:
         timeout = aiohttp.ClientTimeout(
             total=None,
             connect=None,
             sock_connect=self.connect_timeout,
-            sock_read=request.timeout,
+            sock_read=read_timeout,
         )
         try:
             resp = await self._session.request(
@@ -123,7 +177,7 @@ class AiohttpUpstream:
             raise UpstreamProtocolError(
                 "upstream switched protocols (101): upgrades are not forwarded"
             )
-        return AiohttpResponse(resp, request.timeout)
+        return AiohttpResponse(resp, read_timeout)
 
     async def close(self) -> None:
         await self._session.close()

@@ -32,6 +32,16 @@ class UpstreamTimeoutError(UpstreamError):
     kind = "timeout"
 
 
+class UpstreamAbandoned(UpstreamTimeoutError):
+    """The caller stopped waiting at its deadline (`UpstreamRequest.timeout`), but the exchange
+    goes on: the backend does not know the caller left and still works on the request, so the
+    connection is kept and `late` reads its answer (within `UpstreamRequest.linger`)."""
+
+    def __init__(self, message: str, late: LateAnswer) -> None:
+        super().__init__(message)
+        self.late = late
+
+
 class UpstreamResetError(UpstreamError):
     """The connection was closed or reset before the response was complete."""
 
@@ -53,6 +63,28 @@ class UpstreamRequest:
     headers: CIMultiDict[str]  # includes Host and Content-Length when the client sent one
     body: AsyncIterator[bytes] | None  # None: no body at all
     timeout: float  # seconds allowed for the response headers (and for each body chunk)
+    # Seconds past `timeout` the backend's answer is still awaited in the background when the
+    # caller gives up at `timeout` (UpstreamAbandoned); 0: the exchange is cut at `timeout`.
+    linger: float = 0.0
+
+
+class LateAnswer(Protocol):
+    """An exchange its caller gave up on (`UpstreamAbandoned`) that goes on in the background.
+    Call `status`, then `finish`; or `close` to cut it."""
+
+    async def status(self) -> int:
+        """The answer's status once its headers arrive (within the request's `linger`).
+        Raises UpstreamError (the connection is then closed)."""
+        ...
+
+    async def finish(self) -> None:
+        """Read the rest of the answer and discard it; the connection goes back to the pool
+        (closed if the answer fails). Raises nothing but cancellation."""
+        ...
+
+    def close(self) -> None:
+        """Cut the exchange (close its connection) unless it has finished."""
+        ...
 
 
 class UpstreamResponse(Protocol):

@@ -25,10 +25,13 @@ from multidict import CIMultiDict
 
 from ..config import UpstreamConfig
 from .base import (
+    UpstreamAbandoned,
     UpstreamConnectError,
+    UpstreamError,
     UpstreamProtocolError,
     UpstreamRequest,
     UpstreamResetError,
+    UpstreamTimeoutError,
 )
 from .connection import Connection
 from .tls import UpstreamTls
@@ -84,6 +87,54 @@ class LeanResponse:
             self._pool._release(conn)
 
 
+class LeanLate:
+    """An exchange given up at its caller's deadline, still open: the backend's answer is read
+    (until `when`, the upstream's own timeout) and discarded, and the connection reused."""
+
+    __slots__ = ("_conn", "_pool", "_stall", "_when")
+
+    def __init__(self, pool: LeanUpstream, conn: Connection, when: float, stall: float) -> None:
+        self._pool = pool
+        self._conn: Connection | None = conn
+        self._when = when
+        self._stall = stall
+
+    async def status(self) -> int:
+        conn = self._conn
+        if conn is None:
+            raise UpstreamResetError("the late exchange was closed")
+        try:
+            while not conn.headers_done:
+                if conn.exc is not None:
+                    raise conn.exc
+                await conn.wait(self._when, _HEADERS_TIMEOUT)
+        except BaseException:
+            self.close()
+            raise
+        return conn.status
+
+    async def finish(self) -> None:
+        conn = self._conn
+        if conn is None or not conn.headers_done:
+            self.close()
+            return
+        self._conn = None
+        resp = LeanResponse(self._pool, conn, self._stall)
+        try:
+            while await resp.read_chunk():
+                pass
+        except UpstreamError:
+            pass
+        finally:
+            resp.release()  # at the end: reusable; cut short: closed
+
+    def close(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            self._pool._release(conn)  # not done: closed, its slot freed when lost
+
+
 class LeanUpstream:
     """Pooled keep-alive connections to the one configured upstream."""
 
@@ -117,6 +168,8 @@ class LeanUpstream:
         conn = await self._acquire(fresh=False)
         try:
             return await self._exchange(conn, request, head, length)
+        except UpstreamAbandoned:
+            raise  # the connection goes on with the late answer
         except UpstreamResetError:
             conn.abort()
             if conn.got_bytes or conn.body_started or not conn.reused:
@@ -131,6 +184,8 @@ class LeanUpstream:
         conn = await self._acquire(fresh=True)
         try:
             return await self._exchange(conn, request, head, length)
+        except UpstreamAbandoned:
+            raise
         except BaseException:
             conn.abort()
             raise
@@ -178,7 +233,15 @@ class LeanUpstream:
             while not conn.headers_done:
                 if conn.exc is not None:
                     raise conn.exc
-                await conn.wait(when, _HEADERS_TIMEOUT)
+                try:
+                    await conn.wait(when, _HEADERS_TIMEOUT)
+                except UpstreamTimeoutError:
+                    if request.linger <= 0 or not conn.req_done or conn.exc is not None:
+                        raise
+                    # The backend still works on it: keep the connection, read the answer.
+                    stall = request.timeout + request.linger
+                    late = LeanLate(self, conn, when + request.linger, stall)
+                    raise UpstreamAbandoned(_HEADERS_TIMEOUT, late) from None
         return LeanResponse(self, conn, request.timeout)
 
     async def _send_body(

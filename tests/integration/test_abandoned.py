@@ -1,0 +1,103 @@
+"""Requests answered at their client's deadline while the backend still works on them.
+
+A backend that does not cancel work when its caller disconnects (the loadtest simulator, many
+real servers) still holds a request Sluice gave up on. If its slot were freed at the deadline,
+the next waiter would be sent at once and the backend would hold more than the limit: its
+queue fills with abandoned work that in-flight never shows. Here the backend holds every
+request longer than the clients' deadlines; whatever the clients do, it must never hold more
+than the limit, and each slot comes back with the backend's late answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from proxy.admission.gate import AdmissionGate
+from tests.support import running_sluice, sluice_config, wait_for
+
+LIMIT = 4
+SERVICE = 0.4  # seconds the backend holds each request
+DEADLINE_MS = 150  # what each client allows: well under the service time
+
+
+class HoldingBackend:
+    """Holds each request SERVICE seconds, not cancelled when its caller leaves (aiohttp's
+    handler cancellation is off); counts the requests it holds at once."""
+
+    def __init__(self) -> None:
+        self.holding = 0
+        self.peak = 0
+        self.served = 0
+        self.app = web.Application()
+        self.app.router.add_get("/token", self.token)
+        self.app.router.add_get("/healthz", self.healthz)
+        self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.5)
+        self.port = 0
+
+    async def token(self, request: web.Request) -> web.Response:
+        self.holding += 1
+        self.peak = max(self.peak, self.holding)
+        try:
+            await asyncio.sleep(SERVICE)
+        finally:
+            self.holding -= 1
+            self.served += 1
+        return web.json_response({"token": "t"})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[HoldingBackend]:
+    b = HoldingBackend()
+    await b.runner.setup()
+    site = web.TCPSite(b.runner, "127.0.0.1", 0)
+    await site.start()
+    b.port = int(b.runner.addresses[0][1])
+    try:
+        yield b
+    finally:
+        await b.runner.cleanup()
+
+
+@pytest.mark.parametrize("client_kind", ["lean", "aiohttp"])
+async def test_the_backend_never_holds_more_than_the_limit(
+    backend: HoldingBackend, client_kind: str
+) -> None:
+    url = f"http://127.0.0.1:{backend.port}"
+    config = sluice_config(
+        url,
+        upstream={"url": url, "client": client_kind, "read_timeout": "3s"},
+        limiter={"initial": LIMIT, "floor": LIMIT, "ceiling": LIMIT},
+        modes={"protection": "on", "startup_window": "0s"},
+    )
+    async with (
+        running_sluice(config) as server,
+        aiohttp.ClientSession() as session,
+    ):
+        gate = server.sluice.gate
+        assert isinstance(gate, AdmissionGate)
+        target = f"http://127.0.0.1:{server.proxy_port}/token"
+        headers = {"x-request-timeout-ms": str(DEADLINE_MS)}
+
+        async def one() -> int:
+            async with session.get(target, headers=headers) as resp:
+                await resp.read()
+                return resp.status
+
+        statuses: list[int] = []
+        for _ in range(4):  # waves, each longer than a deadline and shorter than a service
+            statuses += await asyncio.gather(*(one() for _ in range(4 * LIMIT)))
+            await asyncio.sleep(0.1)
+        assert 200 not in statuses  # no client waits long enough for an answer
+        assert backend.peak <= LIMIT, f"the backend held {backend.peak} requests at once"
+        # Every slot comes back with the backend's late answer, which is a latency sample.
+        await wait_for(lambda: gate.in_flight == 0 and backend.holding == 0, timeout=10)
+        assert backend.served >= LIMIT
+        assert gate.estimates.recent.median(gate.now()) >= SERVICE * 0.9

@@ -1,0 +1,82 @@
+"""What a request needs of its deadline to be sent: the expected latency learns from timeouts
+(censored samples), and a waiter is sent only with that much of its deadline left."""
+
+from __future__ import annotations
+
+from proxy.admission.estimates import RecentLatency
+from proxy.contracts import Refusal, Ticket
+from proxy.scheduler.waiter import ADMITTED, REFUSED, Waiter
+
+from ._admission import Harness, error, ok
+
+
+def fill(h: Harness, n: int) -> list[Ticket]:
+    out = []
+    for _ in range(n):
+        t = h.ticket()
+        assert h.gate.admit(t) is None
+        out.append(t)
+    return out
+
+
+def test_timeouts_raise_the_expected_latency() -> None:
+    # Nothing answers in time: answers alone would leave the expected latency at nothing,
+    # and every request would still be sent with any deadline it has left.
+    h = Harness()
+    for t in fill(h, 4):
+        h.gate.release(t, error("timeout", 0.6))  # waited 600 ms: it takes at least that
+    h.tick()
+    assert h.gate.estimates.expected_latency >= 0.6
+    refused = h.gate.admit(h.ticket(timeout=0.5))
+    assert isinstance(refused, Refusal) and refused.reason == "deadline"
+    assert h.gate.admit(h.ticket(timeout=0.8)) is None
+
+
+def test_a_late_answer_is_a_latency_sample_like_any_other() -> None:
+    h = Harness()
+    for t in fill(h, 4):
+        h.gate.release(t, ok(0.7))
+    h.tick()
+    assert h.gate.estimates.expected_latency >= 0.7
+
+
+def test_the_median_counts_a_timeout_as_what_it_waited_and_forgets() -> None:
+    recent = RecentLatency(size=5, kept=5.0)
+    for latency in (0.1, 0.1, 0.1):
+        recent.add(0.0, latency)
+    recent.add(0.0, 0.3)  # timeouts: at least this long
+    recent.add(0.0, 0.3)
+    assert recent.median(1.0) == 0.1  # the lower median: a lower bound, never above
+    for _ in range(3):
+        recent.add(2.0, 0.3)  # bounded: the oldest give way
+    assert recent.median(2.0) == 0.3
+    assert recent.median(7.5) == 0.0  # too old to judge a backend by
+
+
+def test_a_waiter_left_with_less_than_the_expected_latency_is_not_sent() -> None:
+    h = Harness()
+    flying = fill(h, 4)
+    short = h.gate.admit(h.ticket(timeout=1.0))
+    assert isinstance(short, Waiter)
+    # Since it was queued, the backend was seen to take 800 ms (late answers).
+    h.gate.estimates.recent.add(h.clock.now, 0.8)
+    h.gate.refresh_estimates(h.clock.now)
+    h.clock.advance(0.3)  # 700 ms left of its deadline: not enough
+    h.gate.release(flying[0], ok(0.3))
+    assert short.state == REFUSED
+    result = short.result
+    assert isinstance(result, Refusal) and result.reason == "deadline"
+    assert result.retry_after_ms > 0  # its return is booked
+    assert h.gate.in_flight == 3 and h.gate.queue.total == 0
+
+
+def test_a_waiter_with_enough_of_its_deadline_left_is_sent() -> None:
+    h = Harness()
+    flying = fill(h, 4)
+    long = h.gate.admit(h.ticket(timeout=5.0))
+    assert isinstance(long, Waiter)
+    h.gate.estimates.recent.add(h.clock.now, 0.8)
+    h.gate.refresh_estimates(h.clock.now)
+    h.clock.advance(0.3)
+    h.gate.release(flying[0], ok(0.3))
+    assert long.state == ADMITTED and h.gate.in_flight == 4
