@@ -21,6 +21,7 @@ from multidict import CIMultiDict
 
 from proxy.config import UpstreamConfig
 from proxy.upstream import (
+    UpstreamAbandoned,
     UpstreamClient,
     UpstreamConnectError,
     UpstreamError,
@@ -124,6 +125,7 @@ class AppBackend:
         app.router.add_get("/cookies", self.cookies)
         app.router.add_get("/chunked", self.chunked)
         app.router.add_get("/status/{code}", self.status)
+        app.router.add_get("/late", self.late)
         self.app = app
         self.runner: web.AppRunner | None = None
         self.url = ""
@@ -182,6 +184,10 @@ class AppBackend:
             self.state["written"] = sent
         await resp.write_eof()
         return resp
+
+    async def late(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query.get("s", "0")))
+        return web.Response(body=b"late" * 1000)
 
     async def sized(self, request: web.Request) -> web.Response:
         return web.Response(body=b"s" * int(request.match_info["n"]))
@@ -711,6 +717,37 @@ async def test_no_answer_times_out(kind: str) -> None:
     async with RawServer(handler) as server, upstream(kind, server.url) as client:
         with pytest.raises(UpstreamTimeoutError):
             await client.send(req("GET", "/", timeout=0.3))
+
+
+async def test_an_answer_given_up_at_the_deadline_is_read_late_and_the_connection_kept(
+    kind: str,
+) -> None:
+    async with AppBackend() as app, upstream(kind, app.url) as client:
+        request = req("GET", "/late?s=0.3", timeout=0.1)
+        request.linger = 3.0  # the backend still works on it: its answer is awaited
+        with pytest.raises(UpstreamAbandoned) as info:
+            await client.send(request)
+        late = info.value.late
+        assert await late.status() == 200
+        await late.finish()
+        late.close()  # (finished: nothing to cut)
+        resp, _ = await fetch(client, req("GET", "/echo"))
+        assert resp.status == 200
+    assert len(app.peers) == 2
+    assert len(set(app.peers)) == 1  # the late answer's connection was kept, then reused
+
+
+async def test_a_late_answer_past_its_linger_times_out(kind: str) -> None:
+    async with AppBackend() as app, upstream(kind, app.url) as client:
+        request = req("GET", "/late?s=5", timeout=0.1)
+        request.linger = 0.2
+        with pytest.raises(UpstreamAbandoned) as info:
+            await client.send(request)
+        with pytest.raises(UpstreamTimeoutError):
+            await info.value.late.status()
+        resp, _ = await fetch(client, req("GET", "/echo"))  # a new connection serves
+        assert resp.status == 200
+    assert len(set(app.peers)) == 2
 
 
 async def test_stall_mid_body_times_out(kind: str) -> None:
