@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 
 import orjson
 from aiohttp import web
@@ -210,9 +211,12 @@ class Forwarder:
         linger = max(0.0, config.upstream.read_timeout - timeout)
 
         started = time.monotonic()
+        on_cancel = self._keeper(ticket, outcome, started)
         try:
             upstream = await self.client.send(
-                UpstreamRequest(request.method, request.raw_path, headers, body, timeout, linger)
+                UpstreamRequest(
+                    request.method, request.raw_path, headers, body, timeout, linger, on_cancel
+                )
             )
         except UpstreamAbandoned as exc:
             outcome.latency = time.monotonic() - started
@@ -243,6 +247,19 @@ class Forwarder:
             return await self._respond(request, upstream, ticket.request_id, timeout, outcome)
         finally:
             upstream.release()
+
+    def _keeper(
+        self, ticket: Ticket, outcome: Outcome, started: float
+    ) -> Callable[[LateAnswer], None]:
+        """What the upstream client calls when the handler is cancelled (its client left)
+        while the backend works on the request: as at its deadline, the slot waits for the
+        backend's answer."""
+
+        def on_cancel(late: LateAnswer) -> None:
+            outcome.held = True
+            self._hold(ticket, late, started)
+
+        return on_cancel
 
     def _hold(self, ticket: Ticket, late: LateAnswer, started: float) -> None:
         """Keep `ticket`'s slot until the backend's late answer (`_linger`)."""

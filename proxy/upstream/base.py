@@ -7,7 +7,7 @@ picks one; both must pass the same integration suite.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -66,6 +66,10 @@ class UpstreamRequest:
     # Seconds past `timeout` the backend's answer is still awaited in the background when the
     # caller gives up at `timeout` (UpstreamAbandoned); 0: the exchange is cut at `timeout`.
     linger: float = 0.0
+    # Called (lean client) when the caller is cancelled (its client left) while awaiting the
+    # headers of a request sent whole: the exchange goes on as the LateAnswer given, within
+    # `timeout` + `linger`; None: the exchange is cut with its caller.
+    on_cancel: Callable[[LateAnswer], None] | None = None
 
 
 class LateAnswer(Protocol):

@@ -46,6 +46,7 @@ def _expire(fut: asyncio.Future[None], message: str) -> None:
 
 class Connection(asyncio.Protocol):
     __slots__ = (
+        "abandoned",
         "body_started",
         "buffered",
         "busy",
@@ -107,6 +108,7 @@ class Connection(asyncio.Protocol):
         self.req_done = False  # the whole request has been written
         self.got_bytes = False
         self.body_started = False  # a body chunk was pulled from the request's iterator
+        self.abandoned = False  # its caller left; a LateAnswer owns the exchange now
         self.exc: UpstreamError | None = None
 
     # -- waiting -------------------------------------------------------------------------------

@@ -170,6 +170,10 @@ class LeanUpstream:
             return await self._exchange(conn, request, head, length)
         except UpstreamAbandoned:
             raise  # the connection goes on with the late answer
+        except asyncio.CancelledError:
+            if not conn.abandoned:
+                conn.abort()
+            raise
         except UpstreamResetError:
             conn.abort()
             if conn.got_bytes or conn.body_started or not conn.reused:
@@ -187,6 +191,8 @@ class LeanUpstream:
         except UpstreamAbandoned:
             raise
         except BaseException:
+            if conn.abandoned:
+                raise
             conn.abort()
             raise
 
@@ -242,6 +248,14 @@ class LeanUpstream:
                     stall = request.timeout + request.linger
                     late = LeanLate(self, conn, when + request.linger, stall)
                     raise UpstreamAbandoned(_HEADERS_TIMEOUT, late) from None
+                except asyncio.CancelledError:
+                    on_cancel = request.on_cancel
+                    if on_cancel is not None and conn.req_done and conn.exc is None:
+                        # Its client left, but the backend still works on it, as above.
+                        conn.abandoned = True
+                        stall = request.timeout + request.linger
+                        on_cancel(LeanLate(self, conn, when + request.linger, stall))
+                    raise
         return LeanResponse(self, conn, request.timeout)
 
     async def _send_body(

@@ -11,6 +11,7 @@ than the limit, and each slot comes back with the backend's late answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -101,3 +102,33 @@ async def test_the_backend_never_holds_more_than_the_limit(
         await wait_for(lambda: gate.in_flight == 0 and backend.holding == 0, timeout=10)
         assert backend.served >= LIMIT
         assert gate.estimates.recent.median(gate.now()) >= SERVICE * 0.9
+
+
+async def test_clients_that_leave_do_not_free_what_the_backend_holds(
+    backend: HoldingBackend,
+) -> None:
+    # No deadline header: the clients just leave (aiohttp's timeout), and Sluice's handler is
+    # cancelled with them. (The lean client only: aiohttp's cuts the exchange with its caller.)
+    url = f"http://127.0.0.1:{backend.port}"
+    config = sluice_config(
+        url,
+        upstream={"url": url, "client": "lean", "read_timeout": "3s"},
+        limiter={"initial": LIMIT, "floor": LIMIT, "ceiling": LIMIT},
+        modes={"protection": "on", "startup_window": "0s"},
+    )
+    async with running_sluice(config) as server, aiohttp.ClientSession() as session:
+        gate = server.sluice.gate
+        assert isinstance(gate, AdmissionGate)
+        target = f"http://127.0.0.1:{server.proxy_port}/token"
+        leave = aiohttp.ClientTimeout(total=DEADLINE_MS / 1000)
+
+        async def one() -> None:
+            with contextlib.suppress(TimeoutError):
+                async with session.get(target, timeout=leave) as resp:
+                    await resp.read()
+
+        for _ in range(4):
+            await asyncio.gather(*(one() for _ in range(4 * LIMIT)))
+            await asyncio.sleep(0.1)
+        assert backend.peak <= LIMIT, f"the backend held {backend.peak} requests at once"
+        await wait_for(lambda: gate.in_flight == 0 and backend.holding == 0, timeout=10)
