@@ -73,7 +73,7 @@ class AdmissionTuning:
     """The expected latency is at least the median of this many recent requests' latencies,
     a timeout's counted as the time it waited (a censored sample) ..."""
 
-    latency_kept: float = 5.0
+    latency_kept: float = 2.0
     """... of the last this many seconds."""
 
     booking_slack: int = 64

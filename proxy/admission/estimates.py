@@ -35,6 +35,10 @@ class RecentLatency:
         self.kept = kept
         self._samples: deque[tuple[float, float]] = deque(maxlen=size)
 
+    def clear(self) -> None:
+        """Forget every sample (they were taken at a higher concurrency than now allows)."""
+        self._samples.clear()
+
     def add(self, now: float, latency: float) -> None:
         """A request finished (or was given up) after `latency` seconds."""
         self._samples.append((now, latency))
@@ -74,6 +78,7 @@ class Estimates:
         self._run_ok = 0.0
         self._samples: deque[tuple[float, float]] = deque()  # (at, goodput/s)
         self.recent = RecentLatency(tuning.latency_samples, tuning.latency_kept)
+        self._limit_seen = 0  # the limit at the last refresh
 
     def observe(self, ok: int, dt: float) -> None:
         """One tick's good answers over `dt` seconds."""
@@ -132,6 +137,13 @@ class Estimates:
         client patience."""
         cfg = self.config
         floor = lim.floor.value or 0.0
+        if lim.limit < self._limit_seen:
+            # Latencies at a concurrency the limit no longer allows overstate what a request
+            # sent now takes, and a bar above every client's deadline would send nothing to
+            # show it: the samples start again at the new limit (the controller adds only
+            # those of requests sent at the limit in force).
+            self.recent.clear()
+        self._limit_seen = lim.limit
         # The limiter's latency learns only from answers; timeouts raise it through `recent`.
         self.expected_latency = max(floor, lim.latency or 0.0, self.recent.median(now))
         # Under adaptive LIFO, a waiter of a level served as one queue keeps its place in

@@ -143,19 +143,25 @@ class Controller:
             t.lat_sum += outcome.latency
             t.broken_streak = 0
             now = clock()
-            self.estimates.recent.add(now, outcome.latency)
             since = self.limiter.measuring_since  # read now: a mode change may have moved it
-            if since is not None and now - outcome.latency >= since:
-                t.clean += 1
-                t.clean_sum += outcome.latency
-                t.clean_slack += outcome.slack
+            if since is None or now - outcome.latency >= since:
+                # Sent at the limit in force: what a request sent now should take.
+                self.estimates.recent.add(now, outcome.latency)
+                if since is not None:
+                    t.clean += 1
+                    t.clean_sum += outcome.latency
+                    t.clean_slack += outcome.slack
             return False
         kind = classify_outcome(
             outcome.status, outcome.latency, outcome.error, self.config.modes.fast_error
         )
         if kind == TIMEOUT:
-            # A censored sample: it would have taken at least this long.
-            self.estimates.recent.add(clock(), outcome.latency)
+            # A censored sample (it would have taken at least this long), if sent at the
+            # limit in force.
+            now = clock()
+            since = self.limiter.measuring_since
+            if since is None or now - outcome.latency >= since:
+                self.estimates.recent.add(now, outcome.latency)
         if outcome.error == "cancelled" and ticket.deadline is None:
             self.patience.observe(clock() - ticket.arrived)  # its client left
         if kind == PUSHBACK:

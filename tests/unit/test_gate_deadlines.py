@@ -7,7 +7,7 @@ from proxy.admission.estimates import RecentLatency
 from proxy.contracts import Refusal, Ticket
 from proxy.scheduler.waiter import ADMITTED, REFUSED, Waiter
 
-from ._admission import Harness, error, ok
+from ._admission import Harness, error, make_config, ok
 
 
 def fill(h: Harness, n: int) -> list[Ticket]:
@@ -23,7 +23,9 @@ def test_timeouts_raise_the_expected_latency() -> None:
     # Nothing answers in time: answers alone would leave the expected latency at nothing,
     # and every request would still be sent with any deadline it has left.
     h = Harness()
-    for t in fill(h, 4):
+    flying = fill(h, 4)
+    h.clock.advance(0.6)
+    for t in flying:
         h.gate.release(t, error("timeout", 0.6))  # waited 600 ms: it takes at least that
     h.tick()
     assert h.gate.estimates.expected_latency >= 0.6
@@ -34,10 +36,52 @@ def test_timeouts_raise_the_expected_latency() -> None:
 
 def test_a_late_answer_is_a_latency_sample_like_any_other() -> None:
     h = Harness()
-    for t in fill(h, 4):
+    flying = fill(h, 4)
+    h.clock.advance(0.7)
+    for t in flying:
         h.gate.release(t, ok(0.7))
     h.tick()
     assert h.gate.estimates.expected_latency >= 0.7
+
+
+def slow_samples(h: Harness, latency: float) -> None:
+    flying = fill(h, 4)
+    h.clock.advance(latency)
+    for t in flying:
+        h.gate.release(t, error("timeout", latency))
+    h.tick()
+    refused = h.gate.admit(h.ticket(timeout=latency))
+    assert isinstance(refused, Refusal) and refused.reason == "deadline"
+
+
+def test_a_bar_above_every_deadline_does_not_stay_without_samples() -> None:
+    # Nothing is sent under the bar, so nothing can show it is too high: it ages out.
+    h = Harness()
+    slow_samples(h, 0.8)
+    h.clock.advance(h.gate.tuning.latency_kept)
+    h.tick()
+    assert h.gate.admit(h.ticket(timeout=0.5)) is None
+
+
+def test_latencies_of_a_higher_limit_are_forgotten_when_it_is_cut() -> None:
+    h = Harness()
+    slow_samples(h, 0.8)
+    lower = make_config({"limiter": {"initial": 2, "floor": 2, "ceiling": 2}}).limiter
+    h.gate.limiter.reconfigure(lower)  # (a cut, as far as the estimates can tell)
+    h.tick()
+    assert h.gate.estimates.expected_latency < 0.8
+    assert h.gate.admit(h.ticket(timeout=0.5)) is None
+
+
+def test_answers_to_requests_sent_before_the_limit_changed_are_not_samples() -> None:
+    h = Harness()
+    flying = fill(h, 4)
+    h.clock.advance(0.8)
+    h.gate.limiter.enter_slow_start(h.clock.now, from_floor=False)  # the limit in force moves
+    for t in flying:
+        h.gate.release(t, ok(0.8))
+    h.tick()
+    assert h.gate.estimates.expected_latency < 0.8
 
 
 def test_the_median_counts_a_timeout_as_what_it_waited_and_forgets() -> None:

@@ -51,7 +51,7 @@ def test_the_defaults_are_the_values_the_code_ran_with() -> None:
         "prune_every": 1.0,
         "budget_buckets": 10,
         "latency_samples": 32,
-        "latency_kept": 5.0,
+        "latency_kept": 2.0,
         "booking_slack": 64,
     }
     assert dataclasses.asdict(SCHEDULER) == {"wake_chunk": 64, "expiry_slack": 1024}
