@@ -207,11 +207,14 @@ class Forwarder:
         if request.body_exists:
             body = BodyStream(request, config.listen.max_body_size, timeout)
         # Past the client's deadline the backend (which does not know it left) still works
-        # on the request until the upstream's own timeout: its answer is awaited that long.
-        linger = max(0.0, config.upstream.read_timeout - timeout)
+        # on the request until the upstream's own timeout: its answer is awaited that long,
+        # holding the slot. With protection off Sluice is a plain proxy (no limit to keep
+        # honest): the exchange is cut with its caller, as the unprotected arm's proxy does.
+        holds = config.modes.protection != "off"
+        linger = max(0.0, config.upstream.read_timeout - timeout) if holds else 0.0
 
         started = time.monotonic()
-        on_cancel = self._keeper(ticket, outcome, started)
+        on_cancel = self._keeper(ticket, outcome, started) if holds else None
         try:
             upstream = await self.client.send(
                 UpstreamRequest(

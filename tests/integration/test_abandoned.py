@@ -132,3 +132,32 @@ async def test_clients_that_leave_do_not_free_what_the_backend_holds(
             await asyncio.sleep(0.1)
         assert backend.peak <= LIMIT, f"the backend held {backend.peak} requests at once"
         await wait_for(lambda: gate.in_flight == 0 and backend.holding == 0, timeout=10)
+
+
+async def test_with_protection_off_nothing_is_held_past_the_deadline(
+    backend: HoldingBackend,
+) -> None:
+    # Protection off is a plain proxy (the unprotected arm of the replay): no limit to keep
+    # honest, so the exchange is cut with its client's deadline and no late answer is awaited.
+    url = f"http://127.0.0.1:{backend.port}"
+    config = sluice_config(
+        url,
+        upstream={"url": url, "client": "lean", "read_timeout": "3s"},
+        modes={"protection": "off"},
+    )
+    async with running_sluice(config) as server, aiohttp.ClientSession() as session:
+        forwarder = server.sluice.forwarder
+        assert forwarder is not None
+        target = f"http://127.0.0.1:{server.proxy_port}/token"
+        headers = {"x-request-timeout-ms": str(DEADLINE_MS)}
+
+        async def one() -> int:
+            async with session.get(target, headers=headers) as resp:
+                await resp.read()
+                return resp.status
+
+        statuses = await asyncio.gather(*(one() for _ in range(4 * LIMIT)))
+        assert set(statuses) == {504}
+        assert backend.holding > 0  # the backend still works on them (SERVICE > deadline)
+        assert not forwarder.lingering  # ... and Sluice awaits none of their answers
+        assert backend.peak > LIMIT  # nothing limits a plain proxy
