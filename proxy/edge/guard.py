@@ -57,7 +57,8 @@ from ..ops.classifier_counters import CountingInvalidHeaders, CountingRetrySigna
 from ..ops.metrics import Metrics
 from .accesslog import AccessLog, OwnAnswer, peer_host
 from .badinput import BAD_INPUT_KINDS, classify_parse_error, screen
-from .forward import SERVER, BrokenRequestBody, refusal_response
+from .forward import SERVER, refusal_response
+from .request_body import BrokenRequestBody
 
 # Re-exported: these lived here before `badinput.py` and `metrics.py` took them.
 __all__ = [

@@ -21,118 +21,25 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from multidict import CIMultiDict
-
 from ..config import UpstreamConfig
 from .base import (
     UpstreamAbandoned,
     UpstreamConnectError,
-    UpstreamError,
     UpstreamProtocolError,
     UpstreamRequest,
     UpstreamResetError,
     UpstreamTimeoutError,
 )
 from .connection import Connection
+from .lean_exchange import HEADERS_TIMEOUT, LeanLate, LeanResponse
 from .tls import UpstreamTls
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _EMPTY_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # send Content-Length: 0
 _CHUNKED = -1  # body framing: chunked transfer coding
 _NO_BODY = -2
-_HEADERS_TIMEOUT = "upstream did not answer in time"
-_STALL_TIMEOUT = "upstream stalled mid-body"
 _WRITE_TIMEOUT = "upstream stopped reading the request body"
 _OUR_FRAMING = ("expect", "transfer-encoding")  # we frame the body; 100-continue is not waited
-
-
-class LeanResponse:
-    """Response headers are in; the body streams from the connection's bounded buffer."""
-
-    __slots__ = ("_conn", "_pool", "_timeout", "headers", "reason", "status")
-
-    def __init__(self, pool: LeanUpstream, conn: Connection, timeout: float) -> None:
-        self._pool = pool
-        self._conn: Connection | None = conn
-        self._timeout = timeout
-        self.status: int = conn.status
-        self.reason: str = conn.reason
-        self.headers: CIMultiDict[str] = conn.headers
-
-    async def read_chunk(self) -> bytes:
-        conn = self._conn
-        if conn is None:
-            return b""
-        while True:
-            chunks = conn.chunks
-            if chunks:
-                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                chunks.clear()
-                conn.buffered = 0
-                if conn.read_paused:
-                    conn.read_paused = False
-                    conn.transport.resume_reading()
-                return data
-            if conn.done:
-                self.release()
-                return b""
-            if conn.exc is not None:
-                raise conn.exc
-            await conn.wait(conn.loop.time() + self._timeout, _STALL_TIMEOUT)
-
-    def release(self) -> None:
-        conn = self._conn
-        if conn is not None:
-            self._conn = None
-            self._pool._release(conn)
-
-
-class LeanLate:
-    """An exchange given up at its caller's deadline, still open: the backend's answer is read
-    (until `when`, the upstream's own timeout) and discarded, and the connection reused."""
-
-    __slots__ = ("_conn", "_pool", "_stall", "_when")
-
-    def __init__(self, pool: LeanUpstream, conn: Connection, when: float, stall: float) -> None:
-        self._pool = pool
-        self._conn: Connection | None = conn
-        self._when = when
-        self._stall = stall
-
-    async def status(self) -> int:
-        conn = self._conn
-        if conn is None:
-            raise UpstreamResetError("the late exchange was closed")
-        try:
-            while not conn.headers_done:
-                if conn.exc is not None:
-                    raise conn.exc
-                await conn.wait(self._when, _HEADERS_TIMEOUT)
-        except BaseException:
-            self.close()
-            raise
-        return conn.status
-
-    async def finish(self) -> None:
-        conn = self._conn
-        if conn is None or not conn.headers_done:
-            self.close()
-            return
-        self._conn = None
-        resp = LeanResponse(self._pool, conn, self._stall)
-        try:
-            while await resp.read_chunk():
-                pass
-        except UpstreamError:
-            pass
-        finally:
-            resp.release()  # at the end: reusable; cut short: closed
-
-    def close(self) -> None:
-        conn = self._conn
-        if conn is not None:
-            self._conn = None
-            self._pool._release(conn)  # not done: closed, its slot freed when lost
 
 
 class LeanUpstream:
@@ -240,14 +147,14 @@ class LeanUpstream:
                 if conn.exc is not None:
                     raise conn.exc
                 try:
-                    await conn.wait(when, _HEADERS_TIMEOUT)
+                    await conn.wait(when, HEADERS_TIMEOUT)
                 except UpstreamTimeoutError:
                     if request.linger <= 0 or not conn.req_done or conn.exc is not None:
                         raise
                     # The backend still works on it: keep the connection, read the answer.
                     stall = request.timeout + request.linger
                     late = LeanLate(self, conn, when + request.linger, stall)
-                    raise UpstreamAbandoned(_HEADERS_TIMEOUT, late) from None
+                    raise UpstreamAbandoned(HEADERS_TIMEOUT, late) from None
                 except asyncio.CancelledError:
                     on_cancel = request.on_cancel
                     if on_cancel is not None and conn.req_done and conn.exc is None:
@@ -382,7 +289,9 @@ class LeanUpstream:
         if self._sweeper is None:
             self._sweeper = self._loop.call_at(conn.idle_since + self._idle_timeout, self._sweep)
 
-    def _release(self, conn: Connection) -> None:
+    def give_back(self, conn: Connection) -> None:
+        """A finished exchange's connection: reused if read to its end and reusable, else
+        closed (its slot freed when it is lost)."""
         conn.busy = False
         if (
             conn.done
