@@ -20,6 +20,7 @@ from .base import (
     UpstreamRequest,
     UpstreamResetError,
     UpstreamTimeoutError,
+    discard,
 )
 from .tls import UpstreamTls
 
@@ -76,13 +77,7 @@ class AiohttpLate:
         if resp is None:
             self.close()
             return
-        try:
-            while await resp.read_chunk():
-                pass
-        except UpstreamError:
-            pass
-        finally:
-            resp.release()
+        await discard(resp)
 
     def close(self) -> None:
         if not self._task.done():

@@ -107,6 +107,19 @@ class UpstreamResponse(Protocol):
         ...
 
 
+async def discard(resp: UpstreamResponse) -> None:
+    """Read `resp`'s body to its end and drop it (a late answer nobody waits for); an
+    upstream failure cuts it short. Released either way: at the end its connection is
+    reusable, cut short it is closed."""
+    try:
+        while await resp.read_chunk():
+            pass
+    except UpstreamError:
+        pass
+    finally:
+        resp.release()
+
+
 class UpstreamClient(Protocol):
     """One per process; pooled keep-alive connections to the single configured upstream."""
 

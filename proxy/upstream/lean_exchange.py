@@ -8,7 +8,7 @@ from typing import Protocol
 
 from multidict import CIMultiDict
 
-from .base import UpstreamError, UpstreamResetError
+from .base import UpstreamResetError, discard
 from .connection import Connection
 
 HEADERS_TIMEOUT = "upstream did not answer in time"
@@ -95,14 +95,7 @@ class LeanLate:
             self.close()
             return
         self._conn = None
-        resp = LeanResponse(self._pool, conn, self._stall)
-        try:
-            while await resp.read_chunk():
-                pass
-        except UpstreamError:
-            pass
-        finally:
-            resp.release()  # at the end: reusable; cut short: closed
+        await discard(LeanResponse(self._pool, conn, self._stall))
 
     def close(self) -> None:
         conn = self._conn
