@@ -38,11 +38,10 @@ In the spirit of Netflix's Gradient2 and Envoy's adaptive-concurrency gradient c
   with fewer workers than `limiter.floor` (a small member of a fleet) would otherwise keep a
   queue no cut can drain, slow down with it (thrash), and have that queue re-measured as
   its unloaded latency at the floor.
-- A window that did not use the limit (the traffic held it, not the backend) brings a limit
-  above what was proven down to `slow_start_factor` x `proven`, not under `limiter.floor`
-  (RFC 7661's congestion window validation): `initial`, or a limit grown long ago, is not
-  evidence, and a storm arriving on it would queue that much at the backend before the
-  first window could judge it.
+- A window that did not use the limit leaves it as it is. Bringing it down to what was
+  proven (RFC 7661's validation, tried for the fleet's small members) let light traffic fill
+  the limit, and the capacity estimator then measured the traffic as the backend's pace:
+  storm sweep seeds 18 and 20 drained at a third of the backend's rate (docs/tuning.md).
 
 Nothing here states a backend capacity: `initial`, `floor` and `ceiling` only bound the search.
 The internal numbers are `tuning.GradientTuning`'s (why each value: docs/tuning.md).
@@ -330,22 +329,11 @@ class Limiter(Window):
         else:
             self.slow_start = False  # the traffic does not use what we have: ramp done
             self.last_change = "idle"
-            self._validate()
 
     def _full(self) -> bool:
         """The window's peak concurrency reached most of the limit in force: it measured
         the limit, not the traffic."""
         return self._peak >= self.tuning.used * self.limit
-
-    def _validate(self) -> None:
-        """A window the traffic did not fill: a limit above `slow_start_factor` x what was
-        proven comes down to it (nothing has shown the backend takes more; growth on a full
-        window takes it back up)."""
-        if self.proven <= 0:
-            return
-        cfg = self.config
-        held = max(float(cfg.floor), cfg.slow_start_factor * self.proven)
-        self.value = min(self.value, held)
 
     def _note_proven(self, now: float) -> None:
         """A window at floor latency proves the backend takes its concurrency without queueing.

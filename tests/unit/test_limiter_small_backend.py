@@ -47,23 +47,3 @@ def test_a_backend_with_more_workers_than_the_floor_keeps_the_configured_floor()
     loop = Loop(Limiter(cfg(), 0.0), Backend(20, 0.05, thrash=1.0))
     loop.run(15.0)
     assert loop.lim.least == 4
-
-
-def test_light_traffic_leaves_no_untested_limit_for_a_storm() -> None:
-    # Fleet replay K = 3: 40 req/s on 3 workers used 2 of `initial` 16 (13 after a probe);
-    # the storm met that limit in NORMAL and queued 10 behind 3 workers.
-    loop = Loop(Limiter(cfg(), 0.0), Backend(3, 0.05, thrash=0.5), offered=2)
-    loop.run(5.0)
-    assert loop.lim.limit == 4  # 1.5 x the 2 proven is under the configured floor
-    loop.offered = None  # the storm
-    limits = loop.run(0.5)
-    assert max(limits) <= 4, limits
-
-
-def test_a_limit_validated_down_grows_again_when_the_traffic_fills_it() -> None:
-    loop = Loop(Limiter(cfg(), 0.0), Backend(20, 0.05, thrash=1.0), offered=3)
-    loop.run(5.0)
-    assert loop.lim.limit <= 5
-    loop.offered = None
-    limits = loop.run(10.0)
-    assert limits[-1] >= 18, limits
