@@ -15,6 +15,8 @@ or is re-paced), a late one leaves capacity idle and lengthens the drain.
 
 from __future__ import annotations
 
+import itertools
+import statistics
 from collections import deque
 
 from ..config import Config
@@ -128,9 +130,10 @@ class Estimates:
         the backend delivers, and after a halving kept the old capacity for the whole
         `samples_kept`; a median follows a sustained change within two samples (at the
         defaults) and moves for no single slow or fast run."""
-        last = sorted(v for _, v in list(samples)[-self.tuning.samples_median :])
-        mid = len(last) // 2
-        return last[mid] if len(last) % 2 else (last[mid - 1] + last[mid]) / 2.0
+        n = self.tuning.samples_median
+        return statistics.median(
+            v for _, v in itertools.islice(samples, max(0, len(samples) - n), None)
+        )
 
     def refresh(self, now: float, lim: Limit, baseline: float, patience: float) -> None:
         """Recompute every estimate from the limiter, the arrival baseline and the learnt

@@ -15,7 +15,21 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
+from proxy.config import LimiterConfig
 from proxy.control.limit import Limit
+
+
+def limiter_config(**kw: object) -> LimiterConfig:
+    """The replay's limiter bounds (loadtest/scenarios/reopen.sluice.yaml), `kw` on top."""
+    base: dict[str, object] = {
+        "initial": 16,
+        "floor": 4,
+        "ceiling": 1000,
+        "latency_tolerance": 1.05,
+        "slow_start_factor": 1.5,
+    }
+    base.update(kw)
+    return LimiterConfig.model_validate(base)
 
 
 @dataclass

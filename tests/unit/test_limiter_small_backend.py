@@ -7,22 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.config import LimiterConfig
 from proxy.control.limiter import Limiter
 
 from ._limit_loop import Backend, Loop
-
-
-def cfg(**kw: object) -> LimiterConfig:
-    base: dict[str, object] = {
-        "initial": 16,
-        "floor": 4,
-        "ceiling": 1000,
-        "latency_tolerance": 1.05,
-        "slow_start_factor": 1.5,
-    }
-    base.update(kw)
-    return LimiterConfig.model_validate(base)
+from ._limit_loop import limiter_config as cfg
 
 
 @pytest.mark.parametrize("n_workers", [2, 3])
