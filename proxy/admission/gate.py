@@ -15,13 +15,7 @@ operator commands live in `proxy/ops/` and read the gate's public attributes.
 from local traffic with no booked slot: the fast path, which touches no queue, calls no clock
 and formats nothing. Everything else goes through the policy.
 
-Batches: the limit in force (`eff`) is the learned limit in NORMAL and SHIELD, the OUTAGE
-trickle in OUTAGE, and in RECOVERY min(limit, in-flight at the last tick + `batch_size`): so
-each `batch_interval` at most `batch_size` *new* concurrent requests enter, never past the
-limiter's free slots, while a finished request's slot is handed to the next waiter at once
-(one for one, which never raises concurrency). Invariant, restored after every event: when
-in-flight is below `eff`, nothing queued is eligible (everything waiting is held by its
-caller's cap), which is what lets the fast path skip the queues.
+The limit in force (`eff`, its rule in `in_force`) is what RECOVERY releases in batches.
 """
 
 from __future__ import annotations
@@ -35,11 +29,10 @@ from ..config import Config
 from ..contracts import Outcome, Probe, Reason, Refusal, Ticket
 from ..control.controller import Controller
 from ..control.limit import Limit, make_limiter
-from ..control.modes import Effect, Mode, ModeController, Transition
+from ..control.modes import Mode, ModeController, Transition
 from ..control.signals import Patience
 from ..control.ticker import Ticker
 from ..ops.commands import run_command
-from ..ops.gauges import update_gauges
 from ..ops.metrics import Metrics
 from ..ops.status import gate_status
 from ..scheduler.tiers import N_PRIO
@@ -48,9 +41,11 @@ from ..tuning import ADMISSION, AdmissionTuning
 from .budgets import LocalRetryBudgets, RetryBudgets
 from .callers import Caller, CallerCaps, CallerTable
 from .estimates import Estimates
+from .in_force import limit_in_force
 from .pacing import Pacer
 from .policy import ADMIT, QUEUE, REFUSE, Load, Policy, Verdict, count_budget, count_dry_run
 from .refusals import Refuser, key_of
+from .rounds import Rounds
 from .waitroom import WaitRoom
 
 log = logging.getLogger("sluice.gate")
@@ -107,7 +102,7 @@ class AdmissionGate:
         self.eff = self.limiter.limit  # the limit in force
         self.draining = False
         self._fast = not dry
-        self._last_prune = now
+        self.rounds = Rounds(self, now)
         self._configure(config)
         metrics.set_mode(self.modes.state.value)
         metrics.dry_run.set(1 if dry else 0)
@@ -176,7 +171,7 @@ class AdmissionGate:
         if old.modes.protection != config.modes.protection:
             self.set_dry_run(config.modes.protection == "dry-run", now)
         self._configure(config)
-        self._set_eff(now, batch=False)
+        self.refresh_limit_in_force(now, batch=False)
         self.room.pump(now)
 
     # --- the request path ------------------------------------------------------------------
@@ -308,51 +303,22 @@ class AdmissionGate:
         return refusal
 
     # --- the limit in force ------------------------------------------------------------------
-    def _set_eff(self, now: float, batch: bool) -> None:
-        limit = self.limiter.limit
+    def refresh_limit_in_force(self, now: float, batch: bool) -> None:
+        """Recompute the limit in force (`in_force`) and whether the fast path is open."""
         mode = self.modes.state
-        if mode is Mode.RECOVERY:
-            ceiling = min(limit, self.in_flight + self.config.recovery.batch_size)
-            self.eff = ceiling if batch else min(self.eff, limit)
-        elif mode is Mode.OUTAGE:
-            self.eff = min(limit, self.config.modes.outage_trickle)
-        else:
-            self.eff = limit
+        self.eff = limit_in_force(
+            mode, self.limiter.limit, self.in_flight, self.eff, batch, self.config
+        )
         self._fast = mode is Mode.NORMAL and not self.draining and not self.dry_run
 
-    # --- the ticker's rounds -------------------------------------------------------------------
+    # --- the ticker's rounds (`rounds.Rounds`) ------------------------------------------------
     def tick(self, now: float) -> None:
-        """One round of background work (the ticker calls it every `batch_interval`):
-        fold counters into the signals, expire waiters, close a limiter window, age budgets
-        and slots, evaluate the mode, release a batch, refresh gauges."""
-        control = self.control
-        ok, waiting = control.fold(now, self.queue.total)
-        self.room.refill(now)
-        control.note_saturation(now, ok, self.queue.total, self.in_flight, self.eff)
-        self.room.expire(now)
-        mode = self.modes.state
-        if self.limiter.tick(now, self.in_flight, mode in (Mode.NORMAL, Mode.RECOVERY), waiting):
-            self.metrics.limit.set(self.limiter.limit)
-        self.refresh_estimates(now)
-        if self.queue.total and mode is not Mode.OUTAGE:
-            self.room.rejudge(now)
-        self.budgets.roll(now)
-        if now - self._last_prune >= self.tuning.prune_every:
-            self._last_prune = now
-            self.pacer.prune(now)
-            self.caller_table.refresh_caps()
-        control.learn_baseline(now, waiting)
-        self._evaluate(now)
-        self.room.released = 0
-        self._set_eff(now, batch=True)
-        self.room.pump(now)
-        if self.room.released:
-            self.metrics.batches.inc()
-        update_gauges(self, now)
+        """One round of background work (the ticker calls it every `batch_interval`)."""
+        self.rounds.tick(now)
 
     def evaluate_now(self, now: float) -> None:
         """Evaluate the mode out of turn (the request path asked: a wave, a broken run)."""
-        self._evaluate(now)
+        self.rounds.evaluate(now)
         self.room.pump(now)
 
     def on_probe(self, ok: bool, now: float) -> None:
@@ -360,25 +326,10 @@ class AdmissionGate:
         self.control.health.probe(ok)
         self.evaluate_now(now)
 
-    def _evaluate(self, now: float) -> None:
-        tr = self.control.evaluate(now, self.queue.total, self.in_flight, self.pacer.next_free(now))
-        if tr is not None:
-            self._after_transition(tr, now)
-
     def apply_transition(self, tr: Transition, now: float) -> None:
         """Count, log and carry out a mode change decided elsewhere (an operator's)."""
         self.control.apply(tr, now, self.queue.total, self.in_flight)
-        self._after_transition(tr, now)
-
-    def _after_transition(self, tr: Transition, now: float) -> None:
-        """The queue's part of a mode change: SHIELD's allow-list (everyone else waiting is
-        refused), the limit in force, and a probe soon."""
-        shield = Effect.ALLOW_LIST in tr.effects
-        self.caller_table.allow_only(self.modes.shield_allow if shield else frozenset())
-        if shield:
-            self.room.refuse_all(Reason.SHIELD, now, keep=lambda c: c.allowed)
-        self._set_eff(now, batch=True)
-        self.ticker.probe_soon(now)
+        self.rounds.after_transition(tr, now)
 
     # --- lifecycle and operators -------------------------------------------------------------
     async def start(self, probe: Probe) -> None:
@@ -408,7 +359,7 @@ class AdmissionGate:
             )
         self.dry_run = on
         self.metrics.dry_run.set(1 if on else 0)
-        self._set_eff(now, batch=True)
+        self.refresh_limit_in_force(now, batch=True)
         if on:
             self.room.admit_all(now)
         self.room.pump(now)
