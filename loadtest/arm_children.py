@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -30,6 +31,14 @@ READY_TIMEOUT = 15.0
 
 class ArmUnavailable(Exception):
     """An arm could not run (e.g. the proxy did not start); the message says why."""
+
+
+def require_executable(name: str, missing: str) -> str:
+    """`name`'s path on PATH; ArmUnavailable(`missing`, naming its package) when it is not."""
+    path = shutil.which(name)
+    if path is None:
+        raise ArmUnavailable(missing)
+    return path
 
 
 class Backend(NamedTuple):

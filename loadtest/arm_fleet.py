@@ -8,7 +8,6 @@ the end of the run: its /metrics.
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,6 +18,7 @@ from .arm_children import (
     PoolFor,
     Proxy,
     launch_backend,
+    require_executable,
     wait_accepting,
     wait_ready,
 )
@@ -47,10 +47,7 @@ class Front(NamedTuple):
 
 def haproxy_path() -> str:
     """HAProxy's executable; ArmUnavailable naming the package when it is not on PATH."""
-    path = shutil.which(HAPROXY)
-    if path is None:
-        raise ArmUnavailable(HAPROXY_MISSING)
-    return path
+    return require_executable(HAPROXY, HAPROXY_MISSING)
 
 
 async def start_members(

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .arm_children import ArmUnavailable, sleep_until, wait_accepting
+from .arm_children import require_executable, sleep_until, wait_accepting
 from .arm_fleet import TIMEOUT_KILL_AFTER, scrape_metrics
 from .httpclient import Pool
 from .procs import Child, ProcessGroup, free_port
@@ -98,10 +98,7 @@ def sidecar_overrides(names: Iterable[str], url: str) -> dict[str, dict[str, Any
 
 def redis_exe() -> str:
     """redis-server's executable; ArmUnavailable naming the package when it is missing."""
-    path = shutil.which(REDIS_SERVER)
-    if path is None:
-        raise ArmUnavailable(REDIS_MISSING)
-    return path
+    return require_executable(REDIS_SERVER, REDIS_MISSING)
 
 
 async def start_redis(
