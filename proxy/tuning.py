@@ -35,6 +35,10 @@ class AdmissionTuning:
     samples_median: int = 3
     """The measured capacity is the median of the last this many samples (of those kept)."""
 
+    past_knee_share: float = 0.5
+    """A run measured past the knee (its answers slower than the limiter tolerates) counts
+    as at least this share of the capacity last measured at the knee."""
+
     capacity_ttl: float = 60.0
     """Seconds without a saturated run after which the measured capacity is forgotten."""
 

@@ -6,7 +6,8 @@ Pace: with the delivery limiter, its own delivery-rate estimate. With the gradie
 the backend's capacity is measured here as goodput over runs of ticks in which the limiter,
 at the knee of the latency curve, was full with work waiting (the median of the last few such
 runs, so one run of answers read in a burst, or one slow run, does not move it, and a halving
-does within two); before a few such runs it is
+does within two; a run past the knee, where a thrashing backend delivers less than at it,
+counts as at least half of the capacity last measured there); before a few such runs it is
 only guessed (what the limit would allow, Little's law at the knee, at least what we measure).
 Returns are booked at the pace less the baseline (`pacing.Pacer`), optimistically while the
 pace is a guess or the limit still ramps: an early return costs the backend nothing (it waits
@@ -78,6 +79,8 @@ class Estimates:
         self.n_samples = 0  # capacity samples since the capacity was last forgotten
         self._run_start: float | None = None  # the current run of saturated ticks
         self._run_ok = 0.0
+        self._run_lat = 0.0  # the run's good answers' summed latency
+        self._knee_capacity = 0.0  # the capacity after the last run measured at the knee
         self._samples: deque[tuple[float, float]] = deque()  # (at, goodput/s)
         self.recent = RecentLatency(tuning.latency_samples, tuning.latency_kept)
         self._limit_seen = 0  # the limit at the last refresh
@@ -94,35 +97,65 @@ class Estimates:
             self.capacity = None  # too old to trust: the backend may have changed
             self.n_samples = 0
             self._samples.clear()
+            self._knee_capacity = 0.0
 
-    def saturated(self, now: float, ok: int, measurable: bool) -> None:
+    def saturated(
+        self,
+        now: float,
+        ok: int,
+        measurable: bool,
+        lat_sum: float = 0.0,
+        knee_latency: float | None = None,
+    ) -> None:
         """A tick in which waiters waited for a full limiter: goodput is what the backend
         can do, and over a run of such ticks it measures its capacity. Not `measurable`
         while something else holds concurrency below the knee on purpose (slow start,
-        re-measuring, a batch ramp, OUTAGE's trickle, SHIELD's allow-list)."""
+        re-measuring, a batch ramp, OUTAGE's trickle, SHIELD's allow-list).
+
+        `lat_sum` is the tick's good answers' summed latency, `knee_latency` the latency
+        the limiter tolerates at the knee (None: not known yet). A run whose answers took
+        longer on average measured the backend past its knee, where one that slows with its
+        own queue (thrash) delivers less than at it: its goodput is a lower bound, and it
+        counts as at least `past_knee_share` of the capacity last measured at the knee.
+        After a halving the limit stays above the new knee until a window sent at it is
+        judged, seconds at a thrashed backend's latency: runs measured then came to a
+        fraction of what the halved backend serves, and the returns refused meanwhile were
+        booked at that pace, tens of seconds out, while the backend idled once the limit
+        had settled (storm sweep seeds 13 and 23, issue 16); as lower bounds only, they kept
+        the old capacity, and returns booked at it bounced until their clients ran out of
+        retries. Runs at the knee set it wherever it went."""
         if not measurable:
             self._run_start = None
             return
         if self._run_start is None:
             self._run_start = now  # goodput counts from the next tick on
             self._run_ok = 0.0
+            self._run_lat = 0.0
             return
         self._run_ok += ok
+        self._run_lat += lat_sum
         span = now - self._run_start
         if span < self.tuning.run_min - 1e-9:
             return
         if self._run_ok <= 0:
             self._run_start = now  # nothing answered: a stall, not a pace (health's business)
             return
+        rate = self._run_ok / span
+        past_knee = knee_latency is not None and self._run_lat > knee_latency * self._run_ok
+        self._run_start = now
+        self._run_ok = 0.0
+        self._run_lat = 0.0
+        if past_knee:
+            rate = max(rate, self._knee_capacity * self.tuning.past_knee_share)
         samples = self._samples
-        samples.append((now, self._run_ok / span))
+        samples.append((now, rate))
         while samples and now - samples[0][0] > self.tuning.samples_kept:
             samples.popleft()
         self.capacity = self._robust(samples)
+        if not past_knee:
+            self._knee_capacity = self.capacity
         self.n_samples += 1
         self.capacity_at = now
-        self._run_start = now
-        self._run_ok = 0.0
 
     def _robust(self, samples: deque[tuple[float, float]]) -> float:
         """The median of the last `samples_median` samples: the best recent sample let one

@@ -107,6 +107,7 @@ class Controller:
         self.started_at = now
         self.backlog = 0  # requests held or shed since the mode began
         self._last_tick = now
+        self._lat_sum = 0.0  # the last tick's good answers' summed latency
         # A peer sidecar's RECOVERY or OUTAGE (`fleet`), and until when it holds (our clock).
         self.hint_mode: Mode | None = None
         self.hint_until = 0.0
@@ -200,6 +201,7 @@ class Controller:
         self.loop.observe(now, lag, self.config.shedding.busy_lag, self.estimates.patience)
         self.limiter.note_lag(lag)
         ok = t.ok
+        self._lat_sum = t.lat_sum  # for `note_saturation`: was goodput measured at the knee
         self.estimates.observe(ok, dt)
         self.health.record(now, ok, t.push, t.timeouts, t.broken)
         self.limiter.add(
@@ -225,7 +227,9 @@ class Controller:
                 or mode is Mode.SHIELD
                 or eff < lim.limit  # a batch ramp, not the limiter, is what binds
             )
-            self.estimates.saturated(now, ok, measurable)
+            floor = lim.floor.value
+            knee = None if floor is None else floor * lim.config.latency_tolerance
+            self.estimates.saturated(now, ok, measurable, self._lat_sum, knee)
             if (
                 self._saturated_ticks >= self.tuning.saturated_ticks
                 and now - self.started_at < self.config.modes.startup_window

@@ -116,12 +116,15 @@ def run(
     retries: int = 5,
     shared_callers: bool = True,
     outage: tuple[float, float] | None = None,
+    step: tuple[float, int] | None = None,
     warmup: float = 6.0,
     observe: float = 40.0,
     seed: int = 1,
     config: dict[str, Any] | None = None,
 ) -> Figures:
-    """Run the model; `config` is merged into the gate's config (no capacity stated)."""
+    """Run the model; `config` is merged into the gate's config (no capacity stated).
+    `step` (at, workers): the backend's workers change at that instant (work already being
+    served finishes; a halving's capacity is what its new workers can do)."""
     rnd = random.Random(seed)
     names = [n for n, _ in CALLERS]
     weights = [w for _, w in CALLERS]
@@ -238,6 +241,8 @@ def run(
         at(t, "attempt", workflow("fresh", t))
     for _ in range(backlog):
         at(warmup, "attempt", workflow("backlog", warmup))
+    if step is not None:
+        at(step[0], "step", step[1])
     tick = 0.1
     while tick < warmup + observe + 20:
         at(tick, "tick")
@@ -276,13 +281,18 @@ def run(
             busy -= 1
             completed += 1
             wasted += data.state == "gone"
-            if backend:
+            if backend and busy < workers:
                 busy += 1
                 serve(backend.popleft())
             finish(data, 200)
         elif kind == "status":
             a, status = data
             finish(a, status)
+        elif kind == "step":
+            workers = data
+            while backend and busy < workers:
+                busy += 1
+                serve(backend.popleft())
         while resolved:
             w = resolved.pop()
             a = by_waiter.pop(id(w), None)
@@ -294,7 +304,7 @@ def run(
                 assert w.result is not None
                 refused(a, w.result)
 
-    capacity = workers / service
+    capacity = (workers if step is None else min(workers, step[1])) / service
     if outage is not None:
         t0 = first_good if first_good is not None else outage[1]
         open_then = [v for v in done.values() if v[2] < t0 <= v[1]]

@@ -83,3 +83,25 @@ def test_reopen_with_impatient_clients_stays_explicit_and_safe() -> None:
     assert f.max_backend_queue <= 2 * 10
     assert f.wasted < 0.01 and f.amplification < 1.1
     assert f.over_limit == 0
+
+
+def test_a_halving_does_not_book_the_backlog_at_its_thrash() -> None:
+    # Storm sweep seed 13 in miniature: 12 workers x 235 ms that slow with their queue, half of
+    # them gone 5.7 s into the drain. Until the limit came down to the new knee the backend
+    # thrashed (a fifth of what the halved backend serves); that goodput was measured as its
+    # capacity, the returns refused meanwhile were booked at it, tens of seconds out, and the
+    # backend idled once the limit had settled (drained in 1.65-2.0 x the bound, 60-72 s).
+    for seed in (1, 2):
+        f = run(
+            workers=12,
+            service=0.235,
+            thrash=1.7,
+            fresh_rate=10.2,
+            backlog=466,
+            client_timeout=2.89,
+            step=(6.0 + 5.7, 6),
+            observe=70.0,
+            seed=seed,
+        )
+        assert f.drain is not None and f.backlog_failed == 0
+        assert f.drain <= 1.6 * f.bound, (f.drain, f.bound)  # bound: 1.2 x N / (C/2 - λ0)

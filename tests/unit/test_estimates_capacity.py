@@ -1,5 +1,6 @@
 """The backend's capacity the gradient limiter's gate measures while saturated (fake clock):
-robust to one odd run, and following a sustained change within two samples."""
+robust to one odd run, following a sustained change within two samples, and not taken below
+half of it by runs past the knee (a thrashing backend's goodput)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,21 @@ from ._admission import make_config
 TICK = 0.1
 
 
-def _run(est: Estimates, now: float, rate: float, seconds: float) -> float:
-    """Saturated ticks answering `rate` per second for `seconds`; returns the clock after."""
+FLOOR, TOLERANCE = 0.1, 1.25  # the unloaded latency, the limiter's tolerance at the knee
+
+
+def _run(
+    est: Estimates, now: float, rate: float, seconds: float, latency: float | None = None
+) -> float:
+    """Saturated ticks answering `rate` per second for `seconds`, each answer after `latency`
+    (None: no latency known); returns the clock after."""
     for _ in range(round(seconds / TICK)):
         now += TICK
-        est.saturated(now, round(rate * TICK), measurable=True)
+        ok = round(rate * TICK)
+        if latency is None:
+            est.saturated(now, ok, measurable=True)
+        else:
+            est.saturated(now, ok, True, ok * latency, FLOOR * TOLERANCE)
     return now
 
 
@@ -55,4 +66,32 @@ def test_one_slow_run_does_not_lower_it() -> None:
 def test_a_doubling_raises_it_within_two_samples() -> None:
     est, now = _measured(100.0)
     _run(est, now, 200.0, 2 * 0.5)
+    assert est.capacity == pytest.approx(200.0)
+
+
+AT_KNEE, THRASHED = 1.2 * FLOOR, 5 * FLOOR
+
+
+def test_a_thrashed_backend_past_the_knee_takes_it_no_lower_than_half() -> None:
+    # Storm sweep seeds 13 and 23: half the workers gone, the limit still above the new knee
+    # for seconds, and the backend thrashing at a fifth of what the halved backend serves.
+    # Measured as its capacity, the returns refused then were booked at that pace, tens of
+    # seconds out, and the backend idled once the limit had come down.
+    est, now = _measured(100.0)
+    _run(est, now, 10.0, 3.0, THRASHED)  # six runs past the knee
+    assert est.capacity == pytest.approx(50.0)
+
+
+def test_runs_back_at_the_knee_then_measure_the_halved_backend() -> None:
+    est, now = _measured(100.0)
+    now = _run(est, now, 10.0, 3.0, THRASHED)
+    now = _run(est, now, 40.0, 2 * 0.5, AT_KNEE)  # a loss deeper than half is followed too
+    assert est.capacity == pytest.approx(40.0)
+
+
+def test_runs_past_the_knee_still_raise_it() -> None:
+    # A backend that queues delivers at least what it delivers: a doubling seen while the
+    # limit overshoots the new knee raises the capacity as before.
+    est, now = _measured(100.0)
+    _run(est, now, 200.0, 2 * 0.5, THRASHED)
     assert est.capacity == pytest.approx(200.0)

@@ -39,6 +39,7 @@ def test_the_defaults_are_the_values_the_code_ran_with() -> None:
         "run_min": 0.5,
         "samples_kept": 10.0,
         "samples_median": 3,
+        "past_knee_share": 0.5,
         "capacity_ttl": 60.0,
         "samples_known": 3,
         "fresh_headroom": 1.2,
