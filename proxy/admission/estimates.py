@@ -115,15 +115,9 @@ class Estimates:
         `lat_sum` is the tick's good answers' summed latency, `knee_latency` the latency
         the limiter tolerates at the knee (None: not known yet). A run whose answers took
         longer on average measured the backend past its knee, where one that slows with its
-        own queue (thrash) delivers less than at it: its goodput is a lower bound, and it
-        counts as at least `past_knee_share` of the capacity last measured at the knee.
-        After a halving the limit stays above the new knee until a window sent at it is
-        judged, seconds at a thrashed backend's latency: runs measured then came to a
-        fraction of what the halved backend serves, and the returns refused meanwhile were
-        booked at that pace, tens of seconds out, while the backend idled once the limit
-        had settled (storm sweep seeds 13 and 23, issue 16); as lower bounds only, they kept
-        the old capacity, and returns booked at it bounced until their clients ran out of
-        retries. Runs at the knee set it wherever it went."""
+        own queue (thrash) delivers less than at it: such a run counts as at least
+        `past_knee_share` of the capacity last measured at the knee (the reasons for the
+        value: docs/tuning.md). Runs at the knee set the capacity wherever it goes."""
         if not measurable:
             self._run_start = None
             return
