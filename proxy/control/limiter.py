@@ -163,8 +163,13 @@ class Limiter(Window):
     def pace(self) -> float:
         """Requests per second the backend absorbs at the limit (Little's law), for pacing.
         While a ramp restarted below where the limit had grown and no knee is known yet,
-        at that earlier limit (a guess: the ramp will likely get there)."""
+        at that earlier limit (a guess: the ramp will likely get there); while the floor is
+        re-measured, at the limit it restores."""
         limit = float(self.limit)
+        if self._stage != _IDLE:
+            # Lowered for a moment on purpose and restored after: returns booked meanwhile
+            # come back after it, to the restored limit (docs/tuning.md).
+            limit = max(limit, self._saved)
         if self.knee_at is None or self.slow_start:
             # (`grown` is dropped once a ramp ends: see `_cut`, `_back_off`)
             limit = max(limit, self.grown)

@@ -160,3 +160,17 @@ def test_a_backend_whose_service_slowed_is_followed_down_and_back_to_its_workers
     assert min(limits) < 15  # it did give way
     assert min(limits[-20:]) >= 18, limits
     assert loop.lim.floor.value == pytest.approx(0.1, rel=0.1)
+
+
+def test_the_pace_is_the_limits_to_be_restored_while_the_floor_is_re_measured() -> None:
+    # Sweep seed 21: the re-measurement after a start under load lowered the limit to 4,
+    # the pace (Little's law at the limit) to a quarter, and returns booked meanwhile were
+    # sent 16 s out instead of 4 s: the backend idled after the limit was back at 16.
+    loop = Loop(Limiter(cfg(), 0.0), Backend(29, 0.219, thrash=1.2))
+    paces: list[tuple[bool, float]] = []
+    for _ in range(20):
+        loop.run(0.1)
+        paces.append((loop.lim.probing, loop.lim.pace()))
+    assert any(probing for probing, _ in paces)
+    before = next(pace for probing, pace in paces if not probing)
+    assert min(pace for probing, pace in paces if probing) >= before, paces
