@@ -186,6 +186,11 @@ class GradientTuning(WindowTuning):
     max_cut: float = 0.5
     """One latency cut leaves at least this share of the limit."""
 
+    served_windows: int = 4
+    """`served` is the best of this many most recent full windows that queued (a windowed
+    maximum, like BBR's bottleneck bandwidth): `least` follows a loss of capacity, and one
+    slow window cannot drag it down."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class DeliveryTuning(WindowTuning):

@@ -33,8 +33,10 @@ In the spirit of Netflix's Gradient2 and Envoy's adaptive-concurrency gradient c
   loop. The limit then grows from it instead of waiting at the floor for a window that never
   looks fast.
 - That floor (`least`) is `limiter.floor`, but never above the concurrency the backend was
-  seen to serve: the best delivery rate of a full window that queued (so the backend, not
-  the traffic, set the rate) times the unloaded latency (BBR's BDP), at least 1. A backend
+  seen to serve: the best delivery rate of the last `served_windows` full windows that
+  queued (so the backend, not the traffic, set the rate) times the unloaded latency (BBR's
+  BDP and, like BBR's bottleneck bandwidth, a windowed maximum: it follows a backend that
+  lost workers), at least 1. A backend
   with fewer workers than `limiter.floor` (a small member of a fleet) would otherwise keep a
   queue no cut can drain, slow down with it (thrash), and have that queue re-measured as
   its unloaded latency at the floor.
@@ -86,8 +88,10 @@ class Limiter(Window):
         # backend has been seen to take without queueing.
         self.proven = 0
         # The most concurrency the backend was seen to serve: a window's delivery rate x the
-        # unloaded latency, the best of any window (0: none measured yet).
+        # unloaded latency, the best of the last `served_windows` that measured it (0: none
+        # measured yet). Only new evidence displaces old: a calm spell keeps it.
         self.served = 0.0
+        self._served: deque[float] = deque(maxlen=tuning.served_windows)
         self.grown = 0.0  # the limit before a ramp restarted it lower (0: none)
         self.step = float(config.knee_growth)  # the next growth outside slow start
         self._since = now  # answers to requests sent from here on judge the limit in force
@@ -237,10 +241,14 @@ class Limiter(Window):
 
     def _note_served(self, now: float, floor: float) -> None:
         """A full window that queued: its delivery rate is what the backend serves, and
-        times the unloaded latency, how many it serves at once (its busy workers)."""
+        times the unloaded latency, how many it serves at once (its busy workers). The best
+        of the last few such windows: a backend that lost workers shows in each window after
+        the loss, and `least` follows it once they fill the set (seed 23 of the storm sweep:
+        4 before, 3 workers after a halving, the queue and thrashing never drained)."""
         span = now - self._window_start
         if span > 0.0:
-            self.served = max(self.served, self._ok / span * floor)
+            self._served.append(self._ok / span * floor)
+            self.served = max(self._served)
 
     def _close(self, now: float, in_flight: int, may_probe: bool) -> None:
         # A window short of answers is stretched, up to `max_stretch` lengths.

@@ -35,3 +35,37 @@ def test_a_backend_with_more_workers_than_the_floor_keeps_the_configured_floor()
     loop = Loop(Limiter(cfg(), 0.0), Backend(20, 0.05, thrash=1.0))
     loop.run(15.0)
     assert loop.lim.least == 4
+
+
+def _storm(workers: int) -> Loop:
+    """Light traffic (the unloaded latency), then work always waiting, RECOVERY's ramp."""
+    loop = Loop(Limiter(cfg(), 0.0), Backend(workers, 0.093, thrash=0.5), offered=1)
+    loop.run(3.0)
+    loop.offered = None
+    loop.lim.enter_slow_start(loop.t, from_floor=True)
+    loop.run(10.0)
+    return loop
+
+
+@pytest.mark.parametrize("before", [6, 8])
+def test_least_follows_a_backend_halved_below_the_floor(before: int) -> None:
+    # Storm sweep seed 23: 93 ms, halved to 3 workers in the drain; `least` stayed at the 4
+    # served before (the best of any window), the backend kept a queue and thrashed.
+    loop = _storm(before)
+    assert loop.lim.least == 4  # served more than the floor before
+    loop.backend.resize(3, loop.t)
+    after = loop.run(10.0)
+    assert min(after) <= 3, after
+
+
+def test_a_steady_small_backend_keeps_its_least_through_a_slow_spell() -> None:
+    # The windowed maximum forgets only when new windows displace old ones: a steady
+    # backend, and one slow window (its service briefly doubled), leave `least` alone.
+    loop = _storm(3)
+    assert loop.lim.least == 3
+    leasts = []
+    for i in range(40):
+        loop.backend.service = 0.186 if i == 10 else 0.093
+        loop.run(0.5)
+        leasts.append(loop.lim.least)
+    assert min(leasts) == 3, leasts
