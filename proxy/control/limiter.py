@@ -33,17 +33,11 @@ In the spirit of Netflix's Gradient2 and Envoy's adaptive-concurrency gradient c
   loop. The limit then grows from it instead of waiting at the floor for a window that never
   looks fast.
 - That floor (`least`) is `limiter.floor`, but never above the concurrency the backend was
-  seen to serve: the best delivery rate of the last `served_windows` full windows that
-  queued (so the backend, not the traffic, set the rate) times the unloaded latency (BBR's
-  BDP and, like BBR's bottleneck bandwidth, a windowed maximum: it follows a backend that
-  lost workers), at least 1. A backend
-  with fewer workers than `limiter.floor` (a small member of a fleet) would otherwise keep a
-  queue no cut can drain, slow down with it (thrash), and have that queue re-measured as
-  its unloaded latency at the floor.
-- A window that did not use the limit leaves it as it is. Bringing it down to what was
-  proven (RFC 7661's validation, tried for the fleet's small members) let light traffic fill
-  the limit, and the capacity estimator then measured the traffic as the backend's pace:
-  storm sweep seeds 18 and 20 drained at a third of the backend's rate (docs/tuning.md).
+  seen to serve: BBR's BDP, the best delivery rate of the last `served_windows` full windows
+  that queued (the backend, not the traffic, set the rate; a windowed maximum follows a backend
+  that lost workers) times the unloaded latency, at least 1. Else a backend with fewer workers
+  than `limiter.floor` keeps a queue no cut can drain, and thrashes.
+- A window that did not use the limit leaves it as it is (why not lower it: docs/tuning.md).
 
 Nothing here states a backend capacity: `initial`, `floor` and `ceiling` only bound the search.
 The internal numbers are `tuning.GradientTuning`'s (why each value: docs/tuning.md).
@@ -84,13 +78,8 @@ class Limiter(Window):
         self.latency: float | None = None  # smoothed mean latency of recent windows
         self.last_change = "initial"
         self.knee_at: float | None = None  # last time queueing or pushback cut the limit
-        # The highest concurrency of a window whose latency stayed near the floor: what the
-        # backend has been seen to take without queueing.
-        self.proven = 0
-        # The most concurrency the backend was seen to serve: a window's delivery rate x the
-        # unloaded latency, the best of the last `served_windows` that measured it (0: none
-        # measured yet). Only new evidence displaces old: a calm spell keeps it.
-        self.served = 0.0
+        self.proven = 0  # the highest concurrency of a window near the floor: no queueing
+        self.served = 0.0  # `least`'s evidence: the best of `_served` (0: none measured yet)
         self._served: deque[float] = deque(maxlen=tuning.served_windows)
         self.grown = 0.0  # the limit before a ramp restarted it lower (0: none)
         self.step = float(config.knee_growth)  # the next growth outside slow start
@@ -106,12 +95,8 @@ class Limiter(Window):
         self, now: float, in_flight: int, may_probe: bool = True, waiting: bool = True
     ) -> bool:
         """Sample concurrency; close the window when due. True when the limit changed.
-
-        `waiting` (work waited for the limit) is not read here: this limiter judges use by
-        its peak concurrency. `may_probe` allows starting a floor re-measurement (the gate
-        passes False outside NORMAL and RECOVERY, where the limit is not what holds traffic
-        back).
-        """
+        `waiting` is not read (use is judged by peak concurrency); `may_probe` allows a floor
+        re-measurement (False outside NORMAL and RECOVERY: the limit holds nothing back)."""
         if in_flight > self._peak:
             self._peak = in_flight
         if now - self._window_start < self._window_length():
@@ -242,9 +227,7 @@ class Limiter(Window):
     def _note_served(self, now: float, floor: float) -> None:
         """A full window that queued: its delivery rate is what the backend serves, and
         times the unloaded latency, how many it serves at once (its busy workers). The best
-        of the last few such windows: a backend that lost workers shows in each window after
-        the loss, and `least` follows it once they fill the set (seed 23 of the storm sweep:
-        4 before, 3 workers after a halving, the queue and thrashing never drained)."""
+        of the last few such windows: `least` follows a backend that lost workers."""
         span = now - self._window_start
         if span > 0.0:
             self._served.append(self._ok / span * floor)
