@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 
 from proxy.admission.gate import AdmissionGate
+from proxy.config import Config
 from tests.support import running_sluice, sluice_config, wait_for
 
 LIMIT = 4
@@ -67,17 +68,30 @@ async def backend() -> AsyncIterator[HoldingBackend]:
         await b.runner.cleanup()
 
 
-@pytest.mark.parametrize("client_kind", ["lean", "aiohttp"])
-async def test_the_backend_never_holds_more_than_the_limit(
-    backend: HoldingBackend, client_kind: str
-) -> None:
-    url = f"http://127.0.0.1:{backend.port}"
-    config = sluice_config(
+def limited_config(port: int, client_kind: str = "lean") -> Config:
+    """Sluice in front of the holding backend, protection on, the limit fixed at LIMIT."""
+    url = f"http://127.0.0.1:{port}"
+    return sluice_config(
         url,
         upstream={"url": url, "client": client_kind, "read_timeout": "3s"},
         limiter={"initial": LIMIT, "floor": LIMIT, "ceiling": LIMIT},
         modes={"protection": "on", "startup_window": "0s"},
     )
+
+
+async def ask_with_deadline(session: aiohttp.ClientSession, target: str) -> int:
+    """One request that tells Sluice its client allows DEADLINE_MS; its status."""
+    headers = {"x-request-timeout-ms": str(DEADLINE_MS)}
+    async with session.get(target, headers=headers) as resp:
+        await resp.read()
+        return resp.status
+
+
+@pytest.mark.parametrize("client_kind", ["lean", "aiohttp"])
+async def test_the_backend_never_holds_more_than_the_limit(
+    backend: HoldingBackend, client_kind: str
+) -> None:
+    config = limited_config(backend.port, client_kind)
     async with (
         running_sluice(config) as server,
         aiohttp.ClientSession() as session,
@@ -85,16 +99,10 @@ async def test_the_backend_never_holds_more_than_the_limit(
         gate = server.sluice.gate
         assert isinstance(gate, AdmissionGate)
         target = f"http://127.0.0.1:{server.proxy_port}/token"
-        headers = {"x-request-timeout-ms": str(DEADLINE_MS)}
-
-        async def one() -> int:
-            async with session.get(target, headers=headers) as resp:
-                await resp.read()
-                return resp.status
-
         statuses: list[int] = []
         for _ in range(4):  # waves, each longer than a deadline and shorter than a service
-            statuses += await asyncio.gather(*(one() for _ in range(4 * LIMIT)))
+            waves = (ask_with_deadline(session, target) for _ in range(4 * LIMIT))
+            statuses += await asyncio.gather(*waves)
             await asyncio.sleep(0.1)
         assert 200 not in statuses  # no client waits long enough for an answer
         assert backend.peak <= LIMIT, f"the backend held {backend.peak} requests at once"
@@ -109,13 +117,7 @@ async def test_clients_that_leave_do_not_free_what_the_backend_holds(
 ) -> None:
     # No deadline header: the clients just leave (aiohttp's timeout), and Sluice's handler is
     # cancelled with them. (The lean client only: aiohttp's cuts the exchange with its caller.)
-    url = f"http://127.0.0.1:{backend.port}"
-    config = sluice_config(
-        url,
-        upstream={"url": url, "client": "lean", "read_timeout": "3s"},
-        limiter={"initial": LIMIT, "floor": LIMIT, "ceiling": LIMIT},
-        modes={"protection": "on", "startup_window": "0s"},
-    )
+    config = limited_config(backend.port)
     async with running_sluice(config) as server, aiohttp.ClientSession() as session:
         gate = server.sluice.gate
         assert isinstance(gate, AdmissionGate)
@@ -149,14 +151,9 @@ async def test_with_protection_off_nothing_is_held_past_the_deadline(
         forwarder = server.sluice.forwarder
         assert forwarder is not None
         target = f"http://127.0.0.1:{server.proxy_port}/token"
-        headers = {"x-request-timeout-ms": str(DEADLINE_MS)}
-
-        async def one() -> int:
-            async with session.get(target, headers=headers) as resp:
-                await resp.read()
-                return resp.status
-
-        statuses = await asyncio.gather(*(one() for _ in range(4 * LIMIT)))
+        statuses = await asyncio.gather(
+            *(ask_with_deadline(session, target) for _ in range(4 * LIMIT))
+        )
         assert set(statuses) == {504}
         assert backend.holding > 0  # the backend still works on them (SERVICE > deadline)
         assert not forwarder.lingering  # ... and Sluice awaits none of their answers

@@ -97,16 +97,22 @@ def test_the_median_counts_a_timeout_as_what_it_waited_and_forgets() -> None:
     assert recent.median(7.5) == 0.0  # too old to judge a backend by
 
 
-def test_a_waiter_left_with_less_than_the_expected_latency_is_not_sent() -> None:
-    h = Harness()
+def queued_behind_slow_answers(h: Harness, timeout: float) -> Waiter:
+    """A waiter with `timeout` queued behind a full limiter of 4; since it was queued the
+    backend was seen to take 800 ms (late answers); 0.3 s later a slot frees."""
     flying = fill(h, 4)
-    short = h.gate.admit(h.ticket(timeout=1.0))
-    assert isinstance(short, Waiter)
-    # Since it was queued, the backend was seen to take 800 ms (late answers).
+    waiter = h.gate.admit(h.ticket(timeout=timeout))
+    assert isinstance(waiter, Waiter)
     h.gate.estimates.recent.add(h.clock.now, 0.8)
     h.gate.refresh_estimates(h.clock.now)
-    h.clock.advance(0.3)  # 700 ms left of its deadline: not enough
+    h.clock.advance(0.3)
     h.gate.release(flying[0], ok(0.3))
+    return waiter
+
+
+def test_a_waiter_left_with_less_than_the_expected_latency_is_not_sent() -> None:
+    h = Harness()
+    short = queued_behind_slow_answers(h, timeout=1.0)  # 700 ms left: not enough
     assert short.state == REFUSED
     result = short.result
     assert isinstance(result, Refusal) and result.reason == "deadline"
@@ -116,11 +122,5 @@ def test_a_waiter_left_with_less_than_the_expected_latency_is_not_sent() -> None
 
 def test_a_waiter_with_enough_of_its_deadline_left_is_sent() -> None:
     h = Harness()
-    flying = fill(h, 4)
-    long = h.gate.admit(h.ticket(timeout=5.0))
-    assert isinstance(long, Waiter)
-    h.gate.estimates.recent.add(h.clock.now, 0.8)
-    h.gate.refresh_estimates(h.clock.now)
-    h.clock.advance(0.3)
-    h.gate.release(flying[0], ok(0.3))
+    long = queued_behind_slow_answers(h, timeout=5.0)
     assert long.state == ADMITTED and h.gate.in_flight == 4
