@@ -14,9 +14,11 @@ In the spirit of Netflix's Gradient2 and Envoy's adaptive-concurrency gradient c
   overshoot hidden behind answers from below it).
 - Our own event loop reads answers late when it is busy. Each answer comes with how long it
   may have waited for us (`Outcome.slack`, from the arrival heartbeat), and a window is judged
-  on what the backend served: its answers' latency less their slack, against a floor learned
-  the same way. Our lateness can neither cut the limit nor keep it from growing; at worst a
-  slack that overstates it hides that much of a backend queue.
+  on what the backend served: its answers' latency less their slack. The slack is an upper
+  bound, so that is a lower bound: the floor descends only on latencies as read (a minimum
+  filter fed low samples keeps them, and every window after looks queued). Our lateness can
+  neither cut the limit nor keep it from growing; at worst a slack that overstates it hides
+  that much of a backend queue.
 - A cut scales the limit by tolerance x floor / latency (its square root when deep, at most
   halved). For a backend of W workers this lands the limit near tolerance x W, a backend
   queue of (tolerance - 1) rounds of its workers. Pushback (429/503, timeouts) or broken
@@ -300,7 +302,7 @@ class Limiter(Window):
         ok = self._clean_ok
         mean = self._clean_lat / ok
         served = mean - self._clean_slack / ok
-        self.floor.observe(now, served)
+        self.floor.observe(now, served, upper=mean)
         alpha = self.tuning.latency_alpha
         self.latency = (
             mean if self.latency is None else self.latency + alpha * (mean - self.latency)

@@ -307,13 +307,18 @@ class LatencyFloor:
         self.value: float | None = None
         self.confirmed_at = 0.0
 
-    def observe(self, now: float, mean: float) -> None:
-        """A window's mean latency (from enough samples to mean something)."""
+    def observe(self, now: float, mean: float, upper: float | None = None) -> None:
+        """A window's mean latency (from enough samples to mean something). Where it is a
+        lower bound (the most our own loop may have added taken out), `upper` is the mean as
+        read: the floor descends only as far as that, since a minimum filter keeps a sample
+        biased low for good, and every window after it would look queued."""
         if self.value is None:
             self.value = mean
             self.confirmed_at = now
-        elif mean < self.value:
-            self.value += self.tuning.floor_descent * (mean - self.value)
+            return
+        toward = mean if upper is None else upper
+        if toward < self.value:
+            self.value += self.tuning.floor_descent * (toward - self.value)
             self.confirmed_at = now
         elif mean <= self.value * self.tuning.floor_confirm:
             self.confirmed_at = now

@@ -5,7 +5,8 @@ sent as soon as in-flight is under the limit, the backend serves its arrivals fi
 served on `workers` workers of `service` seconds, slower by `thrash` x (its queue / workers)
 (the load-test simulator's model), and an answer is read `delay` seconds late when our own
 event loop is busy: its latency looks that much longer, its slot is held that much longer,
-and its slack (`Outcome.slack`) says so, as the arrival heartbeat would. The loop feeds the
+and its slack (`Outcome.slack`) says so, as the arrival heartbeat would (`slack_excess`
+more: the heartbeat's bound is not exact). The loop feeds the
 limiter what the gate would: every `tick` seconds the answers since the last one, the clean
 ones counted against `measuring_since` when each was read, and closes its windows.
 """
@@ -76,6 +77,8 @@ class Loop:
     backend: Backend
     t: float = 0.0
     delay: float = 0.0  # our own loop's lateness in reading each answer
+    # How much the slack overstates that lateness: the heartbeat bounds it from above.
+    slack_excess: float = 0.0
     offered: int | None = None  # at most this many in flight (None: work always waits)
     pushback: float = 0.0  # share of answers that are 429s
     step: float = 0.005
@@ -115,7 +118,7 @@ class Loop:
             if since is not None and sent >= since:
                 tally[2] += 1
                 tally[3] += latency
-                tally[4] += min(latency, self.delay)
+                tally[4] += min(latency, self.delay + self.slack_excess)
 
     def _send(self) -> None:
         cap = self.lim.limit if self.offered is None else min(self.lim.limit, self.offered)

@@ -101,6 +101,24 @@ def test_answers_our_loop_read_late_do_not_collapse_the_limit(delay: float) -> N
     assert min(limits) >= 20, (learned, min(limits))
 
 
+def test_a_slack_that_overstates_our_lateness_does_not_lower_the_floor() -> None:
+    # A wave keeps our loop busy for 3 s and the heartbeat's bound on its lateness is 15 ms
+    # more than it was: less their slack, answers look faster than the backend served them.
+    # Fed to the floor, that drew it 5 ms under the backend's 50 ms (test_replay in CI), and
+    # once the loop was quiet every window at 50 ms looked queued: the limit was cut to its
+    # floor with half the workers idle and fresh traffic queued behind it.
+    loop = settled(Backend(10, 0.05, thrash=0.5))
+    learned = loop.lim.floor.value
+    assert learned is not None and loop.lim.limit >= 10
+    loop.delay, loop.slack_excess = 0.02, 0.015
+    loop.run(3.0)
+    loop.delay, loop.slack_excess = 0.0, 0.0
+    loop.offered = 6  # the traffic after the wave: 6 in flight, the backend half idle
+    limits = loop.run(10.0)
+    assert loop.lim.floor.value >= 0.95 * learned, (learned, loop.lim.floor.value)
+    assert min(limits) >= 10, limits
+
+
 def test_a_cold_ramp_into_a_lagging_loop_still_climbs() -> None:
     # The collapse: the storm arrives with the limiter cold and our loop busy.
     lim = Limiter(cfg(), 0.0)
