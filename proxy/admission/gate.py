@@ -222,6 +222,7 @@ class AdmissionGate:
         # request that was served outside its slot (a VM asking for its next token).
         if t.attempt != 0 and c.bookings and self.pacer.redeem(c.index, key_of(t), now):
             t.solicited = True
+            self.tally.returns += 1
             self.metrics.slots_redeemed.inc()
         elif t.is_retry:
             self.tally.retries += 1

@@ -58,12 +58,14 @@ class Tally:
         "overloaded",
         "push",
         "retries",
+        "returns",
         "timeouts",
     )
 
     def __init__(self) -> None:
         self.arrivals = 0
         self.retries = 0  # unsolicited retries among the arrivals
+        self.returns = 0  # solicited returns (booked slots redeemed) among them
         self.ok = 0
         self.lat_sum = 0.0
         self.clean = 0  # good answers to requests sent since the limiter's `measuring_since`
@@ -207,8 +209,9 @@ class Controller:
         self.limiter.add(
             ok, t.lat_sum, t.push + t.timeouts, t.broken, t.clean, t.clean_sum, t.clean_slack
         )
-        self.rates.record(now, t.arrivals, t.retries)
+        self.rates.record(now, t.arrivals, t.retries, t.returns)
         t.ok = t.push = t.timeouts = t.broken = t.clean = t.arrivals = t.retries = 0
+        t.returns = 0
         t.lat_sum = t.clean_sum = t.clean_slack = 0.0
         return ok, bool(t.overloaded or queued)
 

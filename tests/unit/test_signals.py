@@ -93,6 +93,22 @@ def test_arrival_baseline_learns_only_when_told() -> None:
     assert r.baseline == pytest.approx(500.0, rel=0.06)
 
 
+def test_the_baseline_counts_first_tries_only() -> None:
+    # Sweep seed 39, a cold start: the baseline was seeded 2.6 s after the release from
+    # everything arriving, 335/s of returns and retries for 15.5/s of fresh traffic. The
+    # backend's share for returns (its pace less the baseline) fell to its floor, and the
+    # whole backlog was booked 3x too far out. Retries and solicited returns are not the
+    # fresh traffic the baseline stands for.
+    r = ArrivalRate(window=2.0, halflife=10.0, start=0.0)
+    t = 0.0
+    for _ in range(30):  # 3 s: 20/s fresh, 100/s returns, 200/s retries
+        t += 0.1
+        r.record(t, 32, 20, 10)
+        r.update_baseline(t, learning=True)
+    assert r.baseline == pytest.approx(20.0, rel=0.1)
+    assert r.rate(t) == pytest.approx(320.0, rel=0.1)  # the surge ratio still sees them all
+
+
 def test_arrival_baseline_follows_slowly_when_learning() -> None:
     r = ArrivalRate(window=1.0, halflife=10.0, start=0.0)
     t = 0.0
