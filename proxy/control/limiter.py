@@ -14,11 +14,10 @@ In the spirit of Netflix's Gradient2 and Envoy's adaptive-concurrency gradient c
   overshoot hidden behind answers from below it).
 - Our own event loop reads answers late when it is busy. Each answer comes with how long it
   may have waited for us (`Outcome.slack`, from the arrival heartbeat), and a window is judged
-  on what the backend served: its answers' latency less their slack. The slack is an upper
-  bound, so that is a lower bound: the floor descends only on latencies as read (a minimum
-  filter fed low samples keeps them, and every window after looks queued). Our lateness can
-  neither cut the limit nor keep it from growing; at worst a slack that overstates it hides
-  that much of a backend queue.
+  on what the backend served: its answers' latency less their slack, a lower bound (the
+  slack bounds our lateness from above). Our lateness can neither cut the limit nor keep it
+  from growing. The floor descends, and slow start multiplies, only on latencies as read: a
+  slack that overstates our lateness would keep a floor too low, or hide a backend queue.
 - A cut scales the limit by tolerance x floor / latency (its square root when deep, at most
   halved). For a backend of W workers this lands the limit near tolerance x W, a backend
   queue of (tolerance - 1) rounds of its workers. Pushback (429/503, timeouts) or broken
@@ -28,7 +27,7 @@ In the spirit of Netflix's Gradient2 and Envoy's adaptive-concurrency gradient c
   otherwise by a step that restarts at `knee_growth` after every cut and doubles with each
   healthy window after it, at most `slow_start_factor` - 1 of the limit (BBRv2's probe-up):
   one request at a time near a knee just found, a few windows to leave a knee the backend
-  has outgrown. A window that used less learns nothing about capacity.
+  has outgrown.
 - At the floor the limit cannot go lower: a window there whose latency is past tolerance
   re-measures the floor from its answers, all sent at the least concurrency (Envoy's minRTT
   at its minimum concurrency), whatever slowed them: a backend slower than it was, or our own
@@ -322,7 +321,7 @@ class Limiter(Window):
         elif served > tolerated:
             self._cut(now, tolerated / served)
         elif self._full():
-            self._grow(served / floor)
+            self._grow(served / floor, mean / floor)
             self.last_change = "growth"
         else:
             self.slow_start = False  # the traffic does not use what we have: ramp done
@@ -360,13 +359,14 @@ class Limiter(Window):
         self.last_change = why
         self.knee_at = now
 
-    def _grow(self, ratio: float) -> None:
-        """A healthy window that used the limit; `ratio` is its mean latency over the floor.
-        Outside slow start by the step, which doubles for the next window, within what slow
-        start would take."""
+    def _grow(self, ratio: float, read: float) -> None:
+        """A healthy window that used the limit; `ratio` is its mean latency over the floor
+        net of our loop's lateness, `read` as read. Outside slow start by the step, which
+        doubles for the next window. Slow start multiplies only on the latency as read;
+        where only the slack calls the window healthy it climbs by one (docs/tuning.md)."""
         cfg = self.config
         if self.slow_start:
-            value = self.value * self._ramp_factor(ratio)
+            value = max(self.value * self._ramp_factor(read), self.value + cfg.knee_growth)
         else:
             value = self.value + self.step
             most = (cfg.slow_start_factor - 1.0) * value

@@ -119,6 +119,22 @@ def test_a_slack_that_overstates_our_lateness_does_not_lower_the_floor() -> None
     assert min(limits) >= 10, limits
 
 
+def test_a_ramp_takes_no_multiplicative_step_that_only_the_slack_calls_healthy() -> None:
+    # test_replay's naive arm in CI: the wave kept our loop 37 ms late and the slack
+    # overstated that; net of it a window at 15 on 10 workers looked healthy, slow start
+    # took it to 22, and the backend queued 12. Our loop holds the slots of answers it has
+    # not read: 10 x (50 + 30) / 50 = 16 in flight keep the workers busy. Above that the
+    # ramp may probe one request at a time, not by half of the limit at once (25).
+    loop = Loop(Limiter(cfg(), 0.0), Backend(10, 0.05, thrash=0.5), offered=5)
+    loop.run(10.0)
+    loop.offered = None
+    loop.delay, loop.slack_excess = 0.03, 0.01
+    loop.lim.enter_slow_start(loop.t, from_floor=False)
+    limits = loop.run(5.0)
+    assert max(limits) <= 20, limits
+    assert limits[-1] >= 10, limits  # and it still climbs
+
+
 def test_a_cold_ramp_into_a_lagging_loop_still_climbs() -> None:
     # The collapse: the storm arrives with the limiter cold and our loop busy.
     lim = Limiter(cfg(), 0.0)
