@@ -321,7 +321,7 @@ class Limiter(Window):
         elif served > tolerated:
             self._cut(now, tolerated / served)
         elif self._full():
-            self._grow(served / floor, mean / floor)
+            self._grow(mean / floor)
             self.last_change = "growth"
         else:
             self.slow_start = False  # the traffic does not use what we have: ramp done
@@ -359,11 +359,11 @@ class Limiter(Window):
         self.last_change = why
         self.knee_at = now
 
-    def _grow(self, ratio: float, read: float) -> None:
-        """A healthy window that used the limit; `ratio` is its mean latency over the floor
-        net of our loop's lateness, `read` as read. Outside slow start by the step, which
-        doubles for the next window. Slow start multiplies only on the latency as read;
-        where only the slack calls the window healthy it climbs by one (docs/tuning.md)."""
+    def _grow(self, read: float) -> None:
+        """A healthy window (net of our loop's lateness) that used the limit; `read` is its
+        mean latency as read over the floor. Outside slow start by the step, which doubles
+        for the next window. Slow start multiplies only on the latency as read; where only
+        the slack calls the window healthy it climbs by one (docs/tuning.md)."""
         cfg = self.config
         if self.slow_start:
             value = max(self.value * self._ramp_factor(read), self.value + cfg.knee_growth)
