@@ -203,17 +203,19 @@ class ArrivalRate:
                 self._start = now - self._sums._width
             self._sums.add(now, (arrivals, retries, returns))
 
+    def _span(self, now: float) -> float:
+        """The seconds the sums cover: the window, or the time since start, early on."""
+        return max(min(self._sums.span(now), now - self._start), 1e-9)
+
     def rate(self, now: float) -> float:
         """Arrivals per second over the window (over the time since start, early on)."""
-        span = min(self._sums.span(now), max(now - self._start, 1e-9))
-        return self._sums.totals(now)[0] / max(span, 1e-9)
+        return self._sums.totals(now)[0] / self._span(now)
 
     def first_rate(self, now: float) -> float:
         """First tries per second (arrivals less retries and solicited returns), over the
         same span as `rate`."""
-        span = min(self._sums.span(now), max(now - self._start, 1e-9))
         arrivals, retries, returns = self._sums.totals(now)
-        return max(0.0, arrivals - retries - returns) / max(span, 1e-9)
+        return max(0.0, arrivals - retries - returns) / self._span(now)
 
     def retry_share(self, now: float) -> float:
         """Unsolicited retries as a share of arrivals (0 when nothing arrived)."""
